@@ -1,0 +1,569 @@
+//! Typed configuration with Kafka's names and defaults.
+//!
+//! Sources, later ones winning: built-in defaults, a `.properties` or `.toml`
+//! file, `FJORD_*` environment variables (`FJORD_LOG_DIRS` -> `log.dirs`), and
+//! `--override key=value` flags. Topic-level configs ([`LogConfig`]) take
+//! their defaults from the broker's `log.*` settings, exactly as in Kafka.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown config '{0}'")]
+    Unknown(String),
+    #[error("invalid value '{value}' for config '{name}': {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {0}: {1}")]
+    File(String, String),
+}
+
+/// A value that can live in a config map as a string.
+pub trait ConfigValue: Sized {
+    fn parse_value(s: &str) -> Result<Self, String>;
+    fn render(&self) -> String;
+    /// Kafka's DescribeConfigs `config_type` code.
+    fn type_code() -> i8;
+}
+
+macro_rules! int_value {
+    ($t:ty, $code:expr) => {
+        impl ConfigValue for $t {
+            fn parse_value(s: &str) -> Result<Self, String> {
+                s.trim().parse::<$t>().map_err(|e| e.to_string())
+            }
+            fn render(&self) -> String {
+                self.to_string()
+            }
+            fn type_code() -> i8 {
+                $code
+            }
+        }
+    };
+}
+int_value!(i32, 3);
+int_value!(i64, 5);
+int_value!(f64, 6);
+
+impl ConfigValue for bool {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(format!("expected true or false, got {other}")),
+        }
+    }
+    fn render(&self) -> String {
+        self.to_string()
+    }
+    fn type_code() -> i8 {
+        1
+    }
+}
+
+impl ConfigValue for String {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        Ok(s.trim().to_string())
+    }
+    fn render(&self) -> String {
+        self.clone()
+    }
+    fn type_code() -> i8 {
+        2
+    }
+}
+
+/// One documented config entry, used by DescribeConfigs and the README.
+#[derive(Debug, Clone)]
+pub struct ConfigEntry {
+    pub name: &'static str,
+    pub value: String,
+    pub default: String,
+    pub type_code: i8,
+    pub doc: &'static str,
+}
+
+/// Declares a config struct whose fields carry Kafka names, defaults and docs,
+/// with parsing from a string map and rendering back to entries.
+macro_rules! config_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $key:literal, $default:expr; )* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name { $( $(#[doc = $doc])* pub $field: $ty, )* }
+
+        impl Default for $name {
+            fn default() -> Self { Self { $( $field: $default, )* } }
+        }
+
+        impl $name {
+            /// Every config name this struct knows.
+            pub const NAMES: &'static [&'static str] = &[$($key),*];
+
+            /// Applies one `name=value` pair; unknown names are an error.
+            pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+                match name {
+                    $( $key => {
+                        self.$field = <$ty as ConfigValue>::parse_value(value).map_err(|reason| ConfigError::Invalid {
+                            name: name.to_string(), value: value.to_string(), reason,
+                        })?;
+                        Ok(())
+                    } )*
+                    _ => Err(ConfigError::Unknown(name.to_string())),
+                }
+            }
+
+            /// The rendered value of one config.
+            pub fn get(&self, name: &str) -> Option<String> {
+                match name {
+                    $( $key => Some(self.$field.render()), )*
+                    _ => None,
+                }
+            }
+
+            /// All entries with value, default, type and documentation.
+            pub fn entries(&self) -> Vec<ConfigEntry> {
+                let defaults = Self::default();
+                vec![$( ConfigEntry {
+                    name: $key,
+                    value: self.$field.render(),
+                    default: defaults.$field.render(),
+                    type_code: <$ty as ConfigValue>::type_code(),
+                    doc: concat!($($doc),*),
+                }, )*]
+            }
+        }
+    };
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+config_struct! {
+    /// Broker configuration (`server.properties`).
+    pub struct BrokerConfig {
+        /// This broker's id; also its controller voter id.
+        node_id: i32 = "node.id", 0;
+        /// Roles of this process: broker, controller or both.
+        process_roles: String = "process.roles", "broker,controller".to_string();
+        /// Cluster id; generated on first start when empty and kept in meta.properties.
+        cluster_id: String = "cluster.id", String::new();
+        /// Kafka protocol listener.
+        listeners: String = "listeners", "PLAINTEXT://127.0.0.1:9092".to_string();
+        /// Listener given to clients in Metadata; defaults to `listeners`.
+        advertised_listeners: String = "advertised.listeners", String::new();
+        /// Admin gRPC listener (host:port).
+        admin_listener: String = "admin.listener", "127.0.0.1:9093".to_string();
+        /// Metrics and health HTTP listener (host:port).
+        metrics_listener: String = "metrics.listener", "127.0.0.1:9644".to_string();
+        /// Rack of this broker, for rack-aware placement.
+        broker_rack: String = "broker.rack", String::new();
+        /// Directory holding the partition logs.
+        log_dirs: String = "log.dirs", "./data".to_string();
+        /// Default partition count of new topics.
+        num_partitions: i32 = "num.partitions", 1;
+        /// Default replication factor of new topics.
+        default_replication_factor: i32 = "default.replication.factor", 1;
+        /// Create topics on first Metadata or Produce request.
+        auto_create_topics_enable: bool = "auto.create.topics.enable", true;
+        /// Largest request frame accepted.
+        socket_request_max_bytes: i32 = "socket.request.max.bytes", 104_857_600;
+        /// Largest record batch accepted (topic: max.message.bytes).
+        message_max_bytes: i32 = "message.max.bytes", 1_048_588;
+        /// Largest fetch response the broker builds.
+        fetch_max_bytes: i32 = "fetch.max.bytes", 57_671_680;
+        /// Segment size at which the active segment rolls (topic: segment.bytes).
+        log_segment_bytes: i32 = "log.segment.bytes", 1_073_741_824;
+        /// Age at which the active segment rolls (topic: segment.ms).
+        log_roll_ms: i64 = "log.roll.ms", 7 * DAY_MS;
+        /// Time-based retention (topic: retention.ms); -1 keeps forever.
+        log_retention_ms: i64 = "log.retention.ms", 7 * DAY_MS;
+        /// Size-based retention per partition (topic: retention.bytes); -1 is unbounded.
+        log_retention_bytes: i64 = "log.retention.bytes", -1;
+        /// How often retention is enforced.
+        log_retention_check_interval_ms: i64 = "log.retention.check.interval.ms", 300_000;
+        /// Bytes between two offset/time index entries (topic: index.interval.bytes).
+        log_index_interval_bytes: i32 = "log.index.interval.bytes", 4096;
+        /// Preallocated size of each index file (topic: segment.index.bytes).
+        log_index_size_max_bytes: i32 = "log.index.size.max.bytes", 10_485_760;
+        /// fsync after this many messages (topic: flush.messages); default leaves it to the page cache.
+        log_flush_interval_messages: i64 = "log.flush.interval.messages", i64::MAX;
+        /// fsync when data is older than this (topic: flush.ms); default leaves it to the page cache.
+        log_flush_interval_ms: i64 = "log.flush.interval.ms", i64::MAX;
+        /// How often the flusher checks logs against flush.ms.
+        log_flush_scheduler_interval_ms: i64 = "log.flush.scheduler.interval.ms", 1000;
+        /// How often the recovery point is checkpointed.
+        log_flush_offset_checkpoint_interval_ms: i64 = "log.flush.offset.checkpoint.interval.ms", 60_000;
+        /// CreateTime or LogAppendTime (topic: message.timestamp.type).
+        log_message_timestamp_type: String = "log.message.timestamp.type", "CreateTime".to_string();
+        /// delete, compact or both (topic: cleanup.policy).
+        log_cleanup_policy: String = "log.cleanup.policy", "delete".to_string();
+        /// producer keeps the producer's codec; otherwise batches are recompressed (topic: compression.type).
+        compression_type: String = "compression.type", "producer".to_string();
+        /// Tombstone retention on compacted topics (topic: delete.retention.ms).
+        log_cleaner_delete_retention_ms: i64 = "log.cleaner.delete.retention.ms", DAY_MS;
+        /// Minimum in-sync replicas for acks=all (topic: min.insync.replicas).
+        min_insync_replicas: i32 = "min.insync.replicas", 1;
+        /// Idle connections are closed after this long.
+        connections_max_idle_ms: i64 = "connections.max.idle.ms", 600_000;
+    }
+}
+
+config_struct! {
+    /// Per-topic log configuration; defaults come from the broker's `log.*` settings.
+    pub struct LogConfig {
+        /// Time-based retention; -1 keeps forever.
+        retention_ms: i64 = "retention.ms", 7 * DAY_MS;
+        /// Size-based retention per partition; -1 is unbounded.
+        retention_bytes: i64 = "retention.bytes", -1;
+        /// Segment size at which the active segment rolls.
+        segment_bytes: i32 = "segment.bytes", 1_073_741_824;
+        /// Age at which the active segment rolls.
+        segment_ms: i64 = "segment.ms", 7 * DAY_MS;
+        /// Preallocated size of each index file.
+        segment_index_bytes: i32 = "segment.index.bytes", 10_485_760;
+        /// Bytes between two index entries.
+        index_interval_bytes: i32 = "index.interval.bytes", 4096;
+        /// Largest record batch accepted.
+        max_message_bytes: i32 = "max.message.bytes", 1_048_588;
+        /// CreateTime or LogAppendTime.
+        message_timestamp_type: String = "message.timestamp.type", "CreateTime".to_string();
+        /// delete, compact or compact,delete.
+        cleanup_policy: String = "cleanup.policy", "delete".to_string();
+        /// producer, uncompressed, gzip, snappy, lz4 or zstd.
+        compression_type: String = "compression.type", "producer".to_string();
+        /// fsync after this many messages.
+        flush_messages: i64 = "flush.messages", i64::MAX;
+        /// fsync when unflushed data is older than this.
+        flush_ms: i64 = "flush.ms", i64::MAX;
+        /// Tombstone retention on compacted topics.
+        delete_retention_ms: i64 = "delete.retention.ms", DAY_MS;
+        /// Minimum in-sync replicas for acks=all.
+        min_insync_replicas: i32 = "min.insync.replicas", 1;
+        /// Dirty ratio above which the cleaner compacts a log.
+        min_cleanable_dirty_ratio: f64 = "min.cleanable.dirty.ratio", 0.5;
+        /// Minimum age of a record before it may be compacted.
+        min_compaction_lag_ms: i64 = "min.compaction.lag.ms", 0;
+        /// Maximum time a record stays uncompacted.
+        max_compaction_lag_ms: i64 = "max.compaction.lag.ms", i64::MAX;
+    }
+}
+
+impl LogConfig {
+    /// Topic defaults derived from the broker's settings (Kafka's synonyms).
+    pub fn defaults_from(broker: &BrokerConfig) -> LogConfig {
+        LogConfig {
+            retention_ms: broker.log_retention_ms,
+            retention_bytes: broker.log_retention_bytes,
+            segment_bytes: broker.log_segment_bytes,
+            segment_ms: broker.log_roll_ms,
+            segment_index_bytes: broker.log_index_size_max_bytes,
+            index_interval_bytes: broker.log_index_interval_bytes,
+            max_message_bytes: broker.message_max_bytes,
+            message_timestamp_type: broker.log_message_timestamp_type.clone(),
+            cleanup_policy: broker.log_cleanup_policy.clone(),
+            compression_type: broker.compression_type.clone(),
+            flush_messages: broker.log_flush_interval_messages,
+            flush_ms: broker.log_flush_interval_ms,
+            delete_retention_ms: broker.log_cleaner_delete_retention_ms,
+            min_insync_replicas: broker.min_insync_replicas,
+            ..LogConfig::default()
+        }
+    }
+
+    /// The broker config each topic config defaults from, as DescribeConfigs synonyms report it.
+    pub fn broker_synonym(name: &str) -> Option<&'static str> {
+        Some(match name {
+            "retention.ms" => "log.retention.ms",
+            "retention.bytes" => "log.retention.bytes",
+            "segment.bytes" => "log.segment.bytes",
+            "segment.ms" => "log.roll.ms",
+            "segment.index.bytes" => "log.index.size.max.bytes",
+            "index.interval.bytes" => "log.index.interval.bytes",
+            "max.message.bytes" => "message.max.bytes",
+            "message.timestamp.type" => "log.message.timestamp.type",
+            "cleanup.policy" => "log.cleanup.policy",
+            "compression.type" => "compression.type",
+            "flush.messages" => "log.flush.interval.messages",
+            "flush.ms" => "log.flush.interval.ms",
+            "delete.retention.ms" => "log.cleaner.delete.retention.ms",
+            "min.insync.replicas" => "min.insync.replicas",
+            _ => return None,
+        })
+    }
+
+    /// Effective config of a topic: broker defaults plus the topic's overrides.
+    pub fn with_overrides(
+        broker: &BrokerConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<LogConfig, ConfigError> {
+        let mut config = LogConfig::defaults_from(broker);
+        for (name, value) in overrides {
+            config.set(name, value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Value checks beyond parsing, as Kafka's LogConfig validates them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &str, value: String, reason: &str| ConfigError::Invalid {
+            name: name.to_string(),
+            value,
+            reason: reason.to_string(),
+        };
+        if self.segment_bytes < 14 {
+            return Err(invalid("segment.bytes", self.segment_bytes.to_string(), "must be at least 14"));
+        }
+        if self.segment_ms < 1 {
+            return Err(invalid("segment.ms", self.segment_ms.to_string(), "must be at least 1"));
+        }
+        if self.max_message_bytes < 0 {
+            return Err(invalid("max.message.bytes", self.max_message_bytes.to_string(), "must be non-negative"));
+        }
+        if self.index_interval_bytes < 0 {
+            return Err(invalid("index.interval.bytes", self.index_interval_bytes.to_string(), "must be non-negative"));
+        }
+        if self.segment_index_bytes < 8 {
+            return Err(invalid("segment.index.bytes", self.segment_index_bytes.to_string(), "must be at least 8"));
+        }
+        if !matches!(self.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
+            return Err(invalid(
+                "message.timestamp.type",
+                self.message_timestamp_type.clone(),
+                "must be CreateTime or LogAppendTime",
+            ));
+        }
+        for policy in self.cleanup_policy.split(',') {
+            if !matches!(policy.trim(), "delete" | "compact") {
+                return Err(invalid("cleanup.policy", self.cleanup_policy.clone(), "must be delete, compact or both"));
+            }
+        }
+        if !matches!(
+            self.compression_type.as_str(),
+            "producer" | "uncompressed" | "gzip" | "snappy" | "lz4" | "zstd"
+        ) {
+            return Err(invalid(
+                "compression.type",
+                self.compression_type.clone(),
+                "must be producer, uncompressed, gzip, snappy, lz4 or zstd",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return Err(invalid(
+                "min.cleanable.dirty.ratio",
+                self.min_cleanable_dirty_ratio.to_string(),
+                "must be between 0 and 1",
+            ));
+        }
+        if self.min_insync_replicas < 1 {
+            return Err(invalid("min.insync.replicas", self.min_insync_replicas.to_string(), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn log_append_time(&self) -> bool {
+        self.message_timestamp_type == "LogAppendTime"
+    }
+
+    pub fn compact(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p.trim() == "compact")
+    }
+
+    pub fn delete(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p.trim() == "delete")
+    }
+}
+
+/// A listener's host and port, from `PLAINTEXT://host:port` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(listener: &str) -> Result<Endpoint, String> {
+        let first = listener.split(',').next().unwrap_or_default().trim();
+        let addr = first.rsplit("://").next().unwrap_or(first);
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("listener '{listener}' has no port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|e| format!("listener '{listener}': {e}"))?;
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        Ok(Endpoint { host: host.trim_matches(['[', ']']).to_string(), port })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl BrokerConfig {
+    /// Builds the config from a file (optional), the environment and overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<BrokerConfig, ConfigError> {
+        let mut config = BrokerConfig::default();
+        if let Some(path) = file {
+            for (k, v) in read_config_file(path)? {
+                config.set(&k, &v)?;
+            }
+        }
+        for (k, v) in env {
+            if let Some(name) = k.strip_prefix("FJORD_") {
+                let name = name.to_ascii_lowercase().replace('_', ".");
+                // Only names we know: the environment holds unrelated FJORD_ variables too.
+                if BrokerConfig::NAMES.contains(&name.as_str()) {
+                    config.set(&name, &v)?;
+                }
+            }
+        }
+        for (k, v) in overrides {
+            config.set(k, v)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &str, value: String, reason: String| ConfigError::Invalid {
+            name: name.to_string(),
+            value,
+            reason,
+        };
+        for (name, value) in [
+            ("listeners", &self.listeners),
+            ("admin.listener", &self.admin_listener),
+            ("metrics.listener", &self.metrics_listener),
+        ] {
+            Endpoint::parse(value).map_err(|e| invalid(name, value.clone(), e))?;
+        }
+        if self.socket_request_max_bytes < 1 {
+            return Err(invalid(
+                "socket.request.max.bytes",
+                self.socket_request_max_bytes.to_string(),
+                "must be positive".into(),
+            ));
+        }
+        if self.num_partitions < 1 {
+            return Err(invalid("num.partitions", self.num_partitions.to_string(), "must be positive".into()));
+        }
+        LogConfig::defaults_from(self).validate()
+    }
+
+    pub fn listener(&self) -> Endpoint {
+        Endpoint::parse(&self.listeners).unwrap_or(Endpoint { host: "127.0.0.1".into(), port: 9092 })
+    }
+
+    /// The endpoint clients are told about in Metadata.
+    pub fn advertised(&self) -> Endpoint {
+        if self.advertised_listeners.is_empty() {
+            self.listener()
+        } else {
+            Endpoint::parse(&self.advertised_listeners).unwrap_or_else(|_| self.listener())
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.log_dirs.split(',').next().unwrap_or("./data").trim())
+    }
+}
+
+/// Reads `key=value` lines (`.properties`) or a flat TOML table (`.toml`).
+pub fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File(path.display().to_string(), e.to_string()))?;
+        let mut out = Vec::new();
+        flatten_toml("", &table, &mut out);
+        Ok(out)
+    } else {
+        Ok(parse_properties(&text))
+    }
+}
+
+fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => flatten_toml(&key, t, out),
+            toml::Value::String(s) => out.push((key, s.clone())),
+            other => out.push((key, other.to_string())),
+        }
+    }
+}
+
+/// Java-style properties: `#`/`!` comments, `=` or `:` separators.
+pub fn parse_properties(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+        .filter_map(|l| {
+            let idx = l.find(['=', ':'])?;
+            Some((l[..idx].trim().to_string(), l[idx + 1..].trim().to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_kafkas() {
+        let c = BrokerConfig::default();
+        assert_eq!(c.listener(), Endpoint { host: "127.0.0.1".into(), port: 9092 });
+        assert_eq!(c.log_segment_bytes, 1 << 30);
+        assert_eq!(c.socket_request_max_bytes, 100 * 1024 * 1024);
+        let t = LogConfig::defaults_from(&c);
+        assert_eq!(t.index_interval_bytes, 4096);
+        assert!(t.delete() && !t.compact());
+    }
+
+    #[test]
+    fn sources_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.properties");
+        std::fs::write(&file, "# comment\nnum.partitions=3\nlog.dirs = /tmp/x\n").unwrap();
+        let env = vec![
+            ("FJORD_NUM_PARTITIONS".to_string(), "4".to_string()),
+            ("FJORD_UNRELATED_THING".to_string(), "x".to_string()),
+        ];
+        let c = BrokerConfig::load(Some(&file), env, &[("log.dirs".into(), "/tmp/y".into())]).unwrap();
+        assert_eq!(c.num_partitions, 4);
+        assert_eq!(c.log_dirs, "/tmp/y");
+    }
+
+    #[test]
+    fn toml_files_flatten_to_kafka_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fjord.toml");
+        std::fs::write(&file, "[log]\nretention.ms = 1000\n[num]\npartitions = 2\n").unwrap();
+        let c = BrokerConfig::load(Some(&file), vec![], &[]).unwrap();
+        assert_eq!(c.log_retention_ms, 1000);
+        assert_eq!(c.num_partitions, 2);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_names() {
+        let mut c = LogConfig::default();
+        assert!(matches!(c.set("retention.ms", "soon"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(c.set("no.such", "1"), Err(ConfigError::Unknown(_))));
+        c.set("cleanup.policy", "compact,delete").unwrap();
+        assert!(c.compact() && c.delete());
+        c.set("compression.type", "brotli").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

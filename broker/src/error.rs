@@ -1,0 +1,98 @@
+//! The broker's typed errors and their Kafka error codes, mapped in one place.
+
+use kafka_protocol::error::ResponseError;
+
+use crate::log::batch::BatchError;
+use crate::txn::producer_state::SequenceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(String),
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: i32 },
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("this server does not host this topic-partition")]
+    UnknownTopicOrPartition,
+    #[error("unknown topic id")]
+    UnknownTopicId,
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("topic '{0}' already exists")]
+    TopicAlreadyExists(String),
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid required acks {0}: must be -1, 0 or 1")]
+    InvalidRequiredAcks(i16),
+    #[error("transactions are not supported yet")]
+    TransactionsUnsupported,
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("storage error: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+impl From<BatchError> for Error {
+    fn from(e: BatchError) -> Self {
+        Error::CorruptMessage(e.to_string())
+    }
+}
+
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Error::InvalidConfig(e.to_string())
+    }
+}
+
+impl Error {
+    /// The Kafka error this maps to on the wire.
+    pub fn response_error(&self) -> ResponseError {
+        match self {
+            Error::CorruptMessage(_) => ResponseError::CorruptMessage,
+            Error::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+            Error::InvalidRecord(_) => ResponseError::InvalidRecord,
+            Error::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            Error::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            Error::UnknownTopicId => ResponseError::UnknownTopicId,
+            Error::InvalidTopic(_) => ResponseError::InvalidTopicException,
+            Error::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+            Error::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            Error::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            Error::InvalidConfig(_) => ResponseError::InvalidConfig,
+            Error::InvalidRequest(_) => ResponseError::InvalidRequest,
+            Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
+            Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
+            Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
+            Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
+            Error::Storage(_) => ResponseError::KafkaStorageError,
+        }
+    }
+
+    pub fn code(&self) -> i16 {
+        self.response_error().code()
+    }
+
+    /// gRPC status for the admin API.
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            Error::UnknownTopicOrPartition | Error::UnknownTopicId => Code::NotFound,
+            Error::TopicAlreadyExists(_) => Code::AlreadyExists,
+            Error::Storage(_) => Code::Internal,
+            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => Code::FailedPrecondition,
+            _ => Code::InvalidArgument,
+        };
+        tonic::Status::new(code, self.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,541 @@
+//! The partition log: an ordered list of segments with append, read, roll,
+//! retention and recovery (Kafka's UnifiedLog, without replication).
+
+pub mod batch;
+pub mod index;
+pub mod manager;
+pub mod segment;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
+use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
+use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
+
+/// What an append wrote (or, for a retried batch, had already written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// Set when the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    pub records: u64,
+    pub bytes: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadInfo {
+    pub records: Bytes,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+struct LogState {
+    segments: Vec<Segment>,
+    log_start_offset: i64,
+    next_offset: i64,
+    recovery_point: i64,
+    unflushed_messages: i64,
+    last_flush_ms: i64,
+    producers: ProducerStateManager,
+}
+
+impl LogState {
+    fn active(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has an active segment")
+    }
+
+    /// Index of the segment holding `offset` (the last with base <= offset).
+    fn segment_for(&self, offset: i64) -> usize {
+        self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1)
+    }
+}
+
+pub struct Log {
+    dir: PathBuf,
+    config: RwLock<Arc<LogConfig>>,
+    state: RwLock<LogState>,
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::Storage(e)
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it when new. `recover_from` is the
+    /// recovery point when the last shutdown was not clean: segments from the
+    /// one holding it on are scanned and their torn or corrupt tails cut.
+    pub fn open(
+        dir: &Path,
+        config: Arc<LogConfig>,
+        recover_from: Option<i64>,
+        log_start_checkpoint: Option<i64>,
+    ) -> Result<Log> {
+        std::fs::create_dir_all(dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy().into_owned();
+            if name.ends_with(".deleted") || name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(dir.join(&name));
+            } else if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
+                if let Ok(base) = stem.parse::<i64>() {
+                    bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(log_start_checkpoint.unwrap_or(0).max(0));
+        }
+        let interval = config.index_interval_bytes.max(0) as u32;
+        let index_bytes = config.segment_index_bytes as usize;
+        let mut segments = Vec::with_capacity(bases.len());
+        for (i, base) in bases.iter().enumerate() {
+            let active = i + 1 == bases.len();
+            segments.push(Segment::open(dir, *base, interval, active.then_some(index_bytes))?);
+        }
+
+        // Recovery: scan what may be torn; otherwise trust the indexes and read the tail.
+        let mut truncated_at: Option<usize> = None;
+        for (i, seg) in segments.iter_mut().enumerate() {
+            let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            let must_scan = match recover_from {
+                Some(point) => next_base > point,
+                None => false,
+            };
+            if must_scan || !seg.load_tail()? {
+                if !must_scan {
+                    tracing::warn!(segment = %seg.log_path().display(), "index does not match the log, rebuilding");
+                }
+                if seg.recover(|_| {})? > 0 {
+                    truncated_at = Some(i);
+                    break;
+                }
+            }
+        }
+        if let Some(i) = truncated_at {
+            // Everything after a torn segment was written after the tear: it cannot be trusted.
+            for seg in segments.drain(i + 1..) {
+                tracing::warn!(segment = %seg.log_path().display(), "deleting segment after a corrupt one");
+                seg.delete()?;
+            }
+            let last = segments.last_mut().expect("kept the truncated segment");
+            last.on_become_active(index_bytes)?;
+        }
+
+        let next_offset = segments.last().map_or(0, |s| s.next_offset().max(s.base_offset));
+        let first_base = segments.first().map_or(0, |s| s.base_offset);
+        let log_start_offset = log_start_checkpoint.unwrap_or(first_base).clamp(first_base, next_offset);
+
+        let (mut producers, snapshot_offset) = ProducerStateManager::load_latest(dir, next_offset)?;
+        let replay_from = snapshot_offset.max(log_start_offset);
+        let start = segments.partition_point(|s| s.base_offset <= replay_from).saturating_sub(1);
+        for seg in &segments[start..] {
+            seg.for_each_header(replay_from, |h| {
+                if h.base_offset() >= replay_from {
+                    producers.replay(h)
+                }
+            })?;
+        }
+
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            config: RwLock::new(config),
+            state: RwLock::new(LogState {
+                segments,
+                log_start_offset,
+                next_offset,
+                recovery_point: next_offset,
+                unflushed_messages: 0,
+                last_flush_ms: now_ms(),
+                producers,
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Arc<LogConfig> {
+        self.config.read().clone()
+    }
+
+    pub fn set_config(&self, config: Arc<LogConfig>) {
+        *self.config.write() = config;
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.read().log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.read().next_offset
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.state.read().recovery_point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.read().segments.iter().map(|s| u64::from(s.size())).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.read().segments.len()
+    }
+
+    pub fn producer_entry(&self, producer_id: i64) -> Option<ProducerEntry> {
+        self.state.read().producers.entry(producer_id).cloned()
+    }
+
+    /// Validates a client's record set, assigns offsets and appends it.
+    pub fn append_as_leader(&self, records: &Bytes, leader_epoch: i32) -> Result<AppendInfo> {
+        let config = self.config();
+        let batches = batch::split_batches(records)?;
+        if batches.is_empty() {
+            return Err(Error::CorruptMessage("empty record set".into()));
+        }
+        let mut incoming = Vec::with_capacity(batches.len());
+        for b in batches {
+            let h = batch::validate_for_append(&b)?;
+            if b.len() > config.max_message_bytes as usize {
+                return Err(Error::MessageTooLarge { size: b.len(), max: config.max_message_bytes });
+            }
+            if h.is_control() {
+                return Err(Error::InvalidRecord("clients may not send control batches".into()));
+            }
+            if h.is_transactional() {
+                return Err(Error::TransactionsUnsupported);
+            }
+            let codec = h.compression();
+            incoming.push(recompress_if_needed(b, codec, &config)?);
+        }
+
+        let log_append_time = if config.log_append_time() { now_ms() } else { -1 };
+        let total: usize = incoming.iter().map(Bytes::len).sum();
+        let mut st = self.state.write();
+        self.maybe_roll(&mut st, total, &config)?;
+
+        let mut offset = st.next_offset;
+        let mut out = Vec::with_capacity(incoming.len());
+        let mut producer_backup: Vec<(i64, Option<ProducerEntry>)> = Vec::new();
+        let restore = |st: &mut LogState, backup: Vec<(i64, Option<ProducerEntry>)>| {
+            for (pid, entry) in backup.into_iter().rev() {
+                st.producers.restore(pid, entry);
+            }
+        };
+        let mut count = 0u64;
+        for b in &incoming {
+            let h = BatchHeader::parse(b)?;
+            let last_offset = offset + h.last_offset_delta() as i64;
+            if h.producer_id() >= 0 {
+                let check = st.producers.check(h.producer_id(), h.producer_epoch(), h.base_sequence(), h.last_sequence());
+                match check {
+                    Ok(SequenceCheck::Append) => {}
+                    Ok(SequenceCheck::Duplicate(meta)) => {
+                        restore(&mut st, producer_backup);
+                        return Ok(AppendInfo {
+                            first_offset: meta.first_offset,
+                            last_offset: meta.last_offset,
+                            log_append_time,
+                            log_start_offset: st.log_start_offset,
+                            records: 0,
+                            bytes: 0,
+                            duplicate: true,
+                        });
+                    }
+                    Err(e) => {
+                        restore(&mut st, producer_backup);
+                        return Err(e.into());
+                    }
+                }
+                producer_backup.push((h.producer_id(), st.producers.entry(h.producer_id()).cloned()));
+                st.producers.update(
+                    h.producer_id(),
+                    h.producer_epoch(),
+                    BatchMetadata {
+                        first_seq: h.base_sequence(),
+                        last_seq: h.last_sequence(),
+                        first_offset: offset,
+                        last_offset,
+                        timestamp: h.max_timestamp(),
+                    },
+                );
+            }
+            let mut header = PatchedHeader::from_batch(b);
+            header.set_base_offset(offset);
+            header.set_partition_leader_epoch(leader_epoch);
+            let body = b.slice(HEADER_SIZE..);
+            if log_append_time >= 0 {
+                header.set_log_append_time(log_append_time);
+                header.recompute_crc(&body);
+            }
+            count += h.records_count() as u64;
+            out.push(OutgoingBatch { header, body });
+            offset = last_offset + 1;
+        }
+        if let Err(e) = st.active().append(&out) {
+            restore(&mut st, producer_backup);
+            return Err(io_err(e));
+        }
+        let first_offset = st.next_offset;
+        st.next_offset = offset;
+        st.unflushed_messages += count as i64;
+        if st.unflushed_messages >= config.flush_messages {
+            Self::flush_locked(&mut st)?;
+        }
+        Ok(AppendInfo {
+            first_offset,
+            last_offset: offset - 1,
+            log_append_time,
+            log_start_offset: st.log_start_offset,
+            records: count,
+            bytes: total as u64,
+            duplicate: false,
+        })
+    }
+
+    fn maybe_roll(&self, st: &mut LogState, incoming: usize, config: &LogConfig) -> Result<()> {
+        let next_offset = st.next_offset;
+        let active = st.active();
+        if active.is_empty() {
+            return Ok(());
+        }
+        let too_big = u64::from(active.size()) + incoming as u64 > config.segment_bytes as u64;
+        let too_old = active.first_append_ms().is_some_and(|t| now_ms() - t >= config.segment_ms);
+        // Relative offsets in the index are 32-bit.
+        let offset_overflow = next_offset - active.base_offset > i32::MAX as i64 / 2;
+        if too_big || too_old || offset_overflow || active.index_full() {
+            self.roll_locked(st, config)?;
+        }
+        Ok(())
+    }
+
+    fn roll_locked(&self, st: &mut LogState, config: &LogConfig) -> Result<()> {
+        let next_offset = st.next_offset;
+        if st.active().base_offset == next_offset {
+            return Ok(());
+        }
+        st.active().on_become_inactive()?;
+        let seg = Segment::open(
+            &self.dir,
+            next_offset,
+            config.index_interval_bytes.max(0) as u32,
+            Some(config.segment_index_bytes as usize),
+        )?;
+        st.producers.write_snapshot(&self.dir, next_offset)?;
+        ProducerStateManager::clean_snapshots(&self.dir, 2)?;
+        tracing::debug!(dir = %self.dir.display(), base_offset = next_offset, "rolled new segment");
+        st.segments.push(seg);
+        Ok(())
+    }
+
+    /// Rolls the active segment now (tests, admin).
+    pub fn roll(&self) -> Result<()> {
+        let config = self.config();
+        let mut st = self.state.write();
+        self.roll_locked(&mut st, &config)
+    }
+
+    /// Rolls when the active segment is older than `segment.ms` even without appends.
+    pub fn roll_if_expired(&self) -> Result<()> {
+        let config = self.config();
+        let mut st = self.state.write();
+        let expired = st.active().first_append_ms().is_some_and(|t| now_ms() - t >= config.segment_ms);
+        if expired {
+            self.roll_locked(&mut st, &config)?;
+        }
+        Ok(())
+    }
+
+    /// Reads whole batches from `offset`, never past `max_offset` (the high watermark).
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<ReadInfo> {
+        let st = self.state.read();
+        let (start, end) = (st.log_start_offset, st.next_offset);
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange { offset, start, end });
+        }
+        let mut records = Bytes::new();
+        if offset < end.min(max_offset) {
+            let mut i = st.segment_for(offset);
+            while i < st.segments.len() {
+                if let Some(bytes) = st.segments[i].read(offset, max_bytes, max_offset, min_one)? {
+                    records = bytes;
+                    break;
+                }
+                i += 1;
+            }
+        }
+        Ok(ReadInfo { records, log_start_offset: start, log_end_offset: end })
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp`, with that timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let st = self.state.read();
+        let start = st.log_start_offset;
+        for seg in &st.segments[st.segment_for(start)..] {
+            if seg.max_timestamp() < timestamp {
+                continue;
+            }
+            let Some(batch) = seg.find_batch_by_timestamp(timestamp, start)? else {
+                continue;
+            };
+            let h = BatchHeader::parse(&batch)?;
+            let mut buf = batch.clone();
+            // Only here are records decoded: the exact offset lies inside the batch.
+            if let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
+                let log_append = h.is_log_append_time();
+                for r in set.records {
+                    let ts = if log_append { h.max_timestamp() } else { r.timestamp };
+                    if ts >= timestamp && r.offset >= start {
+                        return Ok(Some((r.offset, ts)));
+                    }
+                }
+            }
+            return Ok(Some((h.base_offset().max(start), h.max_timestamp())));
+        }
+        Ok(None)
+    }
+
+    /// Offset and timestamp of the record with the largest timestamp (ListOffsets -3).
+    pub fn max_timestamp_offset(&self) -> (i64, i64) {
+        let st = self.state.read();
+        st.segments
+            .iter()
+            .filter(|s| s.max_timestamp() >= 0)
+            .max_by_key(|s| s.max_timestamp())
+            .map(|s| (s.offset_of_max_timestamp(), s.max_timestamp()))
+            .unwrap_or((-1, -1))
+    }
+
+    /// Deletes whole segments past `retention.ms` / `retention.bytes` or below
+    /// the log start offset. The active segment is never deleted.
+    pub fn delete_old_segments(&self) -> Result<usize> {
+        let config = self.config();
+        let now = now_ms();
+        let mut st = self.state.write();
+        let mut total: i64 = st.segments.iter().map(|s| s.size() as i64).sum();
+        let mut n = 0;
+        while n + 1 < st.segments.len() {
+            let seg = &st.segments[n];
+            let below_start = st.segments[n + 1].base_offset <= st.log_start_offset;
+            let by_time = config.delete() && config.retention_ms >= 0 && seg.max_timestamp() >= 0 && now - seg.max_timestamp() > config.retention_ms;
+            let by_size = config.delete() && config.retention_bytes >= 0 && total - seg.size() as i64 >= config.retention_bytes;
+            if !(below_start || by_time || by_size) {
+                break;
+            }
+            total -= seg.size() as i64;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let removed: Vec<Segment> = st.segments.drain(..n).collect();
+        let new_start = st.segments[0].base_offset;
+        st.log_start_offset = st.log_start_offset.max(new_start);
+        for seg in removed {
+            tracing::info!(segment = %seg.log_path().display(), "deleting segment by retention");
+            seg.delete()?;
+        }
+        Ok(n)
+    }
+
+    /// DeleteRecords: moves the log start offset forward (up to the high watermark).
+    pub fn delete_records_before(&self, offset: i64, high_watermark: i64) -> Result<i64> {
+        {
+            let mut st = self.state.write();
+            let (start, end) = (st.log_start_offset, st.next_offset);
+            let target = if offset == -1 { high_watermark } else { offset };
+            if target < 0 || target > high_watermark {
+                return Err(Error::OffsetOutOfRange { offset: target, start, end });
+            }
+            st.log_start_offset = st.log_start_offset.max(target);
+        }
+        self.delete_old_segments()?;
+        Ok(self.log_start_offset())
+    }
+
+    fn flush_locked(st: &mut LogState) -> Result<()> {
+        let from = st.segment_for(st.recovery_point);
+        for seg in &st.segments[from..] {
+            seg.flush()?;
+        }
+        st.recovery_point = st.next_offset;
+        st.unflushed_messages = 0;
+        st.last_flush_ms = now_ms();
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        Self::flush_locked(&mut self.state.write())
+    }
+
+    /// Flushes when unflushed data is older than `flush.ms`.
+    pub fn flush_if_due(&self) -> Result<()> {
+        let config = self.config();
+        let due = {
+            let st = self.state.read();
+            st.unflushed_messages > 0 && now_ms() - st.last_flush_ms >= config.flush_ms
+        };
+        if due {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Clean close: trim the active indexes, flush, snapshot producer state at the end.
+    pub fn close(&self) -> Result<()> {
+        let mut st = self.state.write();
+        st.active().on_become_inactive()?;
+        Self::flush_locked(&mut st)?;
+        let end = st.next_offset;
+        st.producers.write_snapshot(&self.dir, end)?;
+        Ok(())
+    }
+}
+
+/// Recompresses a batch when the topic's `compression.type` names another codec.
+fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<Bytes> {
+    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+    let target = match config.compression_type.as_str() {
+        "producer" => return Ok(batch),
+        "uncompressed" => Compression::None,
+        "gzip" => Compression::Gzip,
+        "snappy" => Compression::Snappy,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => return Err(Error::InvalidConfig(format!("compression.type {other}"))),
+    };
+    if target as i16 == codec {
+        return Ok(batch);
+    }
+    let header = BatchHeader::parse(&batch)?;
+    let (producer_id, epoch, base_sequence) = (header.producer_id(), header.producer_epoch(), header.base_sequence());
+    let mut buf = batch.clone();
+    let mut set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    // The encoder keeps records in one batch only while offset - sequence is constant.
+    for r in &mut set.records {
+        r.sequence = if base_sequence < 0 { r.offset as i32 } else { r.sequence };
+    }
+    let mut out = BytesMut::with_capacity(batch.len());
+    RecordBatchEncoder::encode(&mut out, &set.records, &RecordEncodeOptions { version: 2, compression: target })
+        .map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    let mut header = PatchedHeader::from_batch(&out);
+    header.set_producer(producer_id, epoch, base_sequence);
+    header.recompute_crc(&out[HEADER_SIZE..]);
+    out[..HEADER_SIZE].copy_from_slice(&header.0);
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests;

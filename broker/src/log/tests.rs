@@ -1,0 +1,236 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::records::Compression;
+
+use super::batch::tests::{encode_batch, encode_batch_with};
+use super::*;
+use crate::error::Error;
+
+fn config(segment_bytes: i32) -> Arc<LogConfig> {
+    Arc::new(LogConfig { segment_bytes, index_interval_bytes: 100, segment_index_bytes: 4096, ..LogConfig::default() })
+}
+
+fn values(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("{tag}-{i}-{}", "x".repeat(50)).into_bytes()).collect()
+}
+
+fn append(log: &Log, vals: &[Vec<u8>], ts: i64) -> AppendInfo {
+    let refs: Vec<&[u8]> = vals.iter().map(|v| v.as_slice()).collect();
+    log.append_as_leader(&encode_batch(0, &refs, ts), 0).unwrap()
+}
+
+fn read_offsets(log: &Log, from: i64) -> Vec<i64> {
+    let mut out = vec![];
+    let mut next = from;
+    loop {
+        let info = log.read(next, 1 << 20, i64::MAX, true).unwrap();
+        if info.records.is_empty() {
+            return out;
+        }
+        for (_, h) in batch::complete_batches(&info.records) {
+            for o in h.base_offset()..=h.last_offset() {
+                out.push(o);
+            }
+            next = h.next_offset();
+        }
+    }
+}
+
+#[test]
+fn append_assigns_offsets_and_reads_back_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(2000), None, None).unwrap();
+    for i in 0..50 {
+        let info = append(&log, &values(3, &format!("b{i}")), 1000 + i);
+        assert_eq!(info.first_offset, i * 3);
+        assert_eq!(info.last_offset, i * 3 + 2);
+    }
+    assert!(log.segment_count() > 5, "small segments roll");
+    assert_eq!(log.log_end_offset(), 150);
+    assert_eq!(read_offsets(&log, 0), (0..150).collect::<Vec<_>>());
+    // A read from the middle of a batch returns that whole batch.
+    let info = log.read(31, 1 << 20, i64::MAX, true).unwrap();
+    let first = batch::BatchHeader::parse(&info.records).unwrap();
+    assert_eq!(first.base_offset(), 30);
+    assert!(matches!(log.read(151, 100, i64::MAX, true), Err(Error::OffsetOutOfRange { .. })));
+    assert!(log.read(150, 100, i64::MAX, true).unwrap().records.is_empty());
+}
+
+#[test]
+fn reads_honour_max_bytes_but_return_at_least_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+    let big = vec![vec![7u8; 5000]];
+    append(&log, &big, 1);
+    append(&log, &big, 2);
+    let info = log.read(0, 100, i64::MAX, true).unwrap();
+    assert_eq!(batch::complete_batches(&info.records).count(), 1);
+    assert!(log.read(0, 100, i64::MAX, false).unwrap().records.is_empty());
+    let info = log.read(0, 1 << 20, i64::MAX, true).unwrap();
+    assert_eq!(batch::complete_batches(&info.records).count(), 2);
+    // Never past the high watermark.
+    let info = log.read(0, 1 << 20, 1, true).unwrap();
+    assert_eq!(batch::complete_batches(&info.records).count(), 1);
+}
+
+#[test]
+fn timestamps_find_first_offset_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1500), None, None).unwrap();
+    for i in 0..40 {
+        append(&log, &values(2, "t"), 10_000 + i * 10); // records at ts, ts+1
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 10_000)));
+    assert_eq!(log.offset_for_timestamp(10_001).unwrap(), Some((1, 10_001)));
+    assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some((2, 10_010)));
+    assert_eq!(log.offset_for_timestamp(10_205).unwrap(), Some((42, 10_210)));
+    assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
+    assert_eq!(log.max_timestamp_offset(), (79, 10_391));
+}
+
+#[test]
+fn clean_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), config(3000), None, None).unwrap();
+        for i in 0..30 {
+            append(&log, &values(2, "r"), i);
+        }
+        log.close().unwrap();
+    }
+    let log = Log::open(dir.path(), config(3000), None, None).unwrap();
+    assert_eq!(log.log_end_offset(), 60);
+    assert_eq!(read_offsets(&log, 0), (0..60).collect::<Vec<_>>());
+    assert_eq!(append(&log, &values(1, "after"), 99).first_offset, 60);
+}
+
+#[test]
+fn recovery_truncates_torn_tail_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let active;
+    {
+        let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+        for i in 0..10 {
+            append(&log, &values(2, "r"), i);
+        }
+        active = segment::file_path(dir.path(), 0, segment::LOG_SUFFIX);
+        // No close: a crash.
+    }
+    let len = std::fs::metadata(&active).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&active).unwrap().set_len(len - 7).unwrap();
+    let log = Log::open(dir.path(), config(1 << 20), Some(0), None).unwrap();
+    assert_eq!(log.log_end_offset(), 18, "only the torn last batch is dropped");
+    assert_eq!(read_offsets(&log, 0), (0..18).collect::<Vec<_>>());
+}
+
+#[test]
+fn recovery_drops_a_batch_with_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = segment::file_path(dir.path(), 0, segment::LOG_SUFFIX);
+    {
+        let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+        for i in 0..10 {
+            append(&log, &values(2, "r"), i);
+        }
+    }
+    let mut data = std::fs::read(&path).unwrap();
+    let n = data.len();
+    data[n - 5] ^= 0x5a;
+    std::fs::write(&path, &data).unwrap();
+    let log = Log::open(dir.path(), config(1 << 20), Some(0), None).unwrap();
+    assert_eq!(log.log_end_offset(), 18);
+    assert_eq!(append(&log, &values(1, "new"), 1).first_offset, 18);
+}
+
+#[test]
+fn retention_by_bytes_and_delete_records_move_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = (*config(1000)).clone();
+    cfg.retention_bytes = 2500;
+    let log = Log::open(dir.path(), Arc::new(cfg), None, None).unwrap();
+    for i in 0..40 {
+        append(&log, &values(2, "d"), i);
+    }
+    let before = log.segment_count();
+    assert!(log.delete_old_segments().unwrap() > 0);
+    assert!(log.segment_count() < before);
+    assert!(log.size_bytes() <= 2500 + 1000);
+    let start = log.log_start_offset();
+    assert!(start > 0);
+    assert!(matches!(log.read(0, 100, i64::MAX, true), Err(Error::OffsetOutOfRange { .. })));
+    assert_eq!(log.delete_records_before(start + 5, log.log_end_offset()).unwrap(), start + 5);
+    assert!(log.delete_records_before(1000, log.log_end_offset()).is_err());
+}
+
+#[test]
+fn retention_by_time_deletes_old_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = (*config(800)).clone();
+    cfg.retention_ms = 60_000;
+    let log = Log::open(dir.path(), Arc::new(cfg), None, None).unwrap();
+    let now = segment::now_ms();
+    for _ in 0..10 {
+        append(&log, &values(2, "old"), now - 3_600_000);
+    }
+    for _ in 0..10 {
+        append(&log, &values(2, "new"), now);
+    }
+    log.delete_old_segments().unwrap();
+    let start = log.log_start_offset();
+    assert!(start > 0 && start <= 20, "old segments went, new stayed: {start}");
+}
+
+#[test]
+fn idempotent_retries_are_deduplicated_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b0 = encode_batch_with(0, &[b"a", b"b"], 1, 42, 0, 0, Compression::None);
+    let b1 = encode_batch_with(0, &[b"c"], 1, 42, 0, 2, Compression::None);
+    {
+        let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+        assert_eq!(log.append_as_leader(&b0, 0).unwrap().first_offset, 0);
+        let dup = log.append_as_leader(&b0, 0).unwrap();
+        assert!(dup.duplicate);
+        assert_eq!((dup.first_offset, dup.last_offset), (0, 1));
+        // Crash without a snapshot: state comes back from the log.
+    }
+    let log = Log::open(dir.path(), config(1 << 20), Some(0), None).unwrap();
+    assert!(log.append_as_leader(&b0, 0).unwrap().duplicate);
+    let gap = encode_batch_with(0, &[b"z"], 1, 42, 0, 5, Compression::None);
+    assert!(matches!(log.append_as_leader(&gap, 0), Err(Error::Sequence(_))));
+    assert_eq!(log.append_as_leader(&b1, 0).unwrap().first_offset, 2);
+    assert_eq!(log.log_end_offset(), 3);
+}
+
+#[test]
+fn bad_batches_are_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = (*config(1 << 20)).clone();
+    cfg.max_message_bytes = 500;
+    let log = Log::open(dir.path(), Arc::new(cfg), None, None).unwrap();
+    let good = encode_batch(0, &[b"ok"], 1);
+    let mut corrupt = good.to_vec();
+    let n = corrupt.len();
+    corrupt[n - 1] ^= 1;
+    assert!(matches!(log.append_as_leader(&Bytes::from(corrupt), 0), Err(Error::CorruptMessage(_))));
+    let big = encode_batch(0, &[&[0u8; 1000]], 1);
+    assert!(matches!(log.append_as_leader(&big, 0), Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(log.append_as_leader(&good.slice(..20), 0), Err(Error::CorruptMessage(_))));
+    assert_eq!(log.log_end_offset(), 0);
+}
+
+#[test]
+fn compression_type_recompresses_and_log_append_time_restamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = (*config(1 << 20)).clone();
+    cfg.compression_type = "gzip".into();
+    cfg.message_timestamp_type = "LogAppendTime".into();
+    let log = Log::open(dir.path(), Arc::new(cfg), None, None).unwrap();
+    let info = log.append_as_leader(&encode_batch(0, &[b"a", b"b"], 5), 0).unwrap();
+    assert!(info.log_append_time > 5);
+    let read = log.read(0, 1 << 20, i64::MAX, true).unwrap();
+    let h = batch::validate(&read.records).unwrap();
+    assert_eq!(h.compression(), Compression::Gzip as i16);
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp(), info.log_append_time);
+}

@@ -1,0 +1,3 @@
+//! Producer ids and idempotent producer state (transactions come later).
+
+pub mod producer_state;

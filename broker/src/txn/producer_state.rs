@@ -1,0 +1,266 @@
+//! Per-partition idempotent producer state: <producer id, epoch, sequence>.
+//!
+//! Each producer keeps the metadata of its last five batches so a retried
+//! batch is answered with its original offsets instead of being written
+//! twice, as Kafka's ProducerStateManager does. The state is snapshotted at
+//! segment rolls and on clean shutdown, and rebuilt from batch headers past
+//! the latest snapshot on start.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::batch::BatchHeader;
+
+/// Batches remembered per producer (Kafka's NUM_BATCHES_TO_RETAIN).
+pub const BATCHES_TO_RETAIN: usize = 5;
+pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMetadata {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub batches: VecDeque<BatchMetadata>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("producer epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch { got: i16, current: i16 },
+    #[error("out of order sequence {got}: expected {expected}")]
+    OutOfOrderSequence { got: i32, expected: i32 },
+}
+
+/// What to do with an incoming idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    Append,
+    /// Already written: answer with these offsets.
+    Duplicate(BatchMetadata),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerStateManager {
+    producers: HashMap<i64, ProducerEntry>,
+}
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl ProducerStateManager {
+    /// Validates a batch from a client against the producer's state (pure).
+    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> Result<SequenceCheck, SequenceError> {
+        let Some(entry) = self.producers.get(&producer_id) else {
+            // Unknown producer (new, or its state expired with retention): accept.
+            return Ok(SequenceCheck::Append);
+        };
+        if epoch < entry.epoch {
+            return Err(SequenceError::InvalidProducerEpoch { got: epoch, current: entry.epoch });
+        }
+        if epoch > entry.epoch {
+            // A bumped epoch starts its sequences again at 0.
+            return if first_seq == 0 {
+                Ok(SequenceCheck::Append)
+            } else {
+                Err(SequenceError::OutOfOrderSequence { got: first_seq, expected: 0 })
+            };
+        }
+        if let Some(dup) = entry.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
+            return Ok(SequenceCheck::Duplicate(*dup));
+        }
+        match entry.batches.back() {
+            Some(last) if first_seq != next_seq(last.last_seq) => {
+                Err(SequenceError::OutOfOrderSequence { got: first_seq, expected: next_seq(last.last_seq) })
+            }
+            _ => Ok(SequenceCheck::Append),
+        }
+    }
+
+    /// Records a written batch.
+    pub fn update(&mut self, producer_id: i64, epoch: i16, meta: BatchMetadata) {
+        let entry = self.producers.entry(producer_id).or_default();
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        entry.batches.push_back(meta);
+        while entry.batches.len() > BATCHES_TO_RETAIN {
+            entry.batches.pop_front();
+        }
+    }
+
+    /// Puts back an entry saved before a failed append.
+    pub fn restore(&mut self, producer_id: i64, entry: Option<ProducerEntry>) {
+        match entry {
+            Some(e) => {
+                self.producers.insert(producer_id, e);
+            }
+            None => {
+                self.producers.remove(&producer_id);
+            }
+        }
+    }
+
+    /// Replays a stored batch (recovery, snapshots' tails).
+    pub fn replay(&mut self, h: &BatchHeader) {
+        if h.producer_id() < 0 || h.is_control() {
+            return;
+        }
+        self.update(
+            h.producer_id(),
+            h.producer_epoch(),
+            BatchMetadata {
+                first_seq: h.base_sequence(),
+                last_seq: h.last_sequence(),
+                first_offset: h.base_offset(),
+                last_offset: h.last_offset(),
+                timestamp: h.max_timestamp(),
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+
+    pub fn entry(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.producers.get(&producer_id)
+    }
+
+    /// Writes `<offset>.snapshot` atomically.
+    pub fn write_snapshot(&self, dir: &Path, offset: i64) -> io::Result<()> {
+        let path = snapshot_path(dir, offset);
+        let tmp = path.with_extension("snapshot.tmp");
+        let data = serde_json::to_vec(self).map_err(io::Error::other)?;
+        std::fs::write(&tmp, data)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Loads the newest snapshot at or below `max_offset`, deleting newer ones.
+    /// Returns the state and the offset replay must start from.
+    pub fn load_latest(dir: &Path, max_offset: i64) -> io::Result<(ProducerStateManager, i64)> {
+        let mut snaps = list_snapshots(dir)?;
+        snaps.sort_unstable();
+        while let Some(&offset) = snaps.last() {
+            let path = snapshot_path(dir, offset);
+            if offset > max_offset {
+                std::fs::remove_file(&path)?;
+                snaps.pop();
+                continue;
+            }
+            match std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
+                Some(state) => return Ok((state, offset)),
+                None => {
+                    tracing::warn!(path = %path.display(), "discarding unreadable producer snapshot");
+                    std::fs::remove_file(&path)?;
+                    snaps.pop();
+                }
+            }
+        }
+        Ok((ProducerStateManager::default(), 0))
+    }
+
+    /// Keeps only the newest `keep` snapshots and none below `log_start_offset`'s segment.
+    pub fn clean_snapshots(dir: &Path, keep: usize) -> io::Result<()> {
+        let mut snaps = list_snapshots(dir)?;
+        snaps.sort_unstable();
+        let n = snaps.len().saturating_sub(keep);
+        for offset in &snaps[..n] {
+            std::fs::remove_file(snapshot_path(dir, *offset))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn snapshot_path(dir: &Path, offset: i64) -> PathBuf {
+    dir.join(format!("{offset:020}{SNAPSHOT_SUFFIX}"))
+}
+
+fn list_snapshots(dir: &Path) -> io::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(SNAPSHOT_SUFFIX) {
+            if let Ok(o) = stem.parse::<i64>() {
+                out.push(o);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(first_seq: i32, last_seq: i32, first_offset: i64) -> BatchMetadata {
+        BatchMetadata { first_seq, last_seq, first_offset, last_offset: first_offset + (last_seq - first_seq) as i64, timestamp: 0 }
+    }
+
+    #[test]
+    fn sequences_must_follow_and_duplicates_are_found() {
+        let mut s = ProducerStateManager::default();
+        assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Append));
+        s.update(1, 0, meta(0, 4, 100));
+        assert_eq!(s.check(1, 0, 5, 9), Ok(SequenceCheck::Append));
+        s.update(1, 0, meta(5, 9, 105));
+        assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Duplicate(meta(0, 4, 100))));
+        assert_eq!(s.check(1, 0, 12, 13), Err(SequenceError::OutOfOrderSequence { got: 12, expected: 10 }));
+    }
+
+    #[test]
+    fn epochs_fence_old_producers_and_reset_sequences() {
+        let mut s = ProducerStateManager::default();
+        s.update(1, 3, meta(0, 0, 0));
+        assert_eq!(s.check(1, 2, 1, 1), Err(SequenceError::InvalidProducerEpoch { got: 2, current: 3 }));
+        assert_eq!(s.check(1, 4, 0, 0), Ok(SequenceCheck::Append));
+        assert!(s.check(1, 4, 5, 5).is_err());
+    }
+
+    #[test]
+    fn only_five_batches_are_remembered() {
+        let mut s = ProducerStateManager::default();
+        for i in 0..7 {
+            s.update(9, 0, meta(i, i, i as i64));
+        }
+        assert_eq!(s.entry(9).unwrap().batches.len(), BATCHES_TO_RETAIN);
+        // The oldest batches are forgotten: a retry that old is out of order.
+        assert!(s.check(9, 0, 0, 0).is_err());
+        assert!(matches!(s.check(9, 0, 6, 6), Ok(SequenceCheck::Duplicate(_))));
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_newer_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProducerStateManager::default();
+        s.update(1, 0, meta(0, 1, 0));
+        s.write_snapshot(dir.path(), 2).unwrap();
+        s.update(1, 0, meta(2, 3, 2));
+        s.write_snapshot(dir.path(), 4).unwrap();
+        let (loaded, at) = ProducerStateManager::load_latest(dir.path(), 3).unwrap();
+        assert_eq!(at, 2);
+        assert_eq!(loaded.entry(1).unwrap().batches.len(), 1);
+        assert!(!snapshot_path(dir.path(), 4).exists());
+    }
+}
