@@ -317,21 +317,44 @@ impl LogConfig {
             reason: reason.to_string(),
         };
         if self.segment_bytes < 14 {
-            return Err(invalid("segment.bytes", self.segment_bytes.to_string(), "must be at least 14"));
+            return Err(invalid(
+                "segment.bytes",
+                self.segment_bytes.to_string(),
+                "must be at least 14",
+            ));
         }
         if self.segment_ms < 1 {
-            return Err(invalid("segment.ms", self.segment_ms.to_string(), "must be at least 1"));
+            return Err(invalid(
+                "segment.ms",
+                self.segment_ms.to_string(),
+                "must be at least 1",
+            ));
         }
         if self.max_message_bytes < 0 {
-            return Err(invalid("max.message.bytes", self.max_message_bytes.to_string(), "must be non-negative"));
+            return Err(invalid(
+                "max.message.bytes",
+                self.max_message_bytes.to_string(),
+                "must be non-negative",
+            ));
         }
         if self.index_interval_bytes < 0 {
-            return Err(invalid("index.interval.bytes", self.index_interval_bytes.to_string(), "must be non-negative"));
+            return Err(invalid(
+                "index.interval.bytes",
+                self.index_interval_bytes.to_string(),
+                "must be non-negative",
+            ));
         }
         if self.segment_index_bytes < 8 {
-            return Err(invalid("segment.index.bytes", self.segment_index_bytes.to_string(), "must be at least 8"));
+            return Err(invalid(
+                "segment.index.bytes",
+                self.segment_index_bytes.to_string(),
+                "must be at least 8",
+            ));
         }
-        if !matches!(self.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
+        if !matches!(
+            self.message_timestamp_type.as_str(),
+            "CreateTime" | "LogAppendTime"
+        ) {
             return Err(invalid(
                 "message.timestamp.type",
                 self.message_timestamp_type.clone(),
@@ -340,7 +363,11 @@ impl LogConfig {
         }
         for policy in self.cleanup_policy.split(',') {
             if !matches!(policy.trim(), "delete" | "compact") {
-                return Err(invalid("cleanup.policy", self.cleanup_policy.clone(), "must be delete, compact or both"));
+                return Err(invalid(
+                    "cleanup.policy",
+                    self.cleanup_policy.clone(),
+                    "must be delete, compact or both",
+                ));
             }
         }
         if !matches!(
@@ -361,7 +388,11 @@ impl LogConfig {
             ));
         }
         if self.min_insync_replicas < 1 {
-            return Err(invalid("min.insync.replicas", self.min_insync_replicas.to_string(), "must be at least 1"));
+            return Err(invalid(
+                "min.insync.replicas",
+                self.min_insync_replicas.to_string(),
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -371,7 +402,9 @@ impl LogConfig {
     }
 
     pub fn compact(&self) -> bool {
-        self.cleanup_policy.split(',').any(|p| p.trim() == "compact")
+        self.cleanup_policy
+            .split(',')
+            .any(|p| p.trim() == "compact")
     }
 
     pub fn delete(&self) -> bool {
@@ -397,7 +430,10 @@ impl Endpoint {
             .parse::<u16>()
             .map_err(|e| format!("listener '{listener}': {e}"))?;
         let host = if host.is_empty() { "0.0.0.0" } else { host };
-        Ok(Endpoint { host: host.trim_matches(['[', ']']).to_string(), port })
+        Ok(Endpoint {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        })
     }
 
     pub fn addr(&self) -> String {
@@ -455,13 +491,20 @@ impl BrokerConfig {
             ));
         }
         if self.num_partitions < 1 {
-            return Err(invalid("num.partitions", self.num_partitions.to_string(), "must be positive".into()));
+            return Err(invalid(
+                "num.partitions",
+                self.num_partitions.to_string(),
+                "must be positive".into(),
+            ));
         }
         LogConfig::defaults_from(self).validate()
     }
 
     pub fn listener(&self) -> Endpoint {
-        Endpoint::parse(&self.listeners).unwrap_or(Endpoint { host: "127.0.0.1".into(), port: 9092 })
+        Endpoint::parse(&self.listeners).unwrap_or(Endpoint {
+            host: "127.0.0.1".into(),
+            port: 9092,
+        })
     }
 
     /// The endpoint clients are told about in Metadata.
@@ -483,9 +526,9 @@ pub fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, ConfigErro
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
     if path.extension().is_some_and(|e| e == "toml") {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::File(path.display().to_string(), e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::File(path.display().to_string(), e.to_string())
+        })?;
         let mut out = Vec::new();
         flatten_toml("", &table, &mut out);
         Ok(out)
@@ -496,7 +539,11 @@ pub fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, ConfigErro
 
 fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => flatten_toml(&key, t, out),
             toml::Value::String(s) => out.push((key, s.clone())),
@@ -524,7 +571,13 @@ mod tests {
     #[test]
     fn defaults_are_kafkas() {
         let c = BrokerConfig::default();
-        assert_eq!(c.listener(), Endpoint { host: "127.0.0.1".into(), port: 9092 });
+        assert_eq!(
+            c.listener(),
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 9092
+            }
+        );
         assert_eq!(c.log_segment_bytes, 1 << 30);
         assert_eq!(c.socket_request_max_bytes, 100 * 1024 * 1024);
         let t = LogConfig::defaults_from(&c);
@@ -541,7 +594,8 @@ mod tests {
             ("FJORD_NUM_PARTITIONS".to_string(), "4".to_string()),
             ("FJORD_UNRELATED_THING".to_string(), "x".to_string()),
         ];
-        let c = BrokerConfig::load(Some(&file), env, &[("log.dirs".into(), "/tmp/y".into())]).unwrap();
+        let c =
+            BrokerConfig::load(Some(&file), env, &[("log.dirs".into(), "/tmp/y".into())]).unwrap();
         assert_eq!(c.num_partitions, 4);
         assert_eq!(c.log_dirs, "/tmp/y");
     }
@@ -559,8 +613,14 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_names() {
         let mut c = LogConfig::default();
-        assert!(matches!(c.set("retention.ms", "soon"), Err(ConfigError::Invalid { .. })));
-        assert!(matches!(c.set("no.such", "1"), Err(ConfigError::Unknown(_))));
+        assert!(matches!(
+            c.set("retention.ms", "soon"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            c.set("no.such", "1"),
+            Err(ConfigError::Unknown(_))
+        ));
         c.set("cleanup.policy", "compact,delete").unwrap();
         assert!(c.compact() && c.delete());
         c.set("compression.type", "brotli").unwrap();

@@ -71,8 +71,12 @@ impl Error {
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
-            Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
-            Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
+            Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+                ResponseError::InvalidProducerEpoch
+            }
+            Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+                ResponseError::OutOfOrderSequenceNumber
+            }
             Error::Storage(_) => ResponseError::KafkaStorageError,
         }
     }
@@ -88,7 +92,9 @@ impl Error {
             Error::UnknownTopicOrPartition | Error::UnknownTopicId => Code::NotFound,
             Error::TopicAlreadyExists(_) => Code::AlreadyExists,
             Error::Storage(_) => Code::Internal,
-            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => Code::FailedPrecondition,
+            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => {
+                Code::FailedPrecondition
+            }
             _ => Code::InvalidArgument,
         };
         tonic::Status::new(code, self.to_string())

@@ -1,6 +1,16 @@
 //! Fjord broker: a Kafka-compatible, partitioned, append-only log.
 
+pub mod admin;
+pub mod api;
+pub mod broker;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod log;
+pub mod metrics;
+pub mod network;
+pub mod replica;
 pub mod txn;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;

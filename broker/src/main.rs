@@ -1,1 +1,73 @@
-fn main() {}
+//! `fjord-broker`: runs one broker. With no arguments it serves Kafka on
+//! 127.0.0.1:9092 with data under ./data.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use fjord_broker::{Broker, BrokerConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fjord-broker",
+    version,
+    about = "Fjord: a Kafka-compatible streaming broker"
+)]
+struct Args {
+    /// A server.properties or .toml file with Kafka config names.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Override one config, e.g. `--override log.dirs=/var/lib/fjord` (repeatable).
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Shorthand for --override log.dirs=DIR.
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Shorthand for --override listeners=PLAINTEXT://ADDR.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut overrides = Vec::new();
+    for o in &args.overrides {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--override expects KEY=VALUE, got '{o}'"))?;
+        overrides.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    if let Some(d) = args.data_dir {
+        overrides.push(("log.dirs".into(), d));
+    }
+    if let Some(l) = args.listen {
+        overrides.push(("listeners".into(), format!("PLAINTEXT://{l}")));
+    }
+    let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let broker = Broker::start(config).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        broker.shutdown().await
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

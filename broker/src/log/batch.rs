@@ -59,7 +59,10 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
 /// Reads the batch's total size (length field + 12) from its first 12 bytes.
 pub fn total_size(prefix: &[u8]) -> Result<usize, BatchError> {
     if prefix.len() < LOG_OVERHEAD {
-        return Err(BatchError::Truncated { needed: LOG_OVERHEAD, available: prefix.len() });
+        return Err(BatchError::Truncated {
+            needed: LOG_OVERHEAD,
+            available: prefix.len(),
+        });
     }
     let len = i32_at(prefix, LENGTH);
     // The smallest legal v2 batch is its header.
@@ -77,7 +80,10 @@ impl<'a> BatchHeader<'a> {
     /// Views a header; checks only that enough bytes are present and the magic is 2.
     pub fn parse(bytes: &'a [u8]) -> Result<BatchHeader<'a>, BatchError> {
         if bytes.len() < HEADER_SIZE {
-            return Err(BatchError::Truncated { needed: HEADER_SIZE, available: bytes.len() });
+            return Err(BatchError::Truncated {
+                needed: HEADER_SIZE,
+                available: bytes.len(),
+            });
         }
         let magic = bytes[MAGIC] as i8;
         if magic != 2 {
@@ -161,11 +167,17 @@ impl<'a> BatchHeader<'a> {
 pub fn validate(batch: &[u8]) -> Result<BatchHeader<'_>, BatchError> {
     let header = BatchHeader::parse(batch)?;
     if header.total_size() != batch.len() {
-        return Err(BatchError::Truncated { needed: header.total_size(), available: batch.len() });
+        return Err(BatchError::Truncated {
+            needed: header.total_size(),
+            available: batch.len(),
+        });
     }
     let computed = crc32c::crc32c(&batch[ATTRIBUTES..]);
     if computed != header.crc() {
-        return Err(BatchError::CrcMismatch { stored: header.crc(), computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc(),
+            computed,
+        });
     }
     if header.records_count() < 0 || header.last_offset_delta() < 0 {
         return Err(BatchError::InvalidRecordCount(header.records_count()));
@@ -192,7 +204,10 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, BatchError> {
     while pos < records.len() {
         let size = total_size(&records[pos..])?;
         if pos + size > records.len() {
-            return Err(BatchError::Truncated { needed: size, available: records.len() - pos });
+            return Err(BatchError::Truncated {
+                needed: size,
+                available: records.len() - pos,
+            });
         }
         out.push(records.slice(pos..pos + size));
         pos += size;
@@ -229,7 +244,8 @@ impl PatchedHeader {
         self.0[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&offset.to_be_bytes());
     }
     pub fn set_partition_leader_epoch(&mut self, epoch: i32) {
-        self.0[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
+        self.0[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
+            .copy_from_slice(&epoch.to_be_bytes());
     }
     /// Marks the batch LogAppendTime with the given time; the CRC must be recomputed.
     pub fn set_log_append_time(&mut self, timestamp: i64) {
@@ -261,7 +277,15 @@ pub(crate) mod tests {
 
     /// Encodes a real batch with kafka-protocol's encoder for tests.
     pub fn encode_batch(base_offset: i64, values: &[&[u8]], timestamp: i64) -> Bytes {
-        encode_batch_with(base_offset, values, timestamp, -1, -1, -1, Compression::None)
+        encode_batch_with(
+            base_offset,
+            values,
+            timestamp,
+            -1,
+            -1,
+            -1,
+            Compression::None,
+        )
     }
 
     pub fn encode_batch_with(
@@ -287,7 +311,11 @@ pub(crate) mod tests {
                 offset: base_offset + i as i64,
                 // kafka-protocol groups records into one batch only while offset - sequence
                 // stays constant; non-idempotent batches get their -1 patched in below.
-                sequence: if base_sequence < 0 { i as i32 } else { base_sequence.wrapping_add(i as i32) },
+                sequence: if base_sequence < 0 {
+                    i as i32
+                } else {
+                    base_sequence.wrapping_add(i as i32)
+                },
                 timestamp: timestamp + i as i64,
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::copy_from_slice(v)),
@@ -295,7 +323,15 @@ pub(crate) mod tests {
             })
             .collect();
         let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression }).unwrap();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
         let batch = buf.freeze();
         if producer_id >= 0 {
             return batch;
@@ -337,7 +373,10 @@ pub(crate) mod tests {
         p.set_log_append_time(999);
         let mut whole = p.0.to_vec();
         whole.extend_from_slice(&batch[HEADER_SIZE..]);
-        assert!(matches!(validate(&whole), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&whole),
+            Err(BatchError::CrcMismatch { .. })
+        ));
         p.recompute_crc(&batch[HEADER_SIZE..]);
         let mut whole = p.0.to_vec();
         whole.extend_from_slice(&batch[HEADER_SIZE..]);
@@ -352,7 +391,10 @@ pub(crate) mod tests {
         let mut bad = batch.to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        assert!(matches!(validate(&bad), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&bad),
+            Err(BatchError::CrcMismatch { .. })
+        ));
         assert!(validate(&batch[..batch.len() - 1]).is_err());
         assert!(validate(&batch[..30]).is_err());
         let two = Bytes::from([batch.to_vec(), batch.to_vec()].concat());
@@ -362,7 +404,15 @@ pub(crate) mod tests {
 
     #[test]
     fn sequence_wraps() {
-        let batch = encode_batch_with(0, &[b"a", b"b", b"c"], 1, 7, 0, i32::MAX - 1, Compression::None);
+        let batch = encode_batch_with(
+            0,
+            &[b"a", b"b", b"c"],
+            1,
+            7,
+            0,
+            i32::MAX - 1,
+            Compression::None,
+        );
         let h = validate(&batch).unwrap();
         assert_eq!(h.base_sequence(), i32::MAX - 1);
         assert_eq!(h.last_sequence(), 0);

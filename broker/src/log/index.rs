@@ -21,11 +21,26 @@ struct IndexFile {
 }
 
 impl IndexFile {
-    fn open(path: &Path, entry_size: usize, prealloc_bytes: Option<usize>) -> io::Result<IndexFile> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    fn open(
+        path: &Path,
+        entry_size: usize,
+        prealloc_bytes: Option<usize>,
+    ) -> io::Result<IndexFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let len = file.metadata()?.len() as usize;
         let entries = len / entry_size;
-        let mut index = IndexFile { path: path.to_path_buf(), file, mmap: None, entries, entry_size };
+        let mut index = IndexFile {
+            path: path.to_path_buf(),
+            file,
+            mmap: None,
+            entries,
+            entry_size,
+        };
         index.remap(prealloc_bytes.map(|b| b.max(len)).unwrap_or(len))?;
         Ok(index)
     }
@@ -124,7 +139,10 @@ pub struct OffsetIndex {
 
 impl OffsetIndex {
     pub fn open(path: &Path, base_offset: i64, prealloc: Option<usize>) -> io::Result<OffsetIndex> {
-        let mut index = OffsetIndex { base_offset, file: IndexFile::open(path, OFFSET_ENTRY, prealloc)? };
+        let mut index = OffsetIndex {
+            base_offset,
+            file: IndexFile::open(path, OFFSET_ENTRY, prealloc)?,
+        };
         index.drop_unwritten_tail();
         Ok(index)
     }
@@ -191,7 +209,10 @@ impl OffsetIndex {
 
     /// Removes entries at or past `offset` (log truncation).
     pub fn truncate_to(&mut self, offset: i64) {
-        let keep = match self.file.floor(|e| (u32_at(e, 0) as i64) < offset - self.base_offset) {
+        let keep = match self
+            .file
+            .floor(|e| (u32_at(e, 0) as i64) < offset - self.base_offset)
+        {
             Some(i) => i + 1,
             None => 0,
         };
@@ -241,7 +262,10 @@ pub struct TimeIndex {
 
 impl TimeIndex {
     pub fn open(path: &Path, base_offset: i64, prealloc: Option<usize>) -> io::Result<TimeIndex> {
-        let mut index = TimeIndex { base_offset, file: IndexFile::open(path, TIME_ENTRY, prealloc)? };
+        let mut index = TimeIndex {
+            base_offset,
+            file: IndexFile::open(path, TIME_ENTRY, prealloc)?,
+        };
         let mut valid = 0;
         let mut prev: Option<(i64, u32)> = None;
         for i in 0..index.file.entries {
@@ -299,7 +323,10 @@ impl TimeIndex {
     }
 
     pub fn truncate_to(&mut self, offset: i64) {
-        let keep = match self.file.floor(|e| (u32_at(e, 8) as i64) < offset - self.base_offset) {
+        let keep = match self
+            .file
+            .floor(|e| (u32_at(e, 8) as i64) < offset - self.base_offset)
+        {
             Some(i) => i + 1,
             None => 0,
         };

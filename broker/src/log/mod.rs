@@ -14,7 +14,9 @@ use parking_lot::RwLock;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::txn::producer_state::{
+    BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck,
+};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
 use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
 
@@ -50,12 +52,16 @@ struct LogState {
 
 impl LogState {
     fn active(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a log always has an active segment")
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
     }
 
     /// Index of the segment holding `offset` (the last with base <= offset).
     fn segment_for(&self, offset: i64) -> usize {
-        self.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1)
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
     }
 }
 
@@ -101,7 +107,12 @@ impl Log {
         let mut segments = Vec::with_capacity(bases.len());
         for (i, base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            segments.push(Segment::open(dir, *base, interval, active.then_some(index_bytes))?);
+            segments.push(Segment::open(
+                dir,
+                *base,
+                interval,
+                active.then_some(index_bytes),
+            )?);
         }
 
         // Recovery: scan what may be torn; otherwise trust the indexes and read the tail.
@@ -132,13 +143,19 @@ impl Log {
             last.on_become_active(index_bytes)?;
         }
 
-        let next_offset = segments.last().map_or(0, |s| s.next_offset().max(s.base_offset));
+        let next_offset = segments
+            .last()
+            .map_or(0, |s| s.next_offset().max(s.base_offset));
         let first_base = segments.first().map_or(0, |s| s.base_offset);
-        let log_start_offset = log_start_checkpoint.unwrap_or(first_base).clamp(first_base, next_offset);
+        let log_start_offset = log_start_checkpoint
+            .unwrap_or(first_base)
+            .clamp(first_base, next_offset);
 
         let (mut producers, snapshot_offset) = ProducerStateManager::load_latest(dir, next_offset)?;
         let replay_from = snapshot_offset.max(log_start_offset);
-        let start = segments.partition_point(|s| s.base_offset <= replay_from).saturating_sub(1);
+        let start = segments
+            .partition_point(|s| s.base_offset <= replay_from)
+            .saturating_sub(1);
         for seg in &segments[start..] {
             seg.for_each_header(replay_from, |h| {
                 if h.base_offset() >= replay_from {
@@ -187,7 +204,12 @@ impl Log {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.state.read().segments.iter().map(|s| u64::from(s.size())).sum()
+        self.state
+            .read()
+            .segments
+            .iter()
+            .map(|s| u64::from(s.size()))
+            .sum()
     }
 
     pub fn segment_count(&self) -> usize {
@@ -209,10 +231,15 @@ impl Log {
         for b in batches {
             let h = batch::validate_for_append(&b)?;
             if b.len() > config.max_message_bytes as usize {
-                return Err(Error::MessageTooLarge { size: b.len(), max: config.max_message_bytes });
+                return Err(Error::MessageTooLarge {
+                    size: b.len(),
+                    max: config.max_message_bytes,
+                });
             }
             if h.is_control() {
-                return Err(Error::InvalidRecord("clients may not send control batches".into()));
+                return Err(Error::InvalidRecord(
+                    "clients may not send control batches".into(),
+                ));
             }
             if h.is_transactional() {
                 return Err(Error::TransactionsUnsupported);
@@ -221,7 +248,11 @@ impl Log {
             incoming.push(recompress_if_needed(b, codec, &config)?);
         }
 
-        let log_append_time = if config.log_append_time() { now_ms() } else { -1 };
+        let log_append_time = if config.log_append_time() {
+            now_ms()
+        } else {
+            -1
+        };
         let total: usize = incoming.iter().map(Bytes::len).sum();
         let mut st = self.state.write();
         self.maybe_roll(&mut st, total, &config)?;
@@ -239,7 +270,12 @@ impl Log {
             let h = BatchHeader::parse(b)?;
             let last_offset = offset + h.last_offset_delta() as i64;
             if h.producer_id() >= 0 {
-                let check = st.producers.check(h.producer_id(), h.producer_epoch(), h.base_sequence(), h.last_sequence());
+                let check = st.producers.check(
+                    h.producer_id(),
+                    h.producer_epoch(),
+                    h.base_sequence(),
+                    h.last_sequence(),
+                );
                 match check {
                     Ok(SequenceCheck::Append) => {}
                     Ok(SequenceCheck::Duplicate(meta)) => {
@@ -259,7 +295,10 @@ impl Log {
                         return Err(e.into());
                     }
                 }
-                producer_backup.push((h.producer_id(), st.producers.entry(h.producer_id()).cloned()));
+                producer_backup.push((
+                    h.producer_id(),
+                    st.producers.entry(h.producer_id()).cloned(),
+                ));
                 st.producers.update(
                     h.producer_id(),
                     h.producer_epoch(),
@@ -312,7 +351,9 @@ impl Log {
             return Ok(());
         }
         let too_big = u64::from(active.size()) + incoming as u64 > config.segment_bytes as u64;
-        let too_old = active.first_append_ms().is_some_and(|t| now_ms() - t >= config.segment_ms);
+        let too_old = active
+            .first_append_ms()
+            .is_some_and(|t| now_ms() - t >= config.segment_ms);
         // Relative offsets in the index are 32-bit.
         let offset_overflow = next_offset - active.base_offset > i32::MAX as i64 / 2;
         if too_big || too_old || offset_overflow || active.index_full() {
@@ -351,7 +392,10 @@ impl Log {
     pub fn roll_if_expired(&self) -> Result<()> {
         let config = self.config();
         let mut st = self.state.write();
-        let expired = st.active().first_append_ms().is_some_and(|t| now_ms() - t >= config.segment_ms);
+        let expired = st
+            .active()
+            .first_append_ms()
+            .is_some_and(|t| now_ms() - t >= config.segment_ms);
         if expired {
             self.roll_locked(&mut st, &config)?;
         }
@@ -359,7 +403,13 @@ impl Log {
     }
 
     /// Reads whole batches from `offset`, never past `max_offset` (the high watermark).
-    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<ReadInfo> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+        min_one: bool,
+    ) -> Result<ReadInfo> {
         let st = self.state.read();
         let (start, end) = (st.log_start_offset, st.next_offset);
         if offset < start || offset > end {
@@ -376,7 +426,11 @@ impl Log {
                 i += 1;
             }
         }
-        Ok(ReadInfo { records, log_start_offset: start, log_end_offset: end })
+        Ok(ReadInfo {
+            records,
+            log_start_offset: start,
+            log_end_offset: end,
+        })
     }
 
     /// The first offset whose record timestamp is >= `timestamp`, with that timestamp.
@@ -396,7 +450,11 @@ impl Log {
             if let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
                 let log_append = h.is_log_append_time();
                 for r in set.records {
-                    let ts = if log_append { h.max_timestamp() } else { r.timestamp };
+                    let ts = if log_append {
+                        h.max_timestamp()
+                    } else {
+                        r.timestamp
+                    };
                     if ts >= timestamp && r.offset >= start {
                         return Ok(Some((r.offset, ts)));
                     }
@@ -429,8 +487,13 @@ impl Log {
         while n + 1 < st.segments.len() {
             let seg = &st.segments[n];
             let below_start = st.segments[n + 1].base_offset <= st.log_start_offset;
-            let by_time = config.delete() && config.retention_ms >= 0 && seg.max_timestamp() >= 0 && now - seg.max_timestamp() > config.retention_ms;
-            let by_size = config.delete() && config.retention_bytes >= 0 && total - seg.size() as i64 >= config.retention_bytes;
+            let by_time = config.delete()
+                && config.retention_ms >= 0
+                && seg.max_timestamp() >= 0
+                && now - seg.max_timestamp() > config.retention_ms;
+            let by_size = config.delete()
+                && config.retention_bytes >= 0
+                && total - seg.size() as i64 >= config.retention_bytes;
             if !(below_start || by_time || by_size) {
                 break;
             }
@@ -457,7 +520,11 @@ impl Log {
             let (start, end) = (st.log_start_offset, st.next_offset);
             let target = if offset == -1 { high_watermark } else { offset };
             if target < 0 || target > high_watermark {
-                return Err(Error::OffsetOutOfRange { offset: target, start, end });
+                return Err(Error::OffsetOutOfRange {
+                    offset: target,
+                    start,
+                    end,
+                });
             }
             st.log_start_offset = st.log_start_offset.max(target);
         }
@@ -506,7 +573,9 @@ impl Log {
 
 /// Recompresses a batch when the topic's `compression.type` names another codec.
 fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<Bytes> {
-    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+    use kafka_protocol::records::{
+        Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+    };
     let target = match config.compression_type.as_str() {
         "producer" => return Ok(batch),
         "uncompressed" => Compression::None,
@@ -520,16 +589,32 @@ fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<
         return Ok(batch);
     }
     let header = BatchHeader::parse(&batch)?;
-    let (producer_id, epoch, base_sequence) = (header.producer_id(), header.producer_epoch(), header.base_sequence());
+    let (producer_id, epoch, base_sequence) = (
+        header.producer_id(),
+        header.producer_epoch(),
+        header.base_sequence(),
+    );
     let mut buf = batch.clone();
-    let mut set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    let mut set =
+        RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
     // The encoder keeps records in one batch only while offset - sequence is constant.
     for r in &mut set.records {
-        r.sequence = if base_sequence < 0 { r.offset as i32 } else { r.sequence };
+        r.sequence = if base_sequence < 0 {
+            r.offset as i32
+        } else {
+            r.sequence
+        };
     }
     let mut out = BytesMut::with_capacity(batch.len());
-    RecordBatchEncoder::encode(&mut out, &set.records, &RecordEncodeOptions { version: 2, compression: target })
-        .map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    RecordBatchEncoder::encode(
+        &mut out,
+        &set.records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: target,
+        },
+    )
+    .map_err(|e| Error::CorruptMessage(e.to_string()))?;
     let mut header = PatchedHeader::from_batch(&out);
     header.set_producer(producer_id, epoch, base_sequence);
     header.recompute_crc(&out[HEADER_SIZE..]);

@@ -38,7 +38,10 @@ impl OutgoingBatch {
 pub enum ScanStop {
     End,
     /// Bytes at this position are not a whole, valid batch.
-    Invalid { position: u32, reason: String },
+    Invalid {
+        position: u32,
+        reason: String,
+    },
 }
 
 pub struct Segment {
@@ -66,9 +69,17 @@ impl Segment {
         prealloc_index_bytes: Option<usize>,
     ) -> io::Result<Segment> {
         let log_path = file_path(dir, base_offset, LOG_SUFFIX);
-        let file = OpenOptions::new().read(true).append(true).create(true).open(&log_path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)?;
         let size = u32::try_from(file.metadata()?.len()).unwrap_or(u32::MAX);
-        let offset_index = OffsetIndex::open(&file_path(dir, base_offset, INDEX_SUFFIX), base_offset, prealloc_index_bytes)?;
+        let offset_index = OffsetIndex::open(
+            &file_path(dir, base_offset, INDEX_SUFFIX),
+            base_offset,
+            prealloc_index_bytes,
+        )?;
         let time_index = TimeIndex::open(
             &file_path(dir, base_offset, TIME_INDEX_SUFFIX),
             base_offset,
@@ -96,7 +107,10 @@ impl Segment {
         if !self.offset_index.is_consistent(self.size) {
             return Ok(false);
         }
-        let (last_indexed, start) = self.offset_index.last_entry().unwrap_or((self.base_offset, 0));
+        let (last_indexed, start) = self
+            .offset_index
+            .last_entry()
+            .unwrap_or((self.base_offset, 0));
         let (mut max_ts, mut max_ts_offset) = self.time_index.last_entry().unwrap_or((-1, -1));
         let mut next = last_indexed;
         let mut bad = false;
@@ -142,7 +156,13 @@ impl Segment {
         let stop = self.scan(0, |pos, bytes| match batch::validate(bytes) {
             Ok(h) => {
                 on_batch(&h);
-                entries.push((pos, h.base_offset(), h.last_offset(), h.max_timestamp(), bytes.len() as u32));
+                entries.push((
+                    pos,
+                    h.base_offset(),
+                    h.last_offset(),
+                    h.max_timestamp(),
+                    bytes.len() as u32,
+                ));
                 valid_end = pos + bytes.len() as u32;
                 true
             }
@@ -192,7 +212,12 @@ impl Segment {
                 }
                 let size = match batch::total_size(rest) {
                     Ok(s) => s,
-                    Err(e) => return Ok(ScanStop::Invalid { position: pos + at as u32, reason: e.to_string() }),
+                    Err(e) => {
+                        return Ok(ScanStop::Invalid {
+                            position: pos + at as u32,
+                            reason: e.to_string(),
+                        })
+                    }
                 };
                 if u64::from(pos) + (at + size) as u64 > u64::from(self.size) {
                     return Ok(ScanStop::Invalid {
@@ -210,19 +235,32 @@ impl Segment {
                     break;
                 }
                 if !f(pos + at as u32, &rest[..size]) {
-                    return Ok(ScanStop::Invalid { position: pos + at as u32, reason: "rejected".into() });
+                    return Ok(ScanStop::Invalid {
+                        position: pos + at as u32,
+                        reason: "rejected".into(),
+                    });
                 }
                 at += size;
             }
             if at == 0 {
-                return Ok(ScanStop::Invalid { position: pos, reason: "truncated batch header".into() });
+                return Ok(ScanStop::Invalid {
+                    position: pos,
+                    reason: "truncated batch header".into(),
+                });
             }
             pos += at as u32;
         }
         Ok(ScanStop::End)
     }
 
-    fn index_batch(&mut self, position: u32, base_offset: i64, last_offset: i64, max_timestamp: i64, size: u32) {
+    fn index_batch(
+        &mut self,
+        position: u32,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        size: u32,
+    ) {
         if self.first_append_ms.is_none() {
             self.first_append_ms = Some(now_ms());
         }
@@ -232,7 +270,8 @@ impl Segment {
         }
         if self.bytes_since_last_index_entry > self.index_interval_bytes {
             self.offset_index.append(base_offset, position);
-            self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
+            self.time_index
+                .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
             self.bytes_since_last_index_entry = 0;
         }
         self.bytes_since_last_index_entry += size;
@@ -256,7 +295,13 @@ impl Segment {
         let mut pos = start;
         for b in batches {
             let h = b.header.view();
-            self.index_batch(pos, h.base_offset(), h.last_offset(), h.max_timestamp(), b.size() as u32);
+            self.index_batch(
+                pos,
+                h.base_offset(),
+                h.last_offset(),
+                h.max_timestamp(),
+                b.size() as u32,
+            );
             self.next_offset = h.next_offset();
             pos += b.size() as u32;
         }
@@ -287,7 +332,13 @@ impl Segment {
 
     /// Reads whole batches from the one holding `offset`: at most `max_bytes`
     /// (but at least one batch when `min_one`), and none starting at or past `max_offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> io::Result<Option<Bytes>> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+        min_one: bool,
+    ) -> io::Result<Option<Bytes>> {
         let Some((pos, header)) = self.translate_offset(offset)? else {
             return Ok(None);
         };
@@ -319,7 +370,11 @@ impl Segment {
     }
 
     /// The first batch whose max timestamp is >= `timestamp`, read whole.
-    pub fn find_batch_by_timestamp(&self, timestamp: i64, from_offset: i64) -> io::Result<Option<Bytes>> {
+    pub fn find_batch_by_timestamp(
+        &self,
+        timestamp: i64,
+        from_offset: i64,
+    ) -> io::Result<Option<Bytes>> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
@@ -344,7 +399,8 @@ impl Segment {
     /// The segment stops being active: add the final time index entry and trim both indexes.
     pub fn on_become_inactive(&mut self) -> io::Result<()> {
         if self.max_timestamp >= 0 {
-            self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
+            self.time_index
+                .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
         }
         self.offset_index.trim()?;
         self.time_index.trim()
@@ -363,7 +419,11 @@ impl Segment {
     }
 
     pub fn delete(self) -> io::Result<()> {
-        let paths = [self.log_path.clone(), self.offset_index.path().to_path_buf(), self.time_index.path().to_path_buf()];
+        let paths = [
+            self.log_path.clone(),
+            self.offset_index.path().to_path_buf(),
+            self.time_index.path().to_path_buf(),
+        ];
         drop(self);
         for p in paths {
             match std::fs::remove_file(&p) {
@@ -400,7 +460,11 @@ impl Segment {
     }
 
     /// Calls `f` for every batch header from `from_offset` on (replays producer state).
-    pub fn for_each_header(&self, from_offset: i64, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
+    pub fn for_each_header(
+        &self,
+        from_offset: i64,
+        mut f: impl FnMut(&BatchHeader),
+    ) -> io::Result<()> {
         let start = match self.translate_offset(from_offset)? {
             Some((pos, _)) => pos,
             None => return Ok(()),
@@ -421,7 +485,12 @@ fn write_all_vectored(mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match file.write_vectored(slices) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write batch")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write batch",
+                ))
+            }
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

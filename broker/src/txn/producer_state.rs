@@ -64,28 +64,47 @@ fn next_seq(seq: i32) -> i32 {
 
 impl ProducerStateManager {
     /// Validates a batch from a client against the producer's state (pure).
-    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> Result<SequenceCheck, SequenceError> {
+    pub fn check(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        first_seq: i32,
+        last_seq: i32,
+    ) -> Result<SequenceCheck, SequenceError> {
         let Some(entry) = self.producers.get(&producer_id) else {
             // Unknown producer (new, or its state expired with retention): accept.
             return Ok(SequenceCheck::Append);
         };
         if epoch < entry.epoch {
-            return Err(SequenceError::InvalidProducerEpoch { got: epoch, current: entry.epoch });
+            return Err(SequenceError::InvalidProducerEpoch {
+                got: epoch,
+                current: entry.epoch,
+            });
         }
         if epoch > entry.epoch {
             // A bumped epoch starts its sequences again at 0.
             return if first_seq == 0 {
                 Ok(SequenceCheck::Append)
             } else {
-                Err(SequenceError::OutOfOrderSequence { got: first_seq, expected: 0 })
+                Err(SequenceError::OutOfOrderSequence {
+                    got: first_seq,
+                    expected: 0,
+                })
             };
         }
-        if let Some(dup) = entry.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
             return Ok(SequenceCheck::Duplicate(*dup));
         }
         match entry.batches.back() {
             Some(last) if first_seq != next_seq(last.last_seq) => {
-                Err(SequenceError::OutOfOrderSequence { got: first_seq, expected: next_seq(last.last_seq) })
+                Err(SequenceError::OutOfOrderSequence {
+                    got: first_seq,
+                    expected: next_seq(last.last_seq),
+                })
             }
             _ => Ok(SequenceCheck::Append),
         }
@@ -168,7 +187,10 @@ impl ProducerStateManager {
                 snaps.pop();
                 continue;
             }
-            match std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+            {
                 Some(state) => return Ok((state, offset)),
                 None => {
                     tracing::warn!(path = %path.display(), "discarding unreadable producer snapshot");
@@ -215,7 +237,13 @@ mod tests {
     use super::*;
 
     fn meta(first_seq: i32, last_seq: i32, first_offset: i64) -> BatchMetadata {
-        BatchMetadata { first_seq, last_seq, first_offset, last_offset: first_offset + (last_seq - first_seq) as i64, timestamp: 0 }
+        BatchMetadata {
+            first_seq,
+            last_seq,
+            first_offset,
+            last_offset: first_offset + (last_seq - first_seq) as i64,
+            timestamp: 0,
+        }
     }
 
     #[test]
@@ -225,15 +253,27 @@ mod tests {
         s.update(1, 0, meta(0, 4, 100));
         assert_eq!(s.check(1, 0, 5, 9), Ok(SequenceCheck::Append));
         s.update(1, 0, meta(5, 9, 105));
-        assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Duplicate(meta(0, 4, 100))));
-        assert_eq!(s.check(1, 0, 12, 13), Err(SequenceError::OutOfOrderSequence { got: 12, expected: 10 }));
+        assert_eq!(
+            s.check(1, 0, 0, 4),
+            Ok(SequenceCheck::Duplicate(meta(0, 4, 100)))
+        );
+        assert_eq!(
+            s.check(1, 0, 12, 13),
+            Err(SequenceError::OutOfOrderSequence {
+                got: 12,
+                expected: 10
+            })
+        );
     }
 
     #[test]
     fn epochs_fence_old_producers_and_reset_sequences() {
         let mut s = ProducerStateManager::default();
         s.update(1, 3, meta(0, 0, 0));
-        assert_eq!(s.check(1, 2, 1, 1), Err(SequenceError::InvalidProducerEpoch { got: 2, current: 3 }));
+        assert_eq!(
+            s.check(1, 2, 1, 1),
+            Err(SequenceError::InvalidProducerEpoch { got: 2, current: 3 })
+        );
         assert_eq!(s.check(1, 4, 0, 0), Ok(SequenceCheck::Append));
         assert!(s.check(1, 4, 5, 5).is_err());
     }
@@ -247,7 +287,10 @@ mod tests {
         assert_eq!(s.entry(9).unwrap().batches.len(), BATCHES_TO_RETAIN);
         // The oldest batches are forgotten: a retry that old is out of order.
         assert!(s.check(9, 0, 0, 0).is_err());
-        assert!(matches!(s.check(9, 0, 6, 6), Ok(SequenceCheck::Duplicate(_))));
+        assert!(matches!(
+            s.check(9, 0, 6, 6),
+            Ok(SequenceCheck::Duplicate(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Fetch: whole batches up to the high watermark, long-polled on
+//! `max.wait.ms` / `min.bytes`, limited by `fetch.max.bytes` and
+//! `max.partition.fetch.bytes` (the first non-empty partition always gets at
+//! least one batch, KIP-74, so large records are never stuck).
+
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use tokio::time::Instant;
+
+use super::{str, Apis};
+use crate::error::Error;
+use crate::log::batch;
+
+const READ_COMMITTED: i8 = 1;
+
+pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> FetchResponse {
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    loop {
+        // Register for the wake-up before reading so an append in between is not missed.
+        let notified = apis.replicas.appended().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (response, bytes, errors) = read_all(apis, &request, version);
+        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
+            account(apis, &response);
+            return response;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Timed out: one last read so data that just arrived is not left behind.
+            let (response, _, _) = read_all(apis, &request, version);
+            account(apis, &response);
+            return response;
+        }
+    }
+}
+
+fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+    let image = apis.controller.image();
+    let mut remaining =
+        (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut responses = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        // v13+ names topics by id.
+        let name: Option<String> = if version >= 13 {
+            image.topic_by_id(topic.topic_id).map(|t| t.name.clone())
+        } else {
+            Some(topic.topic.as_str().to_string())
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            let data = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_aborted_transactions(
+                    (request.isolation_level == READ_COMMITTED).then(Vec::new),
+                );
+            let result = match &name {
+                None => Err(Error::UnknownTopicId),
+                Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
+                    let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
+                    let info = part.read(p.fetch_offset, limit, total == 0)?;
+                    Ok((info, part.high_watermark()))
+                }),
+            };
+            let data = match result {
+                Ok((info, hw)) => {
+                    total += info.records.len();
+                    remaining = remaining.saturating_sub(info.records.len());
+                    data.with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_log_start_offset(if version >= 5 {
+                            info.log_start_offset
+                        } else {
+                            -1
+                        })
+                        .with_records(Some(info.records))
+                }
+                Err(e) => {
+                    errors = true;
+                    let (hw, start) = match &e {
+                        Error::OffsetOutOfRange { start, end, .. } => (*end, *start),
+                        _ => (-1, -1),
+                    };
+                    data.with_error_code(e.code())
+                        .with_high_watermark(hw)
+                        .with_last_stable_offset(hw)
+                        .with_log_start_offset(if version >= 5 { start } else { -1 })
+                        .with_records(None)
+                }
+            };
+            partitions.push(data);
+        }
+        let response = FetchableTopicResponse::default().with_partitions(partitions);
+        responses.push(if version >= 13 {
+            response.with_topic_id(topic.topic_id)
+        } else {
+            response.with_topic(TopicName(str(topic.topic.as_str())))
+        });
+    }
+    let response = FetchResponse::default()
+        .with_responses(responses)
+        .with_session_id(0);
+    (response, total, errors)
+}
+
+/// Counts bytes and records served per topic.
+fn account(apis: &Apis, response: &FetchResponse) {
+    let image = apis.controller.image();
+    for topic in &response.responses {
+        let name = if topic.topic.is_empty() {
+            image
+                .topic_by_id(topic.topic_id)
+                .map(|t| t.name.clone())
+                .unwrap_or_default()
+        } else {
+            topic.topic.as_str().to_string()
+        };
+        let (mut bytes, mut records) = (0u64, 0u64);
+        for p in &topic.partitions {
+            if let Some(r) = &p.records {
+                bytes += r.len() as u64;
+                records += batch::complete_batches(r)
+                    .map(|(_, h)| h.records_count().max(0) as u64)
+                    .sum::<u64>();
+            }
+        }
+        if bytes > 0 {
+            apis.metrics
+                .bytes_out
+                .with_label_values(&[&name])
+                .inc_by(bytes);
+            apis.metrics
+                .messages_out
+                .with_label_values(&[&name])
+                .inc_by(records);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Metadata: brokers, topics and partition leaders; auto-creates topics.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+
+use super::{str, Apis};
+use crate::controller::TopicImage;
+use crate::error::Error;
+
+pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = BrokerId(apis.node_id());
+    // Fields are only set from the version that has them: the codec refuses others.
+    let rack = (version >= 1 && !apis.config.broker_rack.is_empty())
+        .then(|| str(apis.config.broker_rack.clone()));
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(node)
+        .with_host(str(apis.advertised.host.clone()))
+        .with_port(apis.advertised.port as i32)
+        .with_rack(rack);
+    let auto_create = apis
+        .controller
+        .effective_broker_config()
+        .auto_create_topics_enable
+        && (version < 4 || request.allow_auto_topic_creation);
+
+    let topics = match request.topics {
+        // v0: an empty list means all topics; v1+: null means all topics.
+        None => all_topics(apis, node, version),
+        Some(list) if list.is_empty() && version == 0 => all_topics(apis, node, version),
+        Some(list) => list
+            .into_iter()
+            .map(|t| match t.name {
+                Some(name) => describe_by_name(apis, node, name, auto_create, version),
+                None => match apis.controller.image().topic_by_id(t.topic_id) {
+                    Some(topic) => describe(node, topic, version),
+                    None => MetadataResponseTopic::default()
+                        .with_topic_id(t.topic_id)
+                        .with_error_code(ResponseError::UnknownTopicId.code()),
+                },
+            })
+            .collect(),
+    };
+    let response = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
+    let response = if version >= 1 {
+        response.with_controller_id(node)
+    } else {
+        response
+    };
+    if version >= 2 {
+        response.with_cluster_id(Some(str(apis.controller.image().cluster_id.clone())))
+    } else {
+        response
+    }
+}
+
+fn all_topics(apis: &Apis, node: BrokerId, version: i16) -> Vec<MetadataResponseTopic> {
+    apis.controller
+        .image()
+        .topics
+        .values()
+        .map(|t| describe(node, t, version))
+        .collect()
+}
+
+fn describe_by_name(
+    apis: &Apis,
+    node: BrokerId,
+    name: TopicName,
+    auto_create: bool,
+    version: i16,
+) -> MetadataResponseTopic {
+    if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
+        return describe(node, topic, version);
+    }
+    let error = if auto_create {
+        match apis
+            .controller
+            .create_topic(name.as_str(), -1, -1, BTreeMap::new(), false)
+        {
+            Ok(topic) => {
+                tracing::info!(topic = %topic.name, partitions = topic.partitions, "auto-created topic");
+                return describe(node, &topic, version);
+            }
+            // Lost a race with another creator: describe what is there now.
+            Err(Error::TopicAlreadyExists(_)) => {
+                match apis.controller.image().topics.get(name.as_str()) {
+                    Some(topic) => return describe(node, topic, version),
+                    None => ResponseError::UnknownTopicOrPartition.code(),
+                }
+            }
+            Err(e) => e.code(),
+        }
+    } else if crate::controller::image::validate_topic_name(name.as_str()).is_err() {
+        ResponseError::InvalidTopicException.code()
+    } else {
+        ResponseError::UnknownTopicOrPartition.code()
+    };
+    MetadataResponseTopic::default()
+        .with_name(Some(name))
+        .with_error_code(error)
+}
+
+fn describe(node: BrokerId, topic: &TopicImage, version: i16) -> MetadataResponseTopic {
+    let partitions = (0..topic.partitions)
+        .map(|p| {
+            let partition = MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(node)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node]);
+            if version >= 7 {
+                partition.with_leader_epoch(0)
+            } else {
+                partition
+            }
+        })
+        .collect();
+    let response = MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str(topic.name.clone()))))
+        .with_is_internal(version >= 1 && topic.name.starts_with("__"))
+        .with_partitions(partitions);
+    if version >= 10 {
+        response.with_topic_id(topic.id)
+    } else {
+        response
+    }
+}

@@ -1,0 +1,139 @@
+//! Request handlers, one file per API family: each turns a decoded request
+//! into calls on the controller and replica manager and builds the response.
+
+mod api_versions;
+mod cluster;
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod producer_id;
+mod records;
+mod topics;
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::broker::BrokerContext;
+use crate::config::BrokerConfig;
+use crate::metrics::Metrics;
+
+/// The APIs this broker answers and the version ranges it implements.
+/// Each range is intersected with what the codec crate supports.
+const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 9),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The Kafka API handlers over the broker's shared state.
+pub struct Apis {
+    ctx: Arc<BrokerContext>,
+}
+
+impl std::ops::Deref for Apis {
+    type Target = BrokerContext;
+    fn deref(&self) -> &BrokerContext {
+        &self.ctx
+    }
+}
+
+pub fn str(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+impl Apis {
+    pub fn new(ctx: Arc<BrokerContext>) -> Apis {
+        Apis { ctx }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    pub fn supported_versions() -> impl Iterator<Item = (ApiKey, i16, i16)> {
+        SUPPORTED.iter().map(|&(key, min, max)| {
+            let codec = key.valid_versions();
+            (key, min.max(codec.min), max.min(codec.max))
+        })
+    }
+
+    pub fn supports(&self, api_key: ApiKey, version: i16) -> bool {
+        Self::supported_versions()
+            .any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
+    }
+
+    pub fn api_versions_fallback(&self) -> ResponseKind {
+        ResponseKind::ApiVersions(api_versions::unsupported_version_response())
+    }
+
+    /// Dispatches by API key. `None` means no response is sent (acks=0 produce).
+    pub async fn handle(
+        &self,
+        header: &RequestHeader,
+        request: RequestKind,
+    ) -> Option<ResponseKind> {
+        let version = header.request_api_version;
+        Some(match request {
+            RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r)),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version)),
+            RequestKind::Produce(r) => {
+                return produce::handle(self, r, version).map(ResponseKind::Produce)
+            }
+            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, r, version).await),
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(list_offsets::handle(self, r, version))
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(topics::create_topics(self, r, version))
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(topics::delete_topics(self, r, version))
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(topics::create_partitions(self, r))
+            }
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(records::delete_records(self, r))
+            }
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(producer_id::handle(self, r))
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(configs::describe(self, r, version))
+            }
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r))
+            }
+            RequestKind::DescribeCluster(r) => {
+                ResponseKind::DescribeCluster(cluster::describe(self, r))
+            }
+            other => {
+                // Unreachable: parse_request refuses APIs we do not advertise.
+                tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");
+                return None;
+            }
+        })
+    }
+}

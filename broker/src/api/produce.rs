@@ -1,0 +1,92 @@
+//! Produce: validate and append each partition's record set; answer per partition.
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{str, Apis};
+use crate::error::Error;
+use crate::log::AppendInfo;
+
+/// Returns `None` for acks=0: the client expects no response.
+pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let acks = request.acks;
+    let request_error = if !matches!(acks, -1..=1) {
+        Some(Error::InvalidRequiredAcks(acks))
+    } else if request.transactional_id.is_some() {
+        Some(Error::TransactionsUnsupported)
+    } else {
+        None
+    };
+    let mut appended = false;
+    let responses = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.as_str().to_string();
+            let partition_responses = topic
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let result = match (&request_error, p.records) {
+                        (Some(e), _) => Err(e.to_string_and_code()),
+                        (None, None) => Err(Error::CorruptMessage("no records".into()).to_string_and_code()),
+                        (None, Some(records)) => apis
+                            .replicas
+                            .get(&name, p.index)
+                            .and_then(|part| part.append(&records))
+                            .map_err(|e| e.to_string_and_code()),
+                    };
+                    let response = PartitionProduceResponse::default().with_index(p.index);
+                    match result {
+                        Ok(info) => {
+                            appended |= !info.duplicate;
+                            record_metrics(apis, &name, &info);
+                            let response =
+                                response.with_base_offset(info.first_offset).with_log_append_time_ms(info.log_append_time);
+                            if version >= 5 {
+                                response.with_log_start_offset(info.log_start_offset)
+                            } else {
+                                response
+                            }
+                        }
+                        Err((message, code)) => {
+                            tracing::debug!(topic = %name, partition = p.index, %message, "produce rejected");
+                            let code_name = format!("{code}");
+                            apis.metrics.produce_errors.with_label_values(&[&name, &code_name]).inc();
+                            response
+                                .with_error_code(code)
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_error_message((version >= 8).then(|| str(message)))
+                        }
+                    }
+                })
+                .collect();
+            TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partition_responses)
+        })
+        .collect();
+    if appended {
+        apis.replicas.notify_appended();
+    }
+    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}
+
+fn record_metrics(apis: &Apis, topic: &str, info: &AppendInfo) {
+    if info.duplicate {
+        return;
+    }
+    apis.metrics
+        .bytes_in
+        .with_label_values(&[topic])
+        .inc_by(info.bytes);
+    apis.metrics
+        .messages_in
+        .with_label_values(&[topic])
+        .inc_by(info.records);
+}
+
+impl Error {
+    fn to_string_and_code(&self) -> (String, i16) {
+        (self.to_string(), self.code())
+    }
+}

@@ -1,0 +1,173 @@
+//! Wiring: open the data directory, recover logs, bind the listeners and run
+//! the background work (retention, flush, checkpoints) until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::Apis;
+use crate::config::{BrokerConfig, Endpoint};
+use crate::controller::Controller;
+use crate::log::manager::LogManager;
+use crate::metrics::Metrics;
+use crate::replica::ReplicaManager;
+
+/// State shared by the Kafka APIs, the admin API and the metrics endpoint.
+pub struct BrokerContext {
+    pub config: BrokerConfig,
+    pub controller: Arc<Controller>,
+    pub replicas: Arc<ReplicaManager>,
+    pub metrics: Arc<Metrics>,
+    /// The Kafka endpoint clients are told to use (the bound port when configured as 0).
+    pub advertised: Endpoint,
+}
+
+pub struct Broker {
+    pub ctx: Arc<BrokerContext>,
+    pub kafka_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _lock: std::fs::File,
+}
+
+async fn bind(what: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+impl Broker {
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        let data = config.data_dir();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        // One broker per data directory, as Kafka's .lock file ensures.
+        let lock = std::fs::File::create(data.join(".lock"))?;
+        lock.try_lock()
+            .map_err(|_| anyhow::anyhow!("{} is in use by another broker", data.display()))?;
+
+        let logs = LogManager::open(&data)?;
+        logs.clean_deleted_dirs()?;
+        let controller = Arc::new(Controller::open(&data, config.clone())?);
+        let replicas = Arc::new(ReplicaManager::new(logs));
+        {
+            let replicas = replicas.clone();
+            let config = config.clone();
+            // Publishing the image opens (and if needed recovers) every partition log.
+            controller.subscribe(Box::new(move |image| replicas.apply(image, &config)))?;
+        }
+        let image = controller.image();
+        for (dir, id) in replicas.logs().dirs_on_disk()? {
+            if !image.topics.values().any(|t| t.id == id) {
+                tracing::warn!(%dir, topic_id = %id, "partition directory of an unknown topic is left alone");
+            }
+        }
+
+        let listener = config.listener();
+        let kafka = bind("Kafka", &listener.addr()).await?;
+        let admin = bind("admin", &config.admin_listener).await?;
+        let metrics_listener = bind("metrics", &config.metrics_listener).await?;
+        let kafka_addr = kafka.local_addr()?;
+        let advertised = if config.advertised_listeners.is_empty() {
+            Endpoint {
+                host: listener.host.clone(),
+                port: kafka_addr.port(),
+            }
+        } else {
+            config.advertised()
+        };
+        let metrics = Metrics::new();
+        let ctx = Arc::new(BrokerContext {
+            config: config.clone(),
+            controller,
+            replicas: replicas.clone(),
+            metrics: metrics.clone(),
+            advertised,
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let admin_addr = admin.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        let tasks = vec![
+            tokio::spawn(crate::network::serve(
+                kafka,
+                Arc::new(Apis::new(ctx.clone())),
+                rx.clone(),
+            )),
+            tokio::spawn(crate::admin::serve(admin, ctx.clone(), rx.clone())),
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                metrics,
+                replicas.clone(),
+                rx.clone(),
+            )),
+            tokio::spawn(background(ctx.clone(), rx)),
+        ];
+        tracing::info!(
+            node_id = config.node_id,
+            cluster_id = %ctx.controller.image().cluster_id,
+            kafka = %kafka_addr,
+            admin = %admin_addr,
+            metrics = %metrics_addr,
+            data = %data.display(),
+            "broker started"
+        );
+        Ok(Broker {
+            ctx,
+            kafka_addr,
+            admin_addr,
+            metrics_addr,
+            shutdown,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    /// Stops the listeners, then closes every log cleanly and writes the marker.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        self.ctx.replicas.logs().shutdown()?;
+        tracing::info!("broker stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Resolves once shutdown has been signalled (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Retention, time-based flushes and recovery-point checkpoints.
+async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
+    let ms = |v: i64| Duration::from_millis(v.clamp(10, 86_400_000) as u64);
+    let mut retention = tokio::time::interval(ms(ctx.config.log_retention_check_interval_ms));
+    let mut flush = tokio::time::interval(ms(ctx.config.log_flush_scheduler_interval_ms));
+    let mut checkpoint =
+        tokio::time::interval(ms(ctx.config.log_flush_offset_checkpoint_interval_ms));
+    loop {
+        let replicas = ctx.replicas.clone();
+        tokio::select! {
+            _ = retention.tick() => {
+                let _ = tokio::task::spawn_blocking(move || replicas.logs().enforce_retention()).await;
+            }
+            _ = flush.tick() => {
+                let _ = tokio::task::spawn_blocking(move || replicas.logs().flush_due()).await;
+            }
+            _ = checkpoint.tick() => {
+                let result = tokio::task::spawn_blocking(move || replicas.logs().checkpoint()).await;
+                if let Ok(Err(e)) = result {
+                    tracing::warn!(error = %e, "writing checkpoints failed");
+                }
+            }
+            () = crate::broker::stopped(&mut shutdown) => return,
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The metadata image and the pure changes made to it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, LogConfig};
+use crate::error::{Error, Result};
+
+/// Kafka's limit on topic name length.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+
+/// Broker configs that may change at run time (Kafka's cluster-wide dynamic configs).
+pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
+    "log.retention.ms",
+    "log.retention.bytes",
+    "log.segment.bytes",
+    "log.roll.ms",
+    "log.index.interval.bytes",
+    "log.flush.interval.messages",
+    "log.flush.interval.ms",
+    "log.cleanup.policy",
+    "log.message.timestamp.type",
+    "log.cleaner.delete.retention.ms",
+    "compression.type",
+    "message.max.bytes",
+    "min.insync.replicas",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Topic-level overrides only; defaults come from the broker.
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    pub cluster_id: String,
+    pub topics: BTreeMap<String, TopicImage>,
+    pub next_producer_id_block: i64,
+    pub broker_overrides: BTreeMap<String, String>,
+}
+
+/// One IncrementalAlterConfigs operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigOp {
+    pub name: String,
+    pub op: OpType,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpType {
+    Set,
+    Delete,
+    Append,
+    Subtract,
+}
+
+impl OpType {
+    pub fn from_code(code: i8) -> Option<OpType> {
+        Some(match code {
+            0 => OpType::Set,
+            1 => OpType::Delete,
+            2 => OpType::Append,
+            3 => OpType::Subtract,
+            _ => return None,
+        })
+    }
+}
+
+/// Kafka's topic name rules: 1-249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidTopic("topic name is empty".into()));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::InvalidTopic(format!(
+            "topic name cannot be '{name}'"
+        )));
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(Error::InvalidTopic(format!(
+            "topic name is longer than {MAX_TOPIC_NAME_LEN} characters"
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::InvalidTopic(format!(
+            "topic name '{name}' contains illegal character '{c}'"
+        )));
+    }
+    Ok(())
+}
+
+/// Applies list-valued APPEND/SUBTRACT like Kafka (comma-separated lists).
+fn apply_op(current: Option<&String>, op: &ConfigOp) -> Option<String> {
+    let value = op.value.clone().unwrap_or_default();
+    let list = |s: Option<&String>| -> Vec<String> {
+        s.map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    match op.op {
+        OpType::Set => Some(value),
+        OpType::Delete => None,
+        OpType::Append => {
+            let mut items = list(current);
+            for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                if !items.iter().any(|i| i == v) {
+                    items.push(v.to_string());
+                }
+            }
+            Some(items.join(","))
+        }
+        OpType::Subtract => {
+            let remove: Vec<&str> = value.split(',').map(str::trim).collect();
+            Some(
+                list(current)
+                    .into_iter()
+                    .filter(|i| !remove.contains(&i.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        }
+    }
+}
+
+impl MetadataImage {
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicImage> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    pub fn create_topic(
+        &mut self,
+        broker: &BrokerConfig,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<TopicImage> {
+        validate_topic_name(name)?;
+        if self.topics.contains_key(name) {
+            return Err(Error::TopicAlreadyExists(name.to_string()));
+        }
+        // '.' and '_' collide in metric names, so Kafka refuses such pairs.
+        let normalized = name.replace('.', "_");
+        if let Some(other) = self
+            .topics
+            .keys()
+            .find(|t| t.replace('.', "_") == normalized)
+        {
+            return Err(Error::InvalidTopic(format!(
+                "topic '{name}' collides with existing topic '{other}'"
+            )));
+        }
+        let partitions = if partitions == -1 {
+            broker.num_partitions
+        } else {
+            partitions
+        };
+        if partitions < 1 {
+            return Err(Error::InvalidPartitions(format!(
+                "number of partitions must be at least 1, got {partitions}"
+            )));
+        }
+        let replication_factor = if replication_factor == -1 {
+            broker.default_replication_factor as i16
+        } else {
+            replication_factor
+        };
+        // One broker: a replica can only live here.
+        if replication_factor != 1 {
+            return Err(Error::InvalidReplicationFactor(format!(
+                "replication factor {replication_factor} is larger than the 1 available broker"
+            )));
+        }
+        LogConfig::with_overrides(broker, &configs)?;
+        let topic = TopicImage {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            replication_factor,
+            configs,
+        };
+        self.topics.insert(name.to_string(), topic.clone());
+        Ok(topic)
+    }
+
+    pub fn delete_topic(&mut self, name: &str) -> Result<TopicImage> {
+        self.topics
+            .remove(name)
+            .ok_or(Error::UnknownTopicOrPartition)
+    }
+
+    pub fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or(Error::UnknownTopicOrPartition)?;
+        if count < topic.partitions {
+            return Err(Error::InvalidPartitions(format!(
+                "topic currently has {} partitions, which is higher than the requested {count}",
+                topic.partitions
+            )));
+        }
+        if count == topic.partitions {
+            return Err(Error::InvalidPartitions(format!(
+                "topic already has {count} partitions"
+            )));
+        }
+        topic.partitions = count;
+        Ok(())
+    }
+
+    pub fn alter_topic_configs(
+        &mut self,
+        broker: &BrokerConfig,
+        name: &str,
+        ops: &[ConfigOp],
+    ) -> Result<()> {
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or(Error::UnknownTopicOrPartition)?;
+        let mut configs = topic.configs.clone();
+        for op in ops {
+            if !LogConfig::NAMES.contains(&op.name.as_str()) {
+                return Err(Error::InvalidConfig(format!(
+                    "unknown topic config '{}'",
+                    op.name
+                )));
+            }
+            match apply_op(configs.get(&op.name), op) {
+                Some(v) => configs.insert(op.name.clone(), v),
+                None => configs.remove(&op.name),
+            };
+        }
+        LogConfig::with_overrides(broker, &configs)?;
+        topic.configs = configs;
+        Ok(())
+    }
+
+    pub fn alter_broker_configs(&mut self, broker: &BrokerConfig, ops: &[ConfigOp]) -> Result<()> {
+        let mut overrides = self.broker_overrides.clone();
+        for op in ops {
+            if !DYNAMIC_BROKER_CONFIGS.contains(&op.name.as_str()) {
+                return Err(Error::InvalidConfig(format!(
+                    "broker config '{}' cannot be updated dynamically",
+                    op.name
+                )));
+            }
+            match apply_op(overrides.get(&op.name), op) {
+                Some(v) => overrides.insert(op.name.clone(), v),
+                None => overrides.remove(&op.name),
+            };
+        }
+        let mut effective = broker.clone();
+        for (k, v) in &overrides {
+            effective.set(k, v)?;
+        }
+        effective.validate()?;
+        // Every topic must stay valid under the new defaults.
+        for t in self.topics.values() {
+            LogConfig::with_overrides(&effective, &t.configs)?;
+        }
+        self.broker_overrides = overrides;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str, op: OpType, value: Option<&str>) -> ConfigOp {
+        ConfigOp {
+            name: name.into(),
+            op,
+            value: value.map(String::from),
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        for bad in ["", ".", "..", "a b", "ä", &"x".repeat(250)] {
+            assert!(
+                matches!(validate_topic_name(bad), Err(Error::InvalidTopic(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn create_validates_and_defaults() {
+        let broker = BrokerConfig {
+            num_partitions: 3,
+            ..BrokerConfig::default()
+        };
+        let mut image = MetadataImage::default();
+        let t = image
+            .create_topic(&broker, "a.b", -1, -1, BTreeMap::new())
+            .unwrap();
+        assert_eq!((t.partitions, t.replication_factor), (3, 1));
+        assert!(matches!(
+            image.create_topic(&broker, "a.b", 1, 1, BTreeMap::new()),
+            Err(Error::TopicAlreadyExists(_))
+        ));
+        assert!(matches!(
+            image.create_topic(&broker, "a_b", 1, 1, BTreeMap::new()),
+            Err(Error::InvalidTopic(_))
+        ));
+        assert!(matches!(
+            image.create_topic(&broker, "c", 0, 1, BTreeMap::new()),
+            Err(Error::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            image.create_topic(&broker, "c", 1, 3, BTreeMap::new()),
+            Err(Error::InvalidReplicationFactor(_))
+        ));
+        let bad = BTreeMap::from([("retention.ms".to_string(), "soon".to_string())]);
+        assert!(matches!(
+            image.create_topic(&broker, "c", 1, 1, bad),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert_eq!(image.topics.len(), 1);
+    }
+
+    #[test]
+    fn partitions_only_grow() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        image
+            .create_topic(&broker, "t", 2, 1, BTreeMap::new())
+            .unwrap();
+        assert!(image.create_partitions("t", 1).is_err());
+        assert!(image.create_partitions("t", 2).is_err());
+        image.create_partitions("t", 4).unwrap();
+        assert_eq!(image.topics["t"].partitions, 4);
+        assert!(matches!(
+            image.create_partitions("nope", 4),
+            Err(Error::UnknownTopicOrPartition)
+        ));
+    }
+
+    #[test]
+    fn incremental_config_ops() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        image
+            .create_topic(&broker, "t", 1, 1, BTreeMap::new())
+            .unwrap();
+        image
+            .alter_topic_configs(
+                &broker,
+                "t",
+                &[
+                    op("retention.ms", OpType::Set, Some("1000")),
+                    op("cleanup.policy", OpType::Append, Some("compact")),
+                ],
+            )
+            .unwrap();
+        assert_eq!(image.topics["t"].configs["cleanup.policy"], "compact");
+        image
+            .alter_topic_configs(
+                &broker,
+                "t",
+                &[op("cleanup.policy", OpType::Append, Some("delete"))],
+            )
+            .unwrap();
+        assert_eq!(
+            image.topics["t"].configs["cleanup.policy"],
+            "compact,delete"
+        );
+        image
+            .alter_topic_configs(
+                &broker,
+                "t",
+                &[op("cleanup.policy", OpType::Subtract, Some("compact"))],
+            )
+            .unwrap();
+        assert_eq!(image.topics["t"].configs["cleanup.policy"], "delete");
+        image
+            .alter_topic_configs(&broker, "t", &[op("retention.ms", OpType::Delete, None)])
+            .unwrap();
+        assert!(!image.topics["t"].configs.contains_key("retention.ms"));
+        assert!(image
+            .alter_topic_configs(&broker, "t", &[op("bogus", OpType::Set, Some("1"))])
+            .is_err());
+        assert!(image
+            .alter_topic_configs(
+                &broker,
+                "t",
+                &[op("segment.bytes", OpType::Set, Some("-5"))]
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn only_dynamic_broker_configs_change() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        image
+            .alter_broker_configs(
+                &broker,
+                &[op("log.retention.ms", OpType::Set, Some("5000"))],
+            )
+            .unwrap();
+        assert_eq!(image.broker_overrides["log.retention.ms"], "5000");
+        assert!(image
+            .alter_broker_configs(&broker, &[op("node.id", OpType::Set, Some("3"))])
+            .is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Prometheus metrics and the HTTP endpoint serving them with health checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::replica::ReplicaManager;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub bytes_in: IntCounterVec,
+    pub bytes_out: IntCounterVec,
+    pub messages_in: IntCounterVec,
+    pub messages_out: IntCounterVec,
+    pub produce_errors: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub request_latency: HistogramVec,
+    pub active_connections: IntGauge,
+    pub log_size: IntGaugeVec,
+    pub log_end_offset: IntGaugeVec,
+    pub log_start_offset: IntGaugeVec,
+    pub high_watermark: IntGaugeVec,
+    pub segments: IntGaugeVec,
+    pub under_replicated: IntGaugeVec,
+    pub isr_size: IntGaugeVec,
+    pub partitions: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let tp = &["topic", "partition"];
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "fjord_request_latency_seconds",
+                "Request handling latency by API",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["api"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_latency.clone()))
+            .expect("unique metric");
+        let active_connections =
+            IntGauge::new("fjord_active_connections", "Open client connections")
+                .expect("valid metric");
+        registry
+            .register(Box::new(active_connections.clone()))
+            .expect("unique metric");
+        let partitions = IntGauge::new("fjord_partitions", "Partitions hosted by this broker")
+            .expect("valid metric");
+        registry
+            .register(Box::new(partitions.clone()))
+            .expect("unique metric");
+        Arc::new(Metrics {
+            bytes_in: counter(
+                &registry,
+                "fjord_bytes_in_total",
+                "Record batch bytes appended",
+                &["topic"],
+            ),
+            bytes_out: counter(
+                &registry,
+                "fjord_bytes_out_total",
+                "Record batch bytes served by fetch",
+                &["topic"],
+            ),
+            messages_in: counter(
+                &registry,
+                "fjord_messages_in_total",
+                "Records appended",
+                &["topic"],
+            ),
+            messages_out: counter(
+                &registry,
+                "fjord_messages_out_total",
+                "Records served by fetch",
+                &["topic"],
+            ),
+            produce_errors: counter(
+                &registry,
+                "fjord_produce_errors_total",
+                "Rejected partition appends",
+                &["topic", "error"],
+            ),
+            requests: counter(
+                &registry,
+                "fjord_requests_total",
+                "Requests handled by API",
+                &["api"],
+            ),
+            request_latency,
+            active_connections,
+            log_size: gauge(
+                &registry,
+                "fjord_log_size_bytes",
+                "Bytes on disk per partition",
+                tp,
+            ),
+            log_end_offset: gauge(
+                &registry,
+                "fjord_log_end_offset",
+                "Log end offset per partition",
+                tp,
+            ),
+            log_start_offset: gauge(
+                &registry,
+                "fjord_log_start_offset",
+                "Log start offset per partition",
+                tp,
+            ),
+            high_watermark: gauge(
+                &registry,
+                "fjord_high_watermark",
+                "High watermark per partition",
+                tp,
+            ),
+            segments: gauge(
+                &registry,
+                "fjord_log_segments",
+                "Segments per partition",
+                tp,
+            ),
+            under_replicated: gauge(
+                &registry,
+                "fjord_partition_under_replicated",
+                "1 when the ISR is smaller than the replica set",
+                tp,
+            ),
+            isr_size: gauge(
+                &registry,
+                "fjord_partition_isr_size",
+                "In-sync replicas per partition",
+                tp,
+            ),
+            partitions,
+            registry,
+        })
+    }
+
+    /// Refreshes per-partition gauges from the logs, then renders the text format.
+    pub fn render(&self, replicas: &ReplicaManager) -> String {
+        for gauge in [
+            &self.log_size,
+            &self.log_end_offset,
+            &self.log_start_offset,
+            &self.high_watermark,
+            &self.segments,
+            &self.under_replicated,
+            &self.isr_size,
+        ] {
+            gauge.reset();
+        }
+        let all = replicas.all();
+        self.partitions.set(all.len() as i64);
+        for p in all {
+            let part = p.tp.partition.to_string();
+            let labels = [p.tp.topic.as_str(), part.as_str()];
+            self.log_size
+                .with_label_values(&labels)
+                .set(p.log.size_bytes() as i64);
+            self.log_end_offset
+                .with_label_values(&labels)
+                .set(p.log.log_end_offset());
+            self.log_start_offset
+                .with_label_values(&labels)
+                .set(p.log.log_start_offset());
+            self.high_watermark
+                .with_label_values(&labels)
+                .set(p.high_watermark());
+            self.segments
+                .with_label_values(&labels)
+                .set(p.log.segment_count() as i64);
+            self.under_replicated.with_label_values(&labels).set(0);
+            self.isr_size.with_label_values(&labels).set(1);
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (process up) and `/readyz` (logs loaded, listener bound).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    replicas: Arc<ReplicaManager>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (m, r) = (metrics.clone(), replicas.clone());
+                async move { m.render(&r) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            crate::broker::stopped(&mut shutdown).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(?addr, error = %e, "metrics endpoint failed");
+    }
+}

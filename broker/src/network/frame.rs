@@ -1,0 +1,113 @@
+//! Request frame parsing and response framing, with the kafka-protocol codecs.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::api::Apis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is too short for a request header")]
+    TooShort(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("unsupported version {version} of {api_key:?}")]
+    UnsupportedVersion { api_key: ApiKey, version: i16 },
+    #[error("ApiVersions version not supported")]
+    UnsupportedApiVersions { correlation_id: i32 },
+    #[error("malformed {api_key:?} v{version} request: {reason}")]
+    Malformed {
+        api_key: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+pub struct Request {
+    pub header: RequestHeader,
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub body: RequestKind,
+}
+
+/// Decoding untrusted bytes must never take the broker down: the codecs use
+/// `bytes::Buf` getters, which panic on truncated input, so a panic here is
+/// turned into an error for this one connection.
+fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("truncated or malformed field".into()),
+    }
+}
+
+pub fn parse_request(mut frame: Bytes, apis: &Apis) -> Result<Request, FrameError> {
+    if frame.len() < 8 {
+        return Err(FrameError::TooShort(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| FrameError::UnknownApiKey(raw_key))?;
+    if !apis.supports(api_key, version) {
+        if api_key == ApiKey::ApiVersions {
+            return Err(FrameError::UnsupportedApiVersions { correlation_id });
+        }
+        return Err(FrameError::UnsupportedVersion { api_key, version });
+    }
+    let header_version = api_key.request_header_version(version);
+    let header =
+        guarded(|| RequestHeader::decode(&mut frame, header_version)).map_err(|reason| {
+            FrameError::Malformed {
+                api_key,
+                version,
+                reason,
+            }
+        })?;
+    let body = guarded(|| RequestKind::decode(api_key, &mut frame, version)).map_err(|reason| {
+        FrameError::Malformed {
+            api_key,
+            version,
+            reason,
+        }
+    })?;
+    Ok(Request {
+        header,
+        api_key,
+        version,
+        body,
+    })
+}
+
+/// Frames a response: size, header (its version follows the API), body.
+pub fn encode_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    body: &ResponseKind,
+) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256 + records_hint(body));
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header.encode(&mut buf, api_key.response_header_version(version))?;
+    body.encode(&mut buf, version)?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Fetch responses carry most of their bytes as records: size the buffer once.
+fn records_hint(body: &ResponseKind) -> usize {
+    match body {
+        ResponseKind::Fetch(f) => f
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| p.records.as_ref().map_or(0, Bytes::len) + 64)
+            .sum(),
+        _ => 0,
+    }
+}

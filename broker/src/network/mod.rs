@@ -1,0 +1,185 @@
+//! The Kafka listener: length-prefixed frames, request headers, in-order
+//! pipelined responses, dispatch to the API handlers.
+//!
+//! Each connection has a reader that handles one request at a time (so two
+//! produce requests on one connection append in the order sent, as Kafka
+//! guarantees) and a writer task that flushes encoded responses in order
+//! while the reader already works on the next request.
+
+pub mod frame;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::api::Apis;
+use frame::{FrameError, Request};
+
+/// Accepts connections until shutdown.
+pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Receiver<bool>) {
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let apis = apis.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        handle_connection(stream, apis, shutdown)
+                            .instrument(tracing::debug_span!("connection", %peer))
+                            .await
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            () = crate::broker::stopped(&mut stop) => return,
+        }
+    }
+}
+
+struct ConnectionGuard(Arc<Apis>);
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.metrics().active_connections.dec();
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    apis: Arc<Apis>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    apis.metrics().active_connections.inc();
+    let _guard = ConnectionGuard(apis.clone());
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let (tx, rx) = mpsc::channel::<Bytes>(128);
+    let writer = tokio::spawn(write_responses(write_half, rx));
+    let max_frame = apis.config().socket_request_max_bytes as usize;
+    let idle = Duration::from_millis(apis.config().connections_max_idle_ms.max(1) as u64);
+
+    loop {
+        let mut len = [0u8; 4];
+        tokio::select! {
+            r = tokio::time::timeout(idle, reader.read_exact(&mut len)) => match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::debug!("closing idle connection");
+                    break;
+                }
+            },
+            () = crate::broker::stopped(&mut shutdown) => break,
+        }
+        let size = i32::from_be_bytes(len);
+        if size < 0 || size as usize > max_frame {
+            tracing::warn!(
+                size,
+                max = max_frame,
+                "request size exceeds socket.request.max.bytes; closing connection"
+            );
+            break;
+        }
+        let mut buf = vec![0u8; size as usize];
+        if reader.read_exact(&mut buf).await.is_err() {
+            break;
+        }
+        let request = match frame::parse_request(Bytes::from(buf), apis.as_ref()) {
+            Ok(r) => r,
+            Err(FrameError::UnsupportedApiVersions { correlation_id }) => {
+                // Clients probe with their newest ApiVersions; answer v0 with our range.
+                let response = apis.api_versions_fallback();
+                match frame::encode_response(
+                    correlation_id,
+                    kafka_protocol::messages::ApiKey::ApiVersions,
+                    0,
+                    &response,
+                ) {
+                    Ok(bytes) => {
+                        if tx.send(bytes).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "encoding ApiVersions fallback failed");
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "invalid request; closing connection");
+                break;
+            }
+        };
+        if !dispatch(&apis, request, &tx).await {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Handles one request; false when the connection must close.
+async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Bytes>) -> bool {
+    let Request {
+        header,
+        api_key,
+        version,
+        body,
+    } = request;
+    let api = format!("{api_key:?}");
+    let span = tracing::debug_span!(
+        "request",
+        api = %api,
+        version,
+        correlation_id = header.correlation_id,
+        client_id = header.client_id.as_deref().unwrap_or(""),
+    );
+    let started = Instant::now();
+    let correlation_id = header.correlation_id;
+    let response = apis.handle(&header, body).instrument(span).await;
+    let metrics = apis.metrics();
+    metrics.requests.with_label_values(&[&api]).inc();
+    metrics
+        .request_latency
+        .with_label_values(&[&api])
+        .observe(started.elapsed().as_secs_f64());
+    let Some(response) = response else {
+        return true; // acks=0 produce: no response
+    };
+    match frame::encode_response(correlation_id, api_key, version, &response) {
+        Ok(bytes) => tx.send(bytes).await.is_ok(),
+        Err(e) => {
+            tracing::error!(api = %api, error = %e, "encoding response failed; closing connection");
+            false
+        }
+    }
+}
+
+async fn write_responses(
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, write_half);
+    while let Some(bytes) = rx.recv().await {
+        if out.write_all(&bytes).await.is_err() {
+            return;
+        }
+        // Coalesce pipelined responses; flush once nothing else is queued.
+        if rx.is_empty() && out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush().await;
+    let _ = out.shutdown().await;
+}
