@@ -150,8 +150,7 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
     let ms = |v: i64| Duration::from_millis(v.clamp(10, 86_400_000) as u64);
     let mut retention = tokio::time::interval(ms(ctx.config.log_retention_check_interval_ms));
     let mut flush = tokio::time::interval(ms(ctx.config.log_flush_scheduler_interval_ms));
-    let mut checkpoint =
-        tokio::time::interval(ms(ctx.config.log_flush_offset_checkpoint_interval_ms));
+    let mut checkpoint = tokio::time::interval(ms(ctx.config.log_flush_offset_checkpoint_interval_ms));
     loop {
         let replicas = ctx.replicas.clone();
         tokio::select! {

@@ -324,11 +324,7 @@ impl LogConfig {
             ));
         }
         if self.segment_ms < 1 {
-            return Err(invalid(
-                "segment.ms",
-                self.segment_ms.to_string(),
-                "must be at least 1",
-            ));
+            return Err(invalid("segment.ms", self.segment_ms.to_string(), "must be at least 1"));
         }
         if self.max_message_bytes < 0 {
             return Err(invalid(
@@ -351,10 +347,7 @@ impl LogConfig {
                 "must be at least 8",
             ));
         }
-        if !matches!(
-            self.message_timestamp_type.as_str(),
-            "CreateTime" | "LogAppendTime"
-        ) {
+        if !matches!(self.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
             return Err(invalid(
                 "message.timestamp.type",
                 self.message_timestamp_type.clone(),
@@ -402,9 +395,7 @@ impl LogConfig {
     }
 
     pub fn compact(&self) -> bool {
-        self.cleanup_policy
-            .split(',')
-            .any(|p| p.trim() == "compact")
+        self.cleanup_policy.split(',').any(|p| p.trim() == "compact")
     }
 
     pub fn delete(&self) -> bool {
@@ -426,9 +417,7 @@ impl Endpoint {
         let (host, port) = addr
             .rsplit_once(':')
             .ok_or_else(|| format!("listener '{listener}' has no port"))?;
-        let port = port
-            .parse::<u16>()
-            .map_err(|e| format!("listener '{listener}': {e}"))?;
+        let port = port.parse::<u16>().map_err(|e| format!("listener '{listener}': {e}"))?;
         let host = if host.is_empty() { "0.0.0.0" } else { host };
         Ok(Endpoint {
             host: host.trim_matches(['[', ']']).to_string(),
@@ -523,12 +512,12 @@ impl BrokerConfig {
 
 /// Reads `key=value` lines (`.properties`) or a flat TOML table (`.toml`).
 pub fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
     if path.extension().is_some_and(|e| e == "toml") {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigError::File(path.display().to_string(), e.to_string())
-        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File(path.display().to_string(), e.to_string()))?;
         let mut out = Vec::new();
         flatten_toml("", &table, &mut out);
         Ok(out)
@@ -594,8 +583,7 @@ mod tests {
             ("FJORD_NUM_PARTITIONS".to_string(), "4".to_string()),
             ("FJORD_UNRELATED_THING".to_string(), "x".to_string()),
         ];
-        let c =
-            BrokerConfig::load(Some(&file), env, &[("log.dirs".into(), "/tmp/y".into())]).unwrap();
+        let c = BrokerConfig::load(Some(&file), env, &[("log.dirs".into(), "/tmp/y".into())]).unwrap();
         assert_eq!(c.num_partitions, 4);
         assert_eq!(c.log_dirs, "/tmp/y");
     }
@@ -617,10 +605,7 @@ mod tests {
             c.set("retention.ms", "soon"),
             Err(ConfigError::Invalid { .. })
         ));
-        assert!(matches!(
-            c.set("no.such", "1"),
-            Err(ConfigError::Unknown(_))
-        ));
+        assert!(matches!(c.set("no.such", "1"), Err(ConfigError::Unknown(_))));
         c.set("cleanup.policy", "compact,delete").unwrap();
         assert!(c.compact() && c.delete());
         c.set("compression.type", "brotli").unwrap();

@@ -71,12 +71,8 @@ impl Error {
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
-            Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
-                ResponseError::InvalidProducerEpoch
-            }
-            Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
-                ResponseError::OutOfOrderSequenceNumber
-            }
+            Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
+            Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
             Error::Storage(_) => ResponseError::KafkaStorageError,
         }
     }
@@ -92,9 +88,7 @@ impl Error {
             Error::UnknownTopicOrPartition | Error::UnknownTopicId => Code::NotFound,
             Error::TopicAlreadyExists(_) => Code::AlreadyExists,
             Error::Storage(_) => Code::Internal,
-            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => {
-                Code::FailedPrecondition
-            }
+            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => Code::FailedPrecondition,
             _ => Code::InvalidArgument,
         };
         tonic::Status::new(code, self.to_string())

@@ -7,11 +7,7 @@ use clap::Parser;
 use fjord_broker::{Broker, BrokerConfig};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "fjord-broker",
-    version,
-    about = "Fjord: a Kafka-compatible streaming broker"
-)]
+#[command(name = "fjord-broker", version, about = "Fjord: a Kafka-compatible streaming broker")]
 struct Args {
     /// A server.properties or .toml file with Kafka config names.
     #[arg(short, long)]
@@ -29,10 +25,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
     let mut overrides = Vec::new();
@@ -49,9 +42,7 @@ fn main() -> anyhow::Result<()> {
         overrides.push(("listeners".into(), format!("PLAINTEXT://{l}")));
     }
     let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let broker = Broker::start(config).await?;
         wait_for_signal().await;

@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::replica::ReplicaManager;
@@ -32,17 +31,13 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
 
@@ -51,13 +46,8 @@ impl Metrics {
         let registry = Registry::new();
         let tp = &["topic", "partition"];
         let request_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "fjord_request_latency_seconds",
-                "Request handling latency by API",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 2.5, 5.0,
+            HistogramOpts::new("fjord_request_latency_seconds", "Request handling latency by API").buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             &["api"],
         )
@@ -66,16 +56,12 @@ impl Metrics {
             .register(Box::new(request_latency.clone()))
             .expect("unique metric");
         let active_connections =
-            IntGauge::new("fjord_active_connections", "Open client connections")
-                .expect("valid metric");
+            IntGauge::new("fjord_active_connections", "Open client connections").expect("valid metric");
         registry
             .register(Box::new(active_connections.clone()))
             .expect("unique metric");
-        let partitions = IntGauge::new("fjord_partitions", "Partitions hosted by this broker")
-            .expect("valid metric");
-        registry
-            .register(Box::new(partitions.clone()))
-            .expect("unique metric");
+        let partitions = IntGauge::new("fjord_partitions", "Partitions hosted by this broker").expect("valid metric");
+        registry.register(Box::new(partitions.clone())).expect("unique metric");
         Arc::new(Metrics {
             bytes_in: counter(
                 &registry,
@@ -89,12 +75,7 @@ impl Metrics {
                 "Record batch bytes served by fetch",
                 &["topic"],
             ),
-            messages_in: counter(
-                &registry,
-                "fjord_messages_in_total",
-                "Records appended",
-                &["topic"],
-            ),
+            messages_in: counter(&registry, "fjord_messages_in_total", "Records appended", &["topic"]),
             messages_out: counter(
                 &registry,
                 "fjord_messages_out_total",
@@ -107,44 +88,19 @@ impl Metrics {
                 "Rejected partition appends",
                 &["topic", "error"],
             ),
-            requests: counter(
-                &registry,
-                "fjord_requests_total",
-                "Requests handled by API",
-                &["api"],
-            ),
+            requests: counter(&registry, "fjord_requests_total", "Requests handled by API", &["api"]),
             request_latency,
             active_connections,
-            log_size: gauge(
-                &registry,
-                "fjord_log_size_bytes",
-                "Bytes on disk per partition",
-                tp,
-            ),
-            log_end_offset: gauge(
-                &registry,
-                "fjord_log_end_offset",
-                "Log end offset per partition",
-                tp,
-            ),
+            log_size: gauge(&registry, "fjord_log_size_bytes", "Bytes on disk per partition", tp),
+            log_end_offset: gauge(&registry, "fjord_log_end_offset", "Log end offset per partition", tp),
             log_start_offset: gauge(
                 &registry,
                 "fjord_log_start_offset",
                 "Log start offset per partition",
                 tp,
             ),
-            high_watermark: gauge(
-                &registry,
-                "fjord_high_watermark",
-                "High watermark per partition",
-                tp,
-            ),
-            segments: gauge(
-                &registry,
-                "fjord_log_segments",
-                "Segments per partition",
-                tp,
-            ),
+            high_watermark: gauge(&registry, "fjord_high_watermark", "High watermark per partition", tp),
+            segments: gauge(&registry, "fjord_log_segments", "Segments per partition", tp),
             under_replicated: gauge(
                 &registry,
                 "fjord_partition_under_replicated",
@@ -180,18 +136,14 @@ impl Metrics {
         for p in all {
             let part = p.tp.partition.to_string();
             let labels = [p.tp.topic.as_str(), part.as_str()];
-            self.log_size
-                .with_label_values(&labels)
-                .set(p.log.size_bytes() as i64);
+            self.log_size.with_label_values(&labels).set(p.log.size_bytes() as i64);
             self.log_end_offset
                 .with_label_values(&labels)
                 .set(p.log.log_end_offset());
             self.log_start_offset
                 .with_label_values(&labels)
                 .set(p.log.log_start_offset());
-            self.high_watermark
-                .with_label_values(&labels)
-                .set(p.high_watermark());
+            self.high_watermark.with_label_values(&labels).set(p.high_watermark());
             self.segments
                 .with_label_values(&labels)
                 .set(p.log.segment_count() as i64);

@@ -41,12 +41,7 @@ impl AdminService {
             .ctx
             .controller
             .log_config(&topic.name)
-            .map(|c| {
-                c.entries()
-                    .into_iter()
-                    .map(|e| (e.name.to_string(), e.value))
-                    .collect()
-            })
+            .map(|c| c.entries().into_iter().map(|e| (e.name.to_string(), e.value)).collect())
             .unwrap_or_default();
         pb::TopicDescription {
             name: topic.name.clone(),
@@ -93,10 +88,7 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_topics(
-        &self,
-        _: Request<pb::ListTopicsRequest>,
-    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let image = self.ctx.controller.image();
         Ok(Response::new(pb::ListTopicsResponse {
             topics: image.topics.values().map(|t| self.describe(t)).collect(),
@@ -107,9 +99,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        Ok(Response::new(
-            self.describe_by_name(&request.into_inner().name)?,
-        ))
+        Ok(Response::new(self.describe_by_name(&request.into_inner().name)?))
     }
 
     async fn create_topic(
@@ -123,9 +113,8 @@ impl Admin for AdminService {
         } else {
             r.replication_factor
         };
-        let replication = i16::try_from(replication).map_err(|_| {
-            Status::invalid_argument(format!("replication factor {replication} is out of range"))
-        })?;
+        let replication = i16::try_from(replication)
+            .map_err(|_| Status::invalid_argument(format!("replication factor {replication} is out of range")))?;
         let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
         let topic = self
             .ctx
@@ -144,16 +133,10 @@ impl Admin for AdminService {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
-        let topic = self
-            .ctx
-            .controller
-            .delete_topic(&name)
-            .map_err(|e| match e {
-                Error::UnknownTopicOrPartition => {
-                    Status::not_found(format!("topic '{name}' does not exist"))
-                }
-                other => status(other),
-            })?;
+        let topic = self.ctx.controller.delete_topic(&name).map_err(|e| match e {
+            Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{name}' does not exist")),
+            other => status(other),
+        })?;
         tracing::info!(topic = %name, "deleted topic (admin)");
         Ok(Response::new(pb::DeleteTopicResponse {
             topic_id: topic.id.to_string(),
@@ -169,9 +152,7 @@ impl Admin for AdminService {
             .controller
             .create_partitions(&r.name, r.count, r.validate_only)
             .map_err(|e| match e {
-                Error::UnknownTopicOrPartition => {
-                    Status::not_found(format!("topic '{}' does not exist", r.name))
-                }
+                Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),
             })?;
         Ok(Response::new(self.describe_by_name(&r.name)?))
@@ -199,9 +180,7 @@ impl Admin for AdminService {
             .controller
             .alter_topic_configs(&r.name, &ops, r.validate_only)
             .map_err(|e| match e {
-                Error::UnknownTopicOrPartition => {
-                    Status::not_found(format!("topic '{}' does not exist", r.name))
-                }
+                Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),
             })?;
         Ok(Response::new(self.describe_by_name(&r.name)?))

@@ -7,8 +7,7 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
-    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 
 use super::{str, Apis};
@@ -51,9 +50,8 @@ fn broker_source(
 /// A topic's effective configs: its overrides, else the broker's, else defaults.
 pub fn topic_entries(apis: &Apis, overrides: &BTreeMap<String, String>) -> Vec<Described> {
     let image = apis.controller.image();
-    let effective =
-        LogConfig::with_overrides(&apis.controller.effective_broker_config(), overrides)
-            .unwrap_or_else(|_| LogConfig::defaults_from(&apis.config));
+    let effective = LogConfig::with_overrides(&apis.controller.effective_broker_config(), overrides)
+        .unwrap_or_else(|_| LogConfig::defaults_from(&apis.config));
     effective
         .entries()
         .into_iter()
@@ -63,9 +61,7 @@ pub fn topic_entries(apis: &Apis, overrides: &BTreeMap<String, String>) -> Vec<D
                 synonyms.push((e.name.to_string(), v.clone(), SOURCE_DYNAMIC_TOPIC));
             }
             let synonym = LogConfig::broker_synonym(e.name);
-            if let Some((v, src)) =
-                synonym.and_then(|s| broker_source(s, &image.broker_overrides, &apis.config))
-            {
+            if let Some((v, src)) = synonym.and_then(|s| broker_source(s, &image.broker_overrides, &apis.config)) {
                 synonyms.push((synonym.unwrap_or_default().to_string(), v, src));
             }
             synonyms.push((e.name.to_string(), e.default.clone(), SOURCE_DEFAULT));
@@ -89,14 +85,13 @@ fn broker_entries(apis: &Apis) -> Vec<Described> {
         .entries()
         .into_iter()
         .map(|e| {
-            let (source, synonyms) =
-                match broker_source(e.name, &image.broker_overrides, &apis.config) {
-                    Some((v, src)) => (src, vec![(e.name.to_string(), v, src)]),
-                    None => (
-                        SOURCE_DEFAULT,
-                        vec![(e.name.to_string(), e.default.clone(), SOURCE_DEFAULT)],
-                    ),
-                };
+            let (source, synonyms) = match broker_source(e.name, &image.broker_overrides, &apis.config) {
+                Some((v, src)) => (src, vec![(e.name.to_string(), v, src)]),
+                None => (
+                    SOURCE_DEFAULT,
+                    vec![(e.name.to_string(), e.default.clone(), SOURCE_DEFAULT)],
+                ),
+            };
             Described {
                 name: e.name.to_string(),
                 value: e.value,
@@ -114,11 +109,7 @@ fn is_this_broker(apis: &Apis, name: &str) -> bool {
     name.is_empty() || name == apis.node_id().to_string()
 }
 
-pub fn describe(
-    apis: &Apis,
-    request: DescribeConfigsRequest,
-    version: i16,
-) -> DescribeConfigsResponse {
+pub fn describe(apis: &Apis, request: DescribeConfigsRequest, version: i16) -> DescribeConfigsResponse {
     let results = request
         .resources
         .into_iter()
@@ -127,22 +118,16 @@ pub fn describe(
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
             let entries = match r.resource_type {
-                RESOURCE_TOPIC => {
-                    match apis.controller.image().topics.get(r.resource_name.as_str()) {
-                        Some(t) => Ok(topic_entries(apis, &t.configs)),
-                        None => Err(Error::UnknownTopicOrPartition),
-                    }
-                }
-                RESOURCE_BROKER if is_this_broker(apis, r.resource_name.as_str()) => {
-                    Ok(broker_entries(apis))
-                }
+                RESOURCE_TOPIC => match apis.controller.image().topics.get(r.resource_name.as_str()) {
+                    Some(t) => Ok(topic_entries(apis, &t.configs)),
+                    None => Err(Error::UnknownTopicOrPartition),
+                },
+                RESOURCE_BROKER if is_this_broker(apis, r.resource_name.as_str()) => Ok(broker_entries(apis)),
                 RESOURCE_BROKER => Err(Error::InvalidRequest(format!(
                     "unknown broker '{}'",
                     r.resource_name.as_str()
                 ))),
-                other => Err(Error::InvalidRequest(format!(
-                    "unsupported resource type {other}"
-                ))),
+                other => Err(Error::InvalidRequest(format!("unsupported resource type {other}"))),
             };
             let entries = match entries {
                 Ok(e) => e,
@@ -157,10 +142,7 @@ pub fn describe(
                 .map(|k| k.iter().map(|s| s.as_str().to_string()).collect());
             let configs = entries
                 .into_iter()
-                .filter(|e| {
-                    keys.as_ref()
-                        .is_none_or(|k| k.is_empty() || k.contains(&e.name))
-                })
+                .filter(|e| keys.as_ref().is_none_or(|k| k.is_empty() || k.contains(&e.name)))
                 .map(|e| {
                     let synonyms = if request.include_synonyms {
                         e.synonyms
@@ -191,10 +173,7 @@ pub fn describe(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-pub fn incremental_alter(
-    apis: &Apis,
-    request: IncrementalAlterConfigsRequest,
-) -> IncrementalAlterConfigsResponse {
+pub fn incremental_alter(apis: &Apis, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
@@ -207,10 +186,7 @@ pub fn incremental_alter(
                 .iter()
                 .map(|c| {
                     let op = OpType::from_code(c.config_operation).ok_or_else(|| {
-                        Error::InvalidRequest(format!(
-                            "unknown config operation {}",
-                            c.config_operation
-                        ))
+                        Error::InvalidRequest(format!("unknown config operation {}", c.config_operation))
                     })?;
                     Ok(ConfigOp {
                         name: c.name.as_str().to_string(),
@@ -220,14 +196,13 @@ pub fn incremental_alter(
                 })
                 .collect();
             let result = ops.and_then(|ops| match r.resource_type {
-                RESOURCE_TOPIC => apis.controller.alter_topic_configs(
-                    r.resource_name.as_str(),
-                    &ops,
-                    request.validate_only,
-                ),
-                RESOURCE_BROKER if is_this_broker(apis, r.resource_name.as_str()) => apis
-                    .controller
-                    .alter_broker_configs(&ops, request.validate_only),
+                RESOURCE_TOPIC => {
+                    apis.controller
+                        .alter_topic_configs(r.resource_name.as_str(), &ops, request.validate_only)
+                }
+                RESOURCE_BROKER if is_this_broker(apis, r.resource_name.as_str()) => {
+                    apis.controller.alter_broker_configs(&ops, request.validate_only)
+                }
                 _ => Err(Error::InvalidRequest(format!(
                     "cannot alter resource type {} '{}'",
                     r.resource_type,

@@ -40,8 +40,7 @@ pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> FetchRe
 
 fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
     let image = apis.controller.image();
-    let mut remaining =
-        (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
+    let mut remaining = (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
     let mut total = 0usize;
     let mut errors = false;
     let mut responses = Vec::with_capacity(request.topics.len());
@@ -57,9 +56,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             let data = PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_preferred_read_replica(BrokerId(-1))
-                .with_aborted_transactions(
-                    (request.isolation_level == READ_COMMITTED).then(Vec::new),
-                );
+                .with_aborted_transactions((request.isolation_level == READ_COMMITTED).then(Vec::new));
             let result = match &name {
                 None => Err(Error::UnknownTopicId),
                 Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
@@ -74,11 +71,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                     remaining = remaining.saturating_sub(info.records.len());
                     data.with_high_watermark(hw)
                         .with_last_stable_offset(hw)
-                        .with_log_start_offset(if version >= 5 {
-                            info.log_start_offset
-                        } else {
-                            -1
-                        })
+                        .with_log_start_offset(if version >= 5 { info.log_start_offset } else { -1 })
                         .with_records(Some(info.records))
                 }
                 Err(e) => {
@@ -103,9 +96,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             response.with_topic(TopicName(str(topic.topic.as_str())))
         });
     }
-    let response = FetchResponse::default()
-        .with_responses(responses)
-        .with_session_id(0);
+    let response = FetchResponse::default().with_responses(responses).with_session_id(0);
     (response, total, errors)
 }
 
@@ -131,14 +122,8 @@ fn account(apis: &Apis, response: &FetchResponse) {
             }
         }
         if bytes > 0 {
-            apis.metrics
-                .bytes_out
-                .with_label_values(&[&name])
-                .inc_by(bytes);
-            apis.metrics
-                .messages_out
-                .with_label_values(&[&name])
-                .inc_by(records);
+            apis.metrics.bytes_out.with_label_values(&[&name]).inc_by(bytes);
+            apis.metrics.messages_out.with_label_values(&[&name]).inc_by(records);
         }
     }
 }

@@ -1,9 +1,7 @@
 //! ListOffsets: earliest, latest, max timestamp, or the first offset at or
 //! after a timestamp (through the time index).
 
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Apis;
@@ -37,8 +35,7 @@ pub fn handle(apis: &Apis, request: ListOffsetsRequest, version: i16) -> ListOff
                 .partitions
                 .iter()
                 .map(|p| {
-                    let response = ListOffsetsPartitionResponse::default()
-                        .with_partition_index(p.partition_index);
+                    let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
                     let result = apis
                         .replicas
                         .get(topic.name.as_str(), p.partition_index)
@@ -51,15 +48,8 @@ pub fn handle(apis: &Apis, request: ListOffsetsRequest, version: i16) -> ListOff
                             .with_offset(offset)
                             .with_timestamp(timestamp)
                             // Leader epochs exist on the wire from v4.
-                            .with_leader_epoch(if offset >= 0 && version >= 4 {
-                                epoch
-                            } else {
-                                -1
-                            }),
-                        Err(e) => response
-                            .with_error_code(e.code())
-                            .with_offset(-1)
-                            .with_timestamp(-1),
+                            .with_leader_epoch(if offset >= 0 && version >= 4 { epoch } else { -1 }),
+                        Err(e) => response.with_error_code(e.code()).with_offset(-1).with_timestamp(-1),
                     }
                 })
                 .collect();

@@ -15,17 +15,13 @@ use crate::error::Error;
 pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(apis.node_id());
     // Fields are only set from the version that has them: the codec refuses others.
-    let rack = (version >= 1 && !apis.config.broker_rack.is_empty())
-        .then(|| str(apis.config.broker_rack.clone()));
+    let rack = (version >= 1 && !apis.config.broker_rack.is_empty()).then(|| str(apis.config.broker_rack.clone()));
     let broker = MetadataResponseBroker::default()
         .with_node_id(node)
         .with_host(str(apis.advertised.host.clone()))
         .with_port(apis.advertised.port as i32)
         .with_rack(rack);
-    let auto_create = apis
-        .controller
-        .effective_broker_config()
-        .auto_create_topics_enable
+    let auto_create = apis.controller.effective_broker_config().auto_create_topics_enable
         && (version < 4 || request.allow_auto_topic_creation);
 
     let topics = match request.topics {
@@ -89,12 +85,10 @@ fn describe_by_name(
                 return describe(node, &topic, version);
             }
             // Lost a race with another creator: describe what is there now.
-            Err(Error::TopicAlreadyExists(_)) => {
-                match apis.controller.image().topics.get(name.as_str()) {
-                    Some(topic) => return describe(node, topic, version),
-                    None => ResponseError::UnknownTopicOrPartition.code(),
-                }
-            }
+            Err(Error::TopicAlreadyExists(_)) => match apis.controller.image().topics.get(name.as_str()) {
+                Some(topic) => return describe(node, topic, version),
+                None => ResponseError::UnknownTopicOrPartition.code(),
+            },
             Err(e) => e.code(),
         }
     } else if crate::controller::image::validate_topic_name(name.as_str()).is_err() {

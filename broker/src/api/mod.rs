@@ -80,8 +80,7 @@ impl Apis {
     }
 
     pub fn supports(&self, api_key: ApiKey, version: i16) -> bool {
-        Self::supported_versions()
-            .any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
+        Self::supported_versions().any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
     }
 
     pub fn api_versions_fallback(&self) -> ResponseKind {
@@ -89,46 +88,24 @@ impl Apis {
     }
 
     /// Dispatches by API key. `None` means no response is sent (acks=0 produce).
-    pub async fn handle(
-        &self,
-        header: &RequestHeader,
-        request: RequestKind,
-    ) -> Option<ResponseKind> {
+    pub async fn handle(&self, header: &RequestHeader, request: RequestKind) -> Option<ResponseKind> {
         let version = header.request_api_version;
         Some(match request {
             RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r)),
             RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version)),
-            RequestKind::Produce(r) => {
-                return produce::handle(self, r, version).map(ResponseKind::Produce)
-            }
+            RequestKind::Produce(r) => return produce::handle(self, r, version).map(ResponseKind::Produce),
             RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, r, version).await),
-            RequestKind::ListOffsets(r) => {
-                ResponseKind::ListOffsets(list_offsets::handle(self, r, version))
-            }
-            RequestKind::CreateTopics(r) => {
-                ResponseKind::CreateTopics(topics::create_topics(self, r, version))
-            }
-            RequestKind::DeleteTopics(r) => {
-                ResponseKind::DeleteTopics(topics::delete_topics(self, r, version))
-            }
-            RequestKind::CreatePartitions(r) => {
-                ResponseKind::CreatePartitions(topics::create_partitions(self, r))
-            }
-            RequestKind::DeleteRecords(r) => {
-                ResponseKind::DeleteRecords(records::delete_records(self, r))
-            }
-            RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(producer_id::handle(self, r))
-            }
-            RequestKind::DescribeConfigs(r) => {
-                ResponseKind::DescribeConfigs(configs::describe(self, r, version))
-            }
+            RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(self, r, version)),
+            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(self, r, version)),
+            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(self, r, version)),
+            RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(topics::create_partitions(self, r)),
+            RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r)),
+            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r)),
+            RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(self, r, version)),
             RequestKind::IncrementalAlterConfigs(r) => {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r))
             }
-            RequestKind::DescribeCluster(r) => {
-                ResponseKind::DescribeCluster(cluster::describe(self, r))
-            }
+            RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(cluster::describe(self, r)),
             other => {
                 // Unreachable: parse_request refuses APIs we do not advertise.
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");

@@ -41,8 +41,9 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                         Ok(info) => {
                             appended |= !info.duplicate;
                             record_metrics(apis, &name, &info);
-                            let response =
-                                response.with_base_offset(info.first_offset).with_log_append_time_ms(info.log_append_time);
+                            let response = response
+                                .with_base_offset(info.first_offset)
+                                .with_log_append_time_ms(info.log_append_time);
                             if version >= 5 {
                                 response.with_log_start_offset(info.log_start_offset)
                             } else {
@@ -52,7 +53,10 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                         Err((message, code)) => {
                             tracing::debug!(topic = %name, partition = p.index, %message, "produce rejected");
                             let code_name = format!("{code}");
-                            apis.metrics.produce_errors.with_label_values(&[&name, &code_name]).inc();
+                            apis.metrics
+                                .produce_errors
+                                .with_label_values(&[&name, &code_name])
+                                .inc();
                             response
                                 .with_error_code(code)
                                 .with_base_offset(-1)
@@ -62,7 +66,9 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                     }
                 })
                 .collect();
-            TopicProduceResponse::default().with_name(topic.name).with_partition_responses(partition_responses)
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partition_responses)
         })
         .collect();
     if appended {
@@ -75,10 +81,7 @@ fn record_metrics(apis: &Apis, topic: &str, info: &AppendInfo) {
     if info.duplicate {
         return;
     }
-    apis.metrics
-        .bytes_in
-        .with_label_values(&[topic])
-        .inc_by(info.bytes);
+    apis.metrics.bytes_in.with_label_values(&[topic]).inc_by(info.bytes);
     apis.metrics
         .messages_in
         .with_label_values(&[topic])

@@ -12,9 +12,7 @@ pub fn handle(apis: &Apis, request: InitProducerIdRequest) -> InitProducerIdResp
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     match apis.controller.allocate_producer_id() {
-        Ok(id) => response
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(0),
+        Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(e) => {
             tracing::error!(error = %e, "allocating a producer id failed");
             response

@@ -1,8 +1,6 @@
 //! DeleteRecords: move partitions' log start offsets forward.
 
-use kafka_protocol::messages::delete_records_response::{
-    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
-};
+use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::Apis;
@@ -16,8 +14,7 @@ pub fn delete_records(apis: &Apis, request: DeleteRecordsRequest) -> DeleteRecor
                 .partitions
                 .iter()
                 .map(|p| {
-                    let result = DeleteRecordsPartitionResult::default()
-                        .with_partition_index(p.partition_index);
+                    let result = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
                     match apis
                         .replicas
                         .get(topic.name.as_str(), p.partition_index)

@@ -4,24 +4,18 @@ use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{
-    CreatableTopicConfigs, CreatableTopicResult,
-};
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, TopicName,
 };
 
 use super::configs::topic_entries;
 use super::{str, Apis};
 use crate::error::Error;
 
-pub fn create_topics(
-    apis: &Apis,
-    request: CreateTopicsRequest,
-    version: i16,
-) -> CreateTopicsResponse {
+pub fn create_topics(apis: &Apis, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request
         .topics
@@ -39,17 +33,28 @@ pub fn create_topics(
             if duplicates.contains(&name) {
                 return result
                     .with_error_code(ResponseError::InvalidRequest.code())
-                    .with_error_message(Some(str(format!("topic '{name}' appears more than once in the request"))));
+                    .with_error_message(Some(str(format!(
+                        "topic '{name}' appears more than once in the request"
+                    ))));
             }
             // Manual assignments may only name this broker, one replica each.
             let mut partitions = t.num_partitions;
             let mut replication = t.replication_factor;
             if !t.assignments.is_empty() {
                 if t.num_partitions != -1 || t.replication_factor != -1 {
-                    return failed(result, Error::InvalidRequest("assignments given with partitions or replication factor".into()));
+                    return failed(
+                        result,
+                        Error::InvalidRequest("assignments given with partitions or replication factor".into()),
+                    );
                 }
-                if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node) {
-                    return failed(result, Error::InvalidReplicationFactor(format!("replicas must be [{node}]")));
+                if t.assignments
+                    .iter()
+                    .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != node)
+                {
+                    return failed(
+                        result,
+                        Error::InvalidReplicationFactor(format!("replicas must be [{node}]")),
+                    );
                 }
                 partitions = t.assignments.len() as i32;
                 replication = 1;
@@ -59,7 +64,10 @@ pub fn create_topics(
                 .into_iter()
                 .filter_map(|c| c.value.map(|v| (c.name.as_str().to_string(), v.as_str().to_string())))
                 .collect();
-            match apis.controller.create_topic(&name, partitions, replication, configs, request.validate_only) {
+            match apis
+                .controller
+                .create_topic(&name, partitions, replication, configs, request.validate_only)
+            {
                 Ok(topic) => {
                     if !request.validate_only {
                         tracing::info!(topic = %name, partitions = topic.partitions, "created topic");
@@ -73,7 +81,11 @@ pub fn create_topics(
                                 .with_config_source(e.source)
                         })
                         .collect();
-                    let result = if version >= 7 && !request.validate_only { result.with_topic_id(topic.id) } else { result };
+                    let result = if version >= 7 && !request.validate_only {
+                        result.with_topic_id(topic.id)
+                    } else {
+                        result
+                    };
                     if version >= 5 {
                         result
                             .with_num_partitions(topic.partitions)
@@ -96,11 +108,7 @@ fn failed(result: CreatableTopicResult, e: Error) -> CreatableTopicResult {
         .with_error_message(Some(str(e.to_string())))
 }
 
-pub fn delete_topics(
-    apis: &Apis,
-    request: DeleteTopicsRequest,
-    version: i16,
-) -> DeleteTopicsResponse {
+pub fn delete_topics(apis: &Apis, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     let image = apis.controller.image();
     // v6 names topics by name or id; older versions by name.
     let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
@@ -109,10 +117,7 @@ pub fn delete_topics(
             .iter()
             .map(|t| match &t.name {
                 Some(n) => (Some(n.as_str().to_string()), t.topic_id),
-                None => (
-                    image.topic_by_id(t.topic_id).map(|x| x.name.clone()),
-                    t.topic_id,
-                ),
+                None => (image.topic_by_id(t.topic_id).map(|x| x.name.clone()), t.topic_id),
             })
             .collect()
     } else {
@@ -148,10 +153,7 @@ pub fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn create_partitions(
-    apis: &Apis,
-    request: CreatePartitionsRequest,
-) -> CreatePartitionsResponse {
+pub fn create_partitions(apis: &Apis, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let results = request
         .topics
         .into_iter()

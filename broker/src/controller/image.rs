@@ -80,9 +80,7 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
         return Err(Error::InvalidTopic("topic name is empty".into()));
     }
     if name == "." || name == ".." {
-        return Err(Error::InvalidTopic(format!(
-            "topic name cannot be '{name}'"
-        )));
+        return Err(Error::InvalidTopic(format!("topic name cannot be '{name}'")));
     }
     if name.len() > MAX_TOPIC_NAME_LEN {
         return Err(Error::InvalidTopic(format!(
@@ -156,11 +154,7 @@ impl MetadataImage {
         }
         // '.' and '_' collide in metric names, so Kafka refuses such pairs.
         let normalized = name.replace('.', "_");
-        if let Some(other) = self
-            .topics
-            .keys()
-            .find(|t| t.replace('.', "_") == normalized)
-        {
+        if let Some(other) = self.topics.keys().find(|t| t.replace('.', "_") == normalized) {
             return Err(Error::InvalidTopic(format!(
                 "topic '{name}' collides with existing topic '{other}'"
             )));
@@ -199,16 +193,11 @@ impl MetadataImage {
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<TopicImage> {
-        self.topics
-            .remove(name)
-            .ok_or(Error::UnknownTopicOrPartition)
+        self.topics.remove(name).ok_or(Error::UnknownTopicOrPartition)
     }
 
     pub fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
-        let topic = self
-            .topics
-            .get_mut(name)
-            .ok_or(Error::UnknownTopicOrPartition)?;
+        let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
         if count < topic.partitions {
             return Err(Error::InvalidPartitions(format!(
                 "topic currently has {} partitions, which is higher than the requested {count}",
@@ -224,23 +213,12 @@ impl MetadataImage {
         Ok(())
     }
 
-    pub fn alter_topic_configs(
-        &mut self,
-        broker: &BrokerConfig,
-        name: &str,
-        ops: &[ConfigOp],
-    ) -> Result<()> {
-        let topic = self
-            .topics
-            .get_mut(name)
-            .ok_or(Error::UnknownTopicOrPartition)?;
+    pub fn alter_topic_configs(&mut self, broker: &BrokerConfig, name: &str, ops: &[ConfigOp]) -> Result<()> {
+        let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
         let mut configs = topic.configs.clone();
         for op in ops {
             if !LogConfig::NAMES.contains(&op.name.as_str()) {
-                return Err(Error::InvalidConfig(format!(
-                    "unknown topic config '{}'",
-                    op.name
-                )));
+                return Err(Error::InvalidConfig(format!("unknown topic config '{}'", op.name)));
             }
             match apply_op(configs.get(&op.name), op) {
                 Some(v) => configs.insert(op.name.clone(), v),
@@ -296,10 +274,7 @@ mod tests {
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v1_x-y").is_ok());
         for bad in ["", ".", "..", "a b", "ä", &"x".repeat(250)] {
-            assert!(
-                matches!(validate_topic_name(bad), Err(Error::InvalidTopic(_))),
-                "{bad}"
-            );
+            assert!(matches!(validate_topic_name(bad), Err(Error::InvalidTopic(_))), "{bad}");
         }
     }
 
@@ -310,9 +285,7 @@ mod tests {
             ..BrokerConfig::default()
         };
         let mut image = MetadataImage::default();
-        let t = image
-            .create_topic(&broker, "a.b", -1, -1, BTreeMap::new())
-            .unwrap();
+        let t = image.create_topic(&broker, "a.b", -1, -1, BTreeMap::new()).unwrap();
         assert_eq!((t.partitions, t.replication_factor), (3, 1));
         assert!(matches!(
             image.create_topic(&broker, "a.b", 1, 1, BTreeMap::new()),
@@ -342,9 +315,7 @@ mod tests {
     fn partitions_only_grow() {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
-        image
-            .create_topic(&broker, "t", 2, 1, BTreeMap::new())
-            .unwrap();
+        image.create_topic(&broker, "t", 2, 1, BTreeMap::new()).unwrap();
         assert!(image.create_partitions("t", 1).is_err());
         assert!(image.create_partitions("t", 2).is_err());
         image.create_partitions("t", 4).unwrap();
@@ -359,9 +330,7 @@ mod tests {
     fn incremental_config_ops() {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
-        image
-            .create_topic(&broker, "t", 1, 1, BTreeMap::new())
-            .unwrap();
+        image.create_topic(&broker, "t", 1, 1, BTreeMap::new()).unwrap();
         image
             .alter_topic_configs(
                 &broker,
@@ -374,22 +343,11 @@ mod tests {
             .unwrap();
         assert_eq!(image.topics["t"].configs["cleanup.policy"], "compact");
         image
-            .alter_topic_configs(
-                &broker,
-                "t",
-                &[op("cleanup.policy", OpType::Append, Some("delete"))],
-            )
+            .alter_topic_configs(&broker, "t", &[op("cleanup.policy", OpType::Append, Some("delete"))])
             .unwrap();
-        assert_eq!(
-            image.topics["t"].configs["cleanup.policy"],
-            "compact,delete"
-        );
+        assert_eq!(image.topics["t"].configs["cleanup.policy"], "compact,delete");
         image
-            .alter_topic_configs(
-                &broker,
-                "t",
-                &[op("cleanup.policy", OpType::Subtract, Some("compact"))],
-            )
+            .alter_topic_configs(&broker, "t", &[op("cleanup.policy", OpType::Subtract, Some("compact"))])
             .unwrap();
         assert_eq!(image.topics["t"].configs["cleanup.policy"], "delete");
         image
@@ -400,11 +358,7 @@ mod tests {
             .alter_topic_configs(&broker, "t", &[op("bogus", OpType::Set, Some("1"))])
             .is_err());
         assert!(image
-            .alter_topic_configs(
-                &broker,
-                "t",
-                &[op("segment.bytes", OpType::Set, Some("-5"))]
-            )
+            .alter_topic_configs(&broker, "t", &[op("segment.bytes", OpType::Set, Some("-5"))])
             .is_err());
     }
 
@@ -413,10 +367,7 @@ mod tests {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
         image
-            .alter_broker_configs(
-                &broker,
-                &[op("log.retention.ms", OpType::Set, Some("5000"))],
-            )
+            .alter_broker_configs(&broker, &[op("log.retention.ms", OpType::Set, Some("5000"))])
             .unwrap();
         assert_eq!(image.broker_overrides["log.retention.ms"], "5000");
         assert!(image

@@ -41,9 +41,8 @@ impl Controller {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join(METADATA_FILE);
         let mut image = match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice::<MetadataImage>(&data).map_err(|e| {
-                Error::Storage(std::io::Error::other(format!("{}: {e}", path.display())))
-            })?,
+            Ok(data) => serde_json::from_slice::<MetadataImage>(&data)
+                .map_err(|e| Error::Storage(std::io::Error::other(format!("{}: {e}", path.display()))))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::default(),
             Err(e) => return Err(e.into()),
         };
@@ -93,15 +92,8 @@ impl Controller {
 
     pub fn log_config(&self, topic: &str) -> Result<LogConfig> {
         let image = self.image();
-        let overrides = image
-            .topics
-            .get(topic)
-            .map(|t| t.configs.clone())
-            .unwrap_or_default();
-        Ok(LogConfig::with_overrides(
-            &self.effective_broker_config(),
-            &overrides,
-        )?)
+        let overrides = image.topics.get(topic).map(|t| t.configs.clone()).unwrap_or_default();
+        Ok(LogConfig::with_overrides(&self.effective_broker_config(), &overrides)?)
     }
 
     fn persist(&self, image: &MetadataImage) -> Result<()> {
@@ -111,11 +103,7 @@ impl Controller {
     }
 
     /// Applies a pure change to the image, commits it and publishes it.
-    fn update<T>(
-        &self,
-        validate_only: bool,
-        change: impl FnOnce(&mut MetadataImage) -> Result<T>,
-    ) -> Result<T> {
+    fn update<T>(&self, validate_only: bool, change: impl FnOnce(&mut MetadataImage) -> Result<T>) -> Result<T> {
         let _guard = self.write.lock();
         let mut next = (*self.image()).clone();
         let out = change(&mut next)?;
@@ -153,23 +141,14 @@ impl Controller {
         self.update(validate_only, |image| image.create_partitions(name, count))
     }
 
-    pub fn alter_topic_configs(
-        &self,
-        name: &str,
-        ops: &[ConfigOp],
-        validate_only: bool,
-    ) -> Result<()> {
+    pub fn alter_topic_configs(&self, name: &str, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
         let broker = self.effective_broker_config();
-        self.update(validate_only, |image| {
-            image.alter_topic_configs(&broker, name, ops)
-        })
+        self.update(validate_only, |image| image.alter_topic_configs(&broker, name, ops))
     }
 
     pub fn alter_broker_configs(&self, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
         let broker = self.broker.clone();
-        self.update(validate_only, |image| {
-            image.alter_broker_configs(&broker, ops)
-        })
+        self.update(validate_only, |image| image.alter_broker_configs(&broker, ops))
     }
 
     /// A new producer id; blocks are reserved in the image so ids never repeat across restarts.

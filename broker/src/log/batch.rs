@@ -244,8 +244,7 @@ impl PatchedHeader {
         self.0[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&offset.to_be_bytes());
     }
     pub fn set_partition_leader_epoch(&mut self, epoch: i32) {
-        self.0[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4]
-            .copy_from_slice(&epoch.to_be_bytes());
+        self.0[PARTITION_LEADER_EPOCH..PARTITION_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
     }
     /// Marks the batch LogAppendTime with the given time; the CRC must be recomputed.
     pub fn set_log_append_time(&mut self, timestamp: i64) {
@@ -271,21 +270,11 @@ impl PatchedHeader {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     /// Encodes a real batch with kafka-protocol's encoder for tests.
     pub fn encode_batch(base_offset: i64, values: &[&[u8]], timestamp: i64) -> Bytes {
-        encode_batch_with(
-            base_offset,
-            values,
-            timestamp,
-            -1,
-            -1,
-            -1,
-            Compression::None,
-        )
+        encode_batch_with(base_offset, values, timestamp, -1, -1, -1, Compression::None)
     }
 
     pub fn encode_batch_with(
@@ -373,10 +362,7 @@ pub(crate) mod tests {
         p.set_log_append_time(999);
         let mut whole = p.0.to_vec();
         whole.extend_from_slice(&batch[HEADER_SIZE..]);
-        assert!(matches!(
-            validate(&whole),
-            Err(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(validate(&whole), Err(BatchError::CrcMismatch { .. })));
         p.recompute_crc(&batch[HEADER_SIZE..]);
         let mut whole = p.0.to_vec();
         whole.extend_from_slice(&batch[HEADER_SIZE..]);
@@ -391,10 +377,7 @@ pub(crate) mod tests {
         let mut bad = batch.to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        assert!(matches!(
-            validate(&bad),
-            Err(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(validate(&bad), Err(BatchError::CrcMismatch { .. })));
         assert!(validate(&batch[..batch.len() - 1]).is_err());
         assert!(validate(&batch[..30]).is_err());
         let two = Bytes::from([batch.to_vec(), batch.to_vec()].concat());
@@ -404,15 +387,7 @@ pub(crate) mod tests {
 
     #[test]
     fn sequence_wraps() {
-        let batch = encode_batch_with(
-            0,
-            &[b"a", b"b", b"c"],
-            1,
-            7,
-            0,
-            i32::MAX - 1,
-            Compression::None,
-        );
+        let batch = encode_batch_with(0, &[b"a", b"b", b"c"], 1, 7, 0, i32::MAX - 1, Compression::None);
         let h = validate(&batch).unwrap();
         assert_eq!(h.base_sequence(), i32::MAX - 1);
         assert_eq!(h.last_sequence(), 0);

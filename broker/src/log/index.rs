@@ -21,11 +21,7 @@ struct IndexFile {
 }
 
 impl IndexFile {
-    fn open(
-        path: &Path,
-        entry_size: usize,
-        prealloc_bytes: Option<usize>,
-    ) -> io::Result<IndexFile> {
+    fn open(path: &Path, entry_size: usize, prealloc_bytes: Option<usize>) -> io::Result<IndexFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -209,10 +205,7 @@ impl OffsetIndex {
 
     /// Removes entries at or past `offset` (log truncation).
     pub fn truncate_to(&mut self, offset: i64) {
-        let keep = match self
-            .file
-            .floor(|e| (u32_at(e, 0) as i64) < offset - self.base_offset)
-        {
+        let keep = match self.file.floor(|e| (u32_at(e, 0) as i64) < offset - self.base_offset) {
             Some(i) => i + 1,
             None => 0,
         };
@@ -323,10 +316,7 @@ impl TimeIndex {
     }
 
     pub fn truncate_to(&mut self, offset: i64) {
-        let keep = match self
-            .file
-            .floor(|e| (u32_at(e, 8) as i64) < offset - self.base_offset)
-        {
+        let keep = match self.file.floor(|e| (u32_at(e, 8) as i64) < offset - self.base_offset) {
             Some(i) => i + 1,
             None => 0,
         };

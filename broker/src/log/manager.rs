@@ -116,12 +116,7 @@ impl LogManager {
     }
 
     /// Opens (recovering if needed) or creates the log of a partition.
-    pub fn get_or_create(
-        &self,
-        tp: &TopicPartition,
-        topic_id: uuid::Uuid,
-        config: Arc<LogConfig>,
-    ) -> Result<Arc<Log>> {
+    pub fn get_or_create(&self, tp: &TopicPartition, topic_id: uuid::Uuid, config: Arc<LogConfig>) -> Result<Arc<Log>> {
         if let Some(log) = self.logs.read().get(tp) {
             return Ok(log.clone());
         }
@@ -138,10 +133,7 @@ impl LogManager {
             self.log_start_offsets.get(tp).copied(),
         )?);
         if !meta.exists() {
-            write_atomically(
-                &meta,
-                format!("version: 0\ntopic_id: {topic_id}\n").as_bytes(),
-            )?;
+            write_atomically(&meta, format!("version: 0\ntopic_id: {topic_id}\n").as_bytes())?;
         }
         self.logs.write().insert(tp.clone(), log.clone());
         Ok(log)
@@ -152,11 +144,7 @@ impl LogManager {
     }
 
     pub fn all(&self) -> Vec<(TopicPartition, Arc<Log>)> {
-        self.logs
-            .read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.logs.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Partition directories on disk, with their topic ids (for start-up).
@@ -168,8 +156,7 @@ impl LogManager {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = std::fs::read_to_string(entry.path().join(PARTITION_METADATA_FILE))
-                .unwrap_or_default();
+            let meta = std::fs::read_to_string(entry.path().join(PARTITION_METADATA_FILE)).unwrap_or_default();
             let id = meta
                 .lines()
                 .find_map(|l| l.strip_prefix("topic_id:"))
@@ -188,11 +175,9 @@ impl LogManager {
         let dir = self.dir.join(tp.dir_name());
         drop(removed);
         if dir.exists() {
-            let doomed = self.dir.join(format!(
-                "{}.{}-delete",
-                tp.dir_name(),
-                uuid::Uuid::new_v4().simple()
-            ));
+            let doomed = self
+                .dir
+                .join(format!("{}.{}-delete", tp.dir_name(), uuid::Uuid::new_v4().simple()));
             std::fs::rename(&dir, &doomed)?;
             std::fs::remove_dir_all(&doomed)?;
         }
@@ -212,14 +197,8 @@ impl LogManager {
 
     pub fn checkpoint(&self) -> Result<()> {
         let logs = self.all();
-        let recovery: BTreeMap<_, _> = logs
-            .iter()
-            .map(|(tp, l)| (tp.clone(), l.recovery_point()))
-            .collect();
-        let starts: BTreeMap<_, _> = logs
-            .iter()
-            .map(|(tp, l)| (tp.clone(), l.log_start_offset()))
-            .collect();
+        let recovery: BTreeMap<_, _> = logs.iter().map(|(tp, l)| (tp.clone(), l.recovery_point())).collect();
+        let starts: BTreeMap<_, _> = logs.iter().map(|(tp, l)| (tp.clone(), l.log_start_offset())).collect();
         write_checkpoint(&self.dir.join(RECOVERY_POINT_CHECKPOINT), &recovery)?;
         write_checkpoint(&self.dir.join(LOG_START_OFFSET_CHECKPOINT), &starts)?;
         Ok(())

@@ -14,9 +14,7 @@ use parking_lot::RwLock;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::txn::producer_state::{
-    BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck,
-};
+use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
 use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
 
@@ -52,9 +50,7 @@ struct LogState {
 
 impl LogState {
     fn active(&mut self) -> &mut Segment {
-        self.segments
-            .last_mut()
-            .expect("a log always has an active segment")
+        self.segments.last_mut().expect("a log always has an active segment")
     }
 
     /// Index of the segment holding `offset` (the last with base <= offset).
@@ -107,12 +103,7 @@ impl Log {
         let mut segments = Vec::with_capacity(bases.len());
         for (i, base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            segments.push(Segment::open(
-                dir,
-                *base,
-                interval,
-                active.then_some(index_bytes),
-            )?);
+            segments.push(Segment::open(dir, *base, interval, active.then_some(index_bytes))?);
         }
 
         // Recovery: scan what may be torn; otherwise trust the indexes and read the tail.
@@ -143,9 +134,7 @@ impl Log {
             last.on_become_active(index_bytes)?;
         }
 
-        let next_offset = segments
-            .last()
-            .map_or(0, |s| s.next_offset().max(s.base_offset));
+        let next_offset = segments.last().map_or(0, |s| s.next_offset().max(s.base_offset));
         let first_base = segments.first().map_or(0, |s| s.base_offset);
         let log_start_offset = log_start_checkpoint
             .unwrap_or(first_base)
@@ -204,12 +193,7 @@ impl Log {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.state
-            .read()
-            .segments
-            .iter()
-            .map(|s| u64::from(s.size()))
-            .sum()
+        self.state.read().segments.iter().map(|s| u64::from(s.size())).sum()
     }
 
     pub fn segment_count(&self) -> usize {
@@ -237,9 +221,7 @@ impl Log {
                 });
             }
             if h.is_control() {
-                return Err(Error::InvalidRecord(
-                    "clients may not send control batches".into(),
-                ));
+                return Err(Error::InvalidRecord("clients may not send control batches".into()));
             }
             if h.is_transactional() {
                 return Err(Error::TransactionsUnsupported);
@@ -248,11 +230,7 @@ impl Log {
             incoming.push(recompress_if_needed(b, codec, &config)?);
         }
 
-        let log_append_time = if config.log_append_time() {
-            now_ms()
-        } else {
-            -1
-        };
+        let log_append_time = if config.log_append_time() { now_ms() } else { -1 };
         let total: usize = incoming.iter().map(Bytes::len).sum();
         let mut st = self.state.write();
         self.maybe_roll(&mut st, total, &config)?;
@@ -295,10 +273,7 @@ impl Log {
                         return Err(e.into());
                     }
                 }
-                producer_backup.push((
-                    h.producer_id(),
-                    st.producers.entry(h.producer_id()).cloned(),
-                ));
+                producer_backup.push((h.producer_id(), st.producers.entry(h.producer_id()).cloned()));
                 st.producers.update(
                     h.producer_id(),
                     h.producer_epoch(),
@@ -403,13 +378,7 @@ impl Log {
     }
 
     /// Reads whole batches from `offset`, never past `max_offset` (the high watermark).
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        max_offset: i64,
-        min_one: bool,
-    ) -> Result<ReadInfo> {
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<ReadInfo> {
         let st = self.state.read();
         let (start, end) = (st.log_start_offset, st.next_offset);
         if offset < start || offset > end {
@@ -450,11 +419,7 @@ impl Log {
             if let Ok(set) = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf) {
                 let log_append = h.is_log_append_time();
                 for r in set.records {
-                    let ts = if log_append {
-                        h.max_timestamp()
-                    } else {
-                        r.timestamp
-                    };
+                    let ts = if log_append { h.max_timestamp() } else { r.timestamp };
                     if ts >= timestamp && r.offset >= start {
                         return Ok(Some((r.offset, ts)));
                     }
@@ -491,9 +456,8 @@ impl Log {
                 && config.retention_ms >= 0
                 && seg.max_timestamp() >= 0
                 && now - seg.max_timestamp() > config.retention_ms;
-            let by_size = config.delete()
-                && config.retention_bytes >= 0
-                && total - seg.size() as i64 >= config.retention_bytes;
+            let by_size =
+                config.delete() && config.retention_bytes >= 0 && total - seg.size() as i64 >= config.retention_bytes;
             if !(below_start || by_time || by_size) {
                 break;
             }
@@ -573,9 +537,7 @@ impl Log {
 
 /// Recompresses a batch when the topic's `compression.type` names another codec.
 fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<Bytes> {
-    use kafka_protocol::records::{
-        Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    };
+    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
     let target = match config.compression_type.as_str() {
         "producer" => return Ok(batch),
         "uncompressed" => Compression::None,
@@ -589,21 +551,12 @@ fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<
         return Ok(batch);
     }
     let header = BatchHeader::parse(&batch)?;
-    let (producer_id, epoch, base_sequence) = (
-        header.producer_id(),
-        header.producer_epoch(),
-        header.base_sequence(),
-    );
+    let (producer_id, epoch, base_sequence) = (header.producer_id(), header.producer_epoch(), header.base_sequence());
     let mut buf = batch.clone();
-    let mut set =
-        RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    let mut set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
     // The encoder keeps records in one batch only while offset - sequence is constant.
     for r in &mut set.records {
-        r.sequence = if base_sequence < 0 {
-            r.offset as i32
-        } else {
-            r.sequence
-        };
+        r.sequence = if base_sequence < 0 { r.offset as i32 } else { r.sequence };
     }
     let mut out = BytesMut::with_capacity(batch.len());
     RecordBatchEncoder::encode(

@@ -107,10 +107,7 @@ impl Segment {
         if !self.offset_index.is_consistent(self.size) {
             return Ok(false);
         }
-        let (last_indexed, start) = self
-            .offset_index
-            .last_entry()
-            .unwrap_or((self.base_offset, 0));
+        let (last_indexed, start) = self.offset_index.last_entry().unwrap_or((self.base_offset, 0));
         let (mut max_ts, mut max_ts_offset) = self.time_index.last_entry().unwrap_or((-1, -1));
         let mut next = last_indexed;
         let mut bad = false;
@@ -253,14 +250,7 @@ impl Segment {
         Ok(ScanStop::End)
     }
 
-    fn index_batch(
-        &mut self,
-        position: u32,
-        base_offset: i64,
-        last_offset: i64,
-        max_timestamp: i64,
-        size: u32,
-    ) {
+    fn index_batch(&mut self, position: u32, base_offset: i64, last_offset: i64, max_timestamp: i64, size: u32) {
         if self.first_append_ms.is_none() {
             self.first_append_ms = Some(now_ms());
         }
@@ -332,13 +322,7 @@ impl Segment {
 
     /// Reads whole batches from the one holding `offset`: at most `max_bytes`
     /// (but at least one batch when `min_one`), and none starting at or past `max_offset`.
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        max_offset: i64,
-        min_one: bool,
-    ) -> io::Result<Option<Bytes>> {
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> io::Result<Option<Bytes>> {
         let Some((pos, header)) = self.translate_offset(offset)? else {
             return Ok(None);
         };
@@ -370,11 +354,7 @@ impl Segment {
     }
 
     /// The first batch whose max timestamp is >= `timestamp`, read whole.
-    pub fn find_batch_by_timestamp(
-        &self,
-        timestamp: i64,
-        from_offset: i64,
-    ) -> io::Result<Option<Bytes>> {
+    pub fn find_batch_by_timestamp(&self, timestamp: i64, from_offset: i64) -> io::Result<Option<Bytes>> {
         if self.max_timestamp < timestamp {
             return Ok(None);
         }
@@ -460,11 +440,7 @@ impl Segment {
     }
 
     /// Calls `f` for every batch header from `from_offset` on (replays producer state).
-    pub fn for_each_header(
-        &self,
-        from_offset: i64,
-        mut f: impl FnMut(&BatchHeader),
-    ) -> io::Result<()> {
+    pub fn for_each_header(&self, from_offset: i64, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
         let start = match self.translate_offset(from_offset)? {
             Some((pos, _)) => pos,
             None => return Ok(()),
@@ -485,12 +461,7 @@ fn write_all_vectored(mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         match file.write_vectored(slices) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "failed to write batch",
-                ))
-            }
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write batch")),
             Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

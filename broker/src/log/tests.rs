@@ -24,8 +24,7 @@ fn values(n: usize, tag: &str) -> Vec<Vec<u8>> {
 
 fn append(log: &Log, vals: &[Vec<u8>], ts: i64) -> AppendInfo {
     let refs: Vec<&[u8]> = vals.iter().map(|v| v.as_slice()).collect();
-    log.append_as_leader(&encode_batch(0, &refs, ts), 0)
-        .unwrap()
+    log.append_as_leader(&encode_batch(0, &refs, ts), 0).unwrap()
 }
 
 fn read_offsets(log: &Log, from: i64) -> Vec<i64> {
@@ -65,11 +64,7 @@ fn append_assigns_offsets_and_reads_back_across_segments() {
         log.read(151, 100, i64::MAX, true),
         Err(Error::OffsetOutOfRange { .. })
     ));
-    assert!(log
-        .read(150, 100, i64::MAX, true)
-        .unwrap()
-        .records
-        .is_empty());
+    assert!(log.read(150, 100, i64::MAX, true).unwrap().records.is_empty());
 }
 
 #[test]
@@ -81,11 +76,7 @@ fn reads_honour_max_bytes_but_return_at_least_one_batch() {
     append(&log, &big, 2);
     let info = log.read(0, 100, i64::MAX, true).unwrap();
     assert_eq!(batch::complete_batches(&info.records).count(), 1);
-    assert!(log
-        .read(0, 100, i64::MAX, false)
-        .unwrap()
-        .records
-        .is_empty());
+    assert!(log.read(0, 100, i64::MAX, false).unwrap().records.is_empty());
     let info = log.read(0, 1 << 20, i64::MAX, true).unwrap();
     assert_eq!(batch::complete_batches(&info.records).count(), 2);
     // Never past the high watermark.
@@ -103,10 +94,7 @@ fn timestamps_find_first_offset_at_or_after() {
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 10_000)));
     assert_eq!(log.offset_for_timestamp(10_001).unwrap(), Some((1, 10_001)));
     assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some((2, 10_010)));
-    assert_eq!(
-        log.offset_for_timestamp(10_205).unwrap(),
-        Some((42, 10_210))
-    );
+    assert_eq!(log.offset_for_timestamp(10_205).unwrap(), Some((42, 10_210)));
     assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
     assert_eq!(log.max_timestamp_offset(), (79, 10_391));
 }
@@ -147,11 +135,7 @@ fn recovery_truncates_torn_tail_only() {
         .set_len(len - 7)
         .unwrap();
     let log = Log::open(dir.path(), config(1 << 20), Some(0), None).unwrap();
-    assert_eq!(
-        log.log_end_offset(),
-        18,
-        "only the torn last batch is dropped"
-    );
+    assert_eq!(log.log_end_offset(), 18, "only the torn last batch is dropped");
     assert_eq!(read_offsets(&log, 0), (0..18).collect::<Vec<_>>());
 }
 
@@ -194,13 +178,10 @@ fn retention_by_bytes_and_delete_records_move_log_start() {
         Err(Error::OffsetOutOfRange { .. })
     ));
     assert_eq!(
-        log.delete_records_before(start + 5, log.log_end_offset())
-            .unwrap(),
+        log.delete_records_before(start + 5, log.log_end_offset()).unwrap(),
         start + 5
     );
-    assert!(log
-        .delete_records_before(1000, log.log_end_offset())
-        .is_err());
+    assert!(log.delete_records_before(1000, log.log_end_offset()).is_err());
 }
 
 #[test]
@@ -218,10 +199,7 @@ fn retention_by_time_deletes_old_segments() {
     }
     log.delete_old_segments().unwrap();
     let start = log.log_start_offset();
-    assert!(
-        start > 0 && start <= 20,
-        "old segments went, new stayed: {start}"
-    );
+    assert!(start > 0 && start <= 20, "old segments went, new stayed: {start}");
 }
 
 #[test]
@@ -240,10 +218,7 @@ fn idempotent_retries_are_deduplicated_across_restart() {
     let log = Log::open(dir.path(), config(1 << 20), Some(0), None).unwrap();
     assert!(log.append_as_leader(&b0, 0).unwrap().duplicate);
     let gap = encode_batch_with(0, &[b"z"], 1, 42, 0, 5, Compression::None);
-    assert!(matches!(
-        log.append_as_leader(&gap, 0),
-        Err(Error::Sequence(_))
-    ));
+    assert!(matches!(log.append_as_leader(&gap, 0), Err(Error::Sequence(_))));
     assert_eq!(log.append_as_leader(&b1, 0).unwrap().first_offset, 2);
     assert_eq!(log.log_end_offset(), 3);
 }
@@ -281,9 +256,7 @@ fn compression_type_recompresses_and_log_append_time_restamps() {
     cfg.compression_type = "gzip".into();
     cfg.message_timestamp_type = "LogAppendTime".into();
     let log = Log::open(dir.path(), Arc::new(cfg), None, None).unwrap();
-    let info = log
-        .append_as_leader(&encode_batch(0, &[b"a", b"b"], 5), 0)
-        .unwrap();
+    let info = log.append_as_leader(&encode_batch(0, &[b"a", b"b"], 5), 0).unwrap();
     assert!(info.log_append_time > 5);
     let read = log.read(0, 1 << 20, i64::MAX, true).unwrap();
     let h = batch::validate(&read.records).unwrap();

@@ -60,20 +60,17 @@ pub fn parse_request(mut frame: Bytes, apis: &Apis) -> Result<Request, FrameErro
     }
     let header_version = api_key.request_header_version(version);
     let header =
-        guarded(|| RequestHeader::decode(&mut frame, header_version)).map_err(|reason| {
-            FrameError::Malformed {
-                api_key,
-                version,
-                reason,
-            }
-        })?;
-    let body = guarded(|| RequestKind::decode(api_key, &mut frame, version)).map_err(|reason| {
-        FrameError::Malformed {
+        guarded(|| RequestHeader::decode(&mut frame, header_version)).map_err(|reason| FrameError::Malformed {
             api_key,
             version,
             reason,
-        }
-    })?;
+        })?;
+    let body =
+        guarded(|| RequestKind::decode(api_key, &mut frame, version)).map_err(|reason| FrameError::Malformed {
+            api_key,
+            version,
+            reason,
+        })?;
     Ok(Request {
         header,
         api_key,

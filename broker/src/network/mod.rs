@@ -52,11 +52,7 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn handle_connection(
-    stream: TcpStream,
-    apis: Arc<Apis>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: watch::Receiver<bool>) {
     apis.metrics().active_connections.inc();
     let _guard = ConnectionGuard(apis.clone());
     let _ = stream.set_nodelay(true);
@@ -166,10 +162,7 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Bytes>) 
     }
 }
 
-async fn write_responses(
-    write_half: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
-) {
+async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
     let mut out = BufWriter::with_capacity(64 * 1024, write_half);
     while let Some(bytes) = rx.recv().await {
         if out.write_all(&bytes).await.is_err() {

@@ -67,10 +67,7 @@ impl ReplicaManager {
             }
             let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
             for p in 0..topic.partitions {
-                wanted.insert(
-                    TopicPartition::new(topic.name.clone(), p),
-                    (topic.id, config.clone()),
-                );
+                wanted.insert(TopicPartition::new(topic.name.clone(), p), (topic.id, config.clone()));
             }
         }
         let existing: Vec<(TopicPartition, Arc<Partition>)> = self

@@ -45,18 +45,15 @@ impl Partition {
     /// committed at once (acks=all behaves as acks=1 on one node).
     pub fn append(&self, records: &Bytes) -> Result<AppendInfo> {
         let info = self.log.append_as_leader(records, self.leader_epoch)?;
-        self.high_watermark
-            .fetch_max(info.last_offset + 1, Ordering::AcqRel);
+        self.high_watermark.fetch_max(info.last_offset + 1, Ordering::AcqRel);
         Ok(info)
     }
 
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadInfo> {
-        self.log
-            .read(offset, max_bytes, self.high_watermark(), min_one)
+        self.log.read(offset, max_bytes, self.high_watermark(), min_one)
     }
 
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
-        self.log
-            .delete_records_before(offset, self.high_watermark())
+        self.log.delete_records_before(offset, self.high_watermark())
     }
 }

@@ -100,12 +100,10 @@ impl ProducerStateManager {
             return Ok(SequenceCheck::Duplicate(*dup));
         }
         match entry.batches.back() {
-            Some(last) if first_seq != next_seq(last.last_seq) => {
-                Err(SequenceError::OutOfOrderSequence {
-                    got: first_seq,
-                    expected: next_seq(last.last_seq),
-                })
-            }
+            Some(last) if first_seq != next_seq(last.last_seq) => Err(SequenceError::OutOfOrderSequence {
+                got: first_seq,
+                expected: next_seq(last.last_seq),
+            }),
             _ => Ok(SequenceCheck::Append),
         }
     }
@@ -187,10 +185,7 @@ impl ProducerStateManager {
                 snaps.pop();
                 continue;
             }
-            match std::fs::read(&path)
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
-            {
+            match std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
                 Some(state) => return Ok((state, offset)),
                 None => {
                     tracing::warn!(path = %path.display(), "discarding unreadable producer snapshot");
@@ -253,16 +248,10 @@ mod tests {
         s.update(1, 0, meta(0, 4, 100));
         assert_eq!(s.check(1, 0, 5, 9), Ok(SequenceCheck::Append));
         s.update(1, 0, meta(5, 9, 105));
-        assert_eq!(
-            s.check(1, 0, 0, 4),
-            Ok(SequenceCheck::Duplicate(meta(0, 4, 100)))
-        );
+        assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Duplicate(meta(0, 4, 100))));
         assert_eq!(
             s.check(1, 0, 12, 13),
-            Err(SequenceError::OutOfOrderSequence {
-                got: 12,
-                expected: 10
-            })
+            Err(SequenceError::OutOfOrderSequence { got: 12, expected: 10 })
         );
     }
 
@@ -287,10 +276,7 @@ mod tests {
         assert_eq!(s.entry(9).unwrap().batches.len(), BATCHES_TO_RETAIN);
         // The oldest batches are forgotten: a retry that old is out of order.
         assert!(s.check(9, 0, 0, 0).is_err());
-        assert!(matches!(
-            s.check(9, 0, 6, 6),
-            Ok(SequenceCheck::Duplicate(_))
-        ));
+        assert!(matches!(s.check(9, 0, 6, 6), Ok(SequenceCheck::Duplicate(_))));
     }
 
     #[test]

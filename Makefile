@@ -1,0 +1,35 @@
+# Fjord: two commands set up a fresh machine — `make run` and `make test`.
+CARGO ?= cargo
+DATA_DIR ?= ./data
+
+.PHONY: run build test test-unit test-e2e bench lint fmt clean
+
+## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
+## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
+run:
+	$(CARGO) run --release --bin fjord-broker -- --data-dir $(DATA_DIR)
+
+build:
+	$(CARGO) build --release --bin fjord-broker
+
+## The whole suite: unit and property tests, client-compatibility tests with
+## librdkafka, and the process-level fault tests in e2e/.
+test:
+	$(CARGO) build --bin fjord-broker
+	$(CARGO) test --workspace
+
+## Criterion micro-benchmarks, then an end-to-end produce/consume load with librdkafka.
+bench:
+	$(CARGO) bench -p fjord-broker --bench log
+	$(CARGO) build --release --bin fjord-broker
+	$(CARGO) run --release -p fjord-e2e --bin fjord-load
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
