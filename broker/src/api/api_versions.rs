@@ -7,7 +7,7 @@ use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 use super::Apis;
 
 fn api_keys() -> Vec<ApiVersion> {
-    Apis::supported_versions()
+    Apis::advertised_versions()
         .map(|(key, min, max)| {
             ApiVersion::default()
                 .with_api_key(key as i16)

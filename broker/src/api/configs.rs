@@ -7,8 +7,10 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
-    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 
 use super::{str, Apis};
 use crate::config::{BrokerConfig, LogConfig};
@@ -173,14 +175,40 @@ pub fn describe(apis: &Apis, request: DescribeConfigsRequest, version: i16) -> D
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// Applies config operations to one resource (topic or this broker).
+fn alter_resource(
+    apis: &Apis,
+    resource_type: i8,
+    name: &str,
+    ops: &[ConfigOp],
+    validate_only: bool,
+) -> Result<(), Error> {
+    match resource_type {
+        RESOURCE_TOPIC => apis.controller.alter_topic_configs(name, ops, validate_only),
+        RESOURCE_BROKER if is_this_broker(apis, name) => apis.controller.alter_broker_configs(ops, validate_only),
+        _ => Err(Error::InvalidRequest(format!(
+            "cannot alter resource type {resource_type} '{name}'"
+        ))),
+    }
+}
+
+fn alter_response(resource_type: i8, name: StrBytes, result: Result<(), Error>) -> AlterConfigsResourceResponse {
+    let response = AlterConfigsResourceResponse::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(name);
+    match result {
+        Ok(()) => response,
+        Err(e) => response
+            .with_error_code(e.code())
+            .with_error_message(Some(str(e.to_string()))),
+    }
+}
+
 pub fn incremental_alter(apis: &Apis, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
         .map(|r| {
-            let response = AlterConfigsResourceResponse::default()
-                .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name.clone());
             let ops: Result<Vec<ConfigOp>, Error> = r
                 .configs
                 .iter()
@@ -195,27 +223,76 @@ pub fn incremental_alter(apis: &Apis, request: IncrementalAlterConfigsRequest) -
                     })
                 })
                 .collect();
-            let result = ops.and_then(|ops| match r.resource_type {
-                RESOURCE_TOPIC => {
-                    apis.controller
-                        .alter_topic_configs(r.resource_name.as_str(), &ops, request.validate_only)
-                }
-                RESOURCE_BROKER if is_this_broker(apis, r.resource_name.as_str()) => {
-                    apis.controller.alter_broker_configs(&ops, request.validate_only)
-                }
-                _ => Err(Error::InvalidRequest(format!(
-                    "cannot alter resource type {} '{}'",
+            let result = ops.and_then(|ops| {
+                alter_resource(
+                    apis,
                     r.resource_type,
-                    r.resource_name.as_str()
-                ))),
+                    r.resource_name.as_str(),
+                    &ops,
+                    request.validate_only,
+                )
             });
-            match result {
-                Ok(()) => response,
-                Err(e) => response
-                    .with_error_code(e.code())
-                    .with_error_message(Some(str(e.to_string()))),
-            }
+            alter_response(r.resource_type, r.resource_name, result)
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The legacy AlterConfigs replaces a resource's whole set of overrides.
+pub fn alter(apis: &Apis, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let image = apis.controller.image();
+    let responses = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            let name = r.resource_name.as_str();
+            let current: Vec<String> = match r.resource_type {
+                RESOURCE_TOPIC => image
+                    .topics
+                    .get(name)
+                    .map(|t| t.configs.keys().cloned().collect())
+                    .unwrap_or_default(),
+                _ => image.broker_overrides.keys().cloned().collect(),
+            };
+            let given: Vec<(String, Option<String>)> = r
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.as_str().to_string(),
+                        c.value.as_ref().map(|v| v.as_str().to_string()),
+                    )
+                })
+                .collect();
+            let mut ops: Vec<ConfigOp> = current
+                .into_iter()
+                .filter(|k| !given.iter().any(|(g, _)| g == k))
+                .map(|k| ConfigOp {
+                    name: k,
+                    op: OpType::Delete,
+                    value: None,
+                })
+                .collect();
+            ops.extend(given.into_iter().map(|(k, v)| match v {
+                Some(v) => ConfigOp {
+                    name: k,
+                    op: OpType::Set,
+                    value: Some(v),
+                },
+                None => ConfigOp {
+                    name: k,
+                    op: OpType::Delete,
+                    value: None,
+                },
+            }));
+            let result = alter_resource(apis, r.resource_type, name, &ops, request.validate_only);
+            let response = alter_response(r.resource_type, r.resource_name.clone(), result);
+            kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(response.resource_type)
+                .with_resource_name(response.resource_name)
+                .with_error_code(response.error_code)
+                .with_error_message(response.error_message)
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
 }

@@ -84,7 +84,8 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                         .with_high_watermark(hw)
                         .with_last_stable_offset(hw)
                         .with_log_start_offset(if version >= 5 { start } else { -1 })
-                        .with_records(None)
+                        // Kafka sends an empty record set, never null: librdkafka rejects -1.
+                        .with_records(Some(bytes::Bytes::new()))
                 }
             };
             partitions.push(data);

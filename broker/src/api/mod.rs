@@ -4,6 +4,7 @@
 mod api_versions;
 mod cluster;
 mod configs;
+mod coordinator;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -37,7 +38,15 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::AlterConfigs, 0, 2),
 ];
+
+/// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
+/// asking whether the broker supports Produce v0, so Produce is advertised
+/// from v0 like Kafka 4.0 does, while requests below v3 (message formats 0
+/// and 1) are still refused.
+const PRODUCE_ADVERTISED_MIN: i16 = 0;
 
 /// The Kafka API handlers over the broker's shared state.
 pub struct Apis {
@@ -79,6 +88,17 @@ impl Apis {
         })
     }
 
+    /// The ranges sent in ApiVersions.
+    pub fn advertised_versions() -> impl Iterator<Item = (ApiKey, i16, i16)> {
+        Self::supported_versions().map(|(key, min, max)| {
+            if key == ApiKey::Produce {
+                (key, PRODUCE_ADVERTISED_MIN, max)
+            } else {
+                (key, min, max)
+            }
+        })
+    }
+
     pub fn supports(&self, api_key: ApiKey, version: i16) -> bool {
         Self::supported_versions().any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
     }
@@ -106,6 +126,8 @@ impl Apis {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r))
             }
             RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(cluster::describe(self, r)),
+            RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(coordinator::find(self, r, version)),
+            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(self, r)),
             other => {
                 // Unreachable: parse_request refuses APIs we do not advertise.
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");
