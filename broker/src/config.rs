@@ -150,7 +150,7 @@ config_struct! {
         node_id: i32 = "node.id", 0;
         /// Roles of this process: broker, controller or both.
         process_roles: String = "process.roles", "broker,controller".to_string();
-        /// Cluster id; generated on first start when empty and kept in meta.properties.
+        /// Cluster id; generated on first start when empty and kept in __cluster_metadata/metadata.json.
         cluster_id: String = "cluster.id", String::new();
         /// Kafka protocol listener.
         listeners: String = "listeners", "PLAINTEXT://127.0.0.1:9092".to_string();
@@ -168,7 +168,7 @@ config_struct! {
         num_partitions: i32 = "num.partitions", 1;
         /// Default replication factor of new topics.
         default_replication_factor: i32 = "default.replication.factor", 1;
-        /// Create topics on first Metadata or Produce request.
+        /// Create unknown topics when a Metadata request asks for them (as Kafka does).
         auto_create_topics_enable: bool = "auto.create.topics.enable", true;
         /// Largest request frame accepted.
         socket_request_max_bytes: i32 = "socket.request.max.bytes", 104_857_600;

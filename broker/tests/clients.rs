@@ -230,3 +230,56 @@ async fn segment_roll_and_retention_move_earliest_offset() {
     let got = consume(&consumer, "retained", 1, Offset::Offset(0), 1, WAIT);
     assert_eq!(got[0].offset, low);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_retries_through_cut_connections_without_duplicates() {
+    let mut proxy = common::proxy::Proxy::bind().await;
+    let advertised = format!("PLAINTEXT://{}", proxy.addr);
+    let mut b = TestBroker::start(&[("advertised.listeners", &advertised)]).await;
+    proxy.start(b.broker().kafka_addr);
+    b.bootstrap = proxy.addr.to_string();
+    b.create_topic("exactly-once", 1, &[]).await;
+    let producer = b.producer(&[
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("max.in.flight.requests.per.connection", "5"),
+        ("linger.ms", "2"),
+        ("batch.num.messages", "50"),
+        ("retry.backoff.ms", "10"),
+    ]);
+    const N: usize = 5000;
+    let payloads: Vec<String> = (0..N).map(|i| format!("{i:06}")).collect();
+    let mut futures = Vec::with_capacity(N);
+    let mut cuts = 0;
+    // Enqueue in chunks and cut every connection while each chunk is in flight.
+    for chunk in payloads.chunks(250) {
+        for p in chunk {
+            let f = producer.send_result(FutureRecord::<str, _>::to("exactly-once").payload(p));
+            futures.push(f.map_err(|(e, _)| e).expect("enqueue"));
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        cuts += proxy.cut();
+    }
+    for f in futures {
+        f.await
+            .unwrap()
+            .map_err(|(e, _)| e)
+            .expect("every record is acknowledged");
+    }
+    assert!(cuts > 0, "connections were cut mid-stream");
+    let consumer = b.consumer(&[]);
+    let got = consume(
+        &consumer,
+        "exactly-once",
+        1,
+        Offset::Beginning,
+        N + 1,
+        Duration::from_secs(10),
+    );
+    let values: Vec<String> = got
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(values.len(), N, "no duplicates, nothing lost");
+    assert_eq!(values, payloads, "order kept");
+}

@@ -1,6 +1,9 @@
 //! Shared helpers: an in-process broker on free loopback ports and librdkafka clients.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod raw;
+
 use std::time::{Duration, Instant};
 
 use fjord_broker::{Broker, BrokerConfig};

@@ -1,0 +1,35 @@
+# Fjord single-node broker image.
+#   docker build -t fjord .
+#   docker run -p 9092:9092 -p 9093:9093 -p 9644:9644 \
+#     -e FJORD_ADVERTISED_LISTENERS=PLAINTEXT://localhost:9092 fjord
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# The whole workspace: cargo needs every member to resolve it. The broker binary
+# does not link librdkafka (only dev-dependencies do), so no extra packages are needed.
+COPY Cargo.toml Cargo.lock ./
+COPY broker/ broker/
+COPY proto/ proto/
+COPY e2e/ e2e/
+RUN cargo build --release --bin fjord-broker --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --home-dir /var/lib/fjord --no-create-home fjord \
+ && install -d -o fjord -g fjord /var/lib/fjord
+COPY --from=build /src/target/release/fjord-broker /usr/local/bin/fjord-broker
+
+# Listen on all interfaces inside the container. Set FJORD_ADVERTISED_LISTENERS
+# (e.g. PLAINTEXT://broker.example:9092) to an address clients can reach;
+# otherwise Metadata tells them 0.0.0.0:9092.
+ENV FJORD_LISTENERS=PLAINTEXT://0.0.0.0:9092 \
+    FJORD_ADMIN_LISTENER=0.0.0.0:9093 \
+    FJORD_METRICS_LISTENER=0.0.0.0:9644 \
+    FJORD_LOG_DIRS=/var/lib/fjord
+
+USER 10001
+EXPOSE 9092 9093 9644
+VOLUME /var/lib/fjord
+ENTRYPOINT ["/usr/local/bin/fjord-broker"]
