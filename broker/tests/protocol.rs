@@ -1,0 +1,183 @@
+//! Every API at every version the broker advertises answers with a response
+//! that decodes at that version (the codec refuses fields a version lacks).
+
+mod common;
+
+use common::raw::{batch, produce_request, Raw};
+use common::TestBroker;
+use fjord_broker::api::Apis;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
+    let tag = format!("sweep-{}-{v}", api as i16);
+    match api {
+        ApiKey::Produce => produce_request("sweep", 0, batch(2, 8, 1_000)),
+        ApiKey::Fetch => {
+            let t = FetchTopic::default().with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)]);
+            let t = if v >= 13 {
+                t.with_topic_id(topic_id)
+            } else {
+                t.with_topic(name("sweep"))
+            };
+            let missing = FetchTopic::default().with_partitions(vec![FetchPartition::default()
+                .with_partition(9)
+                .with_partition_max_bytes(100)]);
+            let missing = if v >= 13 {
+                missing.with_topic_id(uuid::Uuid::new_v4())
+            } else {
+                missing.with_topic(name("nope"))
+            };
+            RequestKind::Fetch(
+                FetchRequest::default()
+                    .with_max_wait_ms(0)
+                    .with_min_bytes(1)
+                    .with_max_bytes(1 << 20)
+                    .with_topics(vec![t, missing]),
+            )
+        }
+        ApiKey::ListOffsets => RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(
+            vec![ListOffsetsTopic::default()
+            .with_name(name("sweep"))
+            .with_partitions(vec![
+                ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1),
+                ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-2),
+                ListOffsetsPartition::default().with_partition_index(0).with_timestamp(1_000),
+                ListOffsetsPartition::default().with_partition_index(5).with_timestamp(-1),
+            ])],
+        )),
+        ApiKey::Metadata => RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("sweep"))),
+            MetadataRequestTopic::default().with_name(Some(name("__internal-looking"))),
+        ]))),
+        ApiKey::ApiVersions => {
+            RequestKind::ApiVersions(ApiVersionsRequest::default().with_client_software_name(if v >= 3 {
+                s("sweep")
+            } else {
+                s("")
+            }))
+        }
+        ApiKey::CreateTopics => {
+            RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(1000).with_topics(vec![
+            CreatableTopic::default().with_name(name(&tag)).with_num_partitions(1).with_replication_factor(1),
+            CreatableTopic::default().with_name(name("sweep")).with_num_partitions(1).with_replication_factor(1),
+        ]))
+        }
+        ApiKey::DeleteTopics if v >= 6 => RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topics(vec![
+            DeleteTopicState::default().with_name(Some(name("never-was"))),
+            DeleteTopicState::default().with_topic_id(uuid::Uuid::new_v4()),
+        ])),
+        ApiKey::DeleteTopics => {
+            RequestKind::DeleteTopics(DeleteTopicsRequest::default().with_topic_names(vec![name("never-was")]))
+        }
+        ApiKey::DeleteRecords => RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(
+            vec![DeleteRecordsTopic::default()
+            .with_name(name("sweep"))
+            .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(0).with_offset(0)])],
+        )),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(InitProducerIdRequest::default()),
+        ApiKey::DescribeConfigs => {
+            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("sweep")),
+            DescribeConfigsResource::default().with_resource_type(4).with_resource_name(s("0")),
+            DescribeConfigsResource::default().with_resource_type(2).with_resource_name(s("missing")),
+        ]))
+        }
+        ApiKey::CreatePartitions => {
+            RequestKind::CreatePartitions(CreatePartitionsRequest::default().with_validate_only(true).with_topics(
+                vec![
+                CreatePartitionsTopic::default().with_name(name("sweep")).with_count(2),
+                CreatePartitionsTopic::default().with_name(name("missing")).with_count(2),
+            ],
+            ))
+        }
+        ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("sweep"))
+                    .with_configs(vec![AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s("1000")))])]),
+        ),
+        ApiKey::AlterConfigs => RequestKind::AlterConfigs(
+            AlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("missing"))]),
+        ),
+        ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        ApiKey::FindCoordinator if v >= 4 => RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g1"), s("g2")]),
+        ),
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(s("g1"))),
+        other => panic!("no sweep request for {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_advertised_version_answers() {
+    let b = TestBroker::start(&[]).await;
+    b.create_topic("sweep", 1, &[]).await;
+    let topic_id = b.broker().ctx.replicas.get("sweep", 0).unwrap().topic_id;
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    let mut checked = 0;
+    for (api, min, max) in Apis::supported_versions() {
+        for v in min..=max {
+            let body = request(api, v, topic_id);
+            let response = raw
+                .request(api, v, body)
+                .await
+                .unwrap_or_else(|e| panic!("{api:?} v{v}: {e:?}"));
+            match (&response, api) {
+                (ResponseKind::Produce(r), _) => {
+                    assert_eq!(r.responses[0].partition_responses[0].error_code, 0, "v{v}")
+                }
+                (ResponseKind::Fetch(r), _) => {
+                    let p = &r.responses[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "fetch v{v}");
+                    assert!(!p.records.as_ref().unwrap().is_empty(), "fetch v{v} returns records");
+                    assert_ne!(r.responses[1].partitions[0].error_code, 0, "fetch v{v} unknown topic");
+                }
+                (ResponseKind::Metadata(r), _) => {
+                    assert_eq!(r.topics[0].error_code, 0);
+                    assert_eq!(r.topics[0].partitions.len(), 1);
+                }
+                (ResponseKind::ListOffsets(r), _) => {
+                    let ps = &r.topics[0].partitions;
+                    assert!(
+                        ps[0].offset > 0 && ps[1].offset == 0 && ps[2].offset == 0,
+                        "list offsets v{v}: {ps:?}"
+                    );
+                    assert_ne!(ps[3].error_code, 0);
+                }
+                (ResponseKind::ApiVersions(r), _) => assert!(r.api_keys.len() >= 10),
+                _ => {}
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 80, "swept {checked} api versions");
+}
