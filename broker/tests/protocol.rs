@@ -121,13 +121,13 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                         .with_name(s("retention.ms"))
                         .with_value(Some(s("1000")))])]),
         ),
-        ApiKey::AlterConfigs => RequestKind::AlterConfigs(
-            AlterConfigsRequest::default()
-                .with_validate_only(true)
-                .with_resources(vec![alter_configs_request::AlterConfigsResource::default()
+        ApiKey::AlterConfigs => {
+            RequestKind::AlterConfigs(AlterConfigsRequest::default().with_validate_only(true).with_resources(
+                vec![alter_configs_request::AlterConfigsResource::default()
                     .with_resource_type(2)
-                    .with_resource_name(s("missing"))]),
-        ),
+                    .with_resource_name(s("missing"))],
+            ))
+        }
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
         ApiKey::FindCoordinator if v >= 4 => RequestKind::FindCoordinator(
             FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g1"), s("g2")]),

@@ -18,6 +18,8 @@ struct IndexFile {
     mmap: Option<MmapMut>,
     entries: usize,
     entry_size: usize,
+    /// Bytes from the start known to be backed by disk blocks.
+    reserved: usize,
 }
 
 impl IndexFile {
@@ -28,7 +30,10 @@ impl IndexFile {
             .create(true)
             .truncate(false)
             .open(path)?;
-        let len = file.metadata()?.len() as usize;
+        let meta = file.metadata()?;
+        let len = meta.len() as usize;
+        // Blocks actually allocated: a preallocated file left by a crash is sparse past its entries.
+        let allocated = (std::os::unix::fs::MetadataExt::blocks(&meta) as usize * 512).min(len);
         let entries = len / entry_size;
         let mut index = IndexFile {
             path: path.to_path_buf(),
@@ -36,6 +41,7 @@ impl IndexFile {
             mmap: None,
             entries,
             entry_size,
+            reserved: allocated,
         };
         index.remap(prealloc_bytes.map(|b| b.max(len)).unwrap_or(len))?;
         Ok(index)
@@ -69,6 +75,15 @@ impl IndexFile {
             return false;
         }
         let at = self.entries * self.entry_size;
+        if at + self.entry_size > self.reserved {
+            let len = RESERVE_CHUNK.min(self.capacity() * self.entry_size - self.reserved.min(at));
+            if let Err(e) = reserve(&self.file, self.reserved.min(at), len.max(self.entry_size)) {
+                // The index is sparse: a skipped entry only lengthens lookups' scans.
+                tracing::warn!(index = %self.path.display(), error = %e, "cannot reserve index space; skipping entry");
+                return true;
+            }
+            self.reserved = self.reserved.min(at) + len.max(self.entry_size);
+        }
         let m = self.mmap.as_mut().expect("capacity checked");
         m[at..at + self.entry_size].copy_from_slice(bytes);
         self.entries += 1;
@@ -112,6 +127,23 @@ impl IndexFile {
 
     fn reset(&mut self) {
         self.entries = 0;
+    }
+}
+
+/// Bytes of index file reserved on disk at a time, ahead of the entries.
+const RESERVE_CHUNK: usize = 64 * 1024;
+
+/// Reserves blocks of the sparse, preallocated index: a write through the
+/// mapping into an unreserved page on a full disk raises SIGBUS, where a
+/// failed reservation is just an error.
+fn reserve(file: &File, from: usize, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on an open descriptor owned by `file`.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), from as libc::off_t, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }
 

@@ -1,0 +1,226 @@
+//! Runs the real `fjord-broker` binary for process-level tests: start on free
+//! loopback ports, stop cleanly, kill -9, SIGSTOP/SIGCONT, restart on the same data.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of the broker binary: `$FJORD_BROKER_BIN`, else built once with cargo.
+pub fn broker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("FJORD_BROKER_BIN") {
+            return PathBuf::from(p);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "fjord-broker", "--bin", "fjord-broker"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building fjord-broker failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        target.join("debug").join("fjord-broker")
+    })
+    .clone()
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the broker to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    extra: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on `data_dir` with free ports and `extra` config overrides.
+    pub fn start(data_dir: &Path, extra: &[(&str, &str)]) -> BrokerProcess {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut b = BrokerProcess {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            kafka: addr(free_port()),
+            admin: addr(free_port()),
+            metrics: addr(free_port()),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: data_dir.with_extension("broker.log"),
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("broker log file");
+        let mut cmd = Command::new(broker_bin());
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--override")
+            .arg(format!("listeners=PLAINTEXT://{}", self.kafka))
+            .arg("--override")
+            .arg(format!("admin.listener={}", self.admin))
+            .arg("--override")
+            .arg(format!("metrics.listener={}", self.metrics));
+        for (k, v) in &self.extra {
+            cmd.arg("--override").arg(format!("{k}={v}"));
+        }
+        let child = cmd
+            .env("FJORD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning fjord-broker");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Polls the readiness endpoint and the Kafka port until both answer.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("broker exited during start ({status}); log:\n{}", self.log_text());
+            }
+            if TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok()
+                && http_ok(self.metrics, "/readyz")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker not ready in {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.kafka.to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(10)).expect("broker dies on SIGKILL");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(Duration::from_secs(30))
+            .expect("broker stops on SIGTERM");
+        assert!(status.success(), "clean shutdown: {status}; log:\n{}", self.log_text());
+    }
+
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Starts again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: our own child; SIGCONT first in case a test left it stopped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A tiny HTTP/1.0 GET: true on a 200 answer.
+pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
+    http_get(addr, path).is_some_and(|(code, _)| code == 200)
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let code = body.split_whitespace().nth(1)?.parse().ok()?;
+    let text = body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, text))
+}
+
+/// Broker CPU time (user + system) in seconds, from /proc/<pid>/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
