@@ -36,7 +36,7 @@ async fn kafka_admin_apis_manage_topics_and_configs() {
         .unwrap()[0]
         .as_ref()
         .unwrap();
-    assert!(b.broker().ctx.controller.image().topics.get("admin-a").is_none());
+    assert!(!b.broker().ctx.controller.image().topics.contains_key("admin-a"));
     let t = NewTopic::new("admin-a", 3, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
     admin.create_topics(&[t], &opts).await.unwrap()[0].as_ref().unwrap();
     let res = admin

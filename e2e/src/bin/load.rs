@@ -1,1 +1,228 @@
-fn main() {}
+//! `fjord-load`: an end-to-end produce/consume load against a real broker
+//! process with librdkafka, next to the machine's own limits measured in the
+//! same run (buffered sequential write, page-cache read).
+//!
+//! Prints MB/s and records/s of payload, delivery latency p50/p99/p999 and
+//! broker CPU-seconds per GB moved.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fjord_e2e::{cpu_seconds, BrokerProcess};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end Fjord load with librdkafka")]
+struct Args {
+    /// Records per run.
+    #[arg(long, default_value_t = 400_000)]
+    records: usize,
+    /// Record size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Partition counts to run, comma separated.
+    #[arg(long, default_value = "1,3")]
+    partitions: String,
+    /// Bytes for the disk and page-cache baselines.
+    #[arg(long, default_value_t = 1 << 30)]
+    baseline_bytes: usize,
+}
+
+struct LatencyContext {
+    histogram: Arc<Mutex<Histogram<u64>>>,
+    errors: Arc<Mutex<u64>>,
+}
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+        match result {
+            Ok(_) => {
+                let micros = sent.elapsed().as_micros() as u64;
+                let _ = self.histogram.lock().unwrap().record(micros.max(1));
+            }
+            Err(_) => *self.errors.lock().unwrap() += 1,
+        }
+    }
+}
+
+fn mb(bytes: f64) -> f64 {
+    bytes / 1_000_000.0
+}
+
+/// Buffered sequential write (no fsync, like the broker's default) and a
+/// page-cache read of the same file.
+fn baselines(dir: &Path, bytes: usize) -> (f64, f64) {
+    let path = dir.join("baseline.bin");
+    let chunk = vec![0xa5u8; 1 << 20];
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&path).unwrap();
+    for _ in 0..bytes / chunk.len() {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    let write = mb(bytes as f64) / start.elapsed().as_secs_f64();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    while f.read(&mut buf).unwrap() > 0 {}
+    let read = mb(bytes as f64) / start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).unwrap();
+    (write, read)
+}
+
+struct Run {
+    partitions: i32,
+    produce_mbs: f64,
+    produce_rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    produce_cpu_per_gb: f64,
+    consume_mbs: f64,
+    consume_rps: f64,
+    consume_cpu_per_gb: f64,
+}
+
+async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usize) -> Run {
+    let topic = format!("load-{partitions}");
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", broker.bootstrap()).set("broker.address.family", "v4");
+    let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
+    admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let errors = Arc::new(Mutex::new(0u64));
+    let context = LatencyContext { histogram: histogram.clone(), errors: errors.clone() };
+    let producer: ThreadedProducer<LatencyContext> = base
+        .clone()
+        .set("acks", "1")
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("queue.buffering.max.messages", "1000000")
+        .create_with_context(context)
+        .unwrap();
+    let payload = vec![b'p'; size];
+    let pid = broker.pid().unwrap();
+    let cpu0 = cpu_seconds(pid).unwrap();
+    let start = Instant::now();
+    for i in 0..records {
+        let mut record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&topic, Box::new(Instant::now()))
+            .payload(&payload[..])
+            .partition((i % partitions as usize) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((e, _)) => panic!("send failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    let produce_cpu = cpu_seconds(pid).unwrap() - cpu0;
+    assert_eq!(*errors.lock().unwrap(), 0, "delivery errors");
+    let bytes = (records * size) as f64;
+    let h = histogram.lock().unwrap().clone();
+
+    let consumer: BaseConsumer = base
+        .clone()
+        .set("group.id", "fjord-load")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let cpu0 = cpu_seconds(pid).unwrap();
+    let start = Instant::now();
+    let (mut got, mut got_bytes) = (0usize, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while got < records && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            got += 1;
+            got_bytes += m.payload().map_or(0, <[u8]>::len);
+        }
+    }
+    let consume_elapsed = start.elapsed().as_secs_f64();
+    let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
+    assert_eq!(got, records, "consumed every record");
+    Run {
+        partitions,
+        produce_mbs: mb(bytes) / elapsed,
+        produce_rps: records as f64 / elapsed,
+        p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+        produce_cpu_per_gb: produce_cpu / (bytes / 1e9),
+        consume_mbs: mb(got_bytes as f64) / consume_elapsed,
+        consume_rps: got as f64 / consume_elapsed,
+        consume_cpu_per_gb: consume_cpu / (got_bytes as f64 / 1e9),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if std::env::var("FJORD_BROKER_BIN").is_err() {
+        let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fjord-broker");
+        if release.exists() {
+            // SAFETY: set before any other thread reads the environment.
+            unsafe { std::env::set_var("FJORD_BROKER_BIN", release) };
+        }
+    }
+    let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
+    let (disk_write, cache_read) = baselines(tmp.path(), args.baseline_bytes);
+    println!("machine: buffered sequential write {disk_write:.0} MB/s, page-cache read {cache_read:.0} MB/s");
+    println!(
+        "{:>4} | {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} | {:>10} {:>10} {:>9}",
+        "parts", "prod MB/s", "rec/s", "p50 ms", "p99 ms", "p999 ms", "CPU-s/GB", "cons MB/s", "rec/s", "CPU-s/GB"
+    );
+    for partitions in args.partitions.split(',').map(|p| p.trim().parse::<i32>().expect("partition count")) {
+        let broker = BrokerProcess::start(&tmp.path().join(format!("data-{partitions}")), &[]);
+        let r = run(&broker, partitions, args.records, args.record_size).await;
+        println!(
+            "{:>5} | {:>10.1} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} | {:>10.1} {:>10.0} {:>9.2}",
+            r.partitions,
+            r.produce_mbs,
+            r.produce_rps,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.produce_cpu_per_gb,
+            r.consume_mbs,
+            r.consume_rps,
+            r.consume_cpu_per_gb
+        );
+        println!(
+            "      produce at {:.0}% of buffered disk write, consume at {:.0}% of page-cache read",
+            100.0 * r.produce_mbs / disk_write,
+            100.0 * r.consume_mbs / cache_read
+        );
+        drop(broker);
+    }
+}
