@@ -29,13 +29,25 @@ fn client_batch(n: usize, size: usize) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     buf.freeze()
 }
 
 fn config() -> Arc<LogConfig> {
     // Retention keeps the benchmark's disk use bounded.
-    Arc::new(LogConfig { segment_bytes: 64 << 20, retention_bytes: 256 << 20, ..LogConfig::default() })
+    Arc::new(LogConfig {
+        segment_bytes: 64 << 20,
+        retention_bytes: 256 << 20,
+        ..LogConfig::default()
+    })
 }
 
 fn bench_append(c: &mut Criterion) {
@@ -87,7 +99,9 @@ fn bench_validate(c: &mut Criterion) {
     let b = client_batch(256, 1024);
     let mut group = c.benchmark_group("batch");
     group.throughput(Throughput::Bytes(b.len() as u64));
-    group.bench_function("validate_crc32c_256KiB", |bench| bench.iter(|| batch::validate_for_append(&b).unwrap().records_count()));
+    group.bench_function("validate_crc32c_256KiB", |bench| {
+        bench.iter(|| batch::validate_for_append(&b).unwrap().records_count())
+    });
     group.finish();
 }
 

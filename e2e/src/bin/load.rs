@@ -34,9 +34,15 @@ struct Args {
     /// Partition counts to run, comma separated.
     #[arg(long, default_value = "1,3")]
     partitions: String,
-    /// Bytes for the disk and page-cache baselines.
-    #[arg(long, default_value_t = 1 << 30)]
-    baseline_bytes: usize,
+    /// Bytes for the disk and page-cache baselines (default: the bytes the produce run writes).
+    #[arg(long)]
+    baseline_bytes: Option<usize>,
+    /// Records per second for the latency run (a rate the broker sustains, not saturation).
+    #[arg(long, default_value_t = 20_000)]
+    latency_rate: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 5)]
+    latency_seconds: u64,
 }
 
 struct LatencyContext {
@@ -84,6 +90,115 @@ fn baselines(dir: &Path, bytes: usize) -> (f64, f64) {
     (write, read)
 }
 
+/// Delivery latency at a fixed rate: p50, p99, p999 in ms.
+fn latency_run(broker: &BrokerProcess, topic: &str, rate: usize, seconds: u64, size: usize) -> (f64, f64, f64) {
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
+    let errors = Arc::new(Mutex::new(0u64));
+    let context = LatencyContext {
+        histogram: histogram.clone(),
+        errors: errors.clone(),
+    };
+    let producer: ThreadedProducer<LatencyContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4")
+        .set("acks", "1")
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .create_with_context(context)
+        .unwrap();
+    let payload = vec![b'l'; size];
+    let start = Instant::now();
+    let total = rate * seconds as usize;
+    for i in 0..total {
+        // Pace sends evenly: the i-th record leaves at i / rate seconds.
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let record =
+            BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(topic, Box::new(Instant::now())).payload(&payload[..]);
+        producer.send(record).map_err(|(e, _)| e).expect("latency send");
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    assert_eq!(*errors.lock().unwrap(), 0);
+    let h = histogram.lock().unwrap();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    (ms(0.5), ms(0.99), ms(0.999))
+}
+
+/// Reads the whole topic with plain Fetch requests that never parse records:
+/// the broker's own serving rate, without a client's per-record work.
+fn raw_fetch(broker: &BrokerProcess, topic: &str, partitions: i32, end: &[i64]) -> (f64, f64) {
+    use bytes::{BufMut, BytesMut};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    let mut stream = std::net::TcpStream::connect(broker.kafka).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut offsets = vec![0i64; partitions as usize];
+    let (mut bytes, mut id) = (0usize, 0);
+    let pid = broker.pid().unwrap();
+    let cpu0 = cpu_seconds(pid).unwrap();
+    let start = Instant::now();
+    let version = 12;
+    while offsets.iter().zip(end).any(|(o, e)| o < e) {
+        id += 1;
+        let parts = (0..partitions)
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(offsets[p as usize])
+                    .with_partition_max_bytes(16 << 20)
+            })
+            .collect();
+        let request = FetchRequest::default()
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(parts)]);
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .encode(&mut buf, ApiKey::Fetch.request_header_version(version))
+            .unwrap();
+        request.encode(&mut buf, version).unwrap();
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        stream.write_all(&buf).unwrap();
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).unwrap();
+        let mut frame = vec![0u8; i32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        let mut frame = bytes::Bytes::from(frame);
+        ResponseHeader::decode(&mut frame, ApiKey::Fetch.response_header_version(version)).unwrap();
+        let response = FetchResponse::decode(&mut frame, version).unwrap();
+        for p in &response.responses[0].partitions {
+            let records = p.records.as_ref().unwrap();
+            bytes += records.len();
+            // Next offset: walk batch headers (base offset + last offset delta).
+            let mut at = 0;
+            while at + 61 <= records.len() {
+                let base = i64::from_be_bytes(records[at..at + 8].try_into().unwrap());
+                let size = i32::from_be_bytes(records[at + 8..at + 12].try_into().unwrap()) as usize + 12;
+                let delta = i32::from_be_bytes(records[at + 23..at + 27].try_into().unwrap()) as i64;
+                if at + size > records.len() {
+                    break;
+                }
+                offsets[p.partition_index as usize] = base + delta + 1;
+                at += size;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid).unwrap() - cpu0;
+    (mb(bytes as f64) / elapsed, cpu / (bytes as f64 / 1e9))
+}
+
 struct Run {
     partitions: i32,
     produce_mbs: f64,
@@ -95,20 +210,32 @@ struct Run {
     consume_mbs: f64,
     consume_rps: f64,
     consume_cpu_per_gb: f64,
+    raw_fetch_mbs: f64,
+    raw_fetch_cpu_per_gb: f64,
 }
 
 async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usize) -> Run {
     let topic = format!("load-{partitions}");
     let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", broker.bootstrap()).set("broker.address.family", "v4");
+    base.set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4");
     let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
-    admin.create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap()[0]
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()[0]
         .as_ref()
         .unwrap();
 
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let errors = Arc::new(Mutex::new(0u64));
-    let context = LatencyContext { histogram: histogram.clone(), errors: errors.clone() };
+    let context = LatencyContext {
+        histogram: histogram.clone(),
+        errors: errors.clone(),
+    };
     let producer: ThreadedProducer<LatencyContext> = base
         .clone()
         .set("acks", "1")
@@ -171,6 +298,10 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     let consume_elapsed = start.elapsed().as_secs_f64();
     let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
     assert_eq!(got, records, "consumed every record");
+    let end: Vec<i64> = (0..partitions)
+        .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
+        .collect();
+    let (raw_fetch_mbs, raw_fetch_cpu_per_gb) = raw_fetch(broker, &topic, partitions, &end);
     Run {
         partitions,
         produce_mbs: mb(bytes) / elapsed,
@@ -182,6 +313,8 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         consume_mbs: mb(got_bytes as f64) / consume_elapsed,
         consume_rps: got as f64 / consume_elapsed,
         consume_cpu_per_gb: consume_cpu / (got_bytes as f64 / 1e9),
+        raw_fetch_mbs,
+        raw_fetch_cpu_per_gb,
     }
 }
 
@@ -196,13 +329,20 @@ async fn main() {
         }
     }
     let tmp = tempfile::tempdir_in(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")).unwrap();
-    let (disk_write, cache_read) = baselines(tmp.path(), args.baseline_bytes);
+    let baseline_bytes = args
+        .baseline_bytes
+        .unwrap_or((args.records * args.record_size).max(256 << 20));
+    let (disk_write, cache_read) = baselines(tmp.path(), baseline_bytes);
     println!("machine: buffered sequential write {disk_write:.0} MB/s, page-cache read {cache_read:.0} MB/s");
     println!(
         "{:>4} | {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} | {:>10} {:>10} {:>9}",
         "parts", "prod MB/s", "rec/s", "p50 ms", "p99 ms", "p999 ms", "CPU-s/GB", "cons MB/s", "rec/s", "CPU-s/GB"
     );
-    for partitions in args.partitions.split(',').map(|p| p.trim().parse::<i32>().expect("partition count")) {
+    for partitions in args
+        .partitions
+        .split(',')
+        .map(|p| p.trim().parse::<i32>().expect("partition count"))
+    {
         let broker = BrokerProcess::start(&tmp.path().join(format!("data-{partitions}")), &[]);
         let r = run(&broker, partitions, args.records, args.record_size).await;
         println!(
@@ -219,9 +359,24 @@ async fn main() {
             r.consume_cpu_per_gb
         );
         println!(
-            "      produce at {:.0}% of buffered disk write, consume at {:.0}% of page-cache read",
+            "      produce at {:.0}% of buffered disk write; consume at {:.0}% of page-cache read with librdkafka, \
+             {:.0}% ({:.0} MB/s, {:.2} CPU-s/GB) with raw fetches that skip client record parsing",
             100.0 * r.produce_mbs / disk_write,
-            100.0 * r.consume_mbs / cache_read
+            100.0 * r.consume_mbs / cache_read,
+            100.0 * r.raw_fetch_mbs / cache_read,
+            r.raw_fetch_mbs,
+            r.raw_fetch_cpu_per_gb
+        );
+        let (p50, p99, p999) = latency_run(
+            &broker,
+            &format!("load-{partitions}"),
+            args.latency_rate,
+            args.latency_seconds,
+            args.record_size,
+        );
+        println!(
+            "      delivery latency at {} rec/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms (the table's latencies are at saturation)",
+            args.latency_rate
         );
         drop(broker);
     }
