@@ -61,7 +61,7 @@ fn bench_append(c: &mut Criterion) {
             let mut n = 0u64;
             bench.iter(|| {
                 n += 1;
-                if n % 4096 == 0 {
+                if n.is_multiple_of(4096) {
                     log.delete_old_segments().unwrap();
                 }
                 log.append_as_leader(&b, 0).unwrap()

@@ -246,18 +246,26 @@ async fn idempotent_producer_retries_through_cut_connections_without_duplicates(
         ("linger.ms", "2"),
         ("batch.num.messages", "50"),
         ("retry.backoff.ms", "10"),
+        ("reconnect.backoff.ms", "10"),
+        ("reconnect.backoff.max.ms", "100"),
     ]);
     const N: usize = 5000;
     let payloads: Vec<String> = (0..N).map(|i| format!("{i:06}")).collect();
+    use rdkafka::producer::Producer;
     let mut futures = Vec::with_capacity(N);
     let mut cuts = 0;
-    // Enqueue in chunks and cut every connection while each chunk is in flight.
+    // Enqueue in chunks; once part of a chunk is acknowledged (so the
+    // connection is up and the rest is in flight), cut every connection.
     for chunk in payloads.chunks(250) {
+        let before = producer.in_flight_count();
         for p in chunk {
             let f = producer.send_result(FutureRecord::<str, _>::to("exactly-once").payload(p));
             futures.push(f.map_err(|(e, _)| e).expect("enqueue"));
         }
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        let queued = before + chunk.len() as i32;
+        common::eventually(WAIT, || (producer.in_flight_count() < queued).then_some(()))
+            .await
+            .expect("progress");
         cuts += proxy.cut();
     }
     for f in futures {
