@@ -14,7 +14,6 @@ pub struct Metrics {
     pub bytes_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
     pub messages_in: IntCounterVec,
-    pub messages_out: IntCounterVec,
     pub produce_errors: IntCounterVec,
     pub requests: IntCounterVec,
     pub request_latency: HistogramVec,
@@ -76,12 +75,6 @@ impl Metrics {
                 &["topic"],
             ),
             messages_in: counter(&registry, "fjord_messages_in_total", "Records appended", &["topic"]),
-            messages_out: counter(
-                &registry,
-                "fjord_messages_out_total",
-                "Records served by fetch",
-                &["topic"],
-            ),
             produce_errors: counter(
                 &registry,
                 "fjord_produce_errors_total",

@@ -291,3 +291,36 @@ async fn idempotent_producer_retries_through_cut_connections_without_duplicates(
     assert_eq!(values.len(), N, "no duplicates, nothing lost");
     assert_eq!(values, payloads, "order kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_fetch_limits_is_still_delivered() {
+    let b = TestBroker::start(&[]).await;
+    b.create_topic("large", 1, &[("max.message.bytes", "5242880")]).await;
+    let producer = b.producer(&[("message.max.bytes", "5242880"), ("linger.ms", "0")]);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    producer
+        .send(FutureRecord::<str, _>::to("large").payload(&b"small"[..]), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(FutureRecord::<str, _>::to("large").payload(&big), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(FutureRecord::<str, _>::to("large").payload(&b"after"[..]), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let consumer = b.consumer(&[("fetch.max.bytes", "1048576"), ("max.partition.fetch.bytes", "65536")]);
+    let got = consume(&consumer, "large", 1, Offset::Beginning, 3, WAIT);
+    assert_eq!(got.len(), 3, "the large record is not stuck");
+    assert_eq!(got[0].value.as_deref(), Some(&b"small"[..]));
+    assert_eq!(
+        got[1].value.as_deref(),
+        Some(&big[..]),
+        "delivered intact through sendfile"
+    );
+    assert_eq!(got[2].value.as_deref(), Some(&b"after"[..]));
+}

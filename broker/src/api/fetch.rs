@@ -11,11 +11,11 @@ use tokio::time::Instant;
 
 use super::{str, Apis};
 use crate::error::Error;
-use crate::log::batch;
+use crate::network::zero_copy::FileRecords;
 
 const READ_COMMITTED: i8 = 1;
 
-pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> (FetchResponse, FileRecords) {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -24,21 +24,22 @@ pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> FetchRe
         let notified = apis.replicas.appended().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let (response, bytes, errors) = read_all(apis, &request, version);
+        let (response, files, bytes, errors) = read_all(apis, &request, version);
         if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
             account(apis, &response);
-            return response;
+            return (response, files);
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             // Timed out: one last read so data that just arrived is not left behind.
-            let (response, _, _) = read_all(apis, &request, version);
+            let (response, files, _, _) = read_all(apis, &request, version);
             account(apis, &response);
-            return response;
+            return (response, files);
         }
     }
 }
 
-fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse, FileRecords, usize, bool) {
+    let mut files = FileRecords::default();
     let image = apis.controller.image();
     let mut remaining = (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
     let mut total = 0usize;
@@ -61,18 +62,36 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                 None => Err(Error::UnknownTopicId),
                 Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-                    let info = part.read(p.fetch_offset, limit, total == 0)?;
+                    let info = part.read_slice(p.fetch_offset, limit, total == 0)?;
                     Ok((info, part.high_watermark()))
                 }),
             };
             let data = match result {
                 Ok((info, hw)) => {
-                    total += info.records.len();
-                    remaining = remaining.saturating_sub(info.records.len());
-                    data.with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
-                        .with_log_start_offset(if version >= 5 { info.log_start_offset } else { -1 })
-                        .with_records(Some(info.records))
+                    let len = info.slice.as_ref().map_or(0, |s| s.len);
+                    // A placeholder the encoder swaps for the file region; read it when none is left.
+                    let records = match info.slice {
+                        Some(slice) if len > 0 => match files.hold(slice.clone()) {
+                            Some(placeholder) => Ok(placeholder),
+                            None => slice.read(),
+                        },
+                        _ => Ok(bytes::Bytes::new()),
+                    };
+                    match records {
+                        Ok(records) => {
+                            total += len;
+                            remaining = remaining.saturating_sub(len);
+                            data.with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(if version >= 5 { info.log_start_offset } else { -1 })
+                                .with_records(Some(records))
+                        }
+                        Err(e) => {
+                            errors = true;
+                            data.with_error_code(Error::Storage(e).code())
+                                .with_records(Some(bytes::Bytes::new()))
+                        }
+                    }
                 }
                 Err(e) => {
                     errors = true;
@@ -98,10 +117,10 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
         });
     }
     let response = FetchResponse::default().with_responses(responses).with_session_id(0);
-    (response, total, errors)
+    (response, files, total, errors)
 }
 
-/// Counts bytes and records served per topic.
+/// Counts bytes served per topic (records are not parsed on the way out).
 fn account(apis: &Apis, response: &FetchResponse) {
     let image = apis.controller.image();
     for topic in &response.responses {
@@ -113,18 +132,13 @@ fn account(apis: &Apis, response: &FetchResponse) {
         } else {
             topic.topic.as_str().to_string()
         };
-        let (mut bytes, mut records) = (0u64, 0u64);
-        for p in &topic.partitions {
-            if let Some(r) = &p.records {
-                bytes += r.len() as u64;
-                records += batch::complete_batches(r)
-                    .map(|(_, h)| h.records_count().max(0) as u64)
-                    .sum::<u64>();
-            }
-        }
+        let bytes: u64 = topic
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64))
+            .sum();
         if bytes > 0 {
             apis.metrics.bytes_out.with_label_values(&[&name]).inc_by(bytes);
-            apis.metrics.messages_out.with_label_values(&[&name]).inc_by(records);
         }
     }
 }

@@ -21,6 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::broker::BrokerContext;
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
+use crate::network::zero_copy::FileRecords;
 
 /// The APIs this broker answers and the version ranges it implements.
 /// Each range is intersected with what the codec crate supports.
@@ -107,14 +108,18 @@ impl Apis {
         ResponseKind::ApiVersions(api_versions::unsupported_version_response())
     }
 
-    /// Dispatches by API key. `None` means no response is sent (acks=0 produce).
-    pub async fn handle(&self, header: &RequestHeader, request: RequestKind) -> Option<ResponseKind> {
+    /// Dispatches by API key. `None` means no response is sent (acks=0
+    /// produce). Fetch responses come with the file regions behind their record sets.
+    pub async fn handle(&self, header: &RequestHeader, request: RequestKind) -> Option<(ResponseKind, FileRecords)> {
         let version = header.request_api_version;
-        Some(match request {
+        if let RequestKind::Fetch(r) = request {
+            let (response, files) = fetch::handle(self, r, version).await;
+            return Some((ResponseKind::Fetch(response), files));
+        }
+        let response = match request {
             RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r)),
             RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version)),
-            RequestKind::Produce(r) => return produce::handle(self, r, version).map(ResponseKind::Produce),
-            RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(self, r, version).await),
+            RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r, version)?),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(self, r, version)),
             RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(self, r, version)),
             RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(self, r, version)),
@@ -133,6 +138,7 @@ impl Apis {
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");
                 return None;
             }
-        })
+        };
+        Some((response, FileRecords::default()))
     }
 }

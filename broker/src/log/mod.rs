@@ -16,6 +16,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
+pub use segment::FileSlice;
 use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
 
 /// What an append wrote (or, for a retried batch, had already written).
@@ -29,6 +30,14 @@ pub struct AppendInfo {
     pub records: u64,
     pub bytes: u64,
     pub duplicate: bool,
+}
+
+/// What a fetch serves from one partition: a file region, not yet read.
+#[derive(Debug, Clone)]
+pub struct SliceInfo {
+    pub slice: Option<FileSlice>,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -377,28 +386,45 @@ impl Log {
         Ok(())
     }
 
-    /// Reads whole batches from `offset`, never past `max_offset` (the high watermark).
-    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<ReadInfo> {
+    /// The file region to serve from `offset`, never past `max_offset` (the high watermark).
+    pub fn read_slice(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<SliceInfo> {
         let st = self.state.read();
         let (start, end) = (st.log_start_offset, st.next_offset);
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
         }
-        let mut records = Bytes::new();
+        let mut slice = None;
         if offset < end.min(max_offset) {
-            let mut i = st.segment_for(offset);
-            while i < st.segments.len() {
-                if let Some(bytes) = st.segments[i].read(offset, max_bytes, max_offset, min_one)? {
-                    records = bytes;
+            // Gaps (compaction, deleted records) may leave a segment with nothing at or past `offset`.
+            for seg in &st.segments[st.segment_for(offset)..] {
+                if let Some(s) = seg.slice(offset, max_bytes, max_offset, min_one)? {
+                    slice = Some(s);
                     break;
                 }
-                i += 1;
             }
         }
-        Ok(ReadInfo {
-            records,
+        Ok(SliceInfo {
+            slice,
             log_start_offset: start,
             log_end_offset: end,
+        })
+    }
+
+    /// Reads whole batches from `offset`, never past `max_offset` (the high watermark).
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> Result<ReadInfo> {
+        let info = self.read_slice(offset, max_bytes, max_offset, min_one)?;
+        let mut records = match &info.slice {
+            Some(s) => s.read()?,
+            None => Bytes::new(),
+        };
+        let whole = batch::complete_batches(&records)
+            .last()
+            .map_or(0, |(at, h)| at + h.total_size());
+        records.truncate(whole);
+        Ok(ReadInfo {
+            records,
+            log_start_offset: info.log_start_offset,
+            log_end_offset: info.log_end_offset,
         })
     }
 

@@ -21,6 +21,23 @@ pub fn file_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
     dir.join(format!("{base_offset:020}{suffix}"))
 }
 
+/// A region of a segment file: served to the socket with sendfile, or read.
+/// Holding the file keeps the data readable even after retention unlinks it.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: usize,
+}
+
+impl FileSlice {
+    pub fn read(&self) -> io::Result<Bytes> {
+        let mut buf = vec![0u8; self.len];
+        self.file.read_exact_at(&mut buf, self.position)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
 /// A batch ready to be written: its patched header and the untouched rest.
 pub struct OutgoingBatch {
     pub header: batch::PatchedHeader,
@@ -320,37 +337,46 @@ impl Segment {
         Ok(None)
     }
 
-    /// Reads whole batches from the one holding `offset`: at most `max_bytes`
-    /// (but at least one batch when `min_one`), and none starting at or past `max_offset`.
-    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64, min_one: bool) -> io::Result<Option<Bytes>> {
+    /// The region to serve from the batch holding `offset`: at most
+    /// `max_bytes` (but the whole first batch when `min_one`), ending before
+    /// the batch holding `max_offset` (the high watermark). Like Kafka's
+    /// FileRecords slices, the region may end inside a batch; clients drop
+    /// such a partial last batch and fetch it again.
+    pub fn slice(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        max_offset: i64,
+        min_one: bool,
+    ) -> io::Result<Option<FileSlice>> {
         let Some((pos, header)) = self.translate_offset(offset)? else {
             return Ok(None);
         };
         let first = BatchHeader::parse(&header).map_err(io::Error::other)?;
+        let empty = FileSlice {
+            file: self.file.clone(),
+            position: u64::from(pos),
+            len: 0,
+        };
         if first.base_offset() >= max_offset {
-            return Ok(Some(Bytes::new()));
+            return Ok(Some(empty));
         }
-        let available = (self.size - pos) as usize;
+        let end = if max_offset >= self.next_offset {
+            self.size
+        } else {
+            self.translate_offset(max_offset)?.map_or(self.size, |(p, _)| p)
+        };
+        let available = end.saturating_sub(pos) as usize;
         let first_size = first.total_size();
-        let want = if first_size > max_bytes {
+        let len = if first_size > max_bytes {
             if !min_one {
-                return Ok(Some(Bytes::new()));
+                return Ok(Some(empty));
             }
-            first_size
+            first_size.min(available)
         } else {
             max_bytes.min(available)
         };
-        let mut buf = vec![0u8; want];
-        self.file.read_exact_at(&mut buf, u64::from(pos))?;
-        let mut end = 0;
-        for (at, h) in batch::complete_batches(&buf) {
-            if h.base_offset() >= max_offset {
-                break;
-            }
-            end = at + h.total_size();
-        }
-        buf.truncate(end);
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(FileSlice { len, ..empty }))
     }
 
     /// The first batch whose max timestamp is >= `timestamp`, read whole.

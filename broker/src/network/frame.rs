@@ -3,9 +3,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use super::zero_copy::{Chunk, ChunkedBuf, FileRecords, SENDFILE_MIN};
 use crate::api::Apis;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,32 +80,46 @@ pub fn parse_request(mut frame: Bytes, apis: &Apis) -> Result<Request, FrameErro
     })
 }
 
-/// Frames a response: size, header (its version follows the API), body.
+/// Frames a response: size, header (its version follows the API), body, with
+/// the file regions of `files` spliced in where their placeholders are.
 pub fn encode_response(
     correlation_id: i32,
     api_key: ApiKey,
     version: i16,
     body: &ResponseKind,
-) -> anyhow::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(256 + records_hint(body));
-    buf.put_i32(0);
+    files: &FileRecords,
+) -> anyhow::Result<Vec<Chunk>> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    header.encode(&mut buf, api_key.response_header_version(version))?;
+    let header_version = api_key.response_header_version(version);
+    let size_prefix = |first: &mut [u8], total: usize| first[..4].copy_from_slice(&((total - 4) as i32).to_be_bytes());
+    if let ResponseKind::Fetch(fetch) = body {
+        let mut buf = ChunkedBuf::new(files, 256 + inline_hint(fetch));
+        buf.put_i32(0);
+        header.encode(&mut buf, header_version)?;
+        fetch.encode(&mut buf, version)?;
+        return Ok(buf.finish(size_prefix)?);
+    }
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    header.encode(&mut buf, header_version)?;
     body.encode(&mut buf, version)?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    let total = buf.len();
+    size_prefix(&mut buf, total);
+    Ok(vec![Chunk::Bytes(buf.freeze())])
 }
 
-/// Fetch responses carry most of their bytes as records: size the buffer once.
-fn records_hint(body: &ResponseKind) -> usize {
-    match body {
-        ResponseKind::Fetch(f) => f
-            .responses
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .map(|p| p.records.as_ref().map_or(0, Bytes::len) + 64)
-            .sum(),
-        _ => 0,
-    }
+/// Fetch responses carry most of their bytes as records: size the buffer for
+/// the ones that are read inline.
+fn inline_hint(fetch: &FetchResponse) -> usize {
+    fetch
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| {
+            p.records
+                .as_ref()
+                .map_or(0, |r| if r.len() < SENDFILE_MIN { r.len() } else { 0 })
+                + 64
+        })
+        .sum()
 }

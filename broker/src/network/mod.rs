@@ -7,6 +7,7 @@
 //! while the reader already works on the next request.
 
 pub mod frame;
+pub mod zero_copy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ use tracing::Instrument;
 
 use crate::api::Apis;
 use frame::{FrameError, Request};
+use kafka_protocol::messages::ApiKey;
+use zero_copy::{Chunk, FileRecords};
 
 /// Accepts connections until shutdown.
 pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Receiver<bool>) {
@@ -58,7 +61,7 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let (tx, rx) = mpsc::channel::<Bytes>(128);
+    let (tx, rx) = mpsc::channel::<Vec<Chunk>>(128);
     let writer = tokio::spawn(write_responses(write_half, rx));
     let max_frame = apis.config().socket_request_max_bytes as usize;
     let idle = Duration::from_millis(apis.config().connections_max_idle_ms.max(1) as u64);
@@ -94,12 +97,8 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
             Err(FrameError::UnsupportedApiVersions { correlation_id }) => {
                 // Clients probe with their newest ApiVersions; answer v0 with our range.
                 let response = apis.api_versions_fallback();
-                match frame::encode_response(
-                    correlation_id,
-                    kafka_protocol::messages::ApiKey::ApiVersions,
-                    0,
-                    &response,
-                ) {
+                let none = FileRecords::default();
+                match frame::encode_response(correlation_id, ApiKey::ApiVersions, 0, &response, &none) {
                     Ok(bytes) => {
                         if tx.send(bytes).await.is_err() {
                             break;
@@ -126,7 +125,7 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
 }
 
 /// Handles one request; false when the connection must close.
-async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Bytes>) -> bool {
+async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chunk>>) -> bool {
     let Request {
         header,
         api_key,
@@ -150,10 +149,10 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Bytes>) 
         .request_latency
         .with_label_values(&[&api])
         .observe(started.elapsed().as_secs_f64());
-    let Some(response) = response else {
+    let Some((response, files)) = response else {
         return true; // acks=0 produce: no response
     };
-    match frame::encode_response(correlation_id, api_key, version, &response) {
+    match frame::encode_response(correlation_id, api_key, version, &response, &files) {
         Ok(bytes) => tx.send(bytes).await.is_ok(),
         Err(e) => {
             tracing::error!(api = %api, error = %e, "encoding response failed; closing connection");
@@ -162,11 +161,21 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Bytes>) 
     }
 }
 
-async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<Chunk>>) {
     let mut out = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(bytes) = rx.recv().await {
-        if out.write_all(&bytes).await.is_err() {
-            return;
+    while let Some(frame) = rx.recv().await {
+        for chunk in frame {
+            let written = match chunk {
+                Chunk::Bytes(bytes) => out.write_all(&bytes).await,
+                Chunk::File(slice) => match out.flush().await {
+                    Ok(()) => send_file(out.get_ref().as_ref(), &slice).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "writing response failed; closing connection");
+                return;
+            }
         }
         // Coalesce pipelined responses; flush once nothing else is queued.
         if rx.is_empty() && out.flush().await.is_err() {
@@ -175,4 +184,36 @@ async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mp
     }
     let _ = out.flush().await;
     let _ = out.shutdown().await;
+}
+
+/// Copies a file region to the socket inside the kernel (sendfile(2)).
+async fn send_file(socket: &TcpStream, slice: &zero_copy::FileSlice) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut offset = slice.position as libc::off_t;
+    let end = offset + slice.len as libc::off_t;
+    while offset < end {
+        socket.writable().await?;
+        let result = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let left = (end - offset) as usize;
+            // SAFETY: both descriptors are open for the duration of the call; `offset` is ours.
+            let n = unsafe { libc::sendfile(socket.as_raw_fd(), slice.file.as_raw_fd(), &mut offset, left) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match result {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment shorter than the fetch slice",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::log::manager::TopicPartition;
-use crate::log::{AppendInfo, Log, ReadInfo};
+use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
 
 pub struct Partition {
     pub tp: TopicPartition,
@@ -51,6 +51,11 @@ impl Partition {
 
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadInfo> {
         self.log.read(offset, max_bytes, self.high_watermark(), min_one)
+    }
+
+    /// The file region a fetch serves (zero-copy path).
+    pub fn read_slice(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<SliceInfo> {
+        self.log.read_slice(offset, max_bytes, self.high_watermark(), min_one)
     }
 
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
