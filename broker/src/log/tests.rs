@@ -264,3 +264,34 @@ fn compression_type_recompresses_and_log_append_time_restamps() {
     assert!(h.is_log_append_time());
     assert_eq!(h.max_timestamp(), info.log_append_time);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Whatever the batch sizes and segment size, a read from any offset
+        /// starts with the batch holding that offset, in whichever segment it is.
+        #[test]
+        fn reads_select_the_segment_and_batch_holding_the_offset(
+            batches in proptest::collection::vec(1usize..6, 1..60),
+            segment_bytes in 300i32..3000,
+            probe in any::<proptest::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Log::open(dir.path(), config(segment_bytes), None, None).unwrap();
+            let mut ranges = vec![];
+            for (i, n) in batches.iter().enumerate() {
+                let info = append(&log, &values(*n, &format!("p{i}")), i as i64);
+                ranges.push((info.first_offset, info.last_offset));
+            }
+            let end = log.log_end_offset();
+            let offset = probe.index(end as usize) as i64;
+            let read = log.read(offset, 1 << 20, i64::MAX, true).unwrap();
+            let first = batch::BatchHeader::parse(&read.records).unwrap();
+            let expected = ranges.iter().find(|(f, l)| *f <= offset && offset <= *l).unwrap();
+            prop_assert_eq!((first.base_offset(), first.last_offset()), *expected);
+        }
+    }
+}
