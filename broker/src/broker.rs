@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::Apis;
 use crate::config::{BrokerConfig, Endpoint};
 use crate::controller::Controller;
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::manager::LogManager;
 use crate::metrics::Metrics;
 use crate::replica::ReplicaManager;
@@ -23,6 +24,7 @@ pub struct BrokerContext {
     pub controller: Arc<Controller>,
     pub replicas: Arc<ReplicaManager>,
     pub metrics: Arc<Metrics>,
+    pub groups: Arc<GroupCoordinator>,
     /// The Kafka endpoint clients are told to use (the bound port when configured as 0).
     pub advertised: Endpoint,
 }
@@ -83,11 +85,17 @@ impl Broker {
             config.advertised()
         };
         let metrics = Metrics::new();
+        let groups = Arc::new(GroupCoordinator::new(
+            GroupConfig::from_broker(&config),
+            controller.clone(),
+            replicas.clone(),
+        ));
         let ctx = Arc::new(BrokerContext {
             config: config.clone(),
             controller,
             replicas: replicas.clone(),
             metrics: metrics.clone(),
+            groups: groups.clone(),
             advertised,
         });
         let (shutdown, rx) = watch::channel(false);
@@ -106,8 +114,15 @@ impl Broker {
                 replicas.clone(),
                 rx.clone(),
             )),
-            tokio::spawn(background(ctx.clone(), rx)),
+            tokio::spawn(background(ctx.clone(), rx.clone())),
+            tokio::spawn(group_timers(ctx.clone(), rx)),
         ];
+        // Serve at once; group requests answer COORDINATOR_LOAD_IN_PROGRESS until the load is done.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = groups.load() {
+                tracing::error!(error = %e, "loading __consumer_offsets failed");
+            }
+        });
         tracing::info!(
             node_id = config.node_id,
             cluster_id = %ctx.controller.image().cluster_id,
@@ -143,6 +158,30 @@ impl Broker {
 /// Resolves once shutdown has been signalled (or its sender is gone).
 pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Group session and rebalance timers, and offset expiry.
+async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expiry = tokio::time::interval(
+        ctx.groups
+            .config()
+            .offsets_retention_check
+            .max(Duration::from_millis(10)),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => ctx.groups.tick(),
+            _ = expiry.tick() => {
+                let n = ctx.groups.expire_offsets();
+                if n > 0 {
+                    tracing::info!(offsets = n, "expired committed offsets");
+                }
+            }
+            () = stopped(&mut shutdown) => return,
+        }
+    }
 }
 
 /// Retention, time-based flushes and recovery-point checkpoints.

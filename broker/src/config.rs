@@ -210,6 +210,34 @@ config_struct! {
         min_insync_replicas: i32 = "min.insync.replicas", 1;
         /// Idle connections are closed after this long.
         connections_max_idle_ms: i64 = "connections.max.idle.ms", 600_000;
+        /// How long a group forming from empty waits for more members before its first rebalance.
+        group_initial_rebalance_delay_ms: i64 = "group.initial.rebalance.delay.ms", 3000;
+        /// Smallest session timeout a member may ask for.
+        group_min_session_timeout_ms: i64 = "group.min.session.timeout.ms", 6000;
+        /// Largest session timeout a member may ask for.
+        group_max_session_timeout_ms: i64 = "group.max.session.timeout.ms", 1_800_000;
+        /// Most members in one group.
+        group_max_size: i32 = "group.max.size", i32::MAX;
+        /// Partitions of __consumer_offsets (fixed once created).
+        offsets_topic_num_partitions: i32 = "offsets.topic.num.partitions", 50;
+        /// Segment size of __consumer_offsets, small so it compacts often.
+        offsets_topic_segment_bytes: i32 = "offsets.topic.segment.bytes", 104_857_600;
+        /// Offsets of a group that stays empty this long are deleted.
+        offsets_retention_minutes: i64 = "offsets.retention.minutes", 10_080;
+        /// How often expired offsets are looked for.
+        offsets_retention_check_interval_ms: i64 = "offsets.retention.check.interval.ms", 600_000;
+        /// Largest metadata string stored with a committed offset.
+        offset_metadata_max_bytes: i32 = "offset.metadata.max.bytes", 4096;
+        /// Run the log cleaner for compacted topics.
+        log_cleaner_enable: bool = "log.cleaner.enable", true;
+        /// How long the cleaner sleeps when no log needs cleaning.
+        log_cleaner_backoff_ms: i64 = "log.cleaner.backoff.ms", 15_000;
+        /// Dirty ratio above which a log is cleaned (topic: min.cleanable.dirty.ratio).
+        log_cleaner_min_cleanable_ratio: f64 = "log.cleaner.min.cleanable.ratio", 0.5;
+        /// Minimum age before a record may be compacted (topic: min.compaction.lag.ms).
+        log_cleaner_min_compaction_lag_ms: i64 = "log.cleaner.min.compaction.lag.ms", 0;
+        /// Maximum time a record stays uncompacted (topic: max.compaction.lag.ms).
+        log_cleaner_max_compaction_lag_ms: i64 = "log.cleaner.max.compaction.lag.ms", i64::MAX;
     }
 }
 
@@ -271,7 +299,9 @@ impl LogConfig {
             flush_ms: broker.log_flush_interval_ms,
             delete_retention_ms: broker.log_cleaner_delete_retention_ms,
             min_insync_replicas: broker.min_insync_replicas,
-            ..LogConfig::default()
+            min_cleanable_dirty_ratio: broker.log_cleaner_min_cleanable_ratio,
+            min_compaction_lag_ms: broker.log_cleaner_min_compaction_lag_ms,
+            max_compaction_lag_ms: broker.log_cleaner_max_compaction_lag_ms,
         }
     }
 
@@ -292,6 +322,9 @@ impl LogConfig {
             "flush.ms" => "log.flush.interval.ms",
             "delete.retention.ms" => "log.cleaner.delete.retention.ms",
             "min.insync.replicas" => "min.insync.replicas",
+            "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
+            "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
+            "max.compaction.lag.ms" => "log.cleaner.max.compaction.lag.ms",
             _ => return None,
         })
     }

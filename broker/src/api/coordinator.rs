@@ -17,6 +17,12 @@ pub fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindC
     let host = str(apis.advertised.host.clone());
     let port = apis.advertised.port as i32;
     let known_type = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
+    // Group coordination lives in __consumer_offsets: create it on first lookup, as Kafka does.
+    if request.key_type == KEY_TYPE_GROUP {
+        if let Err(e) = apis.groups.ensure_offsets_topic() {
+            tracing::warn!(error = %e, "creating the offsets topic failed");
+        }
+    }
     if version >= 4 {
         let coordinators = request
             .coordinator_keys

@@ -6,6 +6,7 @@ mod cluster;
 mod configs;
 mod coordinator;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -41,6 +42,16 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -110,8 +121,14 @@ impl Apis {
 
     /// Dispatches by API key. `None` means no response is sent (acks=0
     /// produce). Fetch responses come with the file regions behind their record sets.
-    pub async fn handle(&self, header: &RequestHeader, request: RequestKind) -> Option<(ResponseKind, FileRecords)> {
+    pub async fn handle(
+        &self,
+        header: &RequestHeader,
+        request: RequestKind,
+        client_host: &str,
+    ) -> Option<(ResponseKind, FileRecords)> {
         let version = header.request_api_version;
+        let client_id = header.client_id.as_ref().map(|c| c.as_str()).unwrap_or_default();
         if let RequestKind::Fetch(r) = request {
             let (response, files) = fetch::handle(self, r, version).await;
             return Some((ResponseKind::Fetch(response), files));
@@ -133,6 +150,18 @@ impl Apis {
             RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(cluster::describe(self, r)),
             RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(coordinator::find(self, r, version)),
             RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(self, r)),
+            RequestKind::JoinGroup(r) => {
+                ResponseKind::JoinGroup(groups::join(self, r, version, client_host, client_id).await)
+            }
+            RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(self, r, version).await),
+            RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(self, r)),
+            RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(self, r, version)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(self, r, version)),
+            RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(self, r, version)),
+            RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list(self, r, version)),
+            RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe(self, r, version)),
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete(self, r)),
+            RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(self, r)),
             other => {
                 // Unreachable: parse_request refuses APIs we do not advertise.
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");

@@ -30,6 +30,10 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                     let result = match (&request_error, p.records) {
                         (Some(e), _) => Err(e.to_string_and_code()),
                         (None, None) => Err(Error::CorruptMessage("no records".into()).to_string_and_code()),
+                        (None, Some(_)) if name == crate::group::OFFSETS_TOPIC => {
+                            Err(Error::InvalidTopic(format!("cannot append to internal topic {name}"))
+                                .to_string_and_code())
+                        }
                         (None, Some(records)) => apis
                             .replicas
                             .get(&name, p.index)

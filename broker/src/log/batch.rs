@@ -231,6 +231,45 @@ pub fn complete_batches(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader<
     })
 }
 
+/// Encodes records into one v2 batch with kafka-protocol's encoder, with the
+/// given producer fields (-1s for a batch without a producer).
+pub fn encode_records(
+    records: &mut [kafka_protocol::records::Record],
+    compression: kafka_protocol::records::Compression,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<Bytes, String> {
+    use kafka_protocol::records::{RecordBatchEncoder, RecordEncodeOptions};
+    // The encoder keeps records in one batch only while offset - sequence is
+    // constant; batches without a producer get their -1 patched in after.
+    for r in records.iter_mut() {
+        r.producer_id = producer_id;
+        r.producer_epoch = producer_epoch;
+        if base_sequence < 0 {
+            r.sequence = r.offset as i32;
+        }
+    }
+    let mut out = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if out.len() < HEADER_SIZE {
+        return Err("no records to encode".into());
+    }
+    let mut header = PatchedHeader::from_batch(&out);
+    header.set_producer(producer_id, producer_epoch, base_sequence);
+    header.recompute_crc(&out[HEADER_SIZE..]);
+    out[..HEADER_SIZE].copy_from_slice(&header.0);
+    Ok(out.freeze())
+}
+
 /// An owned copy of a header to patch before it is written.
 pub struct PatchedHeader(pub [u8; HEADER_SIZE]);
 

@@ -9,7 +9,7 @@ pub mod segment;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::config::LogConfig;
@@ -234,6 +234,9 @@ impl Log {
             }
             if h.is_transactional() {
                 return Err(Error::TransactionsUnsupported);
+            }
+            if config.compact() {
+                require_keys(&b)?;
             }
             let codec = h.compression();
             incoming.push(recompress_if_needed(b, codec, &config)?);
@@ -561,9 +564,24 @@ impl Log {
     }
 }
 
+/// Compaction keeps the newest record per key, so compacted topics refuse
+/// records without one (Kafka's INVALID_RECORD); this is the one case where
+/// the broker decodes a client's records on append.
+fn require_keys(batch: &Bytes) -> Result<()> {
+    let mut buf = batch.clone();
+    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
+        .map_err(|e| Error::CorruptMessage(e.to_string()))?;
+    if set.records.iter().any(|r| r.key.is_none()) {
+        return Err(Error::InvalidRecord(
+            "compacted topic cannot accept a record without a key".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Recompresses a batch when the topic's `compression.type` names another codec.
 fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<Bytes> {
-    use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions};
+    use kafka_protocol::records::{Compression, RecordBatchDecoder};
     let target = match config.compression_type.as_str() {
         "producer" => return Ok(batch),
         "uncompressed" => Compression::None,
@@ -580,25 +598,7 @@ fn recompress_if_needed(batch: Bytes, codec: i16, config: &LogConfig) -> Result<
     let (producer_id, epoch, base_sequence) = (header.producer_id(), header.producer_epoch(), header.base_sequence());
     let mut buf = batch.clone();
     let mut set = RecordBatchDecoder::decode(&mut buf).map_err(|e| Error::CorruptMessage(e.to_string()))?;
-    // The encoder keeps records in one batch only while offset - sequence is constant.
-    for r in &mut set.records {
-        r.sequence = if base_sequence < 0 { r.offset as i32 } else { r.sequence };
-    }
-    let mut out = BytesMut::with_capacity(batch.len());
-    RecordBatchEncoder::encode(
-        &mut out,
-        &set.records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: target,
-        },
-    )
-    .map_err(|e| Error::CorruptMessage(e.to_string()))?;
-    let mut header = PatchedHeader::from_batch(&out);
-    header.set_producer(producer_id, epoch, base_sequence);
-    header.recompute_crc(&out[HEADER_SIZE..]);
-    out[..HEADER_SIZE].copy_from_slice(&header.0);
-    Ok(out.freeze())
+    batch::encode_records(&mut set.records, target, producer_id, epoch, base_sequence).map_err(Error::CorruptMessage)
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ impl Drop for ConnectionGuard {
 }
 
 async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: watch::Receiver<bool>) {
+    // Kafka reports client hosts as "/<ip>".
+    let client_host = stream.peer_addr().map(|a| format!("/{}", a.ip())).unwrap_or_default();
     apis.metrics().active_connections.inc();
     let _guard = ConnectionGuard(apis.clone());
     let _ = stream.set_nodelay(true);
@@ -116,7 +118,7 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
                 break;
             }
         };
-        if !dispatch(&apis, request, &tx).await {
+        if !dispatch(&apis, request, &tx, &client_host).await {
             break;
         }
     }
@@ -125,7 +127,7 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
 }
 
 /// Handles one request; false when the connection must close.
-async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chunk>>) -> bool {
+async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chunk>>, client_host: &str) -> bool {
     let Request {
         header,
         api_key,
@@ -142,7 +144,7 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chun
     );
     let started = Instant::now();
     let correlation_id = header.correlation_id;
-    let response = apis.handle(&header, body).instrument(span).await;
+    let response = apis.handle(&header, body, client_host).instrument(span).await;
     let metrics = apis.metrics();
     metrics.requests.with_label_values(&[&api]).inc();
     metrics

@@ -1,0 +1,784 @@
+//! The group coordinator: the group state machines, committed offsets, and
+//! their records in `__consumer_offsets`.
+//!
+//! Every change is appended to the group's partition of `__consumer_offsets`
+//! (partition `abs(hash(group)) % offsets.topic.num.partitions`) before it is
+//! answered, and the cache is rebuilt from those partitions on start; until
+//! that load completes, group requests get COORDINATOR_LOAD_IN_PROGRESS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, TimestampType};
+use parking_lot::Mutex;
+
+use super::records::{partition_for, GroupValue, OffsetValue, RecordKey};
+use super::state::{Group, GroupLimits, GroupState, JoinRequest, JoinResult, Reply, SyncResult};
+use crate::config::BrokerConfig;
+use crate::controller::Controller;
+use crate::error::{Error, Result};
+use crate::log::batch;
+use crate::log::segment::now_ms;
+use crate::replica::ReplicaManager;
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub limits: GroupLimits,
+    pub offsets_partitions: i32,
+    pub offsets_segment_bytes: i32,
+    pub offsets_retention: Duration,
+    pub offsets_retention_check: Duration,
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl GroupConfig {
+    pub fn from_broker(c: &BrokerConfig) -> GroupConfig {
+        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+        GroupConfig {
+            limits: GroupLimits {
+                initial_rebalance_delay: ms(c.group_initial_rebalance_delay_ms),
+                min_session_timeout: ms(c.group_min_session_timeout_ms),
+                max_session_timeout: ms(c.group_max_session_timeout_ms),
+                max_size: c.group_max_size.max(1) as usize,
+            },
+            offsets_partitions: c.offsets_topic_num_partitions.max(1),
+            offsets_segment_bytes: c.offsets_topic_segment_bytes,
+            offsets_retention: ms(c.offsets_retention_minutes.saturating_mul(60_000)),
+            offsets_retention_check: ms(c.offsets_retention_check_interval_ms),
+            offset_metadata_max_bytes: c.offset_metadata_max_bytes.max(0) as usize,
+        }
+    }
+}
+
+/// One committed offset as OffsetFetch returns it.
+pub type Committed = OffsetValue;
+
+/// A partition's commit in an OffsetCommit request.
+pub struct CommitRequest {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// What DescribeGroups and the admin API show of a group.
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberDescription>,
+}
+
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+pub struct GroupCoordinator {
+    config: GroupConfig,
+    controller: Arc<Controller>,
+    replicas: Arc<ReplicaManager>,
+    groups: Mutex<HashMap<String, Group>>,
+    offsets: Mutex<HashMap<String, BTreeMap<(String, i32), Committed>>>,
+    loaded: AtomicBool,
+}
+
+fn load_in_progress() -> i16 {
+    ResponseError::CoordinatorLoadInProgress.code()
+}
+
+impl GroupCoordinator {
+    pub fn new(config: GroupConfig, controller: Arc<Controller>, replicas: Arc<ReplicaManager>) -> GroupCoordinator {
+        GroupCoordinator {
+            config,
+            controller,
+            replicas,
+            groups: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn partition_for(&self, group: &str) -> i32 {
+        partition_for(group, self.config.offsets_partitions)
+    }
+
+    /// Creates `__consumer_offsets` (compacted) on first use.
+    pub fn ensure_offsets_topic(&self) -> Result<()> {
+        if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        let configs = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            (
+                "segment.bytes".to_string(),
+                self.config.offsets_segment_bytes.to_string(),
+            ),
+        ]);
+        match self
+            .controller
+            .create_topic(OFFSETS_TOPIC, self.config.offsets_partitions, 1, configs, false)
+        {
+            Ok(_) => {
+                tracing::info!(partitions = self.config.offsets_partitions, "created {OFFSETS_TOPIC}");
+                Ok(())
+            }
+            Err(Error::TopicAlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rebuilds groups and committed offsets from `__consumer_offsets`.
+    pub fn load(&self) -> Result<()> {
+        let started = Instant::now();
+        let mut groups: HashMap<String, GroupValue> = HashMap::new();
+        let mut offsets: HashMap<String, BTreeMap<(String, i32), Committed>> = HashMap::new();
+        let mut records_read = 0usize;
+        if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
+            for p in 0..self.config.offsets_partitions {
+                let Ok(part) = self.replicas.get(OFFSETS_TOPIC, p) else {
+                    continue;
+                };
+                let mut next = part.log.log_start_offset();
+                let end = part.high_watermark();
+                while next < end {
+                    let read = part.read(next, 4 << 20, true)?;
+                    if read.records.is_empty() {
+                        break;
+                    }
+                    for (at, h) in batch::complete_batches(&read.records) {
+                        next = h.next_offset();
+                        if h.is_control() {
+                            continue;
+                        }
+                        let mut one = read.records.slice(at..at + h.total_size());
+                        let set = match RecordBatchDecoder::decode(&mut one) {
+                            Ok(set) => set,
+                            Err(e) => {
+                                tracing::warn!(partition = p, offset = h.base_offset(), error = %e, "skipping undecodable batch");
+                                continue;
+                            }
+                        };
+                        for r in set.records {
+                            records_read += 1;
+                            apply_record(&mut groups, &mut offsets, r.key, r.value);
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut cache = self.groups.lock();
+        for (id, v) in groups {
+            cache.insert(id.clone(), Group::from_value(&id, v, now));
+        }
+        *self.offsets.lock() = offsets;
+        drop(cache);
+        self.loaded.store(true, Ordering::Release);
+        tracing::info!(
+            records = records_read,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "group coordinator loaded"
+        );
+        Ok(())
+    }
+
+    /// Appends records to the group's `__consumer_offsets` partition.
+    fn append(&self, group: &str, records: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.ensure_offsets_topic()?;
+        let part = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group))?;
+        let ts = now_ms();
+        let mut recs: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: ts,
+                key: Some(key),
+                value,
+                headers: Default::default(),
+            })
+            .collect();
+        let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
+        part.append(&batch)?;
+        self.replicas.notify_appended();
+        Ok(())
+    }
+
+    fn persist_group(&self, group: &mut Group) {
+        if !group.needs_persist {
+            return;
+        }
+        group.needs_persist = false;
+        let key = RecordKey::Group {
+            group: group.id.clone(),
+        }
+        .encode();
+        if let Err(e) = self.append(&group.id, vec![(key, Some(group.to_value().encode()))]) {
+            tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
+        }
+    }
+
+    /// Runs `f` on the group (created if missing), persists what it changed,
+    /// and drops groups that were created for nothing.
+    fn with_group<T>(&self, group_id: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = self.groups.lock();
+        let group = groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(group_id));
+        let out = f(group);
+        self.persist_group(group);
+        if group.state == GroupState::Empty && group.generation == 0 && group.is_empty() {
+            groups.remove(group_id);
+        }
+        out
+    }
+
+    pub async fn join(&self, group_id: &str, req: JoinRequest) -> JoinResult {
+        if !self.is_loaded() {
+            return JoinResult {
+                error: load_in_progress(),
+                generation: -1,
+                member_id: req.member_id,
+                ..Default::default()
+            };
+        }
+        if group_id.is_empty() {
+            return JoinResult {
+                error: ResponseError::InvalidGroupId.code(),
+                generation: -1,
+                ..Default::default()
+            };
+        }
+        if let Err(e) = self.ensure_offsets_topic() {
+            return JoinResult {
+                error: e.code(),
+                generation: -1,
+                ..Default::default()
+            };
+        }
+        let member_id = req.member_id.clone();
+        let limits = self.config.limits.clone();
+        let reply = self.with_group(group_id, |g| g.join(req, Instant::now(), &limits));
+        match reply {
+            Reply::Now(r) => r,
+            Reply::Wait(rx) => rx.await.unwrap_or(JoinResult {
+                error: ResponseError::UnknownMemberId.code(),
+                generation: -1,
+                member_id,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
+        if !self.is_loaded() {
+            return SyncResult {
+                error: load_in_progress(),
+                ..Default::default()
+            };
+        }
+        let exists = self.groups.lock().contains_key(group_id);
+        if !exists {
+            return SyncResult {
+                error: ResponseError::UnknownMemberId.code(),
+                ..Default::default()
+            };
+        }
+        let reply = self.with_group(group_id, |g| {
+            g.sync(
+                member_id,
+                instance_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                assignments,
+                Instant::now(),
+            )
+        });
+        match reply {
+            Reply::Now(r) => r,
+            Reply::Wait(rx) => rx.await.unwrap_or(SyncResult {
+                error: ResponseError::RebalanceInProgress.code(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        if !self.is_loaded() {
+            return load_in_progress();
+        }
+        let mut groups = self.groups.lock();
+        match groups.get_mut(group_id) {
+            Some(g) => g.heartbeat(member_id, instance_id, generation, Instant::now()),
+            None => ResponseError::UnknownMemberId.code(),
+        }
+    }
+
+    /// Returns the group-level error and one code per member.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> (i16, Vec<i16>) {
+        if !self.is_loaded() {
+            return (load_in_progress(), vec![]);
+        }
+        if !self.groups.lock().contains_key(group_id) {
+            return (0, vec![ResponseError::UnknownMemberId.code(); members.len()]);
+        }
+        let limits = self.config.limits.clone();
+        (
+            0,
+            self.with_group(group_id, |g| g.leave(members, Instant::now(), &limits)),
+        )
+    }
+
+    /// Timers of every group; called a few times a second.
+    pub fn tick(&self) {
+        if !self.is_loaded() {
+            return;
+        }
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        for g in groups.values_mut() {
+            g.tick(now, &self.config.limits);
+            self.persist_group(g);
+        }
+    }
+
+    pub fn commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<CommitRequest>,
+    ) -> Vec<(String, i32, i16)> {
+        let fail_all = |code: i16, offsets: Vec<CommitRequest>| {
+            offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect()
+        };
+        if !self.is_loaded() {
+            return fail_all(load_in_progress(), offsets);
+        }
+        if group_id.is_empty() {
+            return fail_all(ResponseError::InvalidGroupId.code(), offsets);
+        }
+        let check = {
+            let groups = self.groups.lock();
+            match groups.get(group_id) {
+                Some(g) => g.validate_commit(member_id, instance_id, generation),
+                None if generation < 0 && member_id.is_empty() => Ok(()),
+                None => Err(ResponseError::UnknownMemberId.code()),
+            }
+        };
+        if let Err(code) = check {
+            return fail_all(code, offsets);
+        }
+        let ts = now_ms();
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        let mut accepted = Vec::new();
+        for o in offsets {
+            let metadata = o.metadata.unwrap_or_default();
+            let code = if metadata.len() > self.config.offset_metadata_max_bytes {
+                ResponseError::OffsetMetadataTooLarge.code()
+            } else if self.replicas.get(&o.topic, o.partition).is_err() {
+                ResponseError::UnknownTopicOrPartition.code()
+            } else {
+                0
+            };
+            if code == 0 {
+                let value = OffsetValue {
+                    offset: o.offset,
+                    leader_epoch: o.leader_epoch,
+                    metadata,
+                    commit_timestamp: ts,
+                };
+                let key = RecordKey::Offset {
+                    group: group_id.to_string(),
+                    topic: o.topic.clone(),
+                    partition: o.partition,
+                };
+                records.push((key.encode(), Some(value.encode())));
+                accepted.push((o.topic.clone(), o.partition, value));
+            }
+            results.push((o.topic, o.partition, code));
+        }
+        if let Err(e) = self.append(group_id, records) {
+            tracing::error!(group = group_id, error = %e, "writing offsets failed");
+            let code = e.code();
+            for r in results.iter_mut().filter(|r| r.2 == 0) {
+                r.2 = code;
+            }
+            return results;
+        }
+        let mut cache = self.offsets.lock();
+        let group = cache.entry(group_id.to_string()).or_default();
+        for (topic, partition, value) in accepted {
+            group.insert((topic, partition), value);
+        }
+        results
+    }
+
+    /// Committed offsets of a group: the listed partitions, or all of them.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
+        if !self.is_loaded() {
+            return Err(load_in_progress());
+        }
+        let cache = self.offsets.lock();
+        let group = cache.get(group_id);
+        Ok(match partitions {
+            Some(list) => list
+                .into_iter()
+                .map(|(t, p)| {
+                    let c = group.and_then(|g| g.get(&(t.clone(), p)).cloned());
+                    (t, p, c)
+                })
+                .collect(),
+            None => group
+                .map(|g| g.iter().map(|((t, p), c)| (t.clone(), *p, Some(c.clone()))).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<(String, String, &'static str)>, i16> {
+        if !self.is_loaded() {
+            return Err(load_in_progress());
+        }
+        let groups = self.groups.lock();
+        let mut out: Vec<(String, String, &'static str)> = groups
+            .values()
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state.name(),
+                )
+            })
+            .collect();
+        // Groups that only have committed offsets (manual assignment) are listed as Empty.
+        for id in self.offsets.lock().keys() {
+            if !groups.contains_key(id) {
+                out.push((id.clone(), String::new(), GroupState::Empty.name()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn describe(&self, group_id: &str) -> Result<GroupDescription, i16> {
+        if !self.is_loaded() {
+            return Err(load_in_progress());
+        }
+        let groups = self.groups.lock();
+        let Some(g) = groups.get(group_id) else {
+            // Kafka describes an unknown group as Dead with no members.
+            return Ok(GroupDescription {
+                group_id: group_id.to_string(),
+                state: if self.offsets.lock().contains_key(group_id) {
+                    "Empty"
+                } else {
+                    "Dead"
+                },
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: vec![],
+            });
+        };
+        let protocol = g.protocol_name.clone().unwrap_or_default();
+        let stable = matches!(g.state, GroupState::Stable);
+        Ok(GroupDescription {
+            group_id: g.id.clone(),
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable || g.state == GroupState::CompletingRebalance {
+                protocol.clone()
+            } else {
+                String::new()
+            },
+            members: g
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: if stable {
+                        m.subscription(Some(&protocol))
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable { m.assignment.clone() } else { Bytes::new() },
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes empty groups and their offsets (tombstones in the log).
+    pub fn delete_group(&self, group_id: &str) -> i16 {
+        if !self.is_loaded() {
+            return load_in_progress();
+        }
+        let mut groups = self.groups.lock();
+        match groups.get(group_id) {
+            Some(g) if !g.is_empty() => return ResponseError::NonEmptyGroup.code(),
+            None if !self.offsets.lock().contains_key(group_id) => return ResponseError::GroupIdNotFound.code(),
+            _ => {}
+        }
+        let mut records = vec![(
+            RecordKey::Group {
+                group: group_id.to_string(),
+            }
+            .encode(),
+            None,
+        )];
+        let mut offsets = self.offsets.lock();
+        if let Some(committed) = offsets.get(group_id) {
+            for (topic, partition) in committed.keys() {
+                let key = RecordKey::Offset {
+                    group: group_id.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                records.push((key.encode(), None));
+            }
+        }
+        if let Err(e) = self.append(group_id, records) {
+            return e.code();
+        }
+        offsets.remove(group_id);
+        groups.remove(group_id);
+        0
+    }
+
+    /// OffsetDelete: only for topics the group is not consuming.
+    pub fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<(String, i32, i16)>, i16> {
+        if !self.is_loaded() {
+            return Err(load_in_progress());
+        }
+        let subscribed = {
+            let groups = self.groups.lock();
+            match groups.get(group_id) {
+                Some(g) if !g.is_empty() => subscribed_topics(g),
+                Some(_) => Vec::new(),
+                None if self.offsets.lock().contains_key(group_id) => Vec::new(),
+                None => return Err(ResponseError::GroupIdNotFound.code()),
+            }
+        };
+        let mut records = Vec::new();
+        let mut results = Vec::new();
+        for (topic, partition) in partitions {
+            if subscribed.contains(&topic) {
+                results.push((topic, partition, ResponseError::GroupSubscribedToTopic.code()));
+                continue;
+            }
+            let key = RecordKey::Offset {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition,
+            };
+            records.push((key.encode(), None));
+            results.push((topic, partition, 0));
+        }
+        if let Err(e) = self.append(group_id, records) {
+            return Err(e.code());
+        }
+        let mut cache = self.offsets.lock();
+        if let Some(g) = cache.get_mut(group_id) {
+            for (t, p, code) in &results {
+                if *code == 0 {
+                    g.remove(&(t.clone(), *p));
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Expires the offsets of groups that stayed empty for `offsets.retention.minutes`.
+    pub fn expire_offsets(&self) -> usize {
+        if !self.is_loaded() {
+            return 0;
+        }
+        let retention = self.config.offsets_retention.as_millis() as i64;
+        let now = now_ms();
+        let groups = self.groups.lock();
+        let mut offsets = self.offsets.lock();
+        let mut expired = 0;
+        for (group_id, committed) in offsets.iter_mut() {
+            let empty_since = match groups.get(group_id) {
+                Some(g) if !g.is_empty() => continue,
+                Some(g) => g.state_timestamp,
+                None => i64::MIN,
+            };
+            let doomed: Vec<(String, i32)> = committed
+                .iter()
+                .filter(|(_, c)| now - c.commit_timestamp.max(empty_since) > retention)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let records = doomed
+                .iter()
+                .map(|(t, p)| {
+                    (
+                        RecordKey::Offset {
+                            group: group_id.clone(),
+                            topic: t.clone(),
+                            partition: *p,
+                        }
+                        .encode(),
+                        None,
+                    )
+                })
+                .collect();
+            if self.append(group_id, records).is_ok() {
+                for k in &doomed {
+                    committed.remove(k);
+                }
+                expired += doomed.len();
+            }
+        }
+        offsets.retain(|_, c| !c.is_empty());
+        expired
+    }
+
+    /// (group, topic, partition, committed offset) of every committed offset, for lag.
+    pub fn committed_snapshot(&self) -> Vec<(String, String, i32, i64)> {
+        let cache = self.offsets.lock();
+        cache
+            .iter()
+            .flat_map(|(g, offsets)| {
+                offsets
+                    .iter()
+                    .map(move |((t, p), c)| (g.clone(), t.clone(), *p, c.offset))
+            })
+            .collect()
+    }
+
+    pub fn member_counts(&self) -> Vec<(String, usize, &'static str)> {
+        self.groups
+            .lock()
+            .values()
+            .map(|g| (g.id.clone(), g.members.len(), g.state.name()))
+            .collect()
+    }
+
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+}
+
+/// Topics in the members' consumer-protocol subscriptions.
+fn subscribed_topics(g: &Group) -> Vec<String> {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    if g.protocol_type.as_deref() != Some("consumer") {
+        return Vec::new();
+    }
+    let mut topics = Vec::new();
+    for m in g.members.values() {
+        let mut meta = m.subscription(g.protocol_name.as_deref());
+        if meta.len() < 2 {
+            continue;
+        }
+        let version = i16::from_be_bytes([meta[0], meta[1]]);
+        let _ = bytes::Buf::get_i16(&mut meta);
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ConsumerProtocolSubscription::decode(&mut meta, version.clamp(0, 3))
+        }));
+        if let Ok(Ok(sub)) = decoded {
+            topics.extend(sub.topics.into_iter().map(|t| t.as_str().to_string()));
+        }
+    }
+    topics
+}
+
+fn apply_record(
+    groups: &mut HashMap<String, GroupValue>,
+    offsets: &mut HashMap<String, BTreeMap<(String, i32), Committed>>,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) {
+    let Some(key) = key else { return };
+    let key = match RecordKey::decode(key) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping record");
+            return;
+        }
+    };
+    match key {
+        RecordKey::Offset {
+            group,
+            topic,
+            partition,
+        } => match value.map(OffsetValue::decode) {
+            Some(Ok(v)) => {
+                offsets.entry(group).or_default().insert((topic, partition), v);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "skipping offset record"),
+            None => {
+                if let Some(g) = offsets.get_mut(&group) {
+                    g.remove(&(topic, partition));
+                    if g.is_empty() {
+                        offsets.remove(&group);
+                    }
+                }
+            }
+        },
+        RecordKey::Group { group } => match value.map(GroupValue::decode) {
+            Some(Ok(v)) => {
+                groups.insert(group, v);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "skipping group record"),
+            None => {
+                groups.remove(&group);
+            }
+        },
+    }
+}
