@@ -190,6 +190,10 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
     let mut retention = tokio::time::interval(ms(ctx.config.log_retention_check_interval_ms));
     let mut flush = tokio::time::interval(ms(ctx.config.log_flush_scheduler_interval_ms));
     let mut checkpoint = tokio::time::interval(ms(ctx.config.log_flush_offset_checkpoint_interval_ms));
+    let mut cleaner = tokio::time::interval(ms(ctx.config.log_cleaner_backoff_ms));
+    for t in [&mut retention, &mut flush, &mut checkpoint, &mut cleaner] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
     loop {
         let replicas = ctx.replicas.clone();
         tokio::select! {
@@ -198,6 +202,9 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
             }
             _ = flush.tick() => {
                 let _ = tokio::task::spawn_blocking(move || replicas.logs().flush_due()).await;
+            }
+            _ = cleaner.tick(), if ctx.config.log_cleaner_enable => {
+                let _ = tokio::task::spawn_blocking(move || replicas.logs().clean_all()).await;
             }
             _ = checkpoint.tick() => {
                 let result = tokio::task::spawn_blocking(move || replicas.logs().checkpoint()).await;

@@ -255,7 +255,7 @@ impl GroupCoordinator {
             .or_insert_with(|| Group::new(group_id));
         let out = f(group);
         self.persist_group(group);
-        if group.state == GroupState::Empty && group.generation == 0 && group.is_empty() {
+        if group.is_unused() {
             groups.remove(group_id);
         }
         out

@@ -195,6 +195,11 @@ impl Group {
         self.members.is_empty()
     }
 
+    /// A group that never formed and holds nothing: no members, no ids handed out.
+    pub fn is_unused(&self) -> bool {
+        self.state == GroupState::Empty && self.generation == 0 && self.members.is_empty() && self.pending.is_empty()
+    }
+
     /// Protocols every member supports (the candidates for selection).
     fn candidate_protocols(&self) -> Vec<String> {
         let mut members = self.members.values();

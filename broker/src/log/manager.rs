@@ -219,6 +219,19 @@ impl LogManager {
         deleted
     }
 
+    /// One cleaner pass over every compacted log.
+    pub fn clean_all(&self) -> usize {
+        let mut cleaned = 0;
+        for (tp, log) in self.all() {
+            match log.clean() {
+                Ok(Some(_)) => cleaned += 1,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%tp, error = %e, "cleaning failed"),
+            }
+        }
+        cleaned
+    }
+
     pub fn flush_due(&self) {
         for (tp, log) in self.all() {
             if let Err(e) = log.flush_if_due() {

@@ -2,6 +2,7 @@
 //! retention and recovery (Kafka's UnifiedLog, without replication).
 
 pub mod batch;
+pub mod cleaner;
 pub mod index;
 pub mod manager;
 pub mod segment;
@@ -74,6 +75,8 @@ pub struct Log {
     dir: PathBuf,
     config: RwLock<Arc<LogConfig>>,
     state: RwLock<LogState>,
+    /// Held by whoever removes or replaces non-active segments (cleaner, retention).
+    cleaner_lock: parking_lot::Mutex<()>,
 }
 
 fn io_err(e: std::io::Error) -> Error {
@@ -91,6 +94,7 @@ impl Log {
         log_start_checkpoint: Option<i64>,
     ) -> Result<Log> {
         std::fs::create_dir_all(dir)?;
+        cleaner::recover_interrupted(dir)?;
         let mut bases = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name();
@@ -165,6 +169,7 @@ impl Log {
         Ok(Log {
             dir: dir.to_path_buf(),
             config: RwLock::new(config),
+            cleaner_lock: parking_lot::Mutex::new(()),
             state: RwLock::new(LogState {
                 segments,
                 log_start_offset,
@@ -475,6 +480,7 @@ impl Log {
     pub fn delete_old_segments(&self) -> Result<usize> {
         let config = self.config();
         let now = now_ms();
+        let _no_clean = self.cleaner_lock.lock();
         let mut st = self.state.write();
         let mut total: i64 = st.segments.iter().map(|s| s.size() as i64).sum();
         let mut n = 0;
