@@ -112,6 +112,7 @@ impl Broker {
                 metrics_listener,
                 metrics,
                 replicas.clone(),
+                groups.clone(),
                 rx.clone(),
             )),
             tokio::spawn(background(ctx.clone(), rx.clone())),

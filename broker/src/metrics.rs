@@ -7,6 +7,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::group::GroupCoordinator;
 use crate::replica::ReplicaManager;
 
 pub struct Metrics {
@@ -26,6 +27,10 @@ pub struct Metrics {
     pub under_replicated: IntGaugeVec,
     pub isr_size: IntGaugeVec,
     pub partitions: IntGauge,
+    pub group_committed: IntGaugeVec,
+    pub group_lag: IntGaugeVec,
+    pub group_lag_sum: IntGaugeVec,
+    pub group_members: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,8 +112,64 @@ impl Metrics {
                 tp,
             ),
             partitions,
+            group_committed: gauge(
+                &registry,
+                "fjord_consumer_group_committed_offset",
+                "Committed offset per group and partition",
+                &["group", "topic", "partition"],
+            ),
+            group_lag: gauge(
+                &registry,
+                "fjord_consumer_group_lag",
+                "Log end offset minus committed offset per group and partition",
+                &["group", "topic", "partition"],
+            ),
+            group_lag_sum: gauge(
+                &registry,
+                "fjord_consumer_group_lag_sum",
+                "Total lag of a group",
+                &["group"],
+            ),
+            group_members: gauge(
+                &registry,
+                "fjord_consumer_group_members",
+                "Members per group and state",
+                &["group", "state"],
+            ),
             registry,
         })
+    }
+
+    /// Refreshes lag gauges from the committed offsets and log end offsets.
+    pub fn update_groups(&self, groups: &GroupCoordinator, replicas: &ReplicaManager) {
+        for g in [
+            &self.group_committed,
+            &self.group_lag,
+            &self.group_lag_sum,
+            &self.group_members,
+        ] {
+            g.reset();
+        }
+        let mut sums: std::collections::HashMap<String, i64> = Default::default();
+        for (group, topic, partition, committed) in groups.committed_snapshot() {
+            let Ok(part) = replicas.get(&topic, partition) else {
+                continue;
+            };
+            let lag = (part.high_watermark() - committed).max(0);
+            let p = partition.to_string();
+            let labels = [group.as_str(), topic.as_str(), p.as_str()];
+            self.group_committed.with_label_values(&labels).set(committed);
+            self.group_lag.with_label_values(&labels).set(lag);
+            *sums.entry(group).or_default() += lag;
+        }
+        for (group, lag) in sums {
+            self.group_lag_sum.with_label_values(&[&group]).set(lag);
+        }
+        for (group, members, state) in groups.member_counts() {
+            self.group_members
+                .with_label_values(&[&group, state])
+                .set(members as i64);
+        }
     }
 
     /// Refreshes per-partition gauges from the logs, then renders the text format.
@@ -154,6 +215,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     replicas: Arc<ReplicaManager>,
+    groups: Arc<GroupCoordinator>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
@@ -161,8 +223,11 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let (m, r) = (metrics.clone(), replicas.clone());
-                async move { m.render(&r) }
+                let (m, r, g) = (metrics.clone(), replicas.clone(), groups.clone());
+                async move {
+                    m.update_groups(&g, &r);
+                    m.render(&r)
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok" }))

@@ -700,6 +700,11 @@ impl GroupCoordinator {
             .collect()
     }
 
+    /// Current generation and rebalance count of a group.
+    pub fn generation(&self, group_id: &str) -> Option<(i32, u64)> {
+        self.groups.lock().get(group_id).map(|g| (g.generation, g.rebalances))
+    }
+
     pub fn member_counts(&self) -> Vec<(String, usize, &'static str)> {
         self.groups
             .lock()
