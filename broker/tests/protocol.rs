@@ -6,6 +6,7 @@ mod common;
 use common::raw::{batch, produce_request, Raw};
 use common::TestBroker;
 use fjord_broker::api::Apis;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
@@ -133,13 +134,89 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
             FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g1"), s("g2")]),
         ),
         ApiKey::FindCoordinator => RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(s("g1"))),
+        ApiKey::JoinGroup => RequestKind::JoinGroup(
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(s(&tag)))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 })
+                .with_member_id(s(""))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(bytes::Bytes::new())]),
+        ),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_generation_id(1)
+                .with_member_id(s("ghost")),
+        ),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_generation_id(1)
+                .with_member_id(s("ghost")),
+        ),
+        ApiKey::LeaveGroup if v >= 3 => RequestKind::LeaveGroup(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_members(vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("ghost"))
+                ]),
+        ),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_member_id(s("ghost")),
+        ),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(s("sweep-group")))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(name("sweep"))
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1)
+                            .with_committed_metadata(Some(s("m"))),
+                    ])]),
+        ),
+        ApiKey::OffsetFetch if v >= 8 => RequestKind::OffsetFetch(
+            OffsetFetchRequest::default().with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s("sweep-group")))
+                .with_topics(None)]),
+        ),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId(s("sweep-group")))
+                .with_topics(Some(vec![offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(name("sweep"))
+                    .with_partition_indexes(vec![0, 1])])),
+        ),
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::DescribeGroups => {
+            RequestKind::DescribeGroups(DescribeGroupsRequest::default().with_groups(vec![GroupId(s("sweep-group"))]))
+        }
+        ApiKey::DeleteGroups => {
+            RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("never"))]))
+        }
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("sweep-group")))
+                .with_topics(vec![offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(name("other"))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default().with_partition_index(0),
+                    ])]),
+        ),
         other => panic!("no sweep request for {other:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_answers() {
-    let b = TestBroker::start(&[]).await;
+    let b = TestBroker::start(&[("group.initial.rebalance.delay.ms", "0")]).await;
     b.create_topic("sweep", 1, &[]).await;
     let topic_id = b.broker().ctx.replicas.get("sweep", 0).unwrap().topic_id;
     let mut raw = Raw::connect(&b.bootstrap).await;
@@ -173,7 +250,19 @@ async fn every_advertised_version_answers() {
                     );
                     assert_ne!(ps[3].error_code, 0);
                 }
-                (ResponseKind::ApiVersions(r), _) => assert!(r.api_keys.len() >= 10),
+                (ResponseKind::ApiVersions(r), _) => assert!(r.api_keys.len() >= 20),
+                (ResponseKind::JoinGroup(r), _) => {
+                    let expected = if v >= 4 {
+                        ResponseError::MemberIdRequired.code()
+                    } else {
+                        0
+                    };
+                    assert_eq!(r.error_code, expected, "join v{v}");
+                }
+                (ResponseKind::Heartbeat(r), _) => assert_eq!(r.error_code, ResponseError::UnknownMemberId.code()),
+                (ResponseKind::OffsetCommit(r), _) => {
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit v{v}")
+                }
                 _ => {}
             }
             checked += 1;
