@@ -182,11 +182,11 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                             .with_committed_metadata(Some(s("m"))),
                     ])]),
         ),
-        ApiKey::OffsetFetch if v >= 8 => RequestKind::OffsetFetch(
-            OffsetFetchRequest::default().with_groups(vec![offset_fetch_request::OffsetFetchRequestGroup::default()
+        ApiKey::OffsetFetch if v >= 8 => RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(
+            vec![offset_fetch_request::OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(s("sweep-group")))
-                .with_topics(None)]),
-        ),
+                .with_topics(None)],
+        )),
         ApiKey::OffsetFetch => RequestKind::OffsetFetch(
             OffsetFetchRequest::default()
                 .with_group_id(GroupId(s("sweep-group")))

@@ -64,11 +64,23 @@ impl BrokerProcess {
             extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             log: data_dir.with_extension("broker.log"),
         };
-        b.spawn();
+        // A free port can be taken by another test between our check and the
+        // broker's bind: then try again with new ones.
+        for attempt in 0.. {
+            match b.spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    b.kafka = addr(free_port());
+                    b.admin = addr(free_port());
+                    b.metrics = addr(free_port());
+                }
+                Err(log) => panic!("broker exited during start; log:\n{log}"),
+            }
+        }
         b
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -94,20 +106,22 @@ impl BrokerProcess {
             .spawn()
             .expect("spawning fjord-broker");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(60));
+        self.wait_ready(Duration::from_secs(60))
     }
 
-    /// Polls the readiness endpoint and the Kafka port until both answer.
-    pub fn wait_ready(&mut self, timeout: Duration) {
+    /// Polls the readiness endpoint and the Kafka port until both answer;
+    /// Err with the log when the process exited instead.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("broker exited during start ({status}); log:\n{}", self.log_text());
+                self.child = None;
+                return Err(format!("exit {status}: {}", self.log_text()));
             }
             if TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok()
                 && http_ok(self.metrics, "/readyz")
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -174,7 +188,9 @@ impl BrokerProcess {
     /// Starts again on the same data directory and ports.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        self.spawn();
+        if let Err(log) = self.spawn() {
+            panic!("broker did not restart; log:\n{log}");
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
