@@ -472,3 +472,76 @@ fn groups_are_listed_described_and_lag_is_exported() {
     assert!(text.contains("fjord_consumer_group_lag_sum{group=\"lag-app\"} 20"));
     assert!(text.contains("fjord_consumer_group_members{group=\"lag-app\",state=\"Stable\"} 1"));
 }
+
+#[test]
+fn grpc_admin_describes_groups_and_resets_offsets_of_empty_groups() {
+    use fjord_proto::admin::v1 as pb;
+    let rt = runtime();
+    let b = rt.block_on(TestBroker::start(FAST_GROUPS));
+    rt.block_on(b.create_topic("resettable", 1, &[]));
+    produce(&rt, &b, "resettable", 50);
+    let mut admin = rt
+        .block_on(pb::admin_client::AdminClient::connect(format!(
+            "http://{}",
+            b.broker().admin_addr
+        )))
+        .unwrap();
+    let reset = |to: pb::reset_group_offsets_request::To, value: i64| pb::ResetGroupOffsetsRequest {
+        group_id: "reset-app".into(),
+        to: to as i32,
+        topics: vec!["resettable".into()],
+        value,
+    };
+    {
+        let c = group_consumer(&b, "reset-app", &[("auto.offset.reset", "earliest")]);
+        c.subscribe(&["resettable"]).unwrap();
+        assert_eq!(poll_n(&c, 50).len(), 50);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("resettable", 0, Offset::Offset(50)).unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+        drop(tpl);
+        let d = rt
+            .block_on(admin.describe_group(pb::DescribeGroupRequest {
+                group_id: "reset-app".into(),
+            }))
+            .unwrap()
+            .into_inner();
+        assert_eq!((d.state.as_str(), d.members.len()), ("Stable", 1));
+        assert_eq!(
+            d.members[0].assignment,
+            vec![pb::TopicPartitions {
+                topic: "resettable".into(),
+                partitions: vec![0]
+            }]
+        );
+        assert_eq!((d.offsets[0].committed_offset, d.offsets[0].lag), (50, 0));
+        let refused = rt
+            .block_on(admin.reset_group_offsets(reset(pb::reset_group_offsets_request::To::Offset, 10)))
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "not while members are active"
+        );
+    }
+    let d = rt
+        .block_on(admin.reset_group_offsets(reset(pb::reset_group_offsets_request::To::Offset, 10)))
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (d.state.as_str(), d.offsets[0].committed_offset, d.total_lag),
+        ("Empty", 10, 40)
+    );
+    let c = group_consumer(&b, "reset-app", &[]);
+    c.subscribe(&["resettable"]).unwrap();
+    assert_eq!(
+        poll_n(&c, 40),
+        (10..50).collect::<Vec<_>>(),
+        "a consumer resumes from the reset offset"
+    );
+    let listed = rt
+        .block_on(admin.list_groups(pb::ListGroupsRequest {}))
+        .unwrap()
+        .into_inner();
+    assert!(listed.groups.iter().any(|g| g.group_id == "reset-app"));
+}

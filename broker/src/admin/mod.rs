@@ -158,6 +158,99 @@ impl Admin for AdminService {
         Ok(Response::new(self.describe_by_name(&r.name)?))
     }
 
+    async fn list_groups(&self, _: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let groups = self
+            .ctx
+            .groups
+            .list()
+            .map_err(|code| Status::unavailable(format!("group coordinator not ready (error {code})")))?;
+        let members: std::collections::HashMap<String, usize> = self
+            .ctx
+            .groups
+            .member_counts()
+            .into_iter()
+            .map(|(g, n, _)| (g, n))
+            .collect();
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups
+                .into_iter()
+                .map(|(group_id, protocol_type, state)| pb::GroupSummary {
+                    members: members.get(&group_id).copied().unwrap_or(0) as i32,
+                    group_id,
+                    state: state.to_string(),
+                    protocol_type,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<pb::DescribeGroupRequest>,
+    ) -> Result<Response<pb::GroupDescription>, Status> {
+        Ok(Response::new(self.group_description(&request.into_inner().group_id)?))
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        request: Request<pb::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<pb::GroupDescription>, Status> {
+        use crate::group::coordinator::CommitRequest;
+        use pb::reset_group_offsets_request::To;
+        let r = request.into_inner();
+        let to = To::try_from(r.to).map_err(|_| Status::invalid_argument(format!("unknown reset target {}", r.to)))?;
+        let d = self
+            .ctx
+            .groups
+            .describe(&r.group_id)
+            .map_err(|code| Status::unavailable(format!("error {code}")))?;
+        if !d.members.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "group '{}' has {} active members; offsets can only be reset while it is empty",
+                r.group_id,
+                d.members.len()
+            )));
+        }
+        let image = self.ctx.controller.image();
+        let mut commits = Vec::new();
+        for topic in &r.topics {
+            let t = image
+                .topics
+                .get(topic)
+                .ok_or_else(|| Status::not_found(format!("topic '{topic}' does not exist")))?;
+            for p in 0..t.partitions {
+                let part = self.ctx.replicas.get(topic, p).map_err(status)?;
+                let (start, end) = (part.log.log_start_offset(), part.high_watermark());
+                let offset = match to {
+                    To::Earliest => start,
+                    To::Latest => end,
+                    To::Offset => r.value.clamp(start, end),
+                    To::Timestamp => part
+                        .log
+                        .offset_for_timestamp(r.value)
+                        .map_err(status)?
+                        .map_or(end, |(o, _)| o),
+                };
+                commits.push(CommitRequest {
+                    topic: topic.clone(),
+                    partition: p,
+                    offset,
+                    leader_epoch: -1,
+                    metadata: None,
+                });
+            }
+        }
+        for (topic, partition, code) in self.ctx.groups.commit(&r.group_id, "", None, -1, commits) {
+            if code != 0 {
+                return Err(Status::failed_precondition(format!(
+                    "resetting {topic}-{partition} failed with Kafka error {code}"
+                )));
+            }
+        }
+        tracing::info!(group = %r.group_id, to = ?to, topics = ?r.topics, "reset group offsets (admin)");
+        Ok(Response::new(self.group_description(&r.group_id)?))
+    }
+
     async fn alter_topic_configs(
         &self,
         request: Request<pb::AlterTopicConfigsRequest>,
@@ -184,6 +277,86 @@ impl Admin for AdminService {
                 other => status(other),
             })?;
         Ok(Response::new(self.describe_by_name(&r.name)?))
+    }
+}
+
+impl AdminService {
+    fn group_description(&self, group_id: &str) -> Result<pb::GroupDescription, Status> {
+        let groups = &self.ctx.groups;
+        let d = groups
+            .describe(group_id)
+            .map_err(|code| Status::unavailable(format!("group coordinator not ready (error {code})")))?;
+        let committed = groups
+            .fetch_offsets(group_id, None)
+            .map_err(|code| Status::unavailable(format!("error {code}")))?;
+        let offsets: Vec<pb::PartitionOffset> = committed
+            .into_iter()
+            .filter_map(|(topic, partition, c)| {
+                let c = c?;
+                let end = self
+                    .ctx
+                    .replicas
+                    .get(&topic, partition)
+                    .map(|p| p.high_watermark())
+                    .unwrap_or(-1);
+                Some(pb::PartitionOffset {
+                    lag: if end >= 0 { (end - c.offset).max(0) } else { 0 },
+                    topic,
+                    partition,
+                    committed_offset: c.offset,
+                    metadata: c.metadata,
+                    log_end_offset: end,
+                })
+            })
+            .collect();
+        Ok(pb::GroupDescription {
+            group_id: d.group_id,
+            state: d.state.to_string(),
+            protocol_type: d.protocol_type.clone(),
+            protocol: d.protocol,
+            total_lag: offsets.iter().map(|o| o.lag).sum(),
+            members: d
+                .members
+                .into_iter()
+                .map(|m| pb::GroupMember {
+                    assignment: if d.protocol_type == "consumer" {
+                        decode_assignment(&m.assignment)
+                    } else {
+                        Vec::new()
+                    },
+                    member_id: m.member_id,
+                    group_instance_id: m.instance_id.unwrap_or_default(),
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                })
+                .collect(),
+            offsets,
+        })
+    }
+}
+
+/// The partitions in a consumer-protocol assignment (version prefix, then the body).
+fn decode_assignment(bytes: &bytes::Bytes) -> Vec<pb::TopicPartitions> {
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    if bytes.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]).clamp(0, 3);
+    let mut body = bytes.slice(2..);
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ConsumerProtocolAssignment::decode(&mut body, version)
+    }));
+    match decoded {
+        Ok(Ok(a)) => a
+            .assigned_partitions
+            .into_iter()
+            .map(|tp| pb::TopicPartitions {
+                topic: tp.topic.as_str().to_string(),
+                partitions: tp.partitions,
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

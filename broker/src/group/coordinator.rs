@@ -59,6 +59,9 @@ impl GroupConfig {
 /// One committed offset as OffsetFetch returns it.
 pub type Committed = OffsetValue;
 
+/// Committed offsets by group, then by (topic, partition).
+type OffsetCache = HashMap<String, BTreeMap<(String, i32), Committed>>;
+
 /// A partition's commit in an OffsetCommit request.
 pub struct CommitRequest {
     pub topic: String,
@@ -91,7 +94,7 @@ pub struct GroupCoordinator {
     controller: Arc<Controller>,
     replicas: Arc<ReplicaManager>,
     groups: Mutex<HashMap<String, Group>>,
-    offsets: Mutex<HashMap<String, BTreeMap<(String, i32), Committed>>>,
+    offsets: Mutex<OffsetCache>,
     loaded: AtomicBool,
 }
 
@@ -148,7 +151,7 @@ impl GroupCoordinator {
     pub fn load(&self) -> Result<()> {
         let started = Instant::now();
         let mut groups: HashMap<String, GroupValue> = HashMap::new();
-        let mut offsets: HashMap<String, BTreeMap<(String, i32), Committed>> = HashMap::new();
+        let mut offsets: OffsetCache = HashMap::new();
         let mut records_read = 0usize;
         if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
             for p in 0..self.config.offsets_partitions {
@@ -745,7 +748,7 @@ fn subscribed_topics(g: &Group) -> Vec<String> {
 
 fn apply_record(
     groups: &mut HashMap<String, GroupValue>,
-    offsets: &mut HashMap<String, BTreeMap<(String, i32), Committed>>,
+    offsets: &mut OffsetCache,
     key: Option<Bytes>,
     value: Option<Bytes>,
 ) {

@@ -937,7 +937,7 @@ mod tests {
         let (a, _) = join_new(&mut g, &["range"], now);
         let (b, rx_b) = join_new(&mut g, &["range"], now);
         drop(rx_b);
-        let _ = waited(g.join(req(&a, &["range"]), now, &limits()));
+        drop(waited(g.join(req(&a, &["range"]), now, &limits())));
         let _ = g.sync(&a, None, 2, None, None, vec![], now);
         assert_eq!(g.state, GroupState::Stable);
         // Only a heartbeats.
