@@ -43,6 +43,9 @@ struct Args {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Records for the consumer-group run (3 members, 6 partitions, auto commit); 0 skips it.
+    #[arg(long, default_value_t = 300_000)]
+    group_records: usize,
 }
 
 struct LatencyContext {
@@ -203,6 +206,97 @@ fn raw_fetch(broker: &BrokerProcess, topic: &str, partitions: i32, end: &[i64]) 
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid).unwrap() - cpu0;
     (mb(bytes as f64) / elapsed, cpu / (bytes as f64 / 1e9))
+}
+
+/// Three members of one group consume a 6-partition topic with auto commit;
+/// then one leaves. Returns (records/s, ms from the leave to Stable again).
+fn group_run(broker: &BrokerProcess, records: usize, size: usize) -> (f64, f64) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let topic = "group-load";
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4");
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = base
+        .clone()
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()
+        .unwrap();
+    let payload = vec![b'g'; size];
+    for i in 0..records {
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(&payload[..])
+            .partition((i % 6) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let stops: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let start = Instant::now();
+    let members: Vec<_> = stops
+        .iter()
+        .map(|stop| {
+            let (stop, consumed) = (stop.clone(), consumed.clone());
+            let consumer: BaseConsumer = base
+                .clone()
+                .set("group.id", "fjord-load-group")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "true")
+                .set("heartbeat.interval.ms", "500")
+                .create()
+                .unwrap();
+            std::thread::spawn(move || {
+                consumer.subscribe(&[topic]).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(_)) = consumer.poll(Duration::from_millis(50)) {
+                        consumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while consumed.load(Ordering::Relaxed) < records && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = consumed.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+
+    // One member leaves; how long until the group is Stable with the other two?
+    let watcher: BaseConsumer = base.clone().create().unwrap();
+    let leave_started = Instant::now();
+    stops[0].store(true, Ordering::Relaxed);
+    let mut members = members.into_iter();
+    members.next().unwrap().join().unwrap();
+    let mut stable_ms = f64::NAN;
+    while leave_started.elapsed() < Duration::from_secs(60) {
+        if let Ok(list) = watcher.fetch_group_list(Some("fjord-load-group"), Duration::from_secs(5)) {
+            if let Some(g) = list.groups().first() {
+                if g.state() == "Stable" && g.members().len() == 2 {
+                    stable_ms = leave_started.elapsed().as_secs_f64() * 1000.0;
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for s in &stops {
+        s.store(true, Ordering::Relaxed);
+    }
+    for m in members {
+        m.join().unwrap();
+    }
+    (rate, stable_ms)
 }
 
 struct Run {
@@ -385,5 +479,29 @@ async fn main() {
             args.latency_rate
         );
         drop(broker);
+    }
+    if args.group_records > 0 {
+        let broker = BrokerProcess::start(
+            &tmp.path().join("data-group"),
+            &[("group.initial.rebalance.delay.ms", "0")],
+        );
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", broker.bootstrap())
+            .set("broker.address.family", "v4");
+        let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
+        admin
+            .create_topics(
+                &[NewTopic::new("group-load", 6, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap()[0]
+            .as_ref()
+            .unwrap();
+        let (rate, stable_ms) =
+            tokio::task::block_in_place(|| group_run(&broker, args.group_records, args.record_size));
+        println!(
+            "consumer group: 3 members, 6 partitions, auto commit: {rate:.0} records/s; member leave -> Stable in {stable_ms:.0} ms"
+        );
     }
 }
