@@ -632,6 +632,14 @@ mod tests {
     }
 
     #[test]
+    fn every_config_is_documented_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        for name in BrokerConfig::NAMES.iter().chain(LogConfig::NAMES) {
+            assert!(readme.contains(&format!("`{name}`")), "README does not document `{name}`");
+        }
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_names() {
         let mut c = LogConfig::default();
         assert!(matches!(
