@@ -635,7 +635,10 @@ mod tests {
     fn every_config_is_documented_in_the_readme() {
         let readme = include_str!("../../README.md");
         for name in BrokerConfig::NAMES.iter().chain(LogConfig::NAMES) {
-            assert!(readme.contains(&format!("`{name}`")), "README does not document `{name}`");
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README does not document `{name}`"
+            );
         }
     }
 
