@@ -1,4 +1,4 @@
-# Fjord single-node broker image.
+# Fjord image: the broker (entrypoint) and the operator (/usr/local/bin/fjord-operator).
 #   docker build -t fjord .
 #   docker run -p 9092:9092 -p 9093:9093 -p 9644:9644 \
 #     -e FJORD_ADVERTISED_LISTENERS=PLAINTEXT://localhost:9092 fjord
@@ -11,7 +11,10 @@ COPY Cargo.toml Cargo.lock ./
 COPY broker/ broker/
 COPY proto/ proto/
 COPY e2e/ e2e/
-RUN cargo build --release --bin fjord-broker --locked
+COPY crds/ crds/
+COPY operator/ operator/
+COPY helm/fjord/crds/ helm/fjord/crds/
+RUN cargo build --release --locked --bin fjord-broker --bin fjord-operator
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -20,6 +23,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/fjord --no-create-home fjord \
  && install -d -o fjord -g fjord /var/lib/fjord
 COPY --from=build /src/target/release/fjord-broker /usr/local/bin/fjord-broker
+COPY --from=build /src/target/release/fjord-operator /usr/local/bin/fjord-operator
 
 # Listen on all interfaces inside the container. Set FJORD_ADVERTISED_LISTENERS
 # (e.g. PLAINTEXT://broker.example:9092) to an address clients can reach;

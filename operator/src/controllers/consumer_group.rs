@@ -1,0 +1,151 @@
+//! ConsumerGroup -> status (state, members, per-partition lag) refreshed on an
+//! interval, and offset resets run once per requestId while the group is empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_crds::{Cluster, ConsumerGroup, ConsumerGroupStatus, GroupPartitionStatus, ResetTo};
+use fjord_proto::admin::v1 as pb;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::{key, now, paused, Timer};
+use crate::plan::{condition, reset_decision, ResetDecision};
+use crate::{admin, Context, Error};
+
+/// How often lag is refreshed.
+pub const REFRESH: Duration = Duration::from_secs(15);
+
+pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = Timer::start("consumergroup", &ctx);
+    if paused(group.as_ref()) {
+        return Ok(Action::await_change());
+    }
+    let ns = group.namespace().unwrap_or_default();
+    let api = Api::<ConsumerGroup>::namespaced(ctx.client.clone(), &ns);
+    let previous = group.status.clone().unwrap_or_default();
+    let Some(cluster) = Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&group.spec.cluster_ref)
+        .await?
+    else {
+        let status = ConsumerGroupStatus {
+            observed_generation: group.metadata.generation,
+            conditions: vec![condition(
+                &previous.conditions,
+                "Ready",
+                false,
+                "ClusterNotFound",
+                &format!("Cluster '{}' does not exist", group.spec.cluster_ref),
+                group.metadata.generation,
+                now(),
+            )],
+            ..previous
+        };
+        api.patch_status(
+            &group.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+    let mut client = admin::connect(&ctx, &cluster).await?;
+    let mut described = client
+        .describe_group(pb::DescribeGroupRequest {
+            group_id: group.spec.group_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut status = previous.clone();
+    let mut conditions = Vec::new();
+    match reset_decision(&group.spec, group.status.as_ref(), described.members.len() as i32) {
+        ResetDecision::None => {}
+        ResetDecision::WaitForEmptyGroup { members } => conditions.push(condition(
+            &previous.conditions,
+            "OffsetResetPending",
+            false,
+            "GroupNotEmpty",
+            &format!("the group has {members} members; the reset runs once it is empty"),
+            group.metadata.generation,
+            now(),
+        )),
+        ResetDecision::Run => {
+            let reset = group.spec.offset_reset.clone().expect("decided to run a reset");
+            let (to, value) = match reset.to {
+                ResetTo::Earliest => (pb::reset_group_offsets_request::To::Earliest, 0),
+                ResetTo::Latest => (pb::reset_group_offsets_request::To::Latest, 0),
+                ResetTo::Timestamp => (
+                    pb::reset_group_offsets_request::To::Timestamp,
+                    reset.timestamp.unwrap_or(0),
+                ),
+                ResetTo::Offset => (pb::reset_group_offsets_request::To::Offset, reset.offset.unwrap_or(0)),
+            };
+            let request = pb::ResetGroupOffsetsRequest {
+                group_id: group.spec.group_id.clone(),
+                to: to as i32,
+                topics: reset.topics.clone(),
+                value,
+            };
+            let outcome = match client.reset_group_offsets(request).await {
+                Ok(d) => {
+                    described = d.into_inner();
+                    format!("reset {:?} to {:?}", reset.topics, reset.to)
+                }
+                // A group that gained members meanwhile retries later; anything else is final.
+                Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("active members") => {
+                    return Ok(Action::requeue(Duration::from_secs(5)));
+                }
+                Err(s) => format!("failed: {}", s.message()),
+            };
+            let failed = outcome.starts_with("failed");
+            ctx.event(
+                group.as_ref(),
+                failed,
+                if failed { "OffsetResetFailed" } else { "OffsetReset" },
+                "ResetOffsets",
+                outcome.clone(),
+            )
+            .await;
+            status.last_reset_request_id = Some(reset.request_id.clone());
+            status.last_reset_outcome = Some(outcome);
+        }
+    }
+    status.observed_generation = group.metadata.generation;
+    status.state = Some(described.state.clone());
+    status.members = described.members.len() as i32;
+    status.total_lag = described.total_lag;
+    status.partitions = described
+        .offsets
+        .iter()
+        .map(|o| GroupPartitionStatus {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            committed_offset: o.committed_offset,
+            log_end_offset: o.log_end_offset,
+            lag: o.lag,
+        })
+        .collect();
+    status.last_update = Some(now().0.to_string());
+    conditions.insert(
+        0,
+        condition(
+            &previous.conditions,
+            "Ready",
+            true,
+            "Observed",
+            "group status is current",
+            group.metadata.generation,
+            now(),
+        ),
+    );
+    status.conditions = conditions;
+    api.patch_status(
+        &group.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await?;
+    ctx.reset_backoff(&key(group.as_ref()));
+    Ok(Action::requeue(REFRESH))
+}

@@ -1,0 +1,469 @@
+//! The Kubernetes objects a `Cluster` should have: pure functions from the spec.
+
+use std::collections::BTreeMap;
+
+use fjord_crds::Cluster;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+pub const DATA_DIR: &str = "/var/lib/fjord";
+pub const CONFIG_DIR: &str = "/etc/fjord";
+pub const CONFIG_FILE: &str = "server.properties";
+/// Annotation on the pod template with a hash of the broker config: a change
+/// marks pods as needing a (operator-driven) restart.
+pub const CONFIG_HASH_ANNOTATION: &str = "fjord.dev/config-hash";
+
+pub fn labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "fjord".to_string()),
+        ("app.kubernetes.io/component".to_string(), "broker".to_string()),
+        ("app.kubernetes.io/instance".to_string(), cluster.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "fjord-operator".to_string()),
+    ])
+}
+
+fn selector(cluster: &str) -> BTreeMap<String, String> {
+    let mut l = labels(cluster);
+    l.remove("app.kubernetes.io/managed-by");
+    l
+}
+
+pub fn headless_service_name(cluster: &str) -> String {
+    format!("{cluster}-brokers")
+}
+
+pub fn bootstrap_service_name(cluster: &str) -> String {
+    format!("{cluster}-bootstrap")
+}
+
+pub fn config_map_name(cluster: &str) -> String {
+    format!("{cluster}-config")
+}
+
+/// The admin endpoint of a cluster from inside Kubernetes.
+pub fn admin_endpoint(cluster: &Cluster) -> String {
+    let ns = cluster.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    format!(
+        "http://{}.{}.svc:{}",
+        bootstrap_service_name(&name(cluster)),
+        ns,
+        cluster.spec.listeners.admin
+    )
+}
+
+fn name(cluster: &Cluster) -> String {
+    cluster.metadata.name.clone().unwrap_or_default()
+}
+
+fn owner(cluster: &Cluster) -> Vec<OwnerReference> {
+    cluster.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(cluster: &Cluster, object_name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(object_name),
+        namespace: cluster.metadata.namespace.clone(),
+        labels: Some(labels(&name(cluster))),
+        owner_references: Some(owner(cluster)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `server.properties`: the user's config over defaults for running in a pod.
+/// Per-pod values (node id, advertised listener, rack) come from the environment.
+pub fn broker_properties(cluster: &Cluster) -> String {
+    let l = &cluster.spec.listeners;
+    let mut props = BTreeMap::from([
+        ("listeners".to_string(), format!("PLAINTEXT://0.0.0.0:{}", l.kafka)),
+        ("admin.listener".to_string(), format!("0.0.0.0:{}", l.admin)),
+        ("metrics.listener".to_string(), format!("0.0.0.0:{}", l.metrics)),
+        ("log.dirs".to_string(), format!("{DATA_DIR}/data")),
+    ]);
+    for (k, v) in &cluster.spec.config {
+        props.insert(k.clone(), v.clone());
+    }
+    props.into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+pub fn config_map(cluster: &Cluster) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(cluster, config_map_name(&name(cluster))),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), broker_properties(cluster))])),
+        ..ConfigMap::default()
+    }
+}
+
+/// FNV-1a: a stable hash of the config for the pod template annotation.
+pub fn config_hash(cluster: &Cluster) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in broker_properties(cluster).bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    }
+}
+
+fn service_ports(cluster: &Cluster) -> Vec<ServicePort> {
+    let l = &cluster.spec.listeners;
+    vec![
+        port("kafka", l.kafka),
+        port("admin", l.admin),
+        port("metrics", l.metrics),
+    ]
+}
+
+/// Headless service: stable DNS per broker pod (`<pod>.<cluster>-brokers`).
+pub fn headless_service(cluster: &Cluster) -> Service {
+    Service {
+        metadata: meta(cluster, headless_service_name(&name(cluster))),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector(&name(cluster))),
+            ports: Some(service_ports(cluster)),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Bootstrap service: one address for clients' first connection and the admin API.
+pub fn bootstrap_service(cluster: &Cluster) -> Service {
+    Service {
+        metadata: meta(cluster, bootstrap_service_name(&name(cluster))),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name(cluster))),
+            ports: Some(service_ports(cluster)),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub fn pod_disruption_budget(cluster: &Cluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(cluster, name(cluster)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(&name(cluster))),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
+    let cluster_name = name(cluster);
+    let ns = cluster.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let l = &cluster.spec.listeners;
+    let overrides = cluster
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.pod.clone())
+        .unwrap_or_default();
+    let mut pod_labels = labels(&cluster_name);
+    pod_labels.extend(overrides.labels.clone());
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(cluster));
+    if cluster.spec.metrics.enabled {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), l.metrics.to_string());
+    }
+    let mut env_vars = vec![
+        env_field("POD_NAME", "metadata.name"),
+        // Broker ids are the StatefulSet ordinals (Kubernetes labels each pod with its index).
+        env_field("FJORD_NODE_ID", "metadata.labels['apps.kubernetes.io/pod-index']"),
+        env(
+            "FJORD_ADVERTISED_LISTENERS",
+            &format!(
+                "PLAINTEXT://$(POD_NAME).{}.{ns}.svc:{}",
+                headless_service_name(&cluster_name),
+                l.kafka
+            ),
+        ),
+    ];
+    if let Some(rack) = &cluster.spec.rack {
+        // Read by the broker's rack init: broker.rack comes from this label of the pod's node.
+        env_vars.push(env("FJORD_RACK_TOPOLOGY_KEY", &rack.topology_key));
+        env_vars.push(env_field("NODE_NAME", "spec.nodeName"));
+    }
+    let container = Container {
+        name: "broker".into(),
+        image: Some(cluster.spec.image.clone().unwrap_or_else(|| default_image.to_string())),
+        command: Some(vec![
+            "/usr/local/bin/fjord-broker".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        env: Some(env_vars),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("kafka".into()),
+                container_port: l.kafka,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: l.admin,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: l.metrics,
+                ..ContainerPort::default()
+            },
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        liveness_probe: Some(http_probe("/healthz", l.metrics, 10)),
+        readiness_probe: Some(http_probe("/readyz", l.metrics, 5)),
+        resources: cluster.spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let storage = &cluster.spec.storage;
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(selector(&cluster_name)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata: meta(cluster, cluster_name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(cluster.spec.replicas),
+            service_name: Some(headless_service_name(&cluster_name)),
+            // Brokers start together; restarts are driven one by one by the operator.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector(&cluster_name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: config_map_name(&cluster_name),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
+                    affinity: overrides.affinity.clone(),
+                    tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(10001),
+                        run_as_group: Some(10001),
+                        fs_group: Some(10001),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: Some(60),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_crds::ClusterSpec;
+
+    fn cluster(spec: serde_json::Value) -> Cluster {
+        let spec: ClusterSpec = serde_json::from_value(spec).unwrap();
+        let mut c = Cluster::new("events", spec);
+        c.metadata.namespace = Some("prod".into());
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    #[test]
+    fn statefulset_follows_the_spec() {
+        let c = cluster(serde_json::json!({
+            "replicas": 3,
+            "storage": {"size": "50Gi", "storageClass": "fast"},
+            "rack": {"topologyKey": "topology.kubernetes.io/zone"},
+            "template": {"pod": {"annotations": {"team": "data"}}}
+        }));
+        let sts = stateful_set(&c, "fjord:test");
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(
+            spec.update_strategy.as_ref().unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("events-brokers"));
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        let claim_spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "50Gi"
+        );
+        let pod = spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some("fjord:test"));
+        let env: Vec<&str> = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(env.contains(&"FJORD_NODE_ID") && env.contains(&"FJORD_RACK_TOPOLOGY_KEY"));
+        let advertised = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "FJORD_ADVERTISED_LISTENERS")
+            .unwrap();
+        assert_eq!(
+            advertised.value.as_deref(),
+            Some("PLAINTEXT://$(POD_NAME).events-brokers.prod.svc:9092")
+        );
+        let annotations = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+        assert_eq!(annotations["team"], "data");
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("Cluster", Some(true)));
+    }
+
+    #[test]
+    fn config_overrides_defaults_and_changes_the_hash() {
+        let a = cluster(serde_json::json!({"config": {"num.partitions": "6"}}));
+        let b = cluster(serde_json::json!({"config": {"num.partitions": "12"}}));
+        let props = broker_properties(&a);
+        assert!(props.contains("num.partitions=6\n"));
+        assert!(props.contains("listeners=PLAINTEXT://0.0.0.0:9092\n"));
+        assert!(props.contains("log.dirs=/var/lib/fjord/data\n"));
+        assert_ne!(config_hash(&a), config_hash(&b));
+        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+    }
+
+    #[test]
+    fn services_and_budget() {
+        let c = cluster(serde_json::json!({}));
+        let headless = headless_service(&c);
+        assert_eq!(headless.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+        let bootstrap = bootstrap_service(&c);
+        let ports: Vec<i32> = bootstrap
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, vec![9092, 9093, 9644]);
+        let pdb = pod_disruption_budget(&c);
+        assert_eq!(pdb.spec.as_ref().unwrap().max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(admin_endpoint(&c), "http://events-bootstrap.prod.svc:9093");
+    }
+}

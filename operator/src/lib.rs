@@ -1,0 +1,158 @@
+//! Fjord's Kubernetes operator: reconciles `Cluster`, `Topic` and
+//! `ConsumerGroup` resources. Decisions are pure functions (`desired`,
+//! `plan`); the controllers observe, decide, apply and report.
+
+pub mod admin;
+pub mod controllers;
+pub mod desired;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::Backoffs;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+
+/// Operator configuration (environment, set by the chart).
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Image for brokers when a Cluster names none.
+    pub broker_image: String,
+    /// Talk to this admin endpoint instead of the cluster's bootstrap Service
+    /// (for an operator running outside the cluster).
+    pub admin_endpoint_override: Option<String>,
+    pub watch_namespaces: Vec<String>,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub namespace: String,
+    pub pod_name: String,
+    pub metrics_addr: String,
+}
+
+impl OperatorConfig {
+    pub fn from_env() -> OperatorConfig {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        OperatorConfig {
+            broker_image: var("FJORD_BROKER_IMAGE", "ghcr.io/fjord-dev/fjord:0.1.0"),
+            admin_endpoint_override: std::env::var("FJORD_ADMIN_ENDPOINT").ok().filter(|s| !s.is_empty()),
+            watch_namespaces: var("FJORD_WATCH_NAMESPACES", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            leader_election: var("FJORD_LEADER_ELECTION", "true") == "true",
+            lease_name: var("FJORD_LEASE_NAME", "fjord-operator"),
+            namespace: var("POD_NAMESPACE", "default"),
+            pod_name: var("POD_NAME", "fjord-operator-local"),
+            metrics_addr: var("FJORD_OPERATOR_METRICS_ADDR", "0.0.0.0:8080"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("broker admin API: {0}")]
+    Admin(#[from] tonic::Status),
+    #[error("cannot reach the broker admin API at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Arc<metrics::Metrics>,
+    pub recorder: Recorder,
+    backoffs: Backoffs,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: "fjord-operator".into(),
+            instance: Some(config.pod_name.clone()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context {
+            client,
+            config,
+            metrics,
+            recorder,
+            backoffs: Backoffs::default(),
+        }
+    }
+
+    /// Publishes an event; failures to record are logged, never fatal.
+    pub async fn event<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "recording an event failed");
+        }
+    }
+
+    /// Exponential backoff per object: 1s, 2s, 4s ... up to 5 minutes.
+    pub fn backoff(&self, key: &str) -> Duration {
+        self.backoffs.next(key)
+    }
+
+    pub fn reset_backoff(&self, key: &str) {
+        self.backoffs.reset(key)
+    }
+}
+
+mod backoff {
+    use super::*;
+
+    #[derive(Default)]
+    pub struct Backoffs(std::sync::Mutex<HashMap<String, u32>>);
+
+    impl Backoffs {
+        pub fn next(&self, key: &str) -> Duration {
+            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(key.to_string()).or_insert(0);
+            *n = (*n + 1).min(20);
+            Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+        }
+
+        pub fn reset(&self, key: &str) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_resets() {
+        let b = backoff::Backoffs::default();
+        let seq: Vec<u64> = (0..10).map(|_| b.next("x").as_secs()).collect();
+        assert_eq!(seq, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 256]);
+        b.reset("x");
+        assert_eq!(b.next("x").as_secs(), 1);
+        assert_eq!(b.next("y").as_secs(), 1);
+    }
+}

@@ -1,0 +1,455 @@
+//! Pure decisions: what to do to a topic, who owns a topic name, whether an
+//! offset reset may run, and the status conditions that report it.
+
+use std::collections::BTreeMap;
+
+use fjord_crds::{ConsumerGroupSpec, ConsumerGroupStatus, TopicSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A topic as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedTopic {
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Overrides set on the topic (not broker defaults).
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicAction {
+    Create {
+        partitions: i32,
+        replicas: i32,
+        configs: BTreeMap<String, String>,
+    },
+    GrowPartitions {
+        to: i32,
+    },
+    /// Config changes: Some(value) sets, None deletes an override.
+    AlterConfigs {
+        changes: BTreeMap<String, Option<String>>,
+        reverted_drift: bool,
+    },
+}
+
+/// Why a spec cannot be applied: reported as a condition, nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("partitions can only grow: the topic has {current}, the spec asks for {wanted}")]
+    PartitionDecrease { current: i32, wanted: i32 },
+    #[error("replicas {replicas} is more than the cluster's {brokers} brokers")]
+    ReplicasAboveBrokers { replicas: i32, brokers: i32 },
+    #[error("changing the replication factor ({current} -> {wanted}) is not supported yet")]
+    ReplicationChange { current: i32, wanted: i32 },
+    #[error("partitions must be at least 1, got {0}")]
+    NoPartitions(i32),
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::PartitionDecrease { .. } => "PartitionDecrease",
+            Refusal::ReplicasAboveBrokers { .. } => "ReplicasAboveBrokers",
+            Refusal::ReplicationChange { .. } => "ReplicationChange",
+            Refusal::NoPartitions(_) => "InvalidPartitions",
+        }
+    }
+}
+
+/// The actions that bring a topic to its spec (empty when it is there).
+pub fn plan_topic(
+    spec: &TopicSpec,
+    observed: Option<&ObservedTopic>,
+    brokers: i32,
+) -> Result<Vec<TopicAction>, Refusal> {
+    if spec.partitions < 1 {
+        return Err(Refusal::NoPartitions(spec.partitions));
+    }
+    if spec.replicas > brokers {
+        return Err(Refusal::ReplicasAboveBrokers {
+            replicas: spec.replicas,
+            brokers,
+        });
+    }
+    let Some(observed) = observed else {
+        return Ok(vec![TopicAction::Create {
+            partitions: spec.partitions,
+            replicas: spec.replicas,
+            configs: spec.config.clone(),
+        }]);
+    };
+    if spec.partitions < observed.partitions {
+        return Err(Refusal::PartitionDecrease {
+            current: observed.partitions,
+            wanted: spec.partitions,
+        });
+    }
+    if spec.replicas != observed.replication_factor {
+        return Err(Refusal::ReplicationChange {
+            current: observed.replication_factor,
+            wanted: spec.replicas,
+        });
+    }
+    let mut actions = Vec::new();
+    if spec.partitions > observed.partitions {
+        actions.push(TopicAction::GrowPartitions { to: spec.partitions });
+    }
+    let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for (k, v) in &spec.config {
+        if observed.configs.get(k) != Some(v) {
+            changes.insert(k.clone(), Some(v.clone()));
+        }
+    }
+    for k in observed.configs.keys() {
+        if !spec.config.contains_key(k) {
+            changes.insert(k.clone(), None);
+        }
+    }
+    if !changes.is_empty() {
+        // Overrides the spec never had (or values it never set) were changed out of band.
+        let reverted_drift = changes
+            .iter()
+            .any(|(k, v)| v.is_none() || observed.configs.contains_key(k));
+        actions.push(TopicAction::AlterConfigs {
+            changes,
+            reverted_drift,
+        });
+    }
+    Ok(actions)
+}
+
+/// A broker pod as observed for the rolling-restart gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    pub name: String,
+    pub config_hash: String,
+    pub ready: bool,
+}
+
+/// The next broker pod to restart for a config change: one at a time, and
+/// only while every desired broker is up and ready (so a restart never takes
+/// a second broker down). Lowest ordinal first.
+pub fn next_pod_to_restart(pods: &[PodState], desired_hash: &str, desired_replicas: i32) -> Option<String> {
+    let all_ready = pods.len() as i32 >= desired_replicas && pods.iter().all(|p| p.ready);
+    if !all_ready {
+        return None;
+    }
+    let mut stale: Vec<&PodState> = pods.iter().filter(|p| p.config_hash != desired_hash).collect();
+    stale.sort_by_key(|p| (p.name.len(), p.name.clone()));
+    stale.first().map(|p| p.name.clone())
+}
+
+/// A resource claiming a topic name: (creation time RFC 3339, namespace/name).
+pub type Claim = (String, String);
+
+/// Of several resources naming one topic, the oldest wins (then by name).
+pub fn topic_owner(claims: &[Claim]) -> Option<&Claim> {
+    claims.iter().min()
+}
+
+/// What to do with a requested offset reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetDecision {
+    None,
+    Run,
+    /// The group has members; it waits (condition) and retries later.
+    WaitForEmptyGroup {
+        members: i32,
+    },
+}
+
+pub fn reset_decision(spec: &ConsumerGroupSpec, status: Option<&ConsumerGroupStatus>, members: i32) -> ResetDecision {
+    let Some(reset) = &spec.offset_reset else {
+        return ResetDecision::None;
+    };
+    if status.and_then(|s| s.last_reset_request_id.as_deref()) == Some(reset.request_id.as_str()) {
+        return ResetDecision::None;
+    }
+    if members > 0 {
+        return ResetDecision::WaitForEmptyGroup { members };
+    }
+    ResetDecision::Run
+}
+
+/// A condition, keeping its last transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(now);
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Cluster conditions from what the StatefulSet and the brokers report.
+pub fn cluster_conditions(
+    previous: &[Condition],
+    desired: i32,
+    ready: i32,
+    admin_reachable: Result<(), String>,
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
+    let all_ready = ready >= desired && admin_reachable.is_ok();
+    let (reason, message) = match (&admin_reachable, ready >= desired) {
+        (Ok(()), true) => ("AllBrokersReady", format!("{ready}/{desired} brokers ready")),
+        (Err(e), true) => (
+            "AdminUnreachable",
+            format!("{ready}/{desired} brokers ready, but the admin API is unreachable: {e}"),
+        ),
+        (_, false) => ("BrokersStarting", format!("{ready}/{desired} brokers ready")),
+    };
+    vec![
+        condition(previous, "Ready", all_ready, reason, &message, generation, now.clone()),
+        condition(
+            previous,
+            "Progressing",
+            ready < desired,
+            reason,
+            &message,
+            generation,
+            now.clone(),
+        ),
+        condition(
+            previous,
+            "Degraded",
+            admin_reachable.is_err() && ready > 0,
+            reason,
+            &message,
+            generation,
+            now,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_crds::{OffsetReset, ResetTo};
+    use proptest::prelude::*;
+
+    fn spec(partitions: i32, replicas: i32, config: &[(&str, &str)]) -> TopicSpec {
+        TopicSpec {
+            cluster_ref: "c".into(),
+            topic_name: None,
+            partitions,
+            replicas,
+            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    fn observed(partitions: i32, config: &[(&str, &str)]) -> ObservedTopic {
+        ObservedTopic {
+            partitions,
+            replication_factor: 1,
+            configs: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn creates_grows_and_reverts_drift() {
+        assert!(matches!(
+            plan_topic(&spec(3, 1, &[]), None, 1).unwrap()[0],
+            TopicAction::Create { partitions: 3, .. }
+        ));
+        assert_eq!(
+            plan_topic(&spec(3, 1, &[]), Some(&observed(3, &[])), 1).unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            plan_topic(&spec(6, 1, &[]), Some(&observed(3, &[])), 1).unwrap(),
+            vec![TopicAction::GrowPartitions { to: 6 }]
+        );
+        let drifted = plan_topic(
+            &spec(3, 1, &[("retention.ms", "1000")]),
+            Some(&observed(3, &[("retention.ms", "5"), ("segment.ms", "9")])),
+            1,
+        )
+        .unwrap();
+        let TopicAction::AlterConfigs {
+            changes,
+            reverted_drift,
+        } = &drifted[0]
+        else {
+            panic!("{drifted:?}")
+        };
+        assert!(reverted_drift);
+        assert_eq!(changes["retention.ms"].as_deref(), Some("1000"));
+        assert_eq!(changes["segment.ms"], None);
+        let first_set = plan_topic(&spec(3, 1, &[("retention.ms", "1000")]), Some(&observed(3, &[])), 1).unwrap();
+        assert!(matches!(
+            &first_set[0],
+            TopicAction::AlterConfigs {
+                reverted_drift: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_do() {
+        assert_eq!(
+            plan_topic(&spec(2, 1, &[]), Some(&observed(4, &[])), 1),
+            Err(Refusal::PartitionDecrease { current: 4, wanted: 2 })
+        );
+        assert_eq!(
+            plan_topic(&spec(2, 3, &[]), None, 1),
+            Err(Refusal::ReplicasAboveBrokers {
+                replicas: 3,
+                brokers: 1
+            })
+        );
+        assert!(plan_topic(&spec(0, 1, &[]), None, 1).is_err());
+    }
+
+    fn pod(name: &str, hash: &str, ready: bool) -> PodState {
+        PodState {
+            name: name.into(),
+            config_hash: hash.into(),
+            ready,
+        }
+    }
+
+    #[test]
+    fn restarts_go_one_at_a_time_while_all_are_ready() {
+        let pods = vec![
+            pod("c-0", "new", true),
+            pod("c-1", "old", true),
+            pod("c-10", "old", true),
+            pod("c-2", "old", true),
+        ];
+        assert_eq!(
+            next_pod_to_restart(&pods, "new", 4),
+            Some("c-1".into()),
+            "lowest ordinal first"
+        );
+        let restarting = vec![
+            pod("c-0", "new", true),
+            pod("c-1", "new", false),
+            pod("c-2", "old", true),
+        ];
+        assert_eq!(
+            next_pod_to_restart(&restarting, "new", 3),
+            None,
+            "wait for the restarted broker"
+        );
+        let missing = vec![pod("c-0", "old", true)];
+        assert_eq!(
+            next_pod_to_restart(&missing, "new", 3),
+            None,
+            "not while brokers are missing"
+        );
+        let done = vec![pod("c-0", "new", true)];
+        assert_eq!(next_pod_to_restart(&done, "new", 1), None);
+    }
+
+    proptest! {
+        /// The gate never picks a pod while another broker is unready or absent.
+        #[test]
+        fn the_gate_never_takes_a_second_broker_down(ready in proptest::collection::vec(any::<bool>(), 1..8), stale in proptest::collection::vec(any::<bool>(), 8), replicas in 1i32..8) {
+            let pods: Vec<PodState> = ready.iter().enumerate().map(|(i, r)| pod(&format!("c-{i}"), if stale[i] { "old" } else { "new" }, *r)).collect();
+            if let Some(name) = next_pod_to_restart(&pods, "new", replicas) {
+                prop_assert!(pods.iter().all(|p| p.ready));
+                prop_assert!(pods.len() as i32 >= replicas);
+                prop_assert!(pods.iter().any(|p| p.name == name && p.config_hash == "old"));
+            }
+        }
+    }
+
+    #[test]
+    fn oldest_claim_owns_the_topic() {
+        let claims = vec![
+            ("2026-11-02T00:00:00Z".to_string(), "ns/b".to_string()),
+            ("2026-11-01T00:00:00Z".to_string(), "ns/a".to_string()),
+        ];
+        assert_eq!(topic_owner(&claims).unwrap().1, "ns/a");
+    }
+
+    #[test]
+    fn resets_run_once_and_only_on_empty_groups() {
+        let mut spec = ConsumerGroupSpec {
+            cluster_ref: "c".into(),
+            group_id: "g".into(),
+            offset_reset: None,
+        };
+        assert_eq!(reset_decision(&spec, None, 0), ResetDecision::None);
+        spec.offset_reset = Some(OffsetReset {
+            request_id: "r1".into(),
+            to: ResetTo::Earliest,
+            topics: vec!["t".into()],
+            timestamp: None,
+            offset: None,
+        });
+        assert_eq!(
+            reset_decision(&spec, None, 2),
+            ResetDecision::WaitForEmptyGroup { members: 2 }
+        );
+        assert_eq!(reset_decision(&spec, None, 0), ResetDecision::Run);
+        let done = ConsumerGroupStatus {
+            last_reset_request_id: Some("r1".into()),
+            ..Default::default()
+        };
+        assert_eq!(reset_decision(&spec, Some(&done), 0), ResetDecision::None);
+    }
+
+    #[test]
+    fn conditions_keep_transition_times() {
+        let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap());
+        let first = cluster_conditions(&[], 3, 1, Ok(()), Some(1), t0.clone());
+        assert_eq!(first[0].status, "False");
+        let same = cluster_conditions(&first, 3, 2, Ok(()), Some(1), t1.clone());
+        assert_eq!(same[0].last_transition_time, t0, "still not ready: no transition");
+        let ready = cluster_conditions(&same, 3, 3, Ok(()), Some(1), t1.clone());
+        assert_eq!(
+            (ready[0].status.as_str(), ready[0].last_transition_time.clone()),
+            ("True", t1)
+        );
+        let degraded = cluster_conditions(&ready, 3, 3, Err("timeout".into()), Some(1), t0);
+        assert_eq!(degraded[2].status, "True");
+        assert_eq!(degraded[0].reason, "AdminUnreachable");
+    }
+
+    proptest! {
+        /// Whatever is observed, a plan never shrinks a topic and applying it reaches the spec.
+        #[test]
+        fn plans_converge(current in 1i32..50, wanted in 1i32..50, keys in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3), seen in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3)) {
+            let spec = TopicSpec { cluster_ref: "c".into(), topic_name: None, partitions: wanted, replicas: 1, config: keys.clone() };
+            let obs = ObservedTopic { partitions: current, replication_factor: 1, configs: seen };
+            match plan_topic(&spec, Some(&obs), 1) {
+                Err(Refusal::PartitionDecrease { .. }) => prop_assert!(wanted < current),
+                Err(other) => prop_assert!(false, "unexpected refusal {other:?}"),
+                Ok(actions) => {
+                    let mut after = obs.clone();
+                    for a in actions {
+                        match a {
+                            TopicAction::GrowPartitions { to } => { prop_assert!(to > after.partitions); after.partitions = to; }
+                            TopicAction::AlterConfigs { changes, .. } => for (k, v) in changes {
+                                match v { Some(v) => { after.configs.insert(k, v); } None => { after.configs.remove(&k); } }
+                            },
+                            TopicAction::Create { .. } => prop_assert!(false, "never create an existing topic"),
+                        }
+                    }
+                    prop_assert_eq!(after.partitions, wanted);
+                    prop_assert_eq!(after.configs, keys);
+                }
+            }
+        }
+    }
+}
