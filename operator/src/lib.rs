@@ -122,6 +122,74 @@ impl Context {
     }
 }
 
+/// Runs the three controllers until they stop (shutdown signal).
+pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::Metrics>) {
+    use controllers::{cluster, consumer_group, error_policy, topic};
+    use fjord_crds::{Cluster, ConsumerGroup, Topic};
+    use futures::{FutureExt, StreamExt};
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use kube::runtime::{watcher, Controller};
+
+    fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<kube::Api<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        if namespaces.is_empty() {
+            vec![kube::Api::all(client.clone())]
+        } else {
+            namespaces
+                .iter()
+                .map(|ns| kube::Api::namespaced(client.clone(), ns))
+                .collect()
+        }
+    }
+
+    let namespaces = config.watch_namespaces.clone();
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics));
+    let mut runs = Vec::new();
+    for (clusters, sts) in apis::<Cluster>(&client, &namespaces)
+        .into_iter()
+        .zip(apis::<StatefulSet>(&client, &namespaces))
+    {
+        let cm = apis::<ConfigMap>(&client, &namespaces).remove(0);
+        let svc = apis::<Service>(&client, &namespaces).remove(0);
+        runs.push(
+            Controller::new(clusters, watcher::Config::default())
+                .owns(sts, watcher::Config::default())
+                .owns(cm, watcher::Config::default())
+                .owns(svc, watcher::Config::default())
+                .shutdown_on_signal()
+                .run(cluster::reconcile, error_policy::<Cluster>("cluster"), ctx.clone())
+                .for_each(|_| async {})
+                .boxed(),
+        );
+    }
+    for topics in apis::<Topic>(&client, &namespaces) {
+        runs.push(
+            Controller::new(topics, watcher::Config::default())
+                .shutdown_on_signal()
+                .run(topic::reconcile, error_policy::<Topic>("topic"), ctx.clone())
+                .for_each(|_| async {})
+                .boxed(),
+        );
+    }
+    for groups in apis::<ConsumerGroup>(&client, &namespaces) {
+        runs.push(
+            Controller::new(groups, watcher::Config::default())
+                .shutdown_on_signal()
+                .run(
+                    consumer_group::reconcile,
+                    error_policy::<ConsumerGroup>("consumergroup"),
+                    ctx.clone(),
+                )
+                .for_each(|_| async {})
+                .boxed(),
+        );
+    }
+    futures::future::join_all(runs).await;
+}
+
 mod backoff {
     use super::*;
 

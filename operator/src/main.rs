@@ -1,31 +1,10 @@
 //! `fjord-operator`: runs the Cluster, Topic and ConsumerGroup controllers.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use fjord_crds::{Cluster, ConsumerGroup, Topic};
-use fjord_operator::controllers::{cluster, consumer_group, error_policy, topic};
-use fjord_operator::{leader, metrics, Context, OperatorConfig};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use fjord_operator::{leader, metrics, OperatorConfig};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-
-fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -53,49 +32,7 @@ async fn main() -> anyhow::Result<()> {
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!(namespaces = ?config.watch_namespaces, "starting controllers");
 
-    let namespaces = config.watch_namespaces.clone();
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics));
-    let mut runs = Vec::new();
-    for (clusters, sts) in apis::<Cluster>(&client, &namespaces)
-        .into_iter()
-        .zip(apis::<StatefulSet>(&client, &namespaces))
-    {
-        let cm = apis::<ConfigMap>(&client, &namespaces).remove(0);
-        let svc = apis::<Service>(&client, &namespaces).remove(0);
-        runs.push(
-            Controller::new(clusters, watcher::Config::default())
-                .owns(sts, watcher::Config::default())
-                .owns(cm, watcher::Config::default())
-                .owns(svc, watcher::Config::default())
-                .shutdown_on_signal()
-                .run(cluster::reconcile, error_policy::<Cluster>("cluster"), ctx.clone())
-                .for_each(|_| async {})
-                .boxed(),
-        );
-    }
-    for topics in apis::<Topic>(&client, &namespaces) {
-        runs.push(
-            Controller::new(topics, watcher::Config::default())
-                .shutdown_on_signal()
-                .run(topic::reconcile, error_policy::<Topic>("topic"), ctx.clone())
-                .for_each(|_| async {})
-                .boxed(),
-        );
-    }
-    for groups in apis::<ConsumerGroup>(&client, &namespaces) {
-        runs.push(
-            Controller::new(groups, watcher::Config::default())
-                .shutdown_on_signal()
-                .run(
-                    consumer_group::reconcile,
-                    error_policy::<ConsumerGroup>("consumergroup"),
-                    ctx.clone(),
-                )
-                .for_each(|_| async {})
-                .boxed(),
-        );
-    }
-    let controllers = futures::future::join_all(runs);
+    let controllers = fjord_operator::run(client.clone(), config, metrics);
     match lease_keeper {
         Some(keeper) => {
             tokio::select! {

@@ -1,0 +1,296 @@
+//! The operator against a real kube-apiserver and etcd (envtest style).
+//!
+//! Looks for `kube-apiserver` and `etcd` under `$FJORD_KUBE_ASSETS` or on
+//! PATH and skips with the reason when they are absent. With them it starts
+//! both on free loopback ports, installs the CRDs, runs the operator in
+//! process against a broker process (its admin endpoint overridden, as when
+//! the operator runs outside a cluster), and checks what users see.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fjord_crds::{Cluster, Topic};
+use fjord_e2e::{free_port, BrokerProcess};
+use fjord_operator::{metrics::Metrics, OperatorConfig};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, CustomResourceExt};
+
+fn find(binary: &str) -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("FJORD_KUBE_ASSETS") {
+        let p = Path::new(&dir).join(binary);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(binary))
+            .find(|p| p.exists())
+    })
+}
+
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts etcd and kube-apiserver; returns a client with admin rights.
+async fn start_control_plane(dir: &Path, etcd: &Path, apiserver: &Path, procs: &mut Procs) -> Client {
+    let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+    procs.0.push(
+        Command::new(etcd)
+            .args(["--name", "envtest", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client_port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client_port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg(format!("--initial-cluster=envtest=http://127.0.0.1:{peer_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts"),
+    );
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(dir.join("sa.key"))
+        .arg("2048"));
+    run(Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(dir.join("sa.key"))
+        .arg("-out")
+        .arg(dir.join("sa.pub")));
+    std::fs::write(
+        dir.join("tokens.csv"),
+        "fjord-envtest-token,admin,admin,system:masters\n",
+    )
+    .unwrap();
+    procs.0.push(
+        Command::new(apiserver)
+            .arg(format!("--etcd-servers=http://127.0.0.1:{client_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--cert-dir={}", dir.join("certs").display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg(format!("--service-account-key-file={}", dir.join("sa.pub").display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ))
+            .arg(format!("--token-auth-file={}", dir.join("tokens.csv").display()))
+            .arg("--authorization-mode=AlwaysAllow")
+            .arg("--service-cluster-ip-range=10.96.0.0/24")
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kube-apiserver starts"),
+    );
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: fjord-envtest-token\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\ncurrent-context: envtest\n"
+    );
+    std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(dir.join("kubeconfig")).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while client.apiserver_version().await.is_err() {
+        assert!(Instant::now() < deadline, "kube-apiserver did not come up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_against_a_real_apiserver() {
+    let (Some(etcd), Some(apiserver)) = (find("etcd"), find("kube-apiserver")) else {
+        eprintln!(
+            "SKIPPED operator_against_a_real_apiserver: needs the kube-apiserver and etcd binaries under $FJORD_KUBE_ASSETS or on PATH \
+             (etcd: found {:?}, kube-apiserver: found {:?})",
+            find("etcd"),
+            find("kube-apiserver")
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut procs = Procs(Vec::new());
+    let client = start_control_plane(tmp.path(), &etcd, &apiserver, &mut procs).await;
+
+    // CRDs, then a namespace.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [Cluster::crd(), Topic::crd(), fjord_crds::ConsumerGroup::crd()] {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "envtest"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let topics: Api<Topic> = Api::namespaced(client.clone(), "envtest");
+    eventually("CRDs served", || async { topics.list(&Default::default()).await.ok() }).await;
+
+    // A broker process the operator reaches through the override.
+    let broker = BrokerProcess::start(&tmp.path().join("broker"), &[]);
+    let config = OperatorConfig {
+        broker_image: "fjord:envtest".into(),
+        admin_endpoint_override: Some(format!("http://{}", broker.admin)),
+        watch_namespaces: vec![],
+        leader_election: false,
+        lease_name: "fjord-operator".into(),
+        namespace: "envtest".into(),
+        pod_name: "envtest-operator".into(),
+        metrics_addr: "127.0.0.1:0".into(),
+    };
+    let operator = tokio::spawn(fjord_operator::run(client.clone(), config, Metrics::new()));
+
+    // Cluster -> owned objects and status.
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "envtest");
+    let cluster: Cluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fjord.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": "demo"}, "spec": {"replicas": 1}
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &cluster).await.unwrap();
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "envtest");
+    let set = eventually("the StatefulSet", || async { sts.get_opt("demo").await.ok().flatten() }).await;
+    assert_eq!(set.metadata.owner_references.unwrap()[0].kind, "Cluster");
+    let services: Api<Service> = Api::namespaced(client.clone(), "envtest");
+    assert!(services.get_opt("demo-brokers").await.unwrap().is_some());
+    assert!(services.get_opt("demo-bootstrap").await.unwrap().is_some());
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), "envtest")
+        .get_opt("demo-config")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(Api::<PodDisruptionBudget>::namespaced(client.clone(), "envtest")
+        .get_opt("demo")
+        .await
+        .unwrap()
+        .is_some());
+    eventually("Cluster status conditions", || async {
+        clusters
+            .get("demo")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .filter(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
+    })
+    .await;
+
+    // Topic -> created on the broker, grown, reconfigured; shrinking is refused by the apiserver.
+    let topic: Topic = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fjord.dev/v1alpha1", "kind": "Topic", "metadata": {"name": "orders"},
+        "spec": {"clusterRef": "demo", "partitions": 2, "config": {"retention.ms": "3600000"}}
+    }))
+    .unwrap();
+    topics.create(&PostParams::default(), &topic).await.unwrap();
+    let admin = fjord_proto::admin::v1::admin_client::AdminClient::connect(format!("http://{}", broker.admin))
+        .await
+        .unwrap();
+    let describe = |admin: &fjord_proto::admin::v1::admin_client::AdminClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .describe_topic(fjord_proto::admin::v1::DescribeTopicRequest { name: "orders".into() })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    };
+    eventually("topic created", || describe(&admin)).await;
+    topics
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"partitions": 4}})),
+        )
+        .await
+        .unwrap();
+    eventually("topic grown", || async {
+        describe(&admin).await.filter(|t| t.partitions == 4)
+    })
+    .await;
+    let shrink = topics
+        .patch(
+            "orders",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"partitions": 1}})),
+        )
+        .await;
+    assert!(shrink.is_err(), "the CEL rule refuses fewer partitions");
+
+    // Invalid: replicas above brokers, unknown cluster -> conditions, nothing created.
+    for (name, spec) in [
+        (
+            "too-many-replicas",
+            serde_json::json!({"clusterRef": "demo", "partitions": 1, "replicas": 3}),
+        ),
+        (
+            "no-cluster",
+            serde_json::json!({"clusterRef": "missing", "partitions": 1}),
+        ),
+    ] {
+        let t: Topic = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fjord.dev/v1alpha1", "kind": "Topic", "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        topics.create(&PostParams::default(), &t).await.unwrap();
+        let reason = eventually("a refusal condition", || async {
+            topics.get(name).await.ok().and_then(|t| t.status).and_then(|s| {
+                s.conditions
+                    .first()
+                    .filter(|c| c.status == "False")
+                    .map(|c| c.reason.clone())
+            })
+        })
+        .await;
+        assert!(
+            reason == "ReplicasAboveBrokers" || reason == "ClusterNotFound",
+            "{name}: {reason}"
+        );
+    }
+
+    // Deleting the resource deletes the topic through the finalizer.
+    topics.delete("orders", &DeleteParams::default()).await.unwrap();
+    eventually("topic deleted", || async {
+        describe(&admin).await.is_none().then_some(())
+    })
+    .await;
+    eventually("resource gone", || async {
+        topics.get_opt("orders").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    operator.abort();
+}
