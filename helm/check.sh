@@ -169,5 +169,5 @@ run "dashboards match helm/gen-dashboards.py" python3 "$HELM_DIR/gen-dashboards.
 step "summary"
 echo "renders in $OUT"
 for f in "${failures[@]+"${failures[@]}"}"; do echo "  failed: $f"; done
-echo "helm check: $passed passed, $failed failed, $skipped skipped"
+echo "helm: $passed passed, $failed failed, $skipped skipped"
 [[ $failed -eq 0 ]]

@@ -3,42 +3,25 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fjord_broker::config::LogConfig;
 use fjord_broker::log::{batch, Log};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::Compression;
 
 /// A batch of `n` records of `size` bytes, as a client would send it.
 fn client_batch(n: usize, size: usize) -> Bytes {
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: None,
-            value: Some(Bytes::from(vec![b'x'; size])),
-            headers: Default::default(),
+    let mut records: Vec<_> = (0..n)
+        .map(|i| {
+            batch::plain_record(
+                i as i64,
+                1_700_000_000_000 + i as i64,
+                None,
+                Some(Bytes::from(vec![b'x'; size])),
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    batch::encode_records(&mut records, Compression::None, -1, -1, -1).unwrap()
 }
 
 fn config() -> Arc<LogConfig> {

@@ -545,3 +545,41 @@ fn grpc_admin_describes_groups_and_resets_offsets_of_empty_groups() {
         .into_inner();
     assert!(listed.groups.iter().any(|g| g.group_id == "reset-app"));
 }
+
+#[test]
+fn offsets_of_groups_that_stay_empty_expire() {
+    let rt = runtime();
+    let mut overrides = FAST_GROUPS.to_vec();
+    overrides.extend([
+        ("offsets.retention.minutes", "0"),
+        ("offsets.retention.check.interval.ms", "100"),
+    ]);
+    let b = rt.block_on(TestBroker::start(&overrides));
+    rt.block_on(b.create_topic("expiring", 1, &[]));
+    {
+        // A consumer with manual assignment commits for a group without members.
+        let c = group_consumer(&b, "short-lived", &[]);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("expiring", 0, Offset::Offset(0)).unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+    wait_for("the committed offset expires", WAIT, || {
+        b.broker()
+            .ctx
+            .groups
+            .fetch_offsets("short-lived", None)
+            .is_ok_and(|o| o.is_empty())
+    });
+    // Expired offsets are tombstoned in __consumer_offsets: they stay gone after a
+    // restart, even with the default retention that would keep them.
+    let mut b = b;
+    rt.block_on(b.restart(FAST_GROUPS));
+    wait_for("the coordinator reloads", WAIT, || b.broker().ctx.groups.is_loaded());
+    assert!(b
+        .broker()
+        .ctx
+        .groups
+        .fetch_offsets("short-lived", None)
+        .unwrap()
+        .is_empty());
+}

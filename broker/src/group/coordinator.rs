@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use parking_lot::Mutex;
 
 use super::records::{partition_for, GroupValue, OffsetValue, RecordKey};
@@ -213,21 +213,7 @@ impl GroupCoordinator {
         let mut recs: Vec<Record> = records
             .into_iter()
             .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: ts,
-                key: Some(key),
-                value,
-                headers: Default::default(),
-            })
+            .map(|(i, (key, value))| batch::plain_record(i as i64, ts, Some(key), value))
             .collect();
         let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
         part.append(&batch)?;

@@ -231,6 +231,30 @@ pub fn complete_batches(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader<
     })
 }
 
+/// A record without a producer (no id, epoch or sequence), to encode with [`encode_records`].
+pub fn plain_record(
+    offset: i64,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) -> kafka_protocol::records::Record {
+    kafka_protocol::records::Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
+}
+
 /// Encodes records into one v2 batch with kafka-protocol's encoder, with the
 /// given producer fields (-1s for a batch without a producer).
 pub fn encode_records(
@@ -309,7 +333,7 @@ impl PatchedHeader {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::Compression;
 
     /// Encodes a real batch with kafka-protocol's encoder for tests.
     pub fn encode_batch(base_offset: i64, values: &[&[u8]], timestamp: i64) -> Bytes {
@@ -325,49 +349,21 @@ pub(crate) mod tests {
         base_sequence: i32,
         compression: Compression,
     ) -> Bytes {
-        let records: Vec<Record> = values
+        let mut records: Vec<_> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id,
-                producer_epoch,
-                timestamp_type: TimestampType::Creation,
-                offset: base_offset + i as i64,
-                // kafka-protocol groups records into one batch only while offset - sequence
-                // stays constant; non-idempotent batches get their -1 patched in below.
-                sequence: if base_sequence < 0 {
-                    i as i32
-                } else {
-                    base_sequence.wrapping_add(i as i32)
-                },
-                timestamp: timestamp + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::copy_from_slice(v)),
-                headers: Default::default(),
+            .map(|(i, v)| {
+                let mut r = plain_record(
+                    base_offset + i as i64,
+                    timestamp + i as i64,
+                    Some(Bytes::from(format!("k{i}"))),
+                    Some(Bytes::copy_from_slice(v)),
+                );
+                r.sequence = base_sequence.wrapping_add(i as i32);
+                r
             })
             .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        let batch = buf.freeze();
-        if producer_id >= 0 {
-            return batch;
-        }
-        let mut h = PatchedHeader::from_batch(&batch);
-        h.set_producer(-1, -1, -1);
-        h.recompute_crc(&batch[HEADER_SIZE..]);
-        Bytes::from([&h.0[..], &batch[HEADER_SIZE..]].concat())
+        encode_records(&mut records, compression, producer_id, producer_epoch, base_sequence).unwrap()
     }
 
     #[test]

@@ -320,24 +320,15 @@ mod tests {
 
     use super::*;
     use crate::config::LogConfig;
-    use kafka_protocol::records::{Record, TimestampType};
+    use kafka_protocol::records::Record;
 
     fn record(key: &str, value: Option<&str>, ts: i64) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: ts,
-            key: Some(Bytes::from(key.to_string())),
-            value: value.map(|v| Bytes::from(v.to_string())),
-            headers: Default::default(),
-        }
+        batch::plain_record(
+            0,
+            ts,
+            Some(Bytes::from(key.to_string())),
+            value.map(|v| Bytes::from(v.to_string())),
+        )
     }
 
     fn put(log: &Log, key: &str, value: Option<&str>, ts: i64) -> i64 {

@@ -102,42 +102,18 @@ impl Raw {
 
 /// One uncompressed batch of `n` records built with kafka-protocol's encoder.
 pub fn batch(n: usize, value_size: usize, timestamp: i64) -> Bytes {
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // Keeps the encoder from splitting records into one batch each.
-            sequence: i as i32,
-            timestamp: timestamp + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(vec![b'v'; value_size])),
-            headers: Default::default(),
+    use fjord_broker::log::batch::{encode_records, plain_record};
+    let mut records: Vec<_> = (0..n)
+        .map(|i| {
+            plain_record(
+                i as i64,
+                timestamp + i as i64,
+                Some(Bytes::from(format!("k{i}"))),
+                Some(Bytes::from(vec![b'v'; value_size])),
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    // Non-idempotent batches carry no producer id and base sequence -1; fix the header and CRC.
-    buf[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    buf[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    buf[53..57].copy_from_slice(&(-1i32).to_be_bytes());
-    let crc = crc32c::crc32c(&buf[21..]);
-    buf[17..21].copy_from_slice(&crc.to_be_bytes());
-    buf.freeze()
+    encode_records(&mut records, kafka_protocol::records::Compression::None, -1, -1, -1).unwrap()
 }
 
 pub fn produce_request(topic: &str, partition: i32, records: Bytes) -> RequestKind {
