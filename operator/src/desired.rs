@@ -242,9 +242,12 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
         ),
     ];
     if let Some(rack) = &cluster.spec.rack {
-        // Read by the broker's rack init: broker.rack comes from this label of the pod's node.
-        env_vars.push(env("FJORD_RACK_TOPOLOGY_KEY", &rack.topology_key));
-        env_vars.push(env_field("NODE_NAME", "spec.nodeName"));
+        // broker.rack from the node's topology label, which Kubernetes copies onto the
+        // pod's labels (PodTopologyLabels admission, KEP-4742) for the downward API.
+        env_vars.push(env_field(
+            "FJORD_BROKER_RACK",
+            &format!("metadata.labels['{}']", rack.topology_key),
+        ));
     }
     let container = Container {
         name: "broker".into(),
@@ -414,7 +417,16 @@ mod tests {
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert!(env.contains(&"FJORD_NODE_ID") && env.contains(&"FJORD_RACK_TOPOLOGY_KEY"));
+        assert!(env.contains(&"FJORD_NODE_ID"));
+        let rack = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "FJORD_BROKER_RACK")
+            .unwrap();
+        let field = rack.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+        assert_eq!(field.field_path, "metadata.labels['topology.kubernetes.io/zone']");
         let advertised = container
             .env
             .as_ref()
