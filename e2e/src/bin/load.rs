@@ -48,6 +48,24 @@ struct Args {
     group_records: usize,
 }
 
+fn client_config(broker: &BrokerProcess) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", broker.bootstrap())
+        .set("broker.address.family", "v4");
+    c
+}
+
+async fn create_topic(broker: &BrokerProcess, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config(broker).create().unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await;
+    created.unwrap()[0].as_ref().unwrap();
+}
+
 struct LatencyContext {
     histogram: Arc<Mutex<Histogram<u64>>>,
     errors: Arc<Mutex<u64>>,
@@ -101,9 +119,7 @@ fn latency_run(broker: &BrokerProcess, topic: &str, rate: usize, seconds: u64, s
         histogram: histogram.clone(),
         errors: errors.clone(),
     };
-    let producer: ThreadedProducer<LatencyContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4")
+    let producer: ThreadedProducer<LatencyContext> = client_config(broker)
         .set("acks", "1")
         .set("linger.ms", "5")
         .set("batch.size", "1048576")
@@ -213,9 +229,7 @@ fn raw_fetch(broker: &BrokerProcess, topic: &str, partitions: i32, end: &[i64]) 
 fn group_run(broker: &BrokerProcess, records: usize, size: usize) -> (f64, f64) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let topic = "group-load";
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4");
+    let base = client_config(broker);
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = base
         .clone()
         .set("linger.ms", "5")
@@ -316,19 +330,8 @@ struct Run {
 
 async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usize) -> Run {
     let topic = format!("load-{partitions}");
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4");
-    let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()[0]
-        .as_ref()
-        .unwrap();
+    let base = client_config(broker);
+    create_topic(broker, &topic, partitions).await;
 
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let errors = Arc::new(Mutex::new(0u64));
@@ -485,19 +488,7 @@ async fn main() {
             &tmp.path().join("data-group"),
             &[("group.initial.rebalance.delay.ms", "0")],
         );
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", broker.bootstrap())
-            .set("broker.address.family", "v4");
-        let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
-        admin
-            .create_topics(
-                &[NewTopic::new("group-load", 6, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            )
-            .await
-            .unwrap()[0]
-            .as_ref()
-            .unwrap();
+        create_topic(&broker, "group-load", 6).await;
         let (rate, stable_ms) =
             tokio::task::block_in_place(|| group_run(&broker, args.group_records, args.record_size));
         println!(
