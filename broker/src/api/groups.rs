@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{str, Apis};
 use crate::group::coordinator::{CommitRequest, Committed};
-use crate::group::state::JoinRequest;
+use crate::group::state::{JoinRequest, SyncRequest};
 
 fn opt(s: &Option<StrBytes>) -> Option<String> {
     s.as_ref().map(|x| x.as_str().to_string())
@@ -95,23 +95,19 @@ pub async fn join(
 }
 
 pub async fn sync(apis: &Apis, r: SyncGroupRequest, version: i16) -> SyncGroupResponse {
-    let assignments = r
-        .assignments
-        .iter()
-        .map(|a| (a.member_id.as_str().to_string(), a.assignment.clone()))
-        .collect();
-    let result = apis
-        .groups
-        .sync(
-            r.group_id.as_str(),
-            r.member_id.as_str(),
-            r.group_instance_id.as_ref().map(|s| s.as_str()),
-            r.generation_id,
-            r.protocol_type.as_ref().map(|s| s.as_str()),
-            r.protocol_name.as_ref().map(|s| s.as_str()),
-            assignments,
-        )
-        .await;
+    let req = SyncRequest {
+        member_id: r.member_id.as_str().to_string(),
+        instance_id: opt(&r.group_instance_id),
+        generation: r.generation_id,
+        protocol_type: opt(&r.protocol_type),
+        protocol_name: opt(&r.protocol_name),
+        assignments: r
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.as_str().to_string(), a.assignment.clone()))
+            .collect(),
+    };
+    let result = apis.groups.sync(r.group_id.as_str(), req).await;
     let response = SyncGroupResponse::default()
         .with_error_code(result.error)
         .with_assignment(result.assignment);

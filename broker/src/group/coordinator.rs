@@ -17,7 +17,7 @@ use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use parking_lot::Mutex;
 
 use super::records::{partition_for, GroupValue, OffsetValue, RecordKey};
-use super::state::{Group, GroupLimits, GroupState, JoinRequest, JoinResult, Reply, SyncResult};
+use super::state::{Group, GroupLimits, GroupState, JoinRequest, JoinResult, Reply, SyncRequest, SyncResult};
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
@@ -287,17 +287,7 @@ impl GroupCoordinator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn sync(
-        &self,
-        group_id: &str,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-        assignments: Vec<(String, Bytes)>,
-    ) -> SyncResult {
+    pub async fn sync(&self, group_id: &str, req: SyncRequest) -> SyncResult {
         if !self.is_loaded() {
             return SyncResult {
                 error: load_in_progress(),
@@ -311,17 +301,7 @@ impl GroupCoordinator {
                 ..Default::default()
             };
         }
-        let reply = self.with_group(group_id, |g| {
-            g.sync(
-                member_id,
-                instance_id,
-                generation,
-                protocol_type,
-                protocol_name,
-                assignments,
-                Instant::now(),
-            )
-        });
+        let reply = self.with_group(group_id, |g| g.sync(req, Instant::now()));
         match reply {
             Reply::Now(r) => r,
             Reply::Wait(rx) => rx.await.unwrap_or(SyncResult {

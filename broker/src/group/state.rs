@@ -85,6 +85,17 @@ impl SyncResult {
     }
 }
 
+/// A SyncGroup request; only the leader's assignments are used.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignments: Vec<(String, Bytes)>,
+}
+
 /// An answer now, or one that arrives when the rebalance gets there.
 pub enum Reply<T> {
     Now(T),
@@ -549,25 +560,28 @@ impl Group {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn sync(
-        &mut self,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
-        protocol_type: Option<&str>,
-        protocol_name: Option<&str>,
-        assignments: Vec<(String, Bytes)>,
-        now: Instant,
-    ) -> Reply<SyncResult> {
+    pub fn sync(&mut self, req: SyncRequest, now: Instant) -> Reply<SyncResult> {
+        let SyncRequest {
+            member_id,
+            instance_id,
+            generation,
+            protocol_type,
+            protocol_name,
+            assignments,
+        } = req;
+        let (member_id, instance_id) = (member_id.as_str(), instance_id.as_deref());
         if let Err(code) = self.validate_instance(member_id, instance_id) {
             return Reply::Now(SyncResult::error(code));
         }
         if generation != self.generation {
             return Reply::Now(SyncResult::error(ResponseError::IllegalGeneration.code()));
         }
-        if protocol_type.is_some_and(|t| Some(t) != self.protocol_type.as_deref())
-            || protocol_name.is_some_and(|n| Some(n) != self.protocol_name.as_deref())
+        if protocol_type
+            .as_deref()
+            .is_some_and(|t| Some(t) != self.protocol_type.as_deref())
+            || protocol_name
+                .as_deref()
+                .is_some_and(|n| Some(n) != self.protocol_name.as_deref())
         {
             return Reply::Now(SyncResult::error(ResponseError::InconsistentGroupProtocol.code()));
         }
@@ -789,6 +803,24 @@ impl Group {
 mod tests {
     use super::*;
 
+    fn sync(
+        g: &mut Group,
+        member: &str,
+        instance: Option<&str>,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Reply<SyncResult> {
+        let req = SyncRequest {
+            member_id: member.into(),
+            instance_id: instance.map(String::from),
+            generation,
+            assignments,
+            ..SyncRequest::default()
+        };
+        g.sync(req, now)
+    }
+
     fn limits() -> GroupLimits {
         GroupLimits {
             initial_rebalance_delay: Duration::ZERO,
@@ -865,13 +897,12 @@ mod tests {
             "a tie goes to the first name"
         );
         // Sync: the follower waits for the leader's assignment.
-        let mut sb = waited(g.sync(&b, None, 2, None, None, vec![], now));
-        let mut sa = waited(g.sync(
+        let mut sb = waited(sync(&mut g, &b, None, 2, vec![], now));
+        let mut sa = waited(sync(
+            &mut g,
             &a,
             None,
             2,
-            None,
-            None,
             vec![
                 (a.clone(), Bytes::from_static(b"A")),
                 (b.clone(), Bytes::from_static(b"B")),
@@ -920,7 +951,7 @@ mod tests {
             Err(ResponseError::RebalanceInProgress.code()),
             "until synced"
         );
-        let _ = g.sync(&a, None, 1, None, None, vec![], now);
+        let _ = sync(&mut g, &a, None, 1, vec![], now);
         assert_eq!(g.validate_commit(&a, None, 1), Ok(()));
         let mut short = req("", &["range"]);
         short.session_timeout_ms = 1;
@@ -938,7 +969,7 @@ mod tests {
         let (b, rx_b) = join_new(&mut g, &["range"], now);
         drop(rx_b);
         drop(waited(g.join(req(&a, &["range"]), now, &limits())));
-        let _ = g.sync(&a, None, 2, None, None, vec![], now);
+        let _ = sync(&mut g, &a, None, 2, vec![], now);
         assert_eq!(g.state, GroupState::Stable);
         // Only a heartbeats.
         let later = now + Duration::from_secs(8);
@@ -953,7 +984,7 @@ mod tests {
         let now = Instant::now();
         let mut g = Group::new("g");
         let (a, _) = join_new(&mut g, &["range"], now);
-        let _ = g.sync(&a, None, 1, None, None, vec![], now);
+        let _ = sync(&mut g, &a, None, 1, vec![], now);
         assert_eq!(g.leave(&[(a.clone(), None)], now, &limits()), vec![0]);
         assert_eq!(g.state, GroupState::Empty);
         assert_eq!(
@@ -975,12 +1006,11 @@ mod tests {
         r.instance_id = Some("i-1".into());
         let mut rx = waited(g.join(r.clone(), now, &limits()));
         let first = rx.try_recv().unwrap();
-        let _ = g.sync(
+        let _ = sync(
+            &mut g,
             &first.member_id,
             Some("i-1"),
             1,
-            None,
-            None,
             vec![(first.member_id.clone(), Bytes::from_static(b"P"))],
             now,
         );
@@ -989,7 +1019,7 @@ mod tests {
         let again = now_result(g.join(r, now, &limits()));
         assert_eq!((again.error, again.generation), (0, 1), "no new generation");
         assert_ne!(again.member_id, first.member_id);
-        let s = now_result(g.sync(&again.member_id, Some("i-1"), 1, None, None, vec![], now));
+        let s = now_result(sync(&mut g, &again.member_id, Some("i-1"), 1, vec![], now));
         assert_eq!(s.assignment, Bytes::from_static(b"P"));
         // The old identity is fenced.
         assert_eq!(
@@ -1004,7 +1034,7 @@ mod tests {
         let now = Instant::now();
         let mut g = Group::new("g");
         let (a, _) = join_new(&mut g, &["range"], now);
-        let _ = g.sync(&a, None, 1, None, None, vec![], now);
+        let _ = sync(&mut g, &a, None, 1, vec![], now);
         let (_b, mut rx_b) = join_new(&mut g, &["range"], now);
         assert!(rx_b.try_recv().is_err());
         g.tick(now + Duration::from_secs(31), &limits());
@@ -1018,15 +1048,7 @@ mod tests {
         let now = Instant::now();
         let mut g = Group::new("g");
         let (a, _) = join_new(&mut g, &["range"], now);
-        let _ = g.sync(
-            &a,
-            None,
-            1,
-            None,
-            None,
-            vec![(a.clone(), Bytes::from_static(b"X"))],
-            now,
-        );
+        let _ = sync(&mut g, &a, None, 1, vec![(a.clone(), Bytes::from_static(b"X"))], now);
         let restored = Group::from_value("g", g.to_value(), now);
         assert_eq!(restored.state, GroupState::Stable);
         assert_eq!(restored.generation, 1);
