@@ -33,6 +33,14 @@ pub fn broker_bin() -> PathBuf {
     .clone()
 }
 
+/// Reports a test skipped for a missing tool. Written straight to the
+/// process's stderr, past the test harness's output capture, so the reason
+/// shows in a normal `cargo test` log (and in CI's).
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the broker to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -73,7 +73,10 @@ async fn every_broker_dashboard_panel_returns_data() {
         .map(|o| !o.status.success())
         .unwrap_or(true)
     {
-        eprintln!("SKIPPED every_broker_dashboard_panel_returns_data: the prometheus binary is needed (apt-get install prometheus)");
+        fjord_e2e::skip(
+            "every_broker_dashboard_panel_returns_data",
+            "the prometheus binary is needed (apt-get install prometheus)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

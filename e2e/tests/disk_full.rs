@@ -29,7 +29,10 @@ async fn disk_full_fails_appends_cleanly_and_recovers() {
         .output();
     let ok = matches!(&mounted, Ok(o) if o.status.success());
     if !ok {
-        eprintln!("SKIPPED disk_full_fails_appends_cleanly_and_recovers: mounting a 4 MiB tmpfs needs root and mount(8): {mounted:?}");
+        fjord_e2e::skip(
+            "disk_full_fails_appends_cleanly_and_recovers",
+            "mounting a 4 MiB tmpfs needs root and mount(8): {mounted:?}",
+        );
         return;
     }
     let _guard = Tmpfs(mnt.clone());

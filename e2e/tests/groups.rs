@@ -95,7 +95,10 @@ async fn a_kcat_member_killed_with_sigkill_is_expired() {
         .map(|o| !o.status.success())
         .unwrap_or(true)
     {
-        eprintln!("SKIPPED a_kcat_member_killed_with_sigkill_is_expired: kcat is not on PATH (apt-get install kcat)");
+        fjord_e2e::skip(
+            "a_kcat_member_killed_with_sigkill_is_expired",
+            "kcat is not on PATH (apt-get install kcat)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -149,7 +152,10 @@ async fn a_kafka_python_group_consumes_every_record_once() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_kafka_python {
-        eprintln!("SKIPPED a_kafka_python_group_consumes_every_record_once: python3 with kafka-python is needed (pip install kafka-python)");
+        fjord_e2e::skip(
+            "a_kafka_python_group_consumes_every_record_once",
+            "python3 with kafka-python is needed (pip install kafka-python)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

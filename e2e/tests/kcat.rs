@@ -52,7 +52,10 @@ fn kcat(b: &BrokerProcess, args: &[&str], stdin: Option<&str>) -> String {
 #[test]
 fn kcat_produces_and_consumes() {
     if !kcat_available() {
-        eprintln!("SKIPPED kcat_produces_and_consumes: kcat is not on PATH (apt-get install kcat)");
+        fjord_e2e::skip(
+            "kcat_produces_and_consumes",
+            "kcat is not on PATH (apt-get install kcat)",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
