@@ -33,6 +33,8 @@ pub enum Error {
     InvalidRequest(String),
     #[error("invalid required acks {0}: must be -1, 0 or 1")]
     InvalidRequiredAcks(i16),
+    #[error("{isr} in-sync replicas, fewer than min.insync.replicas {min}")]
+    NotEnoughReplicas { isr: usize, min: i32 },
     #[error("transactions are not supported yet")]
     TransactionsUnsupported,
     #[error(transparent)]
@@ -70,6 +72,7 @@ impl Error {
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
+            Error::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
             Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
             Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
             Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
@@ -88,6 +91,7 @@ impl Error {
             Error::UnknownTopicOrPartition | Error::UnknownTopicId => Code::NotFound,
             Error::TopicAlreadyExists(_) => Code::AlreadyExists,
             Error::Storage(_) => Code::Internal,
+            Error::NotEnoughReplicas { .. } => Code::Unavailable,
             Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => Code::FailedPrecondition,
             _ => Code::InvalidArgument,
         };

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::group::GroupCoordinator;
@@ -25,7 +25,12 @@ pub struct Metrics {
     pub high_watermark: IntGaugeVec,
     pub segments: IntGaugeVec,
     pub under_replicated: IntGaugeVec,
+    pub under_min_isr: IntGaugeVec,
+    pub offline: IntGaugeVec,
     pub isr_size: IntGaugeVec,
+    /// ISR changes; they stay at zero until replication moves followers in and out.
+    pub isr_shrinks: IntCounter,
+    pub isr_expands: IntCounter,
     pub partitions: IntGauge,
     pub group_committed: IntGaugeVec,
     pub group_lag: IntGaugeVec,
@@ -35,6 +40,12 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
     registry.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -105,12 +116,26 @@ impl Metrics {
                 "1 when the ISR is smaller than the replica set",
                 tp,
             ),
+            under_min_isr: gauge(
+                &registry,
+                "fjord_partition_under_min_isr",
+                "1 when the ISR is smaller than min.insync.replicas (acks=all produces are refused)",
+                tp,
+            ),
+            offline: gauge(
+                &registry,
+                "fjord_partition_offline",
+                "1 when the partition has no leader",
+                tp,
+            ),
             isr_size: gauge(
                 &registry,
                 "fjord_partition_isr_size",
                 "In-sync replicas per partition",
                 tp,
             ),
+            isr_shrinks: plain_counter(&registry, "fjord_isr_shrinks_total", "Replicas removed from an ISR"),
+            isr_expands: plain_counter(&registry, "fjord_isr_expands_total", "Replicas added to an ISR"),
             partitions,
             group_committed: gauge(
                 &registry,
@@ -181,6 +206,8 @@ impl Metrics {
             &self.high_watermark,
             &self.segments,
             &self.under_replicated,
+            &self.under_min_isr,
+            &self.offline,
             &self.isr_size,
         ] {
             gauge.reset();
@@ -201,8 +228,16 @@ impl Metrics {
             self.segments
                 .with_label_values(&labels)
                 .set(p.log.segment_count() as i64);
-            self.under_replicated.with_label_values(&labels).set(0);
-            self.isr_size.with_label_values(&labels).set(1);
+            self.under_replicated
+                .with_label_values(&labels)
+                .set(i64::from(p.is_under_replicated()));
+            self.under_min_isr
+                .with_label_values(&labels)
+                .set(i64::from(p.is_under_min_isr()));
+            // A hosted partition is led by this broker; partitions without a leader
+            // appear here once the controller assigns leaders across brokers.
+            self.offline.with_label_values(&labels).set(0);
+            self.isr_size.with_label_values(&labels).set(p.isr().len() as i64);
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

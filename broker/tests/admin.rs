@@ -295,6 +295,52 @@ async fn topic_configs_take_effect() {
     assert!(ts >= before, "LogAppendTime replaces the client's timestamp: {ts}");
 }
 
+/// acks=all is refused with NOT_ENOUGH_REPLICAS while the ISR (this broker)
+/// is smaller than the topic's min.insync.replicas, and nothing is appended;
+/// acks=1 still succeeds, and the metrics flag the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_insync_replicas_refuses_acks_all_when_the_isr_is_smaller() {
+    let b = TestBroker::start(&[]).await;
+    b.create_topic("durable", 1, &[("min.insync.replicas", "2")]).await;
+    let all = b.producer(&[("acks", "all"), ("retries", "0"), ("linger.ms", "0")]);
+    let err = all
+        .send(FutureRecord::<str, str>::to("durable").payload("safe"), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap_err();
+    assert_eq!(err, KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas));
+    let one = b.producer(&[("acks", "1"), ("linger.ms", "0")]);
+    let offset = one
+        .send(FutureRecord::<str, str>::to("durable").payload("leader only"), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap()
+        .offset;
+    assert_eq!(offset, 0, "the refused acks=all record was not appended");
+    let text = b.broker().ctx.metrics.render(&b.broker().ctx.replicas);
+    for needle in [
+        "fjord_partition_under_min_isr{partition=\"0\",topic=\"durable\"} 1",
+        "fjord_partition_under_replicated{partition=\"0\",topic=\"durable\"} 0",
+        "fjord_partition_isr_size{partition=\"0\",topic=\"durable\"} 1",
+        "fjord_partition_offline{partition=\"0\",topic=\"durable\"} 0",
+        "fjord_isr_shrinks_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // Lowering the requirement lifts the refusal (legacy AlterConfigs replaces the topic's overrides).
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("durable")).set("min.insync.replicas", "1");
+    b.admin().alter_configs(&[alter], &AdminOptions::new()).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let offset = all
+        .send(FutureRecord::<str, str>::to("durable").payload("safe"), WAIT)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap()
+        .offset;
+    assert_eq!(offset, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_admin_api_manages_topics() {
     let b = TestBroker::start(&[]).await;

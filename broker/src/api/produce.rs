@@ -37,7 +37,7 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                         (None, Some(records)) => apis
                             .replicas
                             .get(&name, p.index)
-                            .and_then(|part| part.append(&records))
+                            .and_then(|part| part.append(&records, acks))
                             .map_err(|e| e.to_string_and_code()),
                     };
                     let response = PartitionProduceResponse::default().with_index(p.index);

@@ -97,7 +97,7 @@ impl ReplicaManager {
             let log = self.logs.get_or_create(&tp, id, config)?;
             self.partitions
                 .write()
-                .insert(tp.clone(), Arc::new(Partition::new(tp, id, log)));
+                .insert(tp.clone(), Arc::new(Partition::new(tp, id, log, broker.node_id)));
         }
         Ok(())
     }

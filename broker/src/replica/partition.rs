@@ -1,7 +1,9 @@
-//! One partition this broker leads: its log, leader epoch and high watermark.
+//! One partition this broker leads: its log, replica set and ISR, leader
+//! epoch and high watermark.
 //!
-//! On a single node the ISR is this broker alone, so the high watermark
-//! follows the log end offset after every append; fetches never read past it.
+//! On a single node the replica set and the ISR are this broker alone, so the
+//! high watermark follows the log end offset after every append; fetches never
+//! read past it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::manager::TopicPartition;
 use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
 
@@ -17,17 +19,22 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
     pub log: Arc<Log>,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
     leader_epoch: i32,
     high_watermark: AtomicI64,
 }
 
 impl Partition {
-    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>) -> Partition {
+    /// A partition led by `leader`, the only replica until replication arrives.
+    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>, leader: i32) -> Partition {
         let hw = log.log_end_offset();
         Partition {
             tp,
             topic_id,
             log,
+            replicas: vec![leader],
+            isr: vec![leader],
             leader_epoch: 0,
             high_watermark: AtomicI64::new(hw),
         }
@@ -41,9 +48,35 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    /// Appends as leader. With the ISR being this broker, the write is
-    /// committed at once (acks=all behaves as acks=1 on one node).
-    pub fn append(&self, records: &Bytes) -> Result<AppendInfo> {
+    pub fn replicas(&self) -> &[i32] {
+        &self.replicas
+    }
+
+    pub fn isr(&self) -> &[i32] {
+        &self.isr
+    }
+
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+
+    /// Fewer in-sync replicas than the topic's `min.insync.replicas`: acks=all
+    /// produces are refused, as Kafka does, rather than acknowledged with less
+    /// durability than the topic promises.
+    pub fn is_under_min_isr(&self) -> bool {
+        (self.isr.len() as i64) < i64::from(self.log.config().min_insync_replicas)
+    }
+
+    /// Appends as leader (`acks` as in the Produce request). With the ISR being
+    /// this broker, the write is committed at once (acks=all behaves as acks=1
+    /// on one node, unless min.insync.replicas asks for more replicas).
+    pub fn append(&self, records: &Bytes, acks: i16) -> Result<AppendInfo> {
+        if acks == -1 && self.is_under_min_isr() {
+            return Err(Error::NotEnoughReplicas {
+                isr: self.isr.len(),
+                min: self.log.config().min_insync_replicas,
+            });
+        }
         let info = self.log.append_as_leader(records, self.leader_epoch)?;
         self.high_watermark.fetch_max(info.last_offset + 1, Ordering::AcqRel);
         Ok(info)
