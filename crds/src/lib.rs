@@ -173,6 +173,9 @@ pub struct PodTemplateOverrides {
 pub struct BrokerEndpoint {
     pub id: i32,
     pub endpoint: String,
+    /// `broker.rack` as the broker reports it; empty when it has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rack: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

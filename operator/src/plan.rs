@@ -238,11 +238,95 @@ pub fn cluster_conditions(
     ]
 }
 
+/// `RackAware` when the Cluster asks for rack awareness: True once every
+/// broker that answered reports a rack, False naming the brokers without one
+/// (their pods lack the topology label, e.g. a key other than zone or region
+/// that the PodTopologyLabels admission plugin does not copy). None without
+/// `rack` in the spec or before any broker answered.
+pub fn rack_condition(
+    previous: &[Condition],
+    topology_key: Option<&str>,
+    broker_racks: &[(i32, String)],
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Condition> {
+    let key = topology_key?;
+    if broker_racks.is_empty() {
+        return None;
+    }
+    let missing: Vec<String> = broker_racks
+        .iter()
+        .filter(|(_, rack)| rack.is_empty())
+        .map(|(id, _)| id.to_string())
+        .collect();
+    Some(if missing.is_empty() {
+        let mut racks: Vec<&str> = broker_racks.iter().map(|(_, r)| r.as_str()).collect();
+        racks.sort_unstable();
+        racks.dedup();
+        condition(
+            previous,
+            "RackAware",
+            true,
+            "RacksAssigned",
+            &format!("brokers span racks {} ({key})", racks.join(", ")),
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            previous,
+            "RackAware",
+            false,
+            "RackLabelMissing",
+            &format!(
+                "brokers {} have no rack: their pods carry no '{key}' label (Kubernetes copies the node's \
+                 zone and region labels onto pods from 1.35, or with the PodTopologyLabels admission plugin)",
+                missing.join(", ")
+            ),
+            generation,
+            now,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use fjord_crds::{OffsetReset, ResetTo};
     use proptest::prelude::*;
+
+    #[test]
+    fn rack_awareness_is_reported_only_when_asked_for_and_names_brokers_without_a_rack() {
+        let now = || Time(Default::default());
+        let zone = Some("topology.kubernetes.io/zone");
+        let racks = |r: &[(i32, &str)]| r.iter().map(|(id, r)| (*id, r.to_string())).collect::<Vec<_>>();
+        assert_eq!(rack_condition(&[], None, &racks(&[(0, "")]), None, now()), None);
+        assert_eq!(
+            rack_condition(&[], zone, &[], None, now()),
+            None,
+            "no broker answered yet"
+        );
+        let ok = rack_condition(
+            &[],
+            zone,
+            &racks(&[(0, "eu-1b"), (1, "eu-1a"), (2, "eu-1a")]),
+            None,
+            now(),
+        )
+        .unwrap();
+        assert_eq!((ok.status.as_str(), ok.reason.as_str()), ("True", "RacksAssigned"));
+        assert!(ok.message.contains("eu-1a, eu-1b"), "{}", ok.message);
+        let missing = rack_condition(&[], zone, &racks(&[(0, "eu-1a"), (1, ""), (2, "")]), None, now()).unwrap();
+        assert_eq!(
+            (missing.status.as_str(), missing.reason.as_str()),
+            ("False", "RackLabelMissing")
+        );
+        assert!(
+            missing.message.starts_with("brokers 1, 2 have no rack"),
+            "{}",
+            missing.message
+        );
+    }
 
     fn spec(partitions: i32, replicas: i32, config: &[(&str, &str)]) -> TopicSpec {
         TopicSpec {

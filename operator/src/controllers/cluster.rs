@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{key, now, paused, Timer, MANAGER};
-use crate::plan::{cluster_conditions, next_pod_to_restart, PodState};
+use crate::plan::{cluster_conditions, next_pod_to_restart, rack_condition, PodState};
 use crate::{admin, desired, Context, Error};
 
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
@@ -114,7 +114,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let conditions = cluster_conditions(
+    let mut conditions = cluster_conditions(
         &previous,
         cluster.spec.replicas,
         ready,
@@ -122,6 +122,17 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         cluster.metadata.generation,
         now(),
     );
+    let broker_racks: Vec<(i32, String)> = described
+        .as_ref()
+        .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
+        .unwrap_or_default();
+    conditions.extend(rack_condition(
+        &previous,
+        cluster.spec.rack.as_ref().map(|r| r.topology_key.as_str()),
+        &broker_racks,
+        cluster.metadata.generation,
+        now(),
+    ));
     let status = ClusterStatus {
         observed_generation: cluster.metadata.generation,
         conditions,
@@ -134,6 +145,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                     .map(|b| BrokerEndpoint {
                         id: b.id,
                         endpoint: format!("{}:{}", b.host, b.port),
+                        rack: b.rack.clone(),
                     })
                     .collect()
             })
