@@ -1,6 +1,8 @@
 //! Runs the real `fjord-broker` binary for process-level tests: start on free
 //! loopback ports, stop cleanly, kill -9, SIGSTOP/SIGCONT, restart on the same data.
 
+pub mod prometheus;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

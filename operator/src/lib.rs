@@ -146,16 +146,27 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
     }
 
     let namespaces = config.watch_namespaces.clone();
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
     let mut runs = Vec::new();
+    // The controllers' caches, for the managed-objects gauge.
+    type CacheSize = (&'static str, Box<dyn Fn() -> usize + Send>);
+    let mut counted: Vec<CacheSize> = Vec::new();
+    fn count<K>(kind: &'static str, store: kube::runtime::reflector::Store<K>) -> CacheSize
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        (kind, Box::new(move || store.len()))
+    }
     for (clusters, sts) in apis::<Cluster>(&client, &namespaces)
         .into_iter()
         .zip(apis::<StatefulSet>(&client, &namespaces))
     {
         let cm = apis::<ConfigMap>(&client, &namespaces).remove(0);
         let svc = apis::<Service>(&client, &namespaces).remove(0);
+        let controller = Controller::new(clusters, watcher::Config::default());
+        counted.push(count("Cluster", controller.store()));
         runs.push(
-            Controller::new(clusters, watcher::Config::default())
+            controller
                 .owns(sts, watcher::Config::default())
                 .owns(cm, watcher::Config::default())
                 .owns(svc, watcher::Config::default())
@@ -166,8 +177,10 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
         );
     }
     for topics in apis::<Topic>(&client, &namespaces) {
+        let controller = Controller::new(topics, watcher::Config::default());
+        counted.push(count("Topic", controller.store()));
         runs.push(
-            Controller::new(topics, watcher::Config::default())
+            controller
                 .shutdown_on_signal()
                 .run(topic::reconcile, error_policy::<Topic>("topic"), ctx.clone())
                 .for_each(|_| async {})
@@ -175,8 +188,10 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
         );
     }
     for groups in apis::<ConsumerGroup>(&client, &namespaces) {
+        let controller = Controller::new(groups, watcher::Config::default());
+        counted.push(count("ConsumerGroup", controller.store()));
         runs.push(
-            Controller::new(groups, watcher::Config::default())
+            controller
                 .shutdown_on_signal()
                 .run(
                     consumer_group::reconcile,
@@ -187,7 +202,20 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
                 .boxed(),
         );
     }
+    let gauges = tokio::spawn(async move {
+        loop {
+            let mut totals: HashMap<&str, usize> = HashMap::new();
+            for (kind, len) in &counted {
+                *totals.entry(kind).or_default() += len();
+            }
+            for (kind, n) in totals {
+                metrics.managed.with_label_values(&[kind]).set(n as i64);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     futures::future::join_all(runs).await;
+    gauges.abort();
 }
 
 mod backoff {

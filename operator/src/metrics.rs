@@ -7,6 +7,11 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `controller` label values (see `controllers::Timer`).
+pub const CONTROLLERS: [&str; 3] = ["cluster", "topic", "consumergroup"];
+/// The `kind` label values of `fjord_operator_managed_objects`.
+pub const KINDS: [&str; 3] = ["Cluster", "Topic", "ConsumerGroup"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciliations: IntCounterVec,
@@ -48,6 +53,15 @@ impl Metrics {
         )
         .expect("metric");
         let leader = IntGauge::new("fjord_operator_leader", "1 on the replica holding the lease").expect("metric");
+        // Every controller's and kind's series exists from the start, so an error
+        // rate is 0 rather than "no data" before the first failure.
+        for controller in CONTROLLERS {
+            reconciliations.with_label_values(&[controller]);
+            errors.with_label_values(&[controller]);
+        }
+        for kind in KINDS {
+            managed.with_label_values(&[kind]);
+        }
         for c in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -107,4 +121,28 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_controller_and_kind_has_series_before_any_reconcile() {
+        let text = Metrics::new().render();
+        for controller in CONTROLLERS {
+            for metric in [
+                "fjord_operator_reconciliations_total",
+                "fjord_operator_reconcile_errors_total",
+            ] {
+                let line = format!("{metric}{{controller=\"{controller}\"}} 0");
+                assert!(text.contains(&line), "missing {line} in\n{text}");
+            }
+        }
+        for kind in KINDS {
+            let line = format!("fjord_operator_managed_objects{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+        assert!(text.contains("fjord_operator_leader 0"));
+    }
 }

@@ -190,7 +190,14 @@ async fn operator_against_a_real_apiserver() {
         pod_name: "envtest-operator".into(),
         metrics_addr: "127.0.0.1:0".into(),
     };
-    let operator = tokio::spawn(fjord_operator::run(client.clone(), config, Metrics::new()));
+    let metrics = Metrics::new();
+    metrics.leader.set(1);
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics_server = tokio::spawn(fjord_operator::metrics::serve(
+        metrics_addr.to_string(),
+        metrics.clone(),
+    ));
+    let operator = tokio::spawn(fjord_operator::run(client.clone(), config, metrics));
 
     // Cluster -> owned objects and status.
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), "envtest");
@@ -344,7 +351,48 @@ async fn operator_against_a_real_apiserver() {
     .await;
     consumer_group_reset(&client, &broker).await;
     chart_dry_run(&client).await;
+    operator_dashboard_has_data(tmp.path(), metrics_addr).await;
     operator.abort();
+    metrics_server.abort();
+}
+
+/// Every panel of the Operator dashboard returns data from a real Prometheus
+/// scraping the operator that just ran the scenarios above.
+async fn operator_dashboard_has_data(dir: &Path, metrics: std::net::SocketAddr) {
+    use fjord_e2e::prometheus::{Prometheus, Target};
+    if !Prometheus::available() {
+        return fjord_e2e::skip(
+            "operator_against_a_real_apiserver (operator dashboard)",
+            "the prometheus binary is needed (apt-get install prometheus)",
+        );
+    }
+    let dir = dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/fjord/dashboards/operator.json");
+    tokio::task::spawn_blocking(move || {
+        let prom = Prometheus::start(
+            &dir,
+            &[Target {
+                job: "fjord-operator",
+                addr: metrics,
+                labels: &[("namespace", "envtest"), ("pod", "envtest-operator")],
+            }],
+        );
+        // rate() needs several scrapes of the same series.
+        assert!(
+            prom.wait_for(
+                "count_over_time(fjord_operator_reconciliations_total{controller=\"topic\"}[1m])",
+                5.0,
+                Duration::from_secs(60)
+            ),
+            "Prometheus never scraped the operator"
+        );
+        let (checked, empty) = prom.panels_without_data(&dashboard);
+        assert!(checked >= 10, "checked {checked} panel queries");
+        assert!(empty.is_empty(), "panels without data:\n{}", empty.join("\n"));
+    })
+    .await
+    .unwrap();
 }
 
 fn kafka_config(broker: &BrokerProcess) -> rdkafka::config::ClientConfig {

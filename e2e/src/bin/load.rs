@@ -384,6 +384,10 @@ struct Run {
     p99_ms: f64,
     p999_ms: f64,
     produce_cpu_per_gb: f64,
+    /// librdkafka's own CPU (this process) per GB: on two shared cores,
+    /// 2 / (client + broker CPU-s/GB) bounds the GB/s any broker could reach.
+    produce_client_cpu_per_gb: f64,
+    consume_client_cpu_per_gb: f64,
     consume_mbs: f64,
     consume_rps: f64,
     consume_cpu_per_gb: f64,
@@ -413,7 +417,9 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         .unwrap();
     let payload = vec![b'p'; size];
     let pid = broker.pid().unwrap();
+    let me = std::process::id();
     let cpu0 = cpu_seconds(pid).unwrap();
+    let client_cpu0 = cpu_seconds(me).unwrap();
     let start = Instant::now();
     for i in 0..records {
         let mut record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&topic, Box::new(Instant::now()))
@@ -433,6 +439,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     producer.flush(Duration::from_secs(120)).unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let produce_cpu = cpu_seconds(pid).unwrap() - cpu0;
+    let produce_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
     assert_eq!(*errors.lock().unwrap(), 0, "delivery errors");
     let bytes = (records * size) as f64;
     let h = histogram.lock().unwrap().clone();
@@ -451,6 +458,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     }
     consumer.assign(&tpl).unwrap();
     let cpu0 = cpu_seconds(pid).unwrap();
+    let client_cpu0 = cpu_seconds(me).unwrap();
     let start = Instant::now();
     let (mut got, mut got_bytes) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -463,6 +471,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     }
     let consume_elapsed = start.elapsed().as_secs_f64();
     let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
+    let consume_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
     assert_eq!(got, records, "consumed every record");
     let end: Vec<i64> = (0..partitions)
         .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
@@ -476,6 +485,8 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
         p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
         produce_cpu_per_gb: produce_cpu / (bytes / 1e9),
+        produce_client_cpu_per_gb: produce_client_cpu / (bytes / 1e9),
+        consume_client_cpu_per_gb: consume_client_cpu / (got_bytes as f64 / 1e9),
         consume_mbs: mb(got_bytes as f64) / consume_elapsed,
         consume_rps: got as f64 / consume_elapsed,
         consume_cpu_per_gb: consume_cpu / (got_bytes as f64 / 1e9),
@@ -545,6 +556,16 @@ async fn main() {
             r.raw_fetch_mbs,
             r.raw_fetch_cpu_per_gb,
             100.0 * r.raw_fetch_mbs / machine.loopback_sendfile
+        );
+        // Two cores shared by client and broker: GB/s <= 2 / (client + broker CPU-s per GB).
+        let bound = |client: f64, broker: f64| 2.0 * 1000.0 / (client + broker);
+        println!(
+            "      librdkafka's own CPU: produce {:.2} CPU-s/GB, consume {:.2} CPU-s/GB; two cores bound \
+             produce to {:.0} MB/s and consume to {:.0} MB/s with this client and this broker",
+            r.produce_client_cpu_per_gb,
+            r.consume_client_cpu_per_gb,
+            bound(r.produce_client_cpu_per_gb, r.produce_cpu_per_gb),
+            bound(r.consume_client_cpu_per_gb, r.consume_cpu_per_gb)
         );
         let (p50, p99, p999) = latency_run(
             &broker,
