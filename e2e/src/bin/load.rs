@@ -160,6 +160,22 @@ fn baselines(dir: &Path, bytes: usize) -> Baselines {
     }
 }
 
+/// (Fetch requests served, seconds spent serving them) from the broker's metrics.
+fn fetch_stats(broker: &BrokerProcess) -> (f64, f64) {
+    let (_, text) = fjord_e2e::http_get(broker.metrics, "/metrics").unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("fjord_request_latency_seconds_count{api=\"Fetch\"}"),
+        value("fjord_request_latency_seconds_sum{api=\"Fetch\"}"),
+    )
+}
+
 /// Delivery latency at a fixed rate: p50, p99, p999 in ms.
 fn latency_run(broker: &BrokerProcess, topic: &str, rate: usize, seconds: u64, size: usize) -> (f64, f64, f64) {
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
@@ -457,6 +473,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    let fetches0 = fetch_stats(broker);
     let cpu0 = cpu_seconds(pid).unwrap();
     let client_cpu0 = cpu_seconds(me).unwrap();
     let start = Instant::now();
@@ -472,6 +489,17 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     let consume_elapsed = start.elapsed().as_secs_f64();
     let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
     let consume_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
+    let fetches1 = fetch_stats(broker);
+    let (n, secs) = (fetches1.0 - fetches0.0, fetches1.1 - fetches0.1);
+    // librdkafka keeps one Fetch in flight per broker: its rate is the fetch size over
+    // round trip + transfer + record parsing; the broker's part shows here.
+    println!(
+        "      librdkafka consume: {n:.0} Fetch requests of {:.2} MB, {:.2} ms broker time each ({:.2} s of {:.2} s)",
+        mb(got_bytes as f64) / n,
+        1000.0 * secs / n,
+        secs,
+        start.elapsed().as_secs_f64()
+    );
     assert_eq!(got, records, "consumed every record");
     let end: Vec<i64> = (0..partitions)
         .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
