@@ -84,6 +84,18 @@ impl Error {
         self.response_error().code()
     }
 
+    /// What a group coordinator answers when its write to `__consumer_offsets`
+    /// fails, as Kafka maps it: a retriable coordinator error, so clients back
+    /// off or rediscover the coordinator instead of failing for good.
+    pub fn coordinator_write_error(&self) -> ResponseError {
+        match self {
+            Error::NotEnoughReplicas { .. } | Error::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
+            Error::Storage(_) => ResponseError::NotCoordinator,
+            Error::MessageTooLarge { .. } => ResponseError::InvalidCommitOffsetSize,
+            other => other.response_error(),
+        }
+    }
+
     /// gRPC status for the admin API.
     pub fn to_status(&self) -> tonic::Status {
         use tonic::Code;

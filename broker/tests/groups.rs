@@ -583,3 +583,56 @@ fn offsets_of_groups_that_stay_empty_expire() {
         .unwrap()
         .is_empty());
 }
+
+/// With fewer in-sync replicas than min.insync.replicas, the coordinator's
+/// writes to `__consumer_offsets` fail as Kafka's do: OffsetCommit gets the
+/// retriable COORDINATOR_NOT_AVAILABLE (clients back off and retry), and the
+/// admin reset answers Unavailable, which callers such as the operator retry.
+#[test]
+fn coordinator_writes_below_min_isr_get_retriable_errors() {
+    use fjord_proto::admin::v1 as pb;
+    let rt = runtime();
+    let mut overrides = FAST_GROUPS.to_vec();
+    overrides.push(("min.insync.replicas", "2"));
+    let b = rt.block_on(TestBroker::start(&overrides));
+    rt.block_on(b.create_topic("strict", 1, &[]));
+    rt.block_on(async {
+        let mut raw = Raw::connect(&b.bootstrap).await;
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s("strict-app")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("strict")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(0)])]);
+        match raw
+            .request(ApiKey::OffsetCommit, 8, RequestKind::OffsetCommit(commit))
+            .await
+            .unwrap()
+        {
+            ResponseKind::OffsetCommit(r) => assert_eq!(
+                r.topics[0].partitions[0].error_code,
+                ResponseError::CoordinatorNotAvailable.code()
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", b.broker().admin_addr))
+            .await
+            .unwrap();
+        let refused = admin
+            .reset_group_offsets(pb::ResetGroupOffsetsRequest {
+                group_id: "strict-app".into(),
+                to: pb::reset_group_offsets_request::To::Earliest as i32,
+                topics: vec!["strict".into()],
+                value: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    });
+    assert!(
+        b.broker().ctx.groups.committed_snapshot().is_empty(),
+        "nothing was committed"
+    );
+}

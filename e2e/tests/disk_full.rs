@@ -31,7 +31,7 @@ async fn disk_full_fails_appends_cleanly_and_recovers() {
     if !ok {
         fjord_e2e::skip(
             "disk_full_fails_appends_cleanly_and_recovers",
-            "mounting a 4 MiB tmpfs needs root and mount(8): {mounted:?}",
+            &format!("mounting a 4 MiB tmpfs needs root and mount(8): {mounted:?}"),
         );
         return;
     }

@@ -157,12 +157,13 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
     {
         (kind, Box::new(move || store.len()))
     }
-    for (clusters, sts) in apis::<Cluster>(&client, &namespaces)
+    // One Cluster controller per watched namespace, owning objects in that namespace.
+    for (((clusters, sts), cm), svc) in apis::<Cluster>(&client, &namespaces)
         .into_iter()
         .zip(apis::<StatefulSet>(&client, &namespaces))
+        .zip(apis::<ConfigMap>(&client, &namespaces))
+        .zip(apis::<Service>(&client, &namespaces))
     {
-        let cm = apis::<ConfigMap>(&client, &namespaces).remove(0);
-        let svc = apis::<Service>(&client, &namespaces).remove(0);
         let controller = Controller::new(clusters, watcher::Config::default());
         counted.push(count("Cluster", controller.store()));
         runs.push(

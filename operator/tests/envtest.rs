@@ -467,7 +467,7 @@ async fn consumer_group_reset(client: &Client, broker: &BrokerProcess) {
     let outcome = status.last_reset_outcome.unwrap_or_default();
     assert!(!outcome.starts_with("failed"), "reset outcome: {outcome}");
     assert!(
-        status.partitions.iter().all(|p| p.committed_offset == 4 && p.lag == 6),
+        !status.partitions.is_empty() && status.partitions.iter().all(|p| p.committed_offset == 4 && p.lag == 6),
         "status after the reset: {:?}",
         status.partitions
     );

@@ -241,11 +241,21 @@ impl Admin for AdminService {
             }
         }
         for (topic, partition, code) in self.ctx.groups.commit(&r.group_id, "", None, -1, commits) {
-            if code != 0 {
-                return Err(Status::failed_precondition(format!(
-                    "resetting {topic}-{partition} failed with Kafka error {code}"
-                )));
+            if code == 0 {
+                continue;
             }
+            let message = format!("resetting {topic}-{partition} failed with Kafka error {code}");
+            // The coordinator cannot write now (e.g. fewer in-sync replicas than
+            // min.insync.replicas): the caller may retry; anything else is final.
+            use kafka_protocol::error::ResponseError;
+            let retriable = code == ResponseError::CoordinatorNotAvailable.code()
+                || code == ResponseError::NotCoordinator.code()
+                || code == ResponseError::CoordinatorLoadInProgress.code();
+            return Err(if retriable {
+                Status::unavailable(message)
+            } else {
+                Status::failed_precondition(message)
+            });
         }
         tracing::info!(group = %r.group_id, to = ?to, topics = ?r.topics, "reset group offsets (admin)");
         Ok(Response::new(self.group_description(&r.group_id)?))

@@ -410,7 +410,7 @@ impl GroupCoordinator {
         }
         if let Err(e) = self.append(group_id, records) {
             tracing::error!(group = group_id, error = %e, "writing offsets failed");
-            let code = e.code();
+            let code = e.coordinator_write_error().code();
             for r in results.iter_mut().filter(|r| r.2 == 0) {
                 r.2 = code;
             }
@@ -553,7 +553,7 @@ impl GroupCoordinator {
             }
         }
         if let Err(e) = self.append(group_id, records) {
-            return e.code();
+            return e.coordinator_write_error().code();
         }
         offsets.remove(group_id);
         groups.remove(group_id);
@@ -594,7 +594,7 @@ impl GroupCoordinator {
             results.push((topic, partition, 0));
         }
         if let Err(e) = self.append(group_id, records) {
-            return Err(e.code());
+            return Err(e.coordinator_write_error().code());
         }
         let mut cache = self.offsets.lock();
         if let Some(g) = cache.get_mut(group_id) {

@@ -92,8 +92,12 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
                     described = d.into_inner();
                     format!("reset {:?} to {:?}", reset.topics, reset.to)
                 }
-                // A group that gained members meanwhile retries later; anything else is final.
-                Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("active members") => {
+                // A group that gained members meanwhile, or a coordinator that cannot
+                // write right now, retries later; anything else is final.
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        || (s.code() == tonic::Code::FailedPrecondition && s.message().contains("active members")) =>
+                {
                     return Ok(Action::requeue(Duration::from_secs(5)));
                 }
                 Err(s) => format!("failed: {}", s.message()),
