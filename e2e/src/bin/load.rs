@@ -404,6 +404,11 @@ struct Run {
     /// 2 / (client + broker CPU-s/GB) bounds the GB/s any broker could reach.
     produce_client_cpu_per_gb: f64,
     consume_client_cpu_per_gb: f64,
+    /// Fetch requests the broker served during the librdkafka consume, their
+    /// mean size and the broker's handling time (the transfer is not in it).
+    fetches: f64,
+    fetch_mb: f64,
+    fetch_broker_ms: f64,
     consume_mbs: f64,
     consume_rps: f64,
     consume_cpu_per_gb: f64,
@@ -490,16 +495,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
     let consume_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
     let fetches1 = fetch_stats(broker);
-    let (n, secs) = (fetches1.0 - fetches0.0, fetches1.1 - fetches0.1);
-    // librdkafka keeps one Fetch in flight per broker: its rate is the fetch size over
-    // round trip + transfer + record parsing; the broker's part shows here.
-    println!(
-        "      librdkafka consume: {n:.0} Fetch requests of {:.2} MB, {:.2} ms broker time each ({:.2} s of {:.2} s)",
-        mb(got_bytes as f64) / n,
-        1000.0 * secs / n,
-        secs,
-        start.elapsed().as_secs_f64()
-    );
+    let (fetches, fetch_secs) = (fetches1.0 - fetches0.0, fetches1.1 - fetches0.1);
     assert_eq!(got, records, "consumed every record");
     let end: Vec<i64> = (0..partitions)
         .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
@@ -515,6 +511,9 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         produce_cpu_per_gb: produce_cpu / (bytes / 1e9),
         produce_client_cpu_per_gb: produce_client_cpu / (bytes / 1e9),
         consume_client_cpu_per_gb: consume_client_cpu / (got_bytes as f64 / 1e9),
+        fetches,
+        fetch_mb: mb(got_bytes as f64) / fetches.max(1.0),
+        fetch_broker_ms: 1000.0 * fetch_secs / fetches.max(1.0),
         consume_mbs: mb(got_bytes as f64) / consume_elapsed,
         consume_rps: got as f64 / consume_elapsed,
         consume_cpu_per_gb: consume_cpu / (got_bytes as f64 / 1e9),
@@ -584,6 +583,12 @@ async fn main() {
             r.raw_fetch_mbs,
             r.raw_fetch_cpu_per_gb,
             100.0 * r.raw_fetch_mbs / machine.loopback_sendfile
+        );
+        // librdkafka keeps one Fetch in flight per broker: its consume rate is the fetch
+        // size over round trip + transfer + record parsing, and the broker's part is small.
+        println!(
+            "      librdkafka consume: {:.0} Fetch requests of {:.2} MB, {:.2} ms broker handling each",
+            r.fetches, r.fetch_mb, r.fetch_broker_ms
         );
         // Two cores shared by client and broker: GB/s <= 2 / (client + broker CPU-s per GB).
         let bound = |client: f64, broker: f64| 2.0 * 1000.0 / (client + broker);
