@@ -586,8 +586,9 @@ fn offsets_of_groups_that_stay_empty_expire() {
 
 /// With fewer in-sync replicas than min.insync.replicas, the coordinator's
 /// writes to `__consumer_offsets` fail as Kafka's do: OffsetCommit gets the
-/// retriable COORDINATOR_NOT_AVAILABLE (clients back off and retry), and the
-/// admin reset answers Unavailable, which callers such as the operator retry.
+/// retriable COORDINATOR_NOT_AVAILABLE (clients back off and retry), SyncGroup
+/// too, with no assignment handed out, and the admin reset answers
+/// Unavailable, which callers such as the operator retry.
 #[test]
 fn coordinator_writes_below_min_isr_get_retriable_errors() {
     use fjord_proto::admin::v1 as pb;
@@ -615,6 +616,52 @@ fn coordinator_writes_below_min_isr_get_retriable_errors() {
                 r.topics[0].partitions[0].error_code,
                 ResponseError::CoordinatorNotAvailable.code()
             ),
+            other => panic!("{other:?}"),
+        }
+        // A member's assignment is not handed out when it could not be stored.
+        let join = |member: &str| {
+            RequestKind::JoinGroup(
+                JoinGroupRequest::default()
+                    .with_group_id(GroupId(s("strict-group")))
+                    .with_session_timeout_ms(6000)
+                    .with_rebalance_timeout_ms(6000)
+                    .with_member_id(s(member))
+                    .with_protocol_type(s("consumer"))
+                    .with_protocols(vec![JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(bytes::Bytes::new())]),
+            )
+        };
+        let member = match raw.request(ApiKey::JoinGroup, 5, join("")).await.unwrap() {
+            ResponseKind::JoinGroup(r) => {
+                assert_eq!(r.error_code, ResponseError::MemberIdRequired.code());
+                r.member_id
+            }
+            other => panic!("{other:?}"),
+        };
+        let generation = match raw.request(ApiKey::JoinGroup, 5, join(&member)).await.unwrap() {
+            ResponseKind::JoinGroup(r) => {
+                assert_eq!((r.error_code, &r.leader), (0, &member));
+                r.generation_id
+            }
+            other => panic!("{other:?}"),
+        };
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s("strict-group")))
+            .with_generation_id(generation)
+            .with_member_id(member.clone())
+            .with_assignments(vec![sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(member.clone())
+                .with_assignment(bytes::Bytes::from_static(b"assignment"))]);
+        match raw
+            .request(ApiKey::SyncGroup, 3, RequestKind::SyncGroup(sync))
+            .await
+            .unwrap()
+        {
+            ResponseKind::SyncGroup(r) => {
+                assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
+                assert!(r.assignment.is_empty());
+            }
             other => panic!("{other:?}"),
         }
         let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", b.broker().admin_addr))

@@ -221,18 +221,22 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn persist_group(&self, group: &mut Group) {
+    /// Writes the group record if the group changed; the error code is the
+    /// one members get when a SyncGroup waited on this write.
+    fn persist_group(&self, group: &mut Group) -> Result<(), i16> {
         if !group.needs_persist {
-            return;
+            return Ok(());
         }
         group.needs_persist = false;
         let key = RecordKey::Group {
             group: group.id.clone(),
         }
         .encode();
-        if let Err(e) = self.append(&group.id, vec![(key, Some(group.to_value().encode()))]) {
-            tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
-        }
+        self.append(&group.id, vec![(key, Some(group.to_value().encode()))])
+            .map_err(|e| {
+                tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
+                e.coordinator_write_error().code()
+            })
     }
 
     /// Runs `f` on the group (created if missing), persists what it changed,
@@ -243,7 +247,8 @@ impl GroupCoordinator {
             .entry(group_id.to_string())
             .or_insert_with(|| Group::new(group_id));
         let out = f(group);
-        self.persist_group(group);
+        let stored = self.persist_group(group);
+        group.store_completed(stored, Instant::now(), &self.config.limits);
         if group.is_unused() {
             groups.remove(group_id);
         }
@@ -346,7 +351,8 @@ impl GroupCoordinator {
         let mut groups = self.groups.lock();
         for g in groups.values_mut() {
             g.tick(now, &self.config.limits);
-            self.persist_group(g);
+            let stored = self.persist_group(g);
+            g.store_completed(stored, now, &self.config.limits);
         }
     }
 

@@ -167,6 +167,9 @@ pub struct Group {
     pub state_timestamp: i64,
     /// Group metadata changed in a way that must be written to the log.
     pub needs_persist: bool,
+    /// The leader's SyncGroup set the assignment; members hear it once the
+    /// coordinator has stored it (see `store_completed`).
+    sync_awaits_store: bool,
     /// Rebalances completed, for the tests and metrics.
     pub rebalances: u64,
 }
@@ -193,6 +196,7 @@ impl Group {
             initial_join_deadline: None,
             state_timestamp: now_ms(),
             needs_persist: false,
+            sync_awaits_store: false,
             rebalances: 0,
         }
     }
@@ -613,19 +617,43 @@ impl Group {
                     }
                     self.transition(GroupState::Stable);
                     self.needs_persist = true;
-                    let (ptype, pname) = (self.protocol_type.clone(), self.protocol_name.clone());
-                    for m in self.members.values_mut() {
-                        if let Some(w) = m.sync_waiter.take() {
-                            let _ = w.send(SyncResult {
-                                error: NONE,
-                                protocol_type: ptype.clone(),
-                                protocol_name: pname.clone(),
-                                assignment: m.assignment.clone(),
-                            });
-                        }
-                    }
+                    self.sync_awaits_store = true;
                 }
                 Reply::Wait(rx)
+            }
+        }
+    }
+
+    /// The coordinator's write of the group record after a change: once the
+    /// leader's assignment is stored, every waiting member gets its part. If
+    /// the store failed, they get the error and the group rebalances, as
+    /// Kafka does, so no member works from an assignment that was not stored.
+    pub fn store_completed(&mut self, stored: Result<(), i16>, now: Instant, limits: &GroupLimits) {
+        if !std::mem::take(&mut self.sync_awaits_store) {
+            return;
+        }
+        match stored {
+            Ok(()) => {
+                let (ptype, pname) = (self.protocol_type.clone(), self.protocol_name.clone());
+                for m in self.members.values_mut() {
+                    if let Some(w) = m.sync_waiter.take() {
+                        let _ = w.send(SyncResult {
+                            error: NONE,
+                            protocol_type: ptype.clone(),
+                            protocol_name: pname.clone(),
+                            assignment: m.assignment.clone(),
+                        });
+                    }
+                }
+            }
+            Err(code) => {
+                for m in self.members.values_mut() {
+                    m.assignment = Bytes::new();
+                    if let Some(w) = m.sync_waiter.take() {
+                        let _ = w.send(SyncResult::error(code));
+                    }
+                }
+                self.prepare_rebalance(now, limits);
             }
         }
     }
@@ -818,7 +846,10 @@ mod tests {
             assignments,
             ..SyncRequest::default()
         };
-        g.sync(req, now)
+        let reply = g.sync(req, now);
+        // The coordinator stores the group after every change; here the store succeeds.
+        g.store_completed(Ok(()), now, &limits());
+        reply
     }
 
     fn limits() -> GroupLimits {
@@ -914,6 +945,45 @@ mod tests {
         assert_eq!(g.state, GroupState::Stable);
         assert!(g.needs_persist);
         assert_eq!(g.heartbeat(&b, None, 2, now), 0);
+    }
+
+    #[test]
+    fn an_assignment_that_could_not_be_stored_is_not_handed_out() {
+        let now = Instant::now();
+        let mut g = Group::new("g");
+        let (a, mut rx_a) = join_new(&mut g, &["range"], now);
+        rx_a.try_recv().unwrap();
+        let (b, _) = join_new(&mut g, &["range"], now);
+        let mut rx_a = waited(g.join(req(&a, &["range"]), now, &limits()));
+        rx_a.try_recv().unwrap();
+        let follower = SyncRequest {
+            member_id: b.clone(),
+            generation: 2,
+            ..SyncRequest::default()
+        };
+        let mut sb = waited(g.sync(follower, now));
+        let leader = SyncRequest {
+            member_id: a.clone(),
+            generation: 2,
+            assignments: vec![
+                (a.clone(), Bytes::from_static(b"A")),
+                (b.clone(), Bytes::from_static(b"B")),
+            ],
+            ..SyncRequest::default()
+        };
+        let mut sa = waited(g.sync(leader, now));
+        assert!(
+            sa.try_recv().is_err(),
+            "nobody hears the assignment before it is stored"
+        );
+        let code = ResponseError::CoordinatorNotAvailable.code();
+        g.store_completed(Err(code), now, &limits());
+        assert_eq!(
+            (sa.try_recv().unwrap().error, sb.try_recv().unwrap().error),
+            (code, code)
+        );
+        assert_eq!(g.state, GroupState::PreparingRebalance, "members must rejoin");
+        assert_eq!(g.heartbeat(&b, None, 2, now), ResponseError::RebalanceInProgress.code());
     }
 
     #[test]
