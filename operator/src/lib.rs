@@ -205,11 +205,8 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
     }
     let gauges = tokio::spawn(async move {
         loop {
-            let mut totals: HashMap<&str, usize> = HashMap::new();
-            for (kind, len) in &counted {
-                *totals.entry(kind).or_default() += len();
-            }
-            for (kind, n) in totals {
+            for kind in metrics::KINDS {
+                let n: usize = counted.iter().filter(|(k, _)| *k == kind).map(|(_, len)| len()).sum();
                 metrics.managed.with_label_values(&[kind]).set(n as i64);
             }
             tokio::time::sleep(Duration::from_secs(5)).await;

@@ -421,8 +421,7 @@ fn consume(mut config: rdkafka::config::ClientConfig, topic: &str, n: usize) -> 
         }
     }
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
-    // Closing leaves the group, so it is empty for the reset.
-    consumer.unsubscribe();
+    // Dropping the consumer closes it, which leaves the group: it is empty for the reset.
     offsets
 }
 

@@ -245,12 +245,9 @@ impl Admin for AdminService {
                 continue;
             }
             let message = format!("resetting {topic}-{partition} failed with Kafka error {code}");
-            // The coordinator cannot write now (e.g. fewer in-sync replicas than
-            // min.insync.replicas): the caller may retry; anything else is final.
-            use kafka_protocol::error::ResponseError;
-            let retriable = code == ResponseError::CoordinatorNotAvailable.code()
-                || code == ResponseError::NotCoordinator.code()
-                || code == ResponseError::CoordinatorLoadInProgress.code();
+            // An error the protocol calls retriable (e.g. the coordinator cannot write
+            // below min.insync.replicas): the caller may retry; anything else is final.
+            let retriable = kafka_protocol::error::ResponseError::try_from_code(code).is_some_and(|e| e.is_retriable());
             return Err(if retriable {
                 Status::unavailable(message)
             } else {

@@ -221,22 +221,25 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    /// Writes the group record if the group changed; the error code is the
-    /// one members get when a SyncGroup waited on this write.
-    fn persist_group(&self, group: &mut Group) -> Result<(), i16> {
+    /// Writes the group record if the group changed, then tells the group how
+    /// the write went (members waiting in SyncGroup hear their assignment, or
+    /// the coordinator error, only now).
+    fn persist_group(&self, group: &mut Group, now: Instant) {
         if !group.needs_persist {
-            return Ok(());
+            return;
         }
         group.needs_persist = false;
         let key = RecordKey::Group {
             group: group.id.clone(),
         }
         .encode();
-        self.append(&group.id, vec![(key, Some(group.to_value().encode()))])
+        let stored = self
+            .append(&group.id, vec![(key, Some(group.to_value().encode()))])
             .map_err(|e| {
                 tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
                 e.coordinator_write_error().code()
-            })
+            });
+        group.store_completed(stored, now, &self.config.limits);
     }
 
     /// Runs `f` on the group (created if missing), persists what it changed,
@@ -247,8 +250,7 @@ impl GroupCoordinator {
             .entry(group_id.to_string())
             .or_insert_with(|| Group::new(group_id));
         let out = f(group);
-        let stored = self.persist_group(group);
-        group.store_completed(stored, Instant::now(), &self.config.limits);
+        self.persist_group(group, Instant::now());
         if group.is_unused() {
             groups.remove(group_id);
         }
@@ -351,8 +353,7 @@ impl GroupCoordinator {
         let mut groups = self.groups.lock();
         for g in groups.values_mut() {
             g.tick(now, &self.config.limits);
-            let stored = self.persist_group(g);
-            g.store_completed(stored, now, &self.config.limits);
+            self.persist_group(g, now);
         }
     }
 

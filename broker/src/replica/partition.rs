@@ -64,18 +64,26 @@ impl Partition {
     /// produces are refused, as Kafka does, rather than acknowledged with less
     /// durability than the topic promises.
     pub fn is_under_min_isr(&self) -> bool {
-        (self.isr.len() as i64) < i64::from(self.log.config().min_insync_replicas)
+        self.min_isr_not_met().is_some()
+    }
+
+    /// The topic's min.insync.replicas, when the ISR is smaller than it.
+    fn min_isr_not_met(&self) -> Option<i32> {
+        let min = self.log.config().min_insync_replicas;
+        ((self.isr.len() as i64) < i64::from(min)).then_some(min)
     }
 
     /// Appends as leader (`acks` as in the Produce request). With the ISR being
     /// this broker, the write is committed at once (acks=all behaves as acks=1
     /// on one node, unless min.insync.replicas asks for more replicas).
     pub fn append(&self, records: &Bytes, acks: i16) -> Result<AppendInfo> {
-        if acks == -1 && self.is_under_min_isr() {
-            return Err(Error::NotEnoughReplicas {
-                isr: self.isr.len(),
-                min: self.log.config().min_insync_replicas,
-            });
+        if acks == -1 {
+            if let Some(min) = self.min_isr_not_met() {
+                return Err(Error::NotEnoughReplicas {
+                    isr: self.isr.len(),
+                    min,
+                });
+            }
         }
         let info = self.log.append_as_leader(records, self.leader_epoch)?;
         self.high_watermark.fetch_max(info.last_offset + 1, Ordering::AcqRel);
