@@ -200,6 +200,10 @@ config_struct! {
         log_flush_offset_checkpoint_interval_ms: i64 = "log.flush.offset.checkpoint.interval.ms", 60_000;
         /// CreateTime or LogAppendTime (topic: message.timestamp.type).
         log_message_timestamp_type: String = "log.message.timestamp.type", "CreateTime".to_string();
+        /// Oldest record timestamp accepted, in ms before the broker's time, on CreateTime topics (topic: message.timestamp.before.max.ms).
+        log_message_timestamp_before_max_ms: i64 = "log.message.timestamp.before.max.ms", i64::MAX;
+        /// Newest record timestamp accepted, in ms after the broker's time, on CreateTime topics (topic: message.timestamp.after.max.ms).
+        log_message_timestamp_after_max_ms: i64 = "log.message.timestamp.after.max.ms", 3_600_000;
         /// delete, compact or both (topic: cleanup.policy).
         log_cleanup_policy: String = "log.cleanup.policy", "delete".to_string();
         /// producer keeps the producer's codec; otherwise batches are recompressed (topic: compression.type).
@@ -208,6 +212,12 @@ config_struct! {
         log_cleaner_delete_retention_ms: i64 = "log.cleaner.delete.retention.ms", DAY_MS;
         /// Minimum in-sync replicas for acks=all (topic: min.insync.replicas).
         min_insync_replicas: i32 = "min.insync.replicas", 1;
+        /// Request bytes all connections together may hold read but not yet handled; a
+        /// connection waits to read a frame until its bytes fit (Kafka bounds the queue
+        /// with queued.max.requests; -1 is unbounded).
+        queued_max_request_bytes: i64 = "queued.max.request.bytes", 536_870_912;
+        /// A request frame whose body has not fully arrived this long after its size closes the connection.
+        socket_request_read_timeout_ms: i64 = "socket.request.read.timeout.ms", 30_000;
         /// Idle connections are closed after this long.
         connections_max_idle_ms: i64 = "connections.max.idle.ms", 600_000;
         /// How long a group forming from empty waits for more members before its first rebalance.
@@ -260,6 +270,10 @@ config_struct! {
         max_message_bytes: i32 = "max.message.bytes", 1_048_588;
         /// CreateTime or LogAppendTime.
         message_timestamp_type: String = "message.timestamp.type", "CreateTime".to_string();
+        /// Oldest record timestamp accepted, in ms before the broker's time (CreateTime only).
+        message_timestamp_before_max_ms: i64 = "message.timestamp.before.max.ms", i64::MAX;
+        /// Newest record timestamp accepted, in ms after the broker's time (CreateTime only).
+        message_timestamp_after_max_ms: i64 = "message.timestamp.after.max.ms", 3_600_000;
         /// delete, compact or compact,delete.
         cleanup_policy: String = "cleanup.policy", "delete".to_string();
         /// producer, uncompressed, gzip, snappy, lz4 or zstd.
@@ -293,6 +307,8 @@ impl LogConfig {
             index_interval_bytes: broker.log_index_interval_bytes,
             max_message_bytes: broker.message_max_bytes,
             message_timestamp_type: broker.log_message_timestamp_type.clone(),
+            message_timestamp_before_max_ms: broker.log_message_timestamp_before_max_ms,
+            message_timestamp_after_max_ms: broker.log_message_timestamp_after_max_ms,
             cleanup_policy: broker.log_cleanup_policy.clone(),
             compression_type: broker.compression_type.clone(),
             flush_messages: broker.log_flush_interval_messages,
@@ -316,6 +332,8 @@ impl LogConfig {
             "index.interval.bytes" => "log.index.interval.bytes",
             "max.message.bytes" => "message.max.bytes",
             "message.timestamp.type" => "log.message.timestamp.type",
+            "message.timestamp.before.max.ms" => "log.message.timestamp.before.max.ms",
+            "message.timestamp.after.max.ms" => "log.message.timestamp.after.max.ms",
             "cleanup.policy" => "log.cleanup.policy",
             "compression.type" => "compression.type",
             "flush.messages" => "log.flush.interval.messages",
@@ -379,6 +397,14 @@ impl LogConfig {
                 self.segment_index_bytes.to_string(),
                 "must be at least 8",
             ));
+        }
+        for (name, value) in [
+            ("message.timestamp.before.max.ms", self.message_timestamp_before_max_ms),
+            ("message.timestamp.after.max.ms", self.message_timestamp_after_max_ms),
+        ] {
+            if value < 0 {
+                return Err(invalid(name, value.to_string(), "must be non-negative"));
+            }
         }
         if !matches!(self.message_timestamp_type.as_str(), "CreateTime" | "LogAppendTime") {
             return Err(invalid(

@@ -13,6 +13,10 @@ pub enum Error {
     MessageTooLarge { size: usize, max: i32 },
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// Records of a batch refused one by one (KIP-467): the whole batch is
+    /// rejected and the client learns which records were at fault.
+    #[error("{} invalid records, first: {}", .0.len(), .0.first().map_or("", |e| e.message.as_str()))]
+    InvalidRecords(Vec<RecordError>),
     #[error("offset {offset} is out of range [{start}, {end}]")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
     #[error("this server does not host this topic-partition")]
@@ -43,6 +47,31 @@ pub enum Error {
     Storage(#[from] std::io::Error),
 }
 
+/// Why one record of a batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordErrorKind {
+    InvalidRecord,
+    InvalidTimestamp,
+}
+
+/// One refused record: its index in the batch and why (Produce v8+ `record_errors`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub batch_index: i32,
+    pub kind: RecordErrorKind,
+    pub message: String,
+}
+
+impl RecordError {
+    pub fn new(batch_index: i32, kind: RecordErrorKind, message: String) -> RecordError {
+        RecordError {
+            batch_index,
+            kind,
+            message,
+        }
+    }
+}
+
 impl From<BatchError> for Error {
     fn from(e: BatchError) -> Self {
         Error::CorruptMessage(e.to_string())
@@ -62,6 +91,11 @@ impl Error {
             Error::CorruptMessage(_) => ResponseError::CorruptMessage,
             Error::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             Error::InvalidRecord(_) => ResponseError::InvalidRecord,
+            // Kafka answers INVALID_TIMESTAMP when any record's timestamp is at fault.
+            Error::InvalidRecords(errors) if errors.iter().any(|e| e.kind == RecordErrorKind::InvalidTimestamp) => {
+                ResponseError::InvalidTimestamp
+            }
+            Error::InvalidRecords(_) => ResponseError::InvalidRecord,
             Error::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             Error::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
             Error::UnknownTopicId => ResponseError::UnknownTopicId,

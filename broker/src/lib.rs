@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod group;
 pub mod log;
+pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod replica;

@@ -24,9 +24,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    fjord_broker::logging::init();
     let args = Args::parse();
     let mut overrides = Vec::new();
     for o in &args.overrides {

@@ -37,10 +37,17 @@ pub fn broker_bin() -> PathBuf {
 
 /// Reports a test skipped for a missing tool. Written straight to the
 /// process's stderr, past the test harness's output capture, so the reason
-/// shows in a normal `cargo test` log (and in CI's).
+/// shows in a normal `cargo test` log. Under `CI=true` a skip is a failure:
+/// `.ci/run` installs every tool the suite needs, so a missing one is a bug.
 pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
+    assert!(!in_ci(), "{test} cannot run under CI=true: {reason}");
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
+/// True under `CI=true` (or `CI=1`), where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the broker to take).

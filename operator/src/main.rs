@@ -8,9 +8,16 @@ use kube::{Api, Client};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    // As the broker: colours only on a terminal, JSON lines with FJORD_LOG_FORMAT=json.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match std::env::var("FJORD_LOG_FORMAT") {
+        Ok(f) if f.eq_ignore_ascii_case("json") => logs.json().init(),
+        _ => logs.init(),
+    }
     let config = OperatorConfig::from_env();
     let metrics = metrics::Metrics::new();
     tokio::spawn(metrics::serve(config.metrics_addr.clone(), metrics.clone()));

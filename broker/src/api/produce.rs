@@ -1,6 +1,8 @@
 //! Produce: validate and append each partition's record set; answer per partition.
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str, Apis};
@@ -27,6 +29,7 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                 .partition_data
                 .into_iter()
                 .map(|p| {
+                    let mut record_errors = Vec::new();
                     let result = match (&request_error, p.records) {
                         (Some(e), _) => Err(e.to_string_and_code()),
                         (None, None) => Err(Error::CorruptMessage("no records".into()).to_string_and_code()),
@@ -34,11 +37,13 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                             Err(Error::InvalidTopic(format!("cannot append to internal topic {name}"))
                                 .to_string_and_code())
                         }
-                        (None, Some(records)) => apis
-                            .replicas
-                            .get(&name, p.index)
+                        (None, Some(records)) => one_batch(&records)
+                            .and_then(|()| apis.replicas.get(&name, p.index))
                             .and_then(|part| part.append(&records, acks))
-                            .map_err(|e| e.to_string_and_code()),
+                            .map_err(|e| {
+                                record_errors = record_errors_of(&e);
+                                e.to_string_and_code()
+                            }),
                     };
                     let response = PartitionProduceResponse::default().with_index(p.index);
                     match result {
@@ -66,6 +71,7 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                                 .with_base_offset(-1)
                                 .with_log_append_time_ms(-1)
                                 .with_error_message((version >= 8).then(|| str(message)))
+                                .with_record_errors(if version >= 8 { record_errors } else { Vec::new() })
                         }
                     }
                 })
@@ -79,6 +85,33 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
         apis.replicas.notify_appended();
     }
     (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+}
+
+/// Produce v3+ carries exactly one v2 batch per partition, as Kafka's
+/// ProduceRequest.validateRecords requires; record errors index into it.
+fn one_batch(records: &bytes::Bytes) -> Result<(), Error> {
+    let first = crate::log::batch::total_size(records)?;
+    if first < records.len() {
+        return Err(Error::InvalidRecord(
+            "produce requests may carry exactly one record batch per partition".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// KIP-467: which records of the batch were refused, and why.
+fn record_errors_of(e: &Error) -> Vec<BatchIndexAndErrorMessage> {
+    match e {
+        Error::InvalidRecords(errors) => errors
+            .iter()
+            .map(|r| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(r.batch_index)
+                    .with_batch_index_error_message(Some(str(r.message.clone())))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn record_metrics(apis: &Apis, topic: &str, info: &AppendInfo) {

@@ -22,11 +22,17 @@ pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
     "log.flush.interval.ms",
     "log.cleanup.policy",
     "log.message.timestamp.type",
+    "log.message.timestamp.before.max.ms",
+    "log.message.timestamp.after.max.ms",
     "log.cleaner.delete.retention.ms",
     "compression.type",
     "message.max.bytes",
     "min.insync.replicas",
 ];
+
+/// Most partitions one topic may have (CreateTopics, CreatePartitions): a
+/// count from the network must not make the broker open millions of logs.
+pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
@@ -164,9 +170,9 @@ impl MetadataImage {
         } else {
             partitions
         };
-        if partitions < 1 {
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
             return Err(Error::InvalidPartitions(format!(
-                "number of partitions must be at least 1, got {partitions}"
+                "number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {partitions}"
             )));
         }
         let replication_factor = if replication_factor == -1 {
@@ -202,6 +208,11 @@ impl MetadataImage {
             return Err(Error::InvalidPartitions(format!(
                 "topic currently has {} partitions, which is higher than the requested {count}",
                 topic.partitions
+            )));
+        }
+        if count > MAX_PARTITIONS_PER_TOPIC {
+            return Err(Error::InvalidPartitions(format!(
+                "a topic has at most {MAX_PARTITIONS_PER_TOPIC} partitions, asked for {count}"
             )));
         }
         if count == topic.partitions {

@@ -315,6 +315,10 @@ impl PatchedHeader {
         self.0[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
         self.0[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&timestamp.to_be_bytes());
     }
+    /// Sets the batch's max timestamp; the CRC must be recomputed.
+    pub fn set_max_timestamp(&mut self, timestamp: i64) {
+        self.0[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&timestamp.to_be_bytes());
+    }
     pub fn set_producer(&mut self, producer_id: i64, epoch: i16, base_sequence: i32) {
         self.0[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
         self.0[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_be_bytes());

@@ -93,6 +93,13 @@ impl LogManager {
     /// Opens the log directory; removes the clean shutdown marker so that a crash from
     /// here on is detected at the next start.
     pub fn open(dir: &Path) -> Result<LogManager> {
+        // Nothing here but, perhaps, the cluster metadata written just before.
+        let fresh = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name().to_string_lossy().starts_with("__cluster_metadata")),
+            Err(_) => true,
+        };
         std::fs::create_dir_all(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = marker.exists();
@@ -100,6 +107,8 @@ impl LogManager {
         let log_start_offsets = read_checkpoint(&dir.join(LOG_START_OFFSET_CHECKPOINT))?;
         if clean {
             std::fs::remove_file(&marker)?;
+        } else if fresh {
+            tracing::info!(dir = %dir.display(), "empty data directory: starting a new log store");
         } else {
             tracing::info!(dir = %dir.display(), "no clean shutdown marker: recovering logs past their recovery points");
         }

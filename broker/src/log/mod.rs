@@ -6,6 +6,7 @@ pub mod cleaner;
 pub mod index;
 pub mod manager;
 pub mod segment;
+pub mod validator;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -225,6 +226,14 @@ impl Log {
         if batches.is_empty() {
             return Err(Error::CorruptMessage("empty record set".into()));
         }
+        let policy = validator::RecordPolicy {
+            now_ms: now_ms(),
+            create_time: !config.log_append_time(),
+            timestamp_before_max_ms: config.message_timestamp_before_max_ms,
+            timestamp_after_max_ms: config.message_timestamp_after_max_ms,
+            require_keys: config.compact(),
+        };
+        // Each batch, with its true max timestamp when the header claimed another.
         let mut incoming = Vec::with_capacity(batches.len());
         for b in batches {
             let h = batch::validate_for_append(&b)?;
@@ -240,15 +249,14 @@ impl Log {
             if h.is_transactional() {
                 return Err(Error::TransactionsUnsupported);
             }
-            if config.compact() {
-                require_keys(&b)?;
-            }
+            let validated = validator::validate_records(&b, &policy)?;
             let codec = h.compression();
-            incoming.push(recompress_if_needed(b, codec, &config)?);
+            let fixed_max = validated.max_timestamp != h.max_timestamp();
+            incoming.push((recompress_if_needed(b, codec, &config)?, fixed_max.then_some(validated)));
         }
 
         let log_append_time = if config.log_append_time() { now_ms() } else { -1 };
-        let total: usize = incoming.iter().map(Bytes::len).sum();
+        let total: usize = incoming.iter().map(|(b, _)| b.len()).sum();
         let mut st = self.state.write();
         self.maybe_roll(&mut st, total, &config)?;
 
@@ -261,7 +269,7 @@ impl Log {
             }
         };
         let mut count = 0u64;
-        for b in &incoming {
+        for (b, true_max) in &incoming {
             let h = BatchHeader::parse(b)?;
             let last_offset = offset + h.last_offset_delta() as i64;
             if h.producer_id() >= 0 {
@@ -309,6 +317,12 @@ impl Log {
             let body = b.slice(HEADER_SIZE..);
             if log_append_time >= 0 {
                 header.set_log_append_time(log_append_time);
+                header.recompute_crc(&body);
+            } else if let Some(v) = true_max {
+                // As Kafka's LogValidator: the header's max timestamp is the
+                // records' own, so a false claim cannot pin a segment against
+                // time retention or mislead the time index.
+                header.set_max_timestamp(v.max_timestamp);
                 header.recompute_crc(&body);
             }
             count += h.records_count() as u64;
@@ -568,21 +582,6 @@ impl Log {
         st.producers.write_snapshot(&self.dir, end)?;
         Ok(())
     }
-}
-
-/// Compaction keeps the newest record per key, so compacted topics refuse
-/// records without one (Kafka's INVALID_RECORD); this is the one case where
-/// the broker decodes a client's records on append.
-fn require_keys(batch: &Bytes) -> Result<()> {
-    let mut buf = batch.clone();
-    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
-        .map_err(|e| Error::CorruptMessage(e.to_string()))?;
-    if set.records.iter().any(|r| r.key.is_none()) {
-        return Err(Error::InvalidRecord(
-            "compacted topic cannot accept a record without a key".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Recompresses a batch when the topic's `compression.type` names another codec.

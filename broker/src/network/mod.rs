@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::api::Apis;
@@ -23,17 +23,46 @@ use frame::{FrameError, Request};
 use kafka_protocol::messages::ApiKey;
 use zero_copy::{Chunk, FileRecords};
 
+/// Request bytes read off the sockets and not yet handled, across all
+/// connections (`queued.max.request.bytes`): a connection takes its frame's
+/// share before reading the body and gives it back once the request is done,
+/// so many clients announcing large frames cannot make the broker hold more.
+#[derive(Clone)]
+struct RequestMemory {
+    budget: Option<(Arc<Semaphore>, u32)>,
+}
+
+impl RequestMemory {
+    fn new(queued_max_request_bytes: i64) -> RequestMemory {
+        let budget = (queued_max_request_bytes > 0).then(|| {
+            let total = queued_max_request_bytes.min(i64::from(u32::MAX)) as u32;
+            (Arc::new(Semaphore::new(total as usize)), total)
+        });
+        RequestMemory { budget }
+    }
+
+    /// Waits until `size` bytes fit. A frame larger than the whole budget
+    /// (allowed by socket.request.max.bytes) waits for all of it.
+    async fn reserve(&self, size: usize) -> Option<OwnedSemaphorePermit> {
+        let (semaphore, total) = self.budget.as_ref()?;
+        let n = (size.min(*total as usize) as u32).max(1);
+        semaphore.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
 /// Accepts connections until shutdown.
 pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Receiver<bool>) {
     let mut stop = shutdown.clone();
+    let memory = RequestMemory::new(apis.config().queued_max_request_bytes);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let apis = apis.clone();
                     let shutdown = shutdown.clone();
+                    let memory = memory.clone();
                     tokio::spawn(async move {
-                        handle_connection(stream, apis, shutdown)
+                        handle_connection(stream, apis, memory, shutdown)
                             .instrument(tracing::debug_span!("connection", %peer))
                             .await
                     });
@@ -55,7 +84,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: watch::Receiver<bool>) {
+async fn handle_connection(
+    stream: TcpStream,
+    apis: Arc<Apis>,
+    memory: RequestMemory,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // Kafka reports client hosts as "/<ip>".
     let client_host = stream.peer_addr().map(|a| format!("/{}", a.ip())).unwrap_or_default();
     apis.metrics().active_connections.inc();
@@ -67,6 +101,7 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
     let writer = tokio::spawn(write_responses(write_half, rx));
     let max_frame = apis.config().socket_request_max_bytes as usize;
     let idle = Duration::from_millis(apis.config().connections_max_idle_ms.max(1) as u64);
+    let body_timeout = Duration::from_millis(apis.config().socket_request_read_timeout_ms.max(1) as u64);
 
     loop {
         let mut len = [0u8; 4];
@@ -90,9 +125,23 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
             );
             break;
         }
+        // One request at a time per connection, so one connection holds at
+        // most one frame (socket.request.max.bytes) of request bytes.
+        let permit = tokio::select! {
+            permit = memory.reserve(size as usize) => permit,
+            () = crate::broker::stopped(&mut shutdown) => break,
+        };
         let mut buf = vec![0u8; size as usize];
-        if reader.read_exact(&mut buf).await.is_err() {
-            break;
+        match tokio::time::timeout(body_timeout, reader.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!(
+                    size,
+                    "request body did not arrive within socket.request.read.timeout.ms; closing connection"
+                );
+                break;
+            }
         }
         let request = match frame::parse_request(Bytes::from(buf), apis.as_ref()) {
             Ok(r) => r,
@@ -118,7 +167,9 @@ async fn handle_connection(stream: TcpStream, apis: Arc<Apis>, mut shutdown: wat
                 break;
             }
         };
-        if !dispatch(&apis, request, &tx, &client_host).await {
+        let keep_open = dispatch(&apis, request, &tx, &client_host).await;
+        drop(permit);
+        if !keep_open {
             break;
         }
     }
