@@ -683,3 +683,86 @@ fn coordinator_writes_below_min_isr_get_retriable_errors() {
         "nothing was committed"
     );
 }
+
+/// A group lives in `__consumer_offsets` partition `abs(hashCode) % 50`, as in
+/// Kafka ("my-group": 12). Offsets an older Fjord wrote to the masked-hash
+/// partition (36) are still read, and are moved on load.
+#[test]
+fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
+    use fjord_broker::group::records::{OffsetValue, RecordKey};
+    use fjord_broker::group::OFFSETS_TOPIC;
+    use fjord_broker::log::batch::{encode_records, plain_record};
+    use fjord_broker::log::segment::now_ms;
+    let rt = runtime();
+    let mut b = rt.block_on(TestBroker::start(FAST_GROUPS));
+    rt.block_on(b.create_topic("orders", 1, &[]));
+    let groups = b.broker().ctx.groups.clone();
+    assert_eq!(groups.partition_for("my-group"), 12);
+    groups.ensure_offsets_topic().unwrap();
+
+    // Where the old mapping put it: an offset of 42 for my-group in partition 36.
+    let old = b.broker().ctx.replicas.get(OFFSETS_TOPIC, 36).unwrap();
+    let key = RecordKey::Offset {
+        group: "my-group".into(),
+        topic: "orders".into(),
+        partition: 0,
+    };
+    let value = OffsetValue {
+        offset: 42,
+        leader_epoch: -1,
+        metadata: "old".into(),
+        commit_timestamp: now_ms(),
+    };
+    let mut records = vec![plain_record(0, now_ms(), Some(key.encode()), Some(value.encode()))];
+    let batch = encode_records(&mut records, kafka_protocol::records::Compression::None, -1, -1, -1).unwrap();
+    old.append(&batch, -1).unwrap();
+    rt.block_on(b.restart(FAST_GROUPS));
+
+    let committed = |b: &TestBroker| {
+        let c = group_consumer(b, "my-group", &[]);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("orders", 0);
+        let got = c.committed_offsets(tpl, WAIT).unwrap();
+        let offset = got.find_partition("orders", 0).unwrap().offset();
+        drop(got);
+        offset
+    };
+    assert_eq!(
+        committed(&b),
+        Offset::Offset(42),
+        "offsets written under the old mapping still load"
+    );
+    let replicas = &b.broker().ctx.replicas;
+    assert_eq!(
+        replicas.get(OFFSETS_TOPIC, 12).unwrap().log.log_end_offset(),
+        1,
+        "moved to Kafka's partition"
+    );
+    assert_eq!(
+        replicas.get(OFFSETS_TOPIC, 36).unwrap().log.log_end_offset(),
+        2,
+        "and tombstoned where it was"
+    );
+    // A second restart reads it from its own partition alone and moves nothing more.
+    rt.block_on(b.restart(FAST_GROUPS));
+    assert_eq!(committed(&b), Offset::Offset(42));
+    let replicas = &b.broker().ctx.replicas;
+    assert_eq!(replicas.get(OFFSETS_TOPIC, 12).unwrap().log.log_end_offset(), 1);
+    assert_eq!(replicas.get(OFFSETS_TOPIC, 36).unwrap().log.log_end_offset(), 2);
+    // New commits land in partition 12.
+    let c = group_consumer(&b, "my-group", &[]);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("orders", 0, Offset::Offset(50)).unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(c);
+    assert_eq!(
+        b.broker()
+            .ctx
+            .replicas
+            .get(OFFSETS_TOPIC, 12)
+            .unwrap()
+            .log
+            .log_end_offset(),
+        2
+    );
+}

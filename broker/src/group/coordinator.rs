@@ -150,8 +150,12 @@ impl GroupCoordinator {
     /// Rebuilds groups and committed offsets from `__consumer_offsets`.
     pub fn load(&self) -> Result<()> {
         let started = Instant::now();
-        let mut groups: HashMap<String, GroupValue> = HashMap::new();
-        let mut offsets: OffsetCache = HashMap::new();
+        // Records in their group's partition, and records elsewhere: Fjord
+        // before Kafka's exact mapping (abs, not a mask) put some groups in
+        // another partition. Those are merged in and moved below.
+        let mut home = GroupsAndOffsets::default();
+        let mut strays = GroupsAndOffsets::default();
+        let mut stray_keys: HashMap<(i32, Bytes), bool> = HashMap::new();
         let mut records_read = 0usize;
         if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
             for p in 0..self.config.offsets_partitions {
@@ -180,12 +184,35 @@ impl GroupCoordinator {
                         };
                         for r in set.records {
                             records_read += 1;
-                            apply_record(&mut groups, &mut offsets, r.key, r.value);
+                            let Some(raw_key) = r.key else { continue };
+                            let key = match RecordKey::decode(raw_key.clone()) {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    tracing::warn!(partition = p, error = %e, "skipping record");
+                                    continue;
+                                }
+                            };
+                            if self.partition_for(key.group()) == p {
+                                home.apply(key, r.value);
+                            } else {
+                                stray_keys.insert((p, raw_key), r.value.is_some());
+                                strays.apply(key, r.value);
+                            }
                         }
                     }
                 }
             }
         }
+        let moved = home.merge_strays(strays);
+        let stray_keys: Vec<(i32, Bytes)> = stray_keys
+            .into_iter()
+            .filter(|(_, live)| *live)
+            .map(|(k, _)| k)
+            .collect();
+        if !stray_keys.is_empty() {
+            self.move_strays(&home, &moved, stray_keys)?;
+        }
+        let GroupsAndOffsets { groups, offsets } = home;
         let now = Instant::now();
         let mut cache = self.groups.lock();
         for (id, v) in groups {
@@ -202,13 +229,51 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// Writes the state of groups found outside their partition into it,
+    /// then tombstones the records where they were found. A crash in between
+    /// leaves both copies; the next load prefers the group's own partition
+    /// and moves again.
+    fn move_strays(&self, state: &GroupsAndOffsets, groups: &[String], stray_keys: Vec<(i32, Bytes)>) -> Result<()> {
+        for group in groups {
+            let mut records = Vec::new();
+            if let Some(v) = state.groups.get(group) {
+                records.push((RecordKey::Group { group: group.clone() }.encode(), Some(v.encode())));
+            }
+            for ((topic, partition), v) in state.offsets.get(group).into_iter().flatten() {
+                let key = RecordKey::Offset {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                records.push((key.encode(), Some(v.encode())));
+            }
+            self.append(group, records)?;
+        }
+        let mut by_partition: BTreeMap<i32, Vec<(Bytes, Option<Bytes>)>> = BTreeMap::new();
+        for (p, key) in stray_keys {
+            by_partition.entry(p).or_default().push((key, None));
+        }
+        for (p, tombstones) in by_partition {
+            self.append_to(p, tombstones)?;
+        }
+        tracing::info!(
+            groups = groups.len(),
+            "moved groups to their __consumer_offsets partition (abs(hashCode) % partitions, as Kafka)"
+        );
+        Ok(())
+    }
+
     /// Appends records to the group's `__consumer_offsets` partition.
     fn append(&self, group: &str, records: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
+        self.append_to(self.partition_for(group), records)
+    }
+
+    fn append_to(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
         self.ensure_offsets_topic()?;
-        let part = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group))?;
+        let part = self.replicas.get(OFFSETS_TOPIC, partition)?;
         let ts = now_ms();
         let mut recs: Vec<Record> = records
             .into_iter()
@@ -719,47 +784,62 @@ fn subscribed_topics(g: &Group) -> Vec<String> {
     topics
 }
 
-fn apply_record(
-    groups: &mut HashMap<String, GroupValue>,
-    offsets: &mut OffsetCache,
-    key: Option<Bytes>,
-    value: Option<Bytes>,
-) {
-    let Some(key) = key else { return };
-    let key = match RecordKey::decode(key) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(error = %e, "skipping record");
-            return;
-        }
-    };
-    match key {
-        RecordKey::Offset {
-            group,
-            topic,
-            partition,
-        } => match value.map(OffsetValue::decode) {
-            Some(Ok(v)) => {
-                offsets.entry(group).or_default().insert((topic, partition), v);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "skipping offset record"),
-            None => {
-                if let Some(g) = offsets.get_mut(&group) {
-                    g.remove(&(topic, partition));
-                    if g.is_empty() {
-                        offsets.remove(&group);
+/// Groups and committed offsets as read from `__consumer_offsets`.
+#[derive(Default)]
+struct GroupsAndOffsets {
+    groups: HashMap<String, GroupValue>,
+    offsets: OffsetCache,
+}
+
+impl GroupsAndOffsets {
+    /// Applies one record: a value replaces, a tombstone removes.
+    fn apply(&mut self, key: RecordKey, value: Option<Bytes>) {
+        match key {
+            RecordKey::Offset {
+                group,
+                topic,
+                partition,
+            } => match value.map(OffsetValue::decode) {
+                Some(Ok(v)) => {
+                    self.offsets.entry(group).or_default().insert((topic, partition), v);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "skipping offset record"),
+                None => {
+                    if let Some(g) = self.offsets.get_mut(&group) {
+                        g.remove(&(topic, partition));
+                        if g.is_empty() {
+                            self.offsets.remove(&group);
+                        }
                     }
                 }
+            },
+            RecordKey::Group { group } => match value.map(GroupValue::decode) {
+                Some(Ok(v)) => {
+                    self.groups.insert(group, v);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "skipping group record"),
+                None => {
+                    self.groups.remove(&group);
+                }
+            },
+        }
+    }
+
+    /// Takes what `strays` holds that this does not (this state wins); returns
+    /// the groups that had strays.
+    fn merge_strays(&mut self, strays: GroupsAndOffsets) -> Vec<String> {
+        let mut moved: Vec<String> = strays.groups.keys().chain(strays.offsets.keys()).cloned().collect();
+        moved.sort();
+        moved.dedup();
+        for (id, v) in strays.groups {
+            self.groups.entry(id).or_insert(v);
+        }
+        for (group, offsets) in strays.offsets {
+            let mine = self.offsets.entry(group).or_default();
+            for (tp, v) in offsets {
+                mine.entry(tp).or_insert(v);
             }
-        },
-        RecordKey::Group { group } => match value.map(GroupValue::decode) {
-            Some(Ok(v)) => {
-                groups.insert(group, v);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "skipping group record"),
-            None => {
-                groups.remove(&group);
-            }
-        },
+        }
+        moved
     }
 }

@@ -114,6 +114,13 @@ impl Reader {
 }
 
 impl RecordKey {
+    /// The group the record belongs to.
+    pub fn group(&self) -> &str {
+        match self {
+            RecordKey::Offset { group, .. } | RecordKey::Group { group } => group,
+        }
+    }
+
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::new();
         match self {
@@ -252,7 +259,8 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     let hash = group
         .encode_utf16()
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
-    (hash & 0x7fff_ffff) % partitions.max(1)
+    // Kafka's Utils.abs: Math.abs, with Integer.MIN_VALUE mapped to 0.
+    hash.checked_abs().unwrap_or(0) % partitions.max(1)
 }
 
 #[cfg(test)]
@@ -307,9 +315,11 @@ mod tests {
 
     #[test]
     fn partition_matches_java_hash_code() {
-        // "my-group".hashCode() == -1906497762 in Java; masked: 240985886 % 50 == 36.
-        assert_eq!(partition_for("my-group", 50), 36);
-        // Negative hash codes are masked, not negated: "polygenelubricants".hashCode() == Integer.MIN_VALUE.
+        // "my-group".hashCode() == -1906497762 in Java; Kafka: abs -> 1906497762 % 50 == 12.
+        assert_eq!(partition_for("my-group", 50), 12);
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE, which Utils.abs maps to 0.
         assert_eq!(partition_for("polygenelubricants", 50), 0);
+        // Positive hash codes map as before: "g".hashCode() == 103.
+        assert_eq!(partition_for("g", 50), 3);
     }
 }

@@ -491,11 +491,14 @@ impl Group {
         if !(timed_out || (self.all_joined() && delay_over)) {
             return;
         }
-        // Members that did not rejoin in time leave the group.
+        // Dynamic members that did not rejoin in time leave the group. Static
+        // ones (KIP-345) stay with their last subscription, so the leader
+        // assigns them their partitions again; only their session timeout
+        // removes them, as in Kafka.
         let gone: Vec<String> = self
             .members
             .values()
-            .filter(|m| !m.awaiting_join())
+            .filter(|m| !m.awaiting_join() && m.instance_id.is_none())
             .map(|m| m.id.clone())
             .collect();
         for id in gone {
@@ -1111,6 +1114,34 @@ mod tests {
         let jb = rx_b.try_recv().unwrap();
         assert_eq!(jb.error, 0);
         assert_eq!(g.members.len(), 1, "a did not rejoin in time");
+    }
+
+    #[test]
+    fn a_static_member_outlives_a_rebalance_timeout_but_not_its_session() {
+        let now = Instant::now();
+        let mut g = Group::new("g");
+        let mut r = req("", &["range"]);
+        r.instance_id = Some("i-1".into());
+        r.session_timeout_ms = 60_000;
+        let mut rx = waited(g.join(r, now, &limits()));
+        let s = rx.try_recv().unwrap().member_id;
+        let _ = sync(&mut g, &s, Some("i-1"), 1, vec![], now);
+        // A dynamic member joins; the static one is away and does not rejoin.
+        let (_d, mut rx_d) = join_new(&mut g, &["range"], now);
+        g.tick(now + Duration::from_secs(31), &limits());
+        let jd = rx_d.try_recv().unwrap();
+        assert_eq!((jd.error, jd.generation), (0, 2));
+        assert!(
+            g.members.contains_key(&s),
+            "the rebalance timeout does not remove a static member"
+        );
+        let leader_view = if jd.leader == jd.member_id { jd.members.len() } else { 2 };
+        assert_eq!(leader_view, 2, "the leader assigns the absent static member too");
+        // Its session (60 s from the join's completion, as Kafka counts) does.
+        g.tick(now + Duration::from_secs(31 + 59), &limits());
+        assert!(g.members.contains_key(&s));
+        g.tick(now + Duration::from_secs(31 + 61), &limits());
+        assert!(!g.members.contains_key(&s), "the session timeout removes it");
     }
 
     #[test]
