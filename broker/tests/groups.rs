@@ -766,3 +766,63 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
         2
     );
 }
+
+/// Kafka's group metadata cleanup: a Stable group keeps the offsets of the
+/// topics it consumes while those of topics it no longer subscribes to expire
+/// (KIP-211); once empty with no offsets left it is deleted, so ListGroups
+/// does not grow without bound, and it stays deleted across a restart.
+#[test]
+fn unsubscribed_offsets_expire_and_empty_groups_without_offsets_are_deleted() {
+    let rt = runtime();
+    let mut overrides = FAST_GROUPS.to_vec();
+    overrides.extend([
+        ("offsets.retention.minutes", "0"),
+        ("offsets.retention.check.interval.ms", "100"),
+    ]);
+    let mut b = rt.block_on(TestBroker::start(&overrides));
+    rt.block_on(b.create_topic("kept", 1, &[]));
+    rt.block_on(b.create_topic("dropped", 1, &[]));
+    produce(&rt, &b, "kept", 1);
+    let groups = b.broker().ctx.groups.clone();
+    let committed_topics = || -> BTreeSet<String> {
+        groups
+            .fetch_offsets("stable-app", None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, _, o)| o.is_some())
+            .map(|(t, _, _)| t)
+            .collect()
+    };
+    {
+        let c = group_consumer(&b, "stable-app", &[("auto.offset.reset", "earliest")]);
+        c.subscribe(&["kept"]).unwrap();
+        assert_eq!(poll_n(&c, 1), vec![0]);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("kept", 0, Offset::Offset(1)).unwrap();
+        tpl.add_partition_offset("dropped", 0, Offset::Offset(5)).unwrap();
+        c.commit(&tpl, CommitMode::Sync).unwrap();
+        wait_for("the unsubscribed topic's offset expires", WAIT, || {
+            let _ = c.poll(Duration::from_millis(20));
+            committed_topics() == BTreeSet::from(["kept".to_string()])
+        });
+        // Retention 0 and checks every 100 ms: the subscribed topic's offset stays.
+        for _ in 0..10 {
+            let _ = c.poll(Duration::from_millis(50));
+        }
+        assert_eq!(committed_topics(), BTreeSet::from(["kept".to_string()]));
+    }
+    // The consumer left: the group is Empty, its offset expires, then the group goes.
+    let listed = |b: &TestBroker| {
+        b.broker()
+            .ctx
+            .groups
+            .list()
+            .unwrap()
+            .into_iter()
+            .any(|(id, _, _)| id == "stable-app")
+    };
+    wait_for("the empty group without offsets is deleted", WAIT, || !listed(&b));
+    rt.block_on(b.restart(FAST_GROUPS));
+    wait_for("the coordinator reloads", WAIT, || b.broker().ctx.groups.is_loaded());
+    assert!(!listed(&b), "the group's tombstone keeps it deleted");
+}

@@ -644,7 +644,7 @@ impl GroupCoordinator {
         let subscribed = {
             let groups = self.groups.lock();
             match groups.get(group_id) {
-                Some(g) if !g.is_empty() => subscribed_topics(g),
+                Some(g) if !g.is_empty() => subscribed_topics(g).unwrap_or_default(),
                 Some(_) => Vec::new(),
                 None if self.offsets.lock().contains_key(group_id) => Vec::new(),
                 None => return Err(ResponseError::GroupIdNotFound.code()),
@@ -680,24 +680,36 @@ impl GroupCoordinator {
     }
 
     /// Expires the offsets of groups that stayed empty for `offsets.retention.minutes`.
+    /// Kafka's cleanupGroupMetadata: expires offsets, then deletes groups
+    /// left Empty with none (Dead, a tombstone in `__consumer_offsets`), so
+    /// ListGroups and memory do not grow without bound. Offsets of an Empty
+    /// group expire `offsets.retention.minutes` after it became empty (or
+    /// after their commit, if later); those of a Stable consumer group only
+    /// for topics no member subscribes to (KIP-211), counted from the commit.
     pub fn expire_offsets(&self) -> usize {
         if !self.is_loaded() {
             return 0;
         }
         let retention = self.config.offsets_retention.as_millis() as i64;
         let now = now_ms();
-        let groups = self.groups.lock();
+        let mut groups = self.groups.lock();
         let mut offsets = self.offsets.lock();
         let mut expired = 0;
         for (group_id, committed) in offsets.iter_mut() {
-            let empty_since = match groups.get(group_id) {
-                Some(g) if !g.is_empty() => continue,
-                Some(g) => g.state_timestamp,
-                None => i64::MIN,
+            let (empty_since, subscribed) = match groups.get(group_id) {
+                None => (i64::MIN, Vec::new()),
+                Some(g) if g.is_empty() => (g.state_timestamp, Vec::new()),
+                Some(g) if g.state == GroupState::Stable => match subscribed_topics(g) {
+                    Some(topics) => (i64::MIN, topics),
+                    None => continue,
+                },
+                Some(_) => continue,
             };
             let doomed: Vec<(String, i32)> = committed
                 .iter()
-                .filter(|(_, c)| now - c.commit_timestamp.max(empty_since) > retention)
+                .filter(|((topic, _), c)| {
+                    !subscribed.contains(topic) && now - c.commit_timestamp.max(empty_since) > retention
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             if doomed.is_empty() {
@@ -725,6 +737,18 @@ impl GroupCoordinator {
             }
         }
         offsets.retain(|_, c| !c.is_empty());
+        let dead: Vec<String> = groups
+            .values()
+            .filter(|g| g.state == GroupState::Empty && g.members.is_empty() && !offsets.contains_key(&g.id))
+            .map(|g| g.id.clone())
+            .collect();
+        for id in dead {
+            let tombstone = (RecordKey::Group { group: id.clone() }.encode(), None);
+            if self.append(&id, vec![tombstone]).is_ok() {
+                tracing::info!(group = %id, "group is empty with no committed offsets left: deleted");
+                groups.remove(&id);
+            }
+        }
         expired
     }
 
@@ -759,29 +783,32 @@ impl GroupCoordinator {
     }
 }
 
-/// Topics in the members' consumer-protocol subscriptions.
-fn subscribed_topics(g: &Group) -> Vec<String> {
+/// Topics in the members' consumer-protocol subscriptions; None when the
+/// group does not use the consumer protocol or a subscription cannot be read
+/// (then nothing is known to be unsubscribed, as Kafka's subscribedTopics).
+fn subscribed_topics(g: &Group) -> Option<Vec<String>> {
     use kafka_protocol::messages::ConsumerProtocolSubscription;
     use kafka_protocol::protocol::Decodable;
     if g.protocol_type.as_deref() != Some("consumer") {
-        return Vec::new();
+        return None;
     }
     let mut topics = Vec::new();
     for m in g.members.values() {
         let mut meta = m.subscription(g.protocol_name.as_deref());
         if meta.len() < 2 {
-            continue;
+            return None;
         }
         let version = i16::from_be_bytes([meta[0], meta[1]]);
         let _ = bytes::Buf::get_i16(&mut meta);
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // A member's bytes, from the network: a panic in the codec is a subscription we cannot read.
+        let sub = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             ConsumerProtocolSubscription::decode(&mut meta, version.clamp(0, 3))
-        }));
-        if let Ok(Ok(sub)) = decoded {
-            topics.extend(sub.topics.into_iter().map(|t| t.as_str().to_string()));
-        }
+        }))
+        .ok()?
+        .ok()?;
+        topics.extend(sub.topics.into_iter().map(|t| t.as_str().to_string()));
     }
-    topics
+    Some(topics)
 }
 
 /// Groups and committed offsets as read from `__consumer_offsets`.
