@@ -185,14 +185,22 @@ async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Retention, time-based flushes and recovery-point checkpoints.
+/// Retention, time-based flushes, recovery-point checkpoints, the cleaner
+/// and producer id expiry.
 async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
     let ms = |v: i64| Duration::from_millis(v.clamp(10, 86_400_000) as u64);
     let mut retention = tokio::time::interval(ms(ctx.config.log_retention_check_interval_ms));
     let mut flush = tokio::time::interval(ms(ctx.config.log_flush_scheduler_interval_ms));
     let mut checkpoint = tokio::time::interval(ms(ctx.config.log_flush_offset_checkpoint_interval_ms));
     let mut cleaner = tokio::time::interval(ms(ctx.config.log_cleaner_backoff_ms));
-    for t in [&mut retention, &mut flush, &mut checkpoint, &mut cleaner] {
+    let mut producer_expiry = tokio::time::interval(ms(ctx.config.producer_id_expiration_check_interval_ms));
+    for t in [
+        &mut retention,
+        &mut flush,
+        &mut checkpoint,
+        &mut cleaner,
+        &mut producer_expiry,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -203,6 +211,13 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
             }
             _ = flush.tick() => {
                 let _ = tokio::task::spawn_blocking(move || replicas.logs().flush_due()).await;
+            }
+            _ = producer_expiry.tick() => {
+                let expiration = ctx.config.producer_id_expiration_ms;
+                let removed = tokio::task::spawn_blocking(move || replicas.logs().remove_expired_producers(expiration)).await;
+                if let Ok(n @ 1..) = removed {
+                    tracing::debug!(producers = n, "expired idle producer ids");
+                }
             }
             _ = cleaner.tick(), if ctx.config.log_cleaner_enable => {
                 let _ = tokio::task::spawn_blocking(move || replicas.logs().clean_all()).await;

@@ -238,6 +238,10 @@ config_struct! {
         offsets_retention_check_interval_ms: i64 = "offsets.retention.check.interval.ms", 600_000;
         /// Largest metadata string stored with a committed offset.
         offset_metadata_max_bytes: i32 = "offset.metadata.max.bytes", 4096;
+        /// Idempotent producer state is forgotten after this long without a batch.
+        producer_id_expiration_ms: i64 = "producer.id.expiration.ms", DAY_MS;
+        /// How often idle producer ids are looked for.
+        producer_id_expiration_check_interval_ms: i64 = "producer.id.expiration.check.interval.ms", 600_000;
         /// Run the log cleaner for compacted topics.
         log_cleaner_enable: bool = "log.cleaner.enable", true;
         /// How long the cleaner sleeps when no log needs cleaning.

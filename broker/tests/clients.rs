@@ -324,3 +324,35 @@ async fn a_record_larger_than_fetch_limits_is_still_delivered() {
     );
     assert_eq!(got[2].value.as_deref(), Some(&b"after"[..]));
 }
+
+/// Idempotent producer state is forgotten after `producer.id.expiration.ms`
+/// without a batch, so it does not grow with every producer ever seen; the
+/// producer itself goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producer_ids_expire() {
+    let b = TestBroker::start(&[
+        ("producer.id.expiration.ms", "500"),
+        ("producer.id.expiration.check.interval.ms", "50"),
+    ])
+    .await;
+    b.create_topic("idem", 1, &[]).await;
+    let producer = b.producer(&[("enable.idempotence", "true")]);
+    let send = |v: &'static str| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(FutureRecord::<str, _>::to("idem").payload(v), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap()
+        }
+    };
+    send("one").await;
+    let log = b.broker().ctx.replicas.get("idem", 0).unwrap().log.clone();
+    assert_eq!(log.producer_count(), 1);
+    common::eventually(Duration::from_secs(10), || (log.producer_count() == 0).then_some(()))
+        .await
+        .expect("the idle producer id expires");
+    send("two").await;
+    assert_eq!(log.log_end_offset(), 2, "the expired producer still writes");
+}

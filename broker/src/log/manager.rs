@@ -228,6 +228,15 @@ impl LogManager {
         deleted
     }
 
+    /// Forgets idempotent producers idle past `producer.id.expiration.ms`.
+    pub fn remove_expired_producers(&self, expiration_ms: i64) -> usize {
+        let now = super::segment::now_ms();
+        self.all()
+            .iter()
+            .map(|(_, log)| log.remove_expired_producers(now, expiration_ms))
+            .sum()
+    }
+
     /// One cleaner pass over every compacted log.
     pub fn clean_all(&self) -> usize {
         let mut cleaned = 0;

@@ -215,6 +215,15 @@ impl Log {
         self.state.read().segments.len()
     }
 
+    /// Idempotent producers this log remembers.
+    pub fn producer_count(&self) -> usize {
+        self.state.read().producers.len()
+    }
+
+    pub fn remove_expired_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.state.write().producers.remove_expired(now_ms, expiration_ms)
+    }
+
     pub fn producer_entry(&self, producer_id: i64) -> Option<ProducerEntry> {
         self.state.read().producers.entry(producer_id).cloned()
     }

@@ -52,6 +52,10 @@ pub enum SequenceCheck {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStateManager {
     producers: HashMap<i64, ProducerEntry>,
+    /// The last snapshot written and whether the state changed since: an
+    /// unchanged state is linked to the new offset, not written again.
+    #[serde(skip)]
+    snapshot: Option<(PathBuf, bool)>,
 }
 
 fn next_seq(seq: i32) -> i32 {
@@ -108,8 +112,32 @@ impl ProducerStateManager {
         }
     }
 
+    fn changed(&mut self) {
+        if let Some((_, changed)) = &mut self.snapshot {
+            *changed = true;
+        }
+    }
+
+    /// Kafka's removeExpiredProducers: forgets producers whose last batch is
+    /// older than `producer.id.expiration.ms` (by the batch's timestamp, as
+    /// Kafka counts, so every replica expires the same producers).
+    pub fn remove_expired(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, e| {
+            e.batches
+                .back()
+                .is_some_and(|b| now_ms.saturating_sub(b.timestamp) < expiration_ms)
+        });
+        let removed = before - self.producers.len();
+        if removed > 0 {
+            self.changed();
+        }
+        removed
+    }
+
     /// Records a written batch.
     pub fn update(&mut self, producer_id: i64, epoch: i16, meta: BatchMetadata) {
+        self.changed();
         let entry = self.producers.entry(producer_id).or_default();
         if epoch != entry.epoch {
             entry.epoch = epoch;
@@ -123,6 +151,7 @@ impl ProducerStateManager {
 
     /// Puts back an entry saved before a failed append.
     pub fn restore(&mut self, producer_id: i64, entry: Option<ProducerEntry>) {
+        self.changed();
         match entry {
             Some(e) => {
                 self.producers.insert(producer_id, e);
@@ -163,14 +192,40 @@ impl ProducerStateManager {
         self.producers.get(&producer_id)
     }
 
-    /// Writes `<offset>.snapshot` atomically.
-    pub fn write_snapshot(&self, dir: &Path, offset: i64) -> io::Result<()> {
+    /// Writes `<offset>.snapshot` atomically. As Kafka's snapshots, it holds
+    /// each producer's last batch only (older retries of a restarted broker's
+    /// producers are found by replaying the log past the snapshot). When
+    /// nothing changed since the last snapshot, that file is hard-linked to
+    /// the new offset instead of being written again.
+    pub fn write_snapshot(&mut self, dir: &Path, offset: i64) -> io::Result<()> {
         let path = snapshot_path(dir, offset);
+        if let Some((last, false)) = &self.snapshot {
+            if *last == path || std::fs::hard_link(last, &path).is_ok() {
+                self.snapshot = Some((path, false));
+                return Ok(());
+            }
+        }
         let tmp = path.with_extension("snapshot.tmp");
-        let data = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let last_batches = ProducerStateManager {
+            producers: self
+                .producers
+                .iter()
+                .map(|(id, e)| {
+                    let entry = ProducerEntry {
+                        epoch: e.epoch,
+                        batches: e.batches.back().copied().into_iter().collect(),
+                    };
+                    (*id, entry)
+                })
+                .collect(),
+            snapshot: None,
+        };
+        let data = serde_json::to_vec(&last_batches).map_err(io::Error::other)?;
         std::fs::write(&tmp, data)?;
         std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        self.snapshot = Some((path, false));
+        Ok(())
     }
 
     /// Loads the newest snapshot at or below `max_offset`, deleting newer ones.
@@ -185,8 +240,15 @@ impl ProducerStateManager {
                 snaps.pop();
                 continue;
             }
-            match std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
-                Some(state) => return Ok((state, offset)),
+            match std::fs::read(&path)
+                .ok()
+                .and_then(|d| serde_json::from_slice::<ProducerStateManager>(&d).ok())
+            {
+                Some(mut state) => {
+                    // Replay past the snapshot changes the state: the next roll writes anew.
+                    state.snapshot = Some((path, true));
+                    return Ok((state, offset));
+                }
                 None => {
                     tracing::warn!(path = %path.display(), "discarding unreadable producer snapshot");
                     std::fs::remove_file(&path)?;
@@ -277,6 +339,48 @@ mod tests {
         // The oldest batches are forgotten: a retry that old is out of order.
         assert!(s.check(9, 0, 0, 0).is_err());
         assert!(matches!(s.check(9, 0, 6, 6), Ok(SequenceCheck::Duplicate(_))));
+    }
+
+    #[test]
+    fn producers_expire_after_their_last_batch() {
+        let mut s = ProducerStateManager::default();
+        let at = |ts: i64| BatchMetadata {
+            timestamp: ts,
+            ..meta(0, 0, 0)
+        };
+        s.update(1, 0, at(1_000));
+        s.update(2, 0, at(5_000));
+        assert_eq!(s.remove_expired(10_000, 6_000), 1);
+        assert!(s.entry(1).is_none() && s.entry(2).is_some());
+        assert_eq!(s.remove_expired(10_000, 6_000), 0);
+    }
+
+    #[test]
+    fn snapshots_hold_last_batches_and_are_linked_when_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ProducerStateManager::default();
+        for i in 0..5 {
+            s.update(1, 0, meta(i, i, i as i64));
+        }
+        s.write_snapshot(dir.path(), 5).unwrap();
+        let (loaded, _) = ProducerStateManager::load_latest(dir.path(), 5).unwrap();
+        assert_eq!(
+            loaded.entry(1).unwrap().batches.len(),
+            1,
+            "only the last batch is stored"
+        );
+        assert!(matches!(loaded.check(1, 0, 4, 4), Ok(SequenceCheck::Duplicate(_))));
+        assert_eq!(loaded.check(1, 0, 5, 5), Ok(SequenceCheck::Append));
+        // No producer activity until the next roll: the same file, linked.
+        s.write_snapshot(dir.path(), 9).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(snapshot_path(dir.path(), 5)).unwrap();
+        let b = std::fs::metadata(snapshot_path(dir.path(), 9)).unwrap();
+        assert_eq!(a.ino(), b.ino(), "an unchanged state is not written again");
+        s.update(1, 0, meta(5, 5, 9));
+        s.write_snapshot(dir.path(), 10).unwrap();
+        let c = std::fs::metadata(snapshot_path(dir.path(), 10)).unwrap();
+        assert_ne!(c.ino(), a.ino());
     }
 
     #[test]
