@@ -266,8 +266,24 @@ impl Log {
 
         let log_append_time = if config.log_append_time() { now_ms() } else { -1 };
         let total: usize = incoming.iter().map(|(b, _)| b.len()).sum();
+        // The newest timestamp arriving, against which segment.ms is measured (as Kafka).
+        let incoming_timestamp = if log_append_time >= 0 {
+            log_append_time
+        } else {
+            incoming
+                .iter()
+                .map(|(b, true_max)| {
+                    true_max.map_or_else(
+                        || BatchHeader::parse(b).map_or(-1, |h| h.max_timestamp()),
+                        |v| v.max_timestamp,
+                    )
+                })
+                .max()
+                .filter(|ts| *ts >= 0)
+                .unwrap_or_else(now_ms)
+        };
         let mut st = self.state.write();
-        self.maybe_roll(&mut st, total, &config)?;
+        self.maybe_roll(&mut st, total, incoming_timestamp, &config)?;
 
         let mut offset = st.next_offset;
         let mut out = Vec::with_capacity(incoming.len());
@@ -359,7 +375,13 @@ impl Log {
         })
     }
 
-    fn maybe_roll(&self, st: &mut LogState, incoming: usize, config: &LogConfig) -> Result<()> {
+    fn maybe_roll(
+        &self,
+        st: &mut LogState,
+        incoming: usize,
+        incoming_timestamp: i64,
+        config: &LogConfig,
+    ) -> Result<()> {
         let next_offset = st.next_offset;
         let active = st.active();
         if active.is_empty() {
@@ -367,8 +389,8 @@ impl Log {
         }
         let too_big = u64::from(active.size()) + incoming as u64 > config.segment_bytes as u64;
         let too_old = active
-            .first_append_ms()
-            .is_some_and(|t| now_ms() - t >= config.segment_ms);
+            .time_waited_for_roll(incoming_timestamp)
+            .is_some_and(|waited| waited >= config.segment_ms);
         // Relative offsets in the index are 32-bit.
         let offset_overflow = next_offset - active.base_offset > i32::MAX as i64 / 2;
         if too_big || too_old || offset_overflow || active.index_full() {
@@ -409,8 +431,8 @@ impl Log {
         let mut st = self.state.write();
         let expired = st
             .active()
-            .first_append_ms()
-            .is_some_and(|t| now_ms() - t >= config.segment_ms);
+            .time_waited_for_roll(now_ms())
+            .is_some_and(|waited| waited >= config.segment_ms);
         if expired {
             self.roll_locked(&mut st, &config)?;
         }

@@ -73,8 +73,10 @@ pub struct Segment {
     next_offset: i64,
     max_timestamp: i64,
     offset_of_max_timestamp: i64,
-    /// Wall-clock time of the first append, for `segment.ms` rolls.
-    first_append_ms: Option<i64>,
+    /// The first batch's max timestamp, from which `segment.ms` counts (Kafka's
+    /// rollingBasedTimestamp): read back from the file after a restart, so a
+    /// broker restarted often still rolls and retains by time.
+    rolling_base_timestamp: Option<i64>,
 }
 
 impl Segment {
@@ -114,7 +116,7 @@ impl Segment {
             next_offset: base_offset,
             max_timestamp: -1,
             offset_of_max_timestamp: -1,
-            first_append_ms: None,
+            rolling_base_timestamp: None,
         })
     }
 
@@ -148,8 +150,12 @@ impl Segment {
         self.max_timestamp = max_ts;
         self.offset_of_max_timestamp = max_ts_offset;
         self.bytes_since_last_index_entry = self.size - start;
-        if self.size > 0 {
-            self.first_append_ms = Some(now_ms());
+        if self.size >= HEADER_SIZE as u32 {
+            let mut first = [0u8; HEADER_SIZE];
+            self.file.read_exact_at(&mut first, 0)?;
+            if let Ok(h) = BatchHeader::parse(&first) {
+                self.rolling_base_timestamp = Some(rolling_base(h.max_timestamp()));
+            }
         }
         Ok(self.time_index.is_consistent(self.next_offset))
     }
@@ -268,8 +274,8 @@ impl Segment {
     }
 
     fn index_batch(&mut self, position: u32, base_offset: i64, last_offset: i64, max_timestamp: i64, size: u32) {
-        if self.first_append_ms.is_none() {
-            self.first_append_ms = Some(now_ms());
+        if position == 0 {
+            self.rolling_base_timestamp = Some(rolling_base(max_timestamp));
         }
         if max_timestamp > self.max_timestamp {
             self.max_timestamp = max_timestamp;
@@ -455,8 +461,10 @@ impl Segment {
     pub fn offset_of_max_timestamp(&self) -> i64 {
         self.offset_of_max_timestamp
     }
-    pub fn first_append_ms(&self) -> Option<i64> {
-        self.first_append_ms
+    /// Kafka's timeWaitedForRoll: how far `timestamp` (an incoming batch's
+    /// max timestamp, or the clock) is past the first batch's; None while empty.
+    pub fn time_waited_for_roll(&self, timestamp: i64) -> Option<i64> {
+        self.rolling_base_timestamp.map(|t| timestamp.saturating_sub(t))
     }
     pub fn index_full(&self) -> bool {
         self.offset_index.is_full() || self.time_index.is_full()
@@ -494,6 +502,15 @@ fn write_all_vectored(mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result
         }
     }
     Ok(())
+}
+
+/// A batch without a timestamp (-1) counts from now.
+fn rolling_base(max_timestamp: i64) -> i64 {
+    if max_timestamp >= 0 {
+        max_timestamp
+    } else {
+        now_ms()
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -295,3 +295,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn segment_ms_counts_from_the_first_batch_timestamp_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = 3_600_000;
+    let config = Arc::new(LogConfig {
+        segment_ms: hour,
+        ..(*config(1 << 20)).clone()
+    });
+    let log = Log::open(dir.path(), config.clone(), None, None).unwrap();
+    append(&log, &values(2, "old"), now_ms() - 2 * hour);
+    log.close().unwrap();
+    drop(log);
+    // Restarted: the segment's age comes from its first batch, not from this process.
+    let log = Log::open(dir.path(), config, None, None).unwrap();
+    log.roll_if_expired().unwrap();
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "a segment whose first batch is 2 h old rolls at segment.ms = 1 h"
+    );
+    append(&log, &values(1, "new"), now_ms());
+    log.roll_if_expired().unwrap();
+    assert_eq!(log.segment_count(), 2, "a fresh segment does not");
+}
