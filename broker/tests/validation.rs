@@ -151,7 +151,7 @@ async fn a_false_max_timestamp_in_the_header_is_corrected() {
         .unwrap();
     assert_eq!(common::raw::produce_error(&r), 0);
     let log = &b.broker().ctx.replicas.get("t", 0).unwrap().log;
-    let (_, max) = log.max_timestamp_offset();
+    let (_, max) = log.max_timestamp_offset().unwrap();
     assert_eq!(
         max, now,
         "the log knows the records' own max timestamp, not the header's claim"

@@ -21,7 +21,7 @@ pub fn lookup(part: &Partition, timestamp: i64) -> Result<(i64, i64)> {
         EARLIEST | EARLIEST_LOCAL => (part.log.log_start_offset(), -1),
         // Nothing is tiered: the latest tiered offset is just below the log start.
         LATEST_TIERED => (part.log.log_start_offset() - 1, -1),
-        MAX_TIMESTAMP => part.log.max_timestamp_offset(),
+        MAX_TIMESTAMP => part.log.max_timestamp_offset()?,
         ts => part.log.offset_for_timestamp(ts)?.unwrap_or((-1, -1)),
     })
 }

@@ -509,15 +509,33 @@ impl Log {
         Ok(None)
     }
 
-    /// Offset and timestamp of the record with the largest timestamp (ListOffsets -3).
-    pub fn max_timestamp_offset(&self) -> (i64, i64) {
-        let st = self.state.read();
-        st.segments
-            .iter()
-            .filter(|s| s.max_timestamp() >= 0)
-            .max_by_key(|s| s.max_timestamp())
-            .map(|s| (s.offset_of_max_timestamp(), s.max_timestamp()))
-            .unwrap_or((-1, -1))
+    /// Offset and timestamp of the first record holding the largest
+    /// timestamp at or past the log start offset (ListOffsets -3, KIP-734).
+    /// As Kafka since KAFKA-16310, the batch holding it is read to find the
+    /// record itself, not the batch's last offset.
+    pub fn max_timestamp_offset(&self) -> Result<(i64, i64)> {
+        let max = {
+            let st = self.state.read();
+            let start = st.log_start_offset;
+            let mut max = -1;
+            for seg in &st.segments[st.segment_for(start)..] {
+                if seg.base_offset >= start {
+                    max = max.max(seg.max_timestamp());
+                } else {
+                    // Records below the log start offset do not count.
+                    seg.for_each_header(start, |h| {
+                        if h.last_offset() >= start {
+                            max = max.max(h.max_timestamp());
+                        }
+                    })?;
+                }
+            }
+            max
+        };
+        if max < 0 {
+            return Ok((-1, -1));
+        }
+        Ok(self.offset_for_timestamp(max)?.unwrap_or((-1, -1)))
     }
 
     /// Deletes whole segments past `retention.ms` / `retention.bytes` or below

@@ -458,9 +458,6 @@ impl Segment {
     pub fn max_timestamp(&self) -> i64 {
         self.max_timestamp
     }
-    pub fn offset_of_max_timestamp(&self) -> i64 {
-        self.offset_of_max_timestamp
-    }
     /// Kafka's timeWaitedForRoll: how far `timestamp` (an incoming batch's
     /// max timestamp, or the clock) is past the first batch's; None while empty.
     pub fn time_waited_for_roll(&self, timestamp: i64) -> Option<i64> {

@@ -96,7 +96,7 @@ fn timestamps_find_first_offset_at_or_after() {
     assert_eq!(log.offset_for_timestamp(10_002).unwrap(), Some((2, 10_010)));
     assert_eq!(log.offset_for_timestamp(10_205).unwrap(), Some((42, 10_210)));
     assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
-    assert_eq!(log.max_timestamp_offset(), (79, 10_391));
+    assert_eq!(log.max_timestamp_offset().unwrap(), (79, 10_391));
 }
 
 #[test]
@@ -319,4 +319,27 @@ fn segment_ms_counts_from_the_first_batch_timestamp_across_restarts() {
     append(&log, &values(1, "new"), now_ms());
     log.roll_if_expired().unwrap();
     assert_eq!(log.segment_count(), 2, "a fresh segment does not");
+}
+
+#[test]
+fn max_timestamp_names_the_record_holding_it_at_or_past_the_log_start() {
+    use super::batch::{encode_records, plain_record};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+    let batch = |timestamps: &[i64]| {
+        let mut records: Vec<_> = timestamps
+            .iter()
+            .enumerate()
+            .map(|(i, ts)| plain_record(i as i64, *ts, Some(Bytes::from("k")), Some(Bytes::from("v"))))
+            .collect();
+        encode_records(&mut records, Compression::None, -1, -1, -1).unwrap()
+    };
+    // librdkafka's admin ListOffsets test: the max sits in the middle of the batch.
+    log.append_as_leader(&batch(&[100, 300, 200]), 0).unwrap();
+    assert_eq!(log.max_timestamp_offset().unwrap(), (1, 300));
+    log.append_as_leader(&batch(&[150, 250]), 0).unwrap();
+    assert_eq!(log.max_timestamp_offset().unwrap(), (1, 300));
+    // DeleteRecords past it: the max is taken from what is left.
+    log.delete_records_before(3, log.log_end_offset()).unwrap();
+    assert_eq!(log.max_timestamp_offset().unwrap(), (4, 250));
 }
