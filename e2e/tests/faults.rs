@@ -239,3 +239,68 @@ async fn paused_broker_delays_but_loses_nothing() {
     let vals: Vec<String> = read_all(&b, "paused", 1, 300).into_iter().map(|r| r.2).collect();
     assert_eq!(vals, values);
 }
+
+/// Kafka flushes a segment when it rolls and moves the recovery point past
+/// it: after several rolls and a kill -9, recovery scans only the active
+/// segment, not everything written since the start, and keeps every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_kill_9_scans_only_what_was_not_flushed_at_a_roll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut b = BrokerProcess::start(
+        &data,
+        &[
+            ("log.flush.scheduler.interval.ms", "50"),
+            ("log.flush.offset.checkpoint.interval.ms", "50"),
+        ],
+    );
+    create_topic(&b, "rolled", 1, &[("segment.bytes", "20000")]).await;
+    let p = producer(&b, &[("linger.ms", "0")]);
+    let values: Vec<String> = (0..300).map(|i| format!("rolled-{i:04}-{}", "x".repeat(300))).collect();
+    produce_each(&p, "rolled", 0, &values).await;
+    drop(p);
+    let segments = std::fs::read_dir(data.join("rolled-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count();
+    assert!(segments >= 4, "the topic rolled several times ({segments} segments)");
+    // Wait for the flush after the last roll and a checkpoint of the recovery point at the active segment.
+    let active_base: i64 = active_segment(&data, "rolled-0")
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("a numeric segment name");
+    let checkpointed = || {
+        std::fs::read_to_string(data.join("recovery-point-offset-checkpoint"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("rolled 0 ").and_then(|o| o.trim().parse::<i64>().ok()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checkpointed() < Some(active_base) {
+        assert!(
+            Instant::now() < deadline,
+            "recovery point never reached {active_base}: {:?}",
+            checkpointed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill9();
+    b.restart();
+    let log = b.log_text();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("recovering the segments past the recovery point") && l.contains("rolled-0"))
+        .last()
+        .unwrap_or_else(|| panic!("no recovery line for rolled-0 in:\n{log}"));
+    assert!(
+        line.contains("segments_scanned=1 "),
+        "only the active segment is scanned: {line}"
+    );
+    let got = read_all(&b, "rolled", 1, values.len());
+    assert_eq!(
+        got.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+        values,
+        "every record kept"
+    );
+}

@@ -252,7 +252,7 @@ impl LogManager {
 
     pub fn flush_due(&self) {
         for (tp, log) in self.all() {
-            if let Err(e) = log.flush_if_due() {
+            if let Err(e) = log.flush_rolled().and_then(|()| log.flush_if_due()) {
                 tracing::warn!(%tp, error = %e, "flush failed");
             }
         }

@@ -54,6 +54,9 @@ struct LogState {
     log_start_offset: i64,
     next_offset: i64,
     recovery_point: i64,
+    /// Base offset of the newest segment rolled since: the segments before it
+    /// are flushed in the background and the recovery point moves to it.
+    roll_flush_pending: Option<i64>,
     unflushed_messages: i64,
     last_flush_ms: i64,
     producers: ProducerStateManager,
@@ -122,6 +125,16 @@ impl Log {
 
         // Recovery: scan what may be torn; otherwise trust the indexes and read the tail.
         let mut truncated_at: Option<usize> = None;
+        if let Some(point) = recover_from {
+            let unflushed = bases.iter().skip(1).filter(|next_base| **next_base > point).count() + 1;
+            tracing::info!(
+                dir = %dir.display(),
+                recovery_point = point,
+                segments_scanned = unflushed,
+                segments = bases.len(),
+                "recovering the segments past the recovery point"
+            );
+        }
         for (i, seg) in segments.iter_mut().enumerate() {
             let next_base = bases.get(i + 1).copied().unwrap_or(i64::MAX);
             let must_scan = match recover_from {
@@ -176,6 +189,7 @@ impl Log {
                 log_start_offset,
                 next_offset,
                 recovery_point: next_offset,
+                roll_flush_pending: None,
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 producers,
@@ -415,6 +429,35 @@ impl Log {
         ProducerStateManager::clean_snapshots(&self.dir, 2)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next_offset, "rolled new segment");
         st.segments.push(seg);
+        st.roll_flush_pending = Some(next_offset);
+        Ok(())
+    }
+
+    /// Kafka's flush on roll: makes the segments a roll finished durable and
+    /// moves the recovery point to the new active segment, so a crash
+    /// rescans only that. Run off the append path (the flush scheduler): the
+    /// fsyncs happen without the log's lock.
+    pub fn flush_rolled(&self) -> Result<()> {
+        let (upto, files) = {
+            let st = self.state.read();
+            let Some(upto) = st.roll_flush_pending else {
+                return Ok(());
+            };
+            let files: Vec<_> = st.segments[st.segment_for(st.recovery_point)..]
+                .iter()
+                .take_while(|s| s.base_offset < upto)
+                .map(Segment::files_to_flush)
+                .collect();
+            (upto, files)
+        };
+        for f in &files {
+            f.sync()?;
+        }
+        let mut st = self.state.write();
+        if st.roll_flush_pending == Some(upto) {
+            st.roll_flush_pending = None;
+        }
+        st.recovery_point = st.recovery_point.max(upto);
         Ok(())
     }
 

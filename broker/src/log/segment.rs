@@ -424,6 +424,17 @@ impl Segment {
         self.time_index.resize(index_bytes / 8 * 12)
     }
 
+    /// Handles to make this segment durable later without holding the log's lock.
+    pub fn files_to_flush(&self) -> SegmentFiles {
+        SegmentFiles {
+            log: self.file.clone(),
+            indexes: vec![
+                self.offset_index.path().to_path_buf(),
+                self.time_index.path().to_path_buf(),
+            ],
+        }
+    }
+
     pub fn flush(&self) -> io::Result<()> {
         self.file.sync_data()?;
         self.offset_index.flush()?;
@@ -499,6 +510,29 @@ fn write_all_vectored(mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result
         }
     }
     Ok(())
+}
+
+/// A finished segment's files, fsynced in the background after a roll.
+pub struct SegmentFiles {
+    log: Arc<File>,
+    indexes: Vec<PathBuf>,
+}
+
+impl SegmentFiles {
+    /// fsync of the log and of both indexes (fsync writes back pages dirtied
+    /// through the index mmaps too). A file removed meanwhile (retention, the
+    /// cleaner) needs no flush.
+    pub fn sync(&self) -> io::Result<()> {
+        self.log.sync_data()?;
+        for path in &self.indexes {
+            match File::open(path) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A batch without a timestamp (-1) counts from now.
