@@ -270,3 +270,63 @@ async fn every_advertised_version_answers() {
     }
     assert!(checked > 80, "swept {checked} api versions");
 }
+
+/// `include_*_authorized_operations` get Kafka's bitfields for a broker
+/// without an authorizer (every supported operation), and "not requested"
+/// (i32::MIN) when not asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_operations_are_answered_when_asked() {
+    const TOPIC_OPS: i32 = 3576;
+    const CLUSTER_OPS: i32 = 8096;
+    const GROUP_OPS: i32 = 328;
+    let b = TestBroker::start(&[]).await;
+    b.create_topic("ops", 1, &[]).await;
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    for (version, asked) in [(8, true), (10, true), (12, true), (12, false)] {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(name("ops")))]))
+            .with_include_cluster_authorized_operations(asked && version <= 10)
+            .with_include_topic_authorized_operations(asked);
+        let ResponseKind::Metadata(r) = raw
+            .request(ApiKey::Metadata, version, RequestKind::Metadata(request))
+            .await
+            .unwrap()
+        else {
+            panic!("not a metadata response")
+        };
+        let expected = if asked { TOPIC_OPS } else { i32::MIN };
+        assert_eq!(r.topics[0].topic_authorized_operations, expected, "v{version}");
+        if version <= 10 {
+            assert_eq!(r.cluster_authorized_operations, CLUSTER_OPS, "v{version}");
+        }
+    }
+    for asked in [true, false] {
+        let request = DescribeClusterRequest::default().with_include_cluster_authorized_operations(asked);
+        let ResponseKind::DescribeCluster(r) = raw
+            .request(ApiKey::DescribeCluster, 0, RequestKind::DescribeCluster(request))
+            .await
+            .unwrap()
+        else {
+            panic!("not a describe cluster response")
+        };
+        assert_eq!(
+            r.cluster_authorized_operations,
+            if asked { CLUSTER_OPS } else { i32::MIN }
+        );
+    }
+    let request = DescribeGroupsRequest::default()
+        .with_groups(vec![GroupId(s("nobody-yet"))])
+        .with_include_authorized_operations(true);
+    let ResponseKind::DescribeGroups(r) = raw
+        .request(ApiKey::DescribeGroups, 5, RequestKind::DescribeGroups(request))
+        .await
+        .unwrap()
+    else {
+        panic!("not a describe groups response")
+    };
+    assert_eq!(
+        r.groups[0].error_code, 0,
+        "an unknown group is described as Dead, as Kafka does"
+    );
+    assert_eq!(r.groups[0].authorized_operations, GROUP_OPS);
+}

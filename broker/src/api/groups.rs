@@ -15,7 +15,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{str, Apis};
+use super::{authorized, str, Apis};
 use crate::group::coordinator::{CommitRequest, Committed};
 use crate::group::state::{JoinRequest, SyncRequest};
 
@@ -329,6 +329,11 @@ pub fn describe(apis: &Apis, r: DescribeGroupsRequest, version: i16) -> Describe
             match apis.groups.describe(id.as_str()) {
                 Err(code) => group.with_error_code(code),
                 Ok(d) => group
+                    .with_authorized_operations(if version >= 3 {
+                        authorized::when(r.include_authorized_operations, authorized::GROUP)
+                    } else {
+                        authorized::NOT_REQUESTED
+                    })
                     .with_group_state(str(d.state))
                     .with_protocol_type(str(d.protocol_type))
                     .with_protocol_data(str(d.protocol))

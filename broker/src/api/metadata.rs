@@ -8,7 +8,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
-use super::{str, Apis};
+use super::{authorized, str, Apis};
 use crate::controller::TopicImage;
 use crate::error::Error;
 
@@ -41,9 +41,25 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
             })
             .collect(),
     };
+    let mut topics = topics;
+    if version >= 8 {
+        let operations = authorized::when(request.include_topic_authorized_operations, authorized::TOPIC);
+        for t in topics.iter_mut().filter(|t| t.error_code == 0) {
+            t.topic_authorized_operations = operations;
+        }
+    }
     let response = MetadataResponse::default()
         .with_brokers(vec![broker])
         .with_topics(topics);
+    // Asked for through Metadata up to v10; DescribeCluster from then on.
+    let response = if (8..=10).contains(&version) {
+        response.with_cluster_authorized_operations(authorized::when(
+            request.include_cluster_authorized_operations,
+            authorized::CLUSTER,
+        ))
+    } else {
+        response
+    };
     let response = if version >= 1 {
         response.with_controller_id(node)
     } else {

@@ -2,6 +2,7 @@
 //! into calls on the controller and replica manager and builds the response.
 
 mod api_versions;
+mod authorized;
 mod cluster;
 mod configs;
 mod coordinator;
