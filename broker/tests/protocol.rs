@@ -330,3 +330,52 @@ async fn authorized_operations_are_answered_when_asked() {
     );
     assert_eq!(r.groups[0].authorized_operations, GROUP_OPS);
 }
+
+/// Kafka's dynamic broker configs that Fjord does not act on yet (SASL,
+/// per-listener, thread pools) are accepted as Kafka validates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_dynamic_broker_configs_are_accepted() {
+    use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let b = TestBroker::start(&[]).await;
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    let alter = |names: &[&str]| {
+        RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(s(""))
+                .with_configs(
+                    names
+                        .iter()
+                        .map(|n| {
+                            AlterableConfig::default()
+                                .with_name(s(n))
+                                .with_config_operation(0)
+                                .with_value(Some(s("PLAIN")))
+                        })
+                        .collect(),
+                )]),
+        )
+    };
+    for (names, expected) in [
+        (
+            &[
+                "sasl.enabled.mechanisms",
+                "listener.name.internal.sasl.enabled.mechanisms",
+            ][..],
+            0,
+        ),
+        (
+            &["listener.name.internal.not.a.listener.config"][..],
+            ResponseError::InvalidConfig.code(),
+        ),
+    ] {
+        let ResponseKind::IncrementalAlterConfigs(r) = raw
+            .request(ApiKey::IncrementalAlterConfigs, 1, alter(names))
+            .await
+            .unwrap()
+        else {
+            panic!("not an IncrementalAlterConfigs response")
+        };
+        assert_eq!(r.responses[0].error_code, expected, "{names:?}");
+    }
+}

@@ -185,7 +185,17 @@ fn alter_resource(
 ) -> Result<(), Error> {
     match resource_type {
         RESOURCE_TOPIC => apis.controller.alter_topic_configs(name, ops, validate_only),
-        RESOURCE_BROKER if is_this_broker(apis, name) => apis.controller.alter_broker_configs(ops, validate_only),
+        RESOURCE_BROKER if is_this_broker(apis, name) => {
+            apis.controller
+                .alter_broker_configs(ops, name.is_empty(), validate_only)?;
+            for op in ops
+                .iter()
+                .filter(|op| !DYNAMIC_BROKER_CONFIGS.contains(&op.name.as_str()))
+            {
+                tracing::info!(config = %op.name, "stored a Kafka broker config that Fjord does not act on yet");
+            }
+            Ok(())
+        }
         _ => Err(Error::InvalidRequest(format!(
             "cannot alter resource type {resource_type} '{name}'"
         ))),

@@ -30,6 +30,88 @@ pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
     "min.insync.replicas",
 ];
 
+/// Kafka's dynamic broker configs that Fjord accepts and stores but does not
+/// act on yet (no TLS/SASL listeners, thread pools, quotas or replication
+/// throttles), so Kafka's tools and operators that set them are not refused.
+pub const KAFKA_DYNAMIC_BROKER_CONFIGS_NOT_ACTED_ON: &[&str] = &[
+    "num.io.threads",
+    "num.network.threads",
+    "num.replica.fetchers",
+    "num.recovery.threads.per.data.dir",
+    "background.threads",
+    "max.connections",
+    "max.connections.per.ip",
+    "max.connections.per.ip.overrides",
+    "max.connection.creation.rate",
+    "log.cleaner.threads",
+    "log.cleaner.io.max.bytes.per.second",
+    "log.cleaner.dedupe.buffer.size",
+    "log.cleaner.io.buffer.size",
+    "log.cleaner.io.buffer.load.factor",
+    "log.cleaner.backoff.ms",
+    "log.cleaner.min.cleanable.ratio",
+    "log.cleaner.min.compaction.lag.ms",
+    "log.cleaner.max.compaction.lag.ms",
+    "log.preallocate",
+    "unclean.leader.election.enable",
+    "leader.replication.throttled.rate",
+    "follower.replication.throttled.rate",
+    "replica.alter.log.dirs.io.max.bytes.per.second",
+    "metric.reporters",
+    "producer.id.expiration.ms",
+    "transaction.partition.verification.enable",
+    "listeners",
+    "advertised.listeners",
+    "listener.security.protocol.map",
+];
+
+/// Kafka's per-broker configs: refused at the cluster-wide default entity
+/// ("broker id must be specified"), as Kafka does.
+const PER_BROKER_ONLY: &[&str] = &["listeners", "advertised.listeners", "listener.security.protocol.map"];
+
+/// Whether Kafka accepts `name` as a dynamic broker config that Fjord stores
+/// without acting on it; Err for names Kafka would refuse at this entity.
+pub fn kafka_only_broker_config(name: &str, default_entity: bool) -> Result<bool> {
+    // Per-listener configs: listener.name.<listener>.<ssl.*|sasl.*|connection limits>.
+    let listener_config = name.strip_prefix("listener.name.").map(|rest| {
+        rest.split_once('.').is_some_and(|(listener, config)| {
+            !listener.is_empty()
+                && listener
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                && (config.starts_with("ssl.")
+                    || config.starts_with("sasl.")
+                    || matches!(
+                        config,
+                        "max.connections" | "max.connection.creation.rate" | "connections.max.reauth.ms"
+                    ))
+        })
+    });
+    let security = name.starts_with("ssl.") || name.starts_with("sasl.");
+    let known = match listener_config {
+        Some(valid) => {
+            if !valid {
+                return Err(Error::InvalidConfig(format!(
+                    "'{name}' is not a per-listener config (listener.name.<listener>.<ssl.*|sasl.*|max.connections|...>)"
+                )));
+            }
+            true
+        }
+        None => security || KAFKA_DYNAMIC_BROKER_CONFIGS_NOT_ACTED_ON.contains(&name),
+    };
+    // Keystores and listeners belong to one broker, as in Kafka.
+    let per_broker = PER_BROKER_ONLY.contains(&name)
+        || name.contains("ssl.keystore.")
+        || name.contains("ssl.truststore.")
+        || name.contains("ssl.key.password");
+    if known && default_entity && per_broker {
+        return Err(Error::InvalidRequest(format!(
+            "cannot update '{name}' at the default cluster level, broker id must be specified"
+        )));
+    }
+    Ok(known)
+}
+
 /// Most partitions one topic may have (CreateTopics, CreatePartitions): a
 /// count from the network must not make the broker open millions of logs.
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
@@ -50,6 +132,10 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
     pub next_producer_id_block: i64,
     pub broker_overrides: BTreeMap<String, String>,
+    /// Kafka dynamic broker configs stored but not acted on (see
+    /// [`KAFKA_DYNAMIC_BROKER_CONFIGS_NOT_ACTED_ON`]).
+    #[serde(default)]
+    pub kafka_only_broker_overrides: BTreeMap<String, String>,
 }
 
 /// One IncrementalAlterConfigs operation.
@@ -241,20 +327,33 @@ impl MetadataImage {
         Ok(())
     }
 
-    pub fn alter_broker_configs(&mut self, broker: &BrokerConfig, ops: &[ConfigOp]) -> Result<()> {
+    /// IncrementalAlterConfigs on the broker resource (`default_entity`: the
+    /// cluster-wide default rather than this broker's id).
+    pub fn alter_broker_configs(
+        &mut self,
+        broker: &BrokerConfig,
+        ops: &[ConfigOp],
+        default_entity: bool,
+    ) -> Result<()> {
         let mut overrides = self.broker_overrides.clone();
+        let mut kafka_only = self.kafka_only_broker_overrides.clone();
         for op in ops {
-            if !DYNAMIC_BROKER_CONFIGS.contains(&op.name.as_str()) {
+            let target = if DYNAMIC_BROKER_CONFIGS.contains(&op.name.as_str()) {
+                &mut overrides
+            } else if kafka_only_broker_config(&op.name, default_entity)? {
+                &mut kafka_only
+            } else {
                 return Err(Error::InvalidConfig(format!(
                     "broker config '{}' cannot be updated dynamically",
                     op.name
                 )));
-            }
-            match apply_op(overrides.get(&op.name), op) {
-                Some(v) => overrides.insert(op.name.clone(), v),
-                None => overrides.remove(&op.name),
+            };
+            match apply_op(target.get(&op.name), op) {
+                Some(v) => target.insert(op.name.clone(), v),
+                None => target.remove(&op.name),
             };
         }
+        self.kafka_only_broker_overrides = kafka_only;
         let mut effective = broker.clone();
         for (k, v) in &overrides {
             effective.set(k, v)?;
@@ -279,6 +378,48 @@ mod tests {
             op,
             value: value.map(String::from),
         }
+    }
+
+    #[test]
+    fn kafka_dynamic_broker_configs_are_accepted_and_validated_as_kafka_does() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        let set = |name: &str| op(name, OpType::Set, Some("x"));
+        for name in [
+            "sasl.enabled.mechanisms",
+            "listener.name.internal.sasl.enabled.mechanisms",
+            "listener.name.external.ssl.cipher.suites",
+            "listener.name.internal.max.connections",
+            "num.io.threads",
+            "max.connections.per.ip",
+        ] {
+            image.alter_broker_configs(&broker, &[set(name)], true).unwrap();
+            assert_eq!(image.kafka_only_broker_overrides[name], "x", "{name}");
+        }
+        assert!(
+            image.broker_overrides.is_empty(),
+            "kept apart from the configs Fjord acts on"
+        );
+        // Kafka's refusals.
+        assert!(matches!(
+            image.alter_broker_configs(&broker, &[set("listener.name.internal.retention.ms")], true),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            image.alter_broker_configs(&broker, &[set("no.such.config")], true),
+            Err(Error::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            image.alter_broker_configs(&broker, &[set("listener.name.external.ssl.keystore.location")], true),
+            Err(Error::InvalidRequest(_))
+        ));
+        image
+            .alter_broker_configs(&broker, &[set("listener.name.external.ssl.keystore.location")], false)
+            .unwrap();
+        image
+            .alter_broker_configs(&broker, &[op("num.io.threads", OpType::Delete, None)], true)
+            .unwrap();
+        assert!(!image.kafka_only_broker_overrides.contains_key("num.io.threads"));
     }
 
     #[test]
@@ -378,11 +519,11 @@ mod tests {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
         image
-            .alter_broker_configs(&broker, &[op("log.retention.ms", OpType::Set, Some("5000"))])
+            .alter_broker_configs(&broker, &[op("log.retention.ms", OpType::Set, Some("5000"))], true)
             .unwrap();
         assert_eq!(image.broker_overrides["log.retention.ms"], "5000");
         assert!(image
-            .alter_broker_configs(&broker, &[op("node.id", OpType::Set, Some("3"))])
+            .alter_broker_configs(&broker, &[op("node.id", OpType::Set, Some("3"))], true)
             .is_err());
     }
 }

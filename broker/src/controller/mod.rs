@@ -146,9 +146,11 @@ impl Controller {
         self.update(validate_only, |image| image.alter_topic_configs(&broker, name, ops))
     }
 
-    pub fn alter_broker_configs(&self, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
+    pub fn alter_broker_configs(&self, ops: &[ConfigOp], default_entity: bool, validate_only: bool) -> Result<()> {
         let broker = self.broker.clone();
-        self.update(validate_only, |image| image.alter_broker_configs(&broker, ops))
+        self.update(validate_only, |image| {
+            image.alter_broker_configs(&broker, ops, default_entity)
+        })
     }
 
     /// A new producer id; blocks are reserved in the image so ids never repeat across restarts.
