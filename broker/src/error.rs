@@ -78,6 +78,13 @@ impl From<BatchError> for Error {
     }
 }
 
+/// A group or offset record whose strings do not fit Kafka's record format.
+impl From<crate::group::records::StringTooLong> for Error {
+    fn from(e: crate::group::records::StringTooLong) -> Self {
+        Error::InvalidRequest(e.to_string())
+    }
+}
+
 impl From<crate::config::ConfigError> for Error {
     fn from(e: crate::config::ConfigError) -> Self {
         Error::InvalidConfig(e.to_string())

@@ -713,7 +713,12 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
         metadata: "old".into(),
         commit_timestamp: now_ms(),
     };
-    let mut records = vec![plain_record(0, now_ms(), Some(key.encode()), Some(value.encode()))];
+    let mut records = vec![plain_record(
+        0,
+        now_ms(),
+        Some(key.encode().unwrap()),
+        Some(value.encode().unwrap()),
+    )];
     let batch = encode_records(&mut records, kafka_protocol::records::Compression::None, -1, -1, -1).unwrap();
     old.append(&batch, -1).unwrap();
     rt.block_on(b.restart(FAST_GROUPS));
@@ -825,4 +830,56 @@ fn unsubscribed_offsets_expire_and_empty_groups_without_offsets_are_deleted() {
     rt.block_on(b.restart(FAST_GROUPS));
     wait_for("the coordinator reloads", WAIT, || b.broker().ctx.groups.is_loaded());
     assert!(!listed(&b), "the group's tombstone keeps it deleted");
+}
+
+/// A group id longer than a `__consumer_offsets` record's i16 string (flexible
+/// request versions carry such strings) is refused with INVALID_GROUP_ID,
+/// never written truncated.
+#[test]
+fn group_ids_too_long_for_the_offsets_record_are_refused() {
+    let rt = runtime();
+    let b = rt.block_on(TestBroker::start(FAST_GROUPS));
+    rt.block_on(b.create_topic("long", 1, &[]));
+    let long = "g".repeat(40_000);
+    rt.block_on(async {
+        let mut raw = Raw::connect(&b.bootstrap).await;
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(&long)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(s(""))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("long")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(5)])]);
+        match raw
+            .request(ApiKey::OffsetCommit, 8, RequestKind::OffsetCommit(commit))
+            .await
+            .unwrap()
+        {
+            ResponseKind::OffsetCommit(r) => assert_eq!(
+                r.topics[0].partitions[0].error_code,
+                ResponseError::InvalidGroupId.code()
+            ),
+            other => panic!("{other:?}"),
+        }
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(s(&long)))
+            .with_session_timeout_ms(6000)
+            .with_rebalance_timeout_ms(6000)
+            .with_member_id(s(""))
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::new())]);
+        match raw
+            .request(ApiKey::JoinGroup, 9, RequestKind::JoinGroup(join))
+            .await
+            .unwrap()
+        {
+            ResponseKind::JoinGroup(r) => assert_eq!(r.error_code, ResponseError::InvalidGroupId.code()),
+            other => panic!("{other:?}"),
+        }
+    });
+    assert!(b.broker().ctx.groups.committed_snapshot().is_empty(), "nothing stored");
 }

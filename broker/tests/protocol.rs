@@ -339,8 +339,8 @@ async fn kafka_dynamic_broker_configs_are_accepted() {
     let b = TestBroker::start(&[]).await;
     let mut raw = Raw::connect(&b.bootstrap).await;
     let alter = |names: &[&str]| {
-        RequestKind::IncrementalAlterConfigs(
-            IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(
+            vec![AlterConfigsResource::default()
                 .with_resource_type(4)
                 .with_resource_name(s(""))
                 .with_configs(
@@ -353,8 +353,8 @@ async fn kafka_dynamic_broker_configs_are_accepted() {
                                 .with_value(Some(s("PLAIN")))
                         })
                         .collect(),
-                )]),
-        )
+                )],
+        ))
     };
     for (names, expected) in [
         (

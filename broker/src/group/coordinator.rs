@@ -98,6 +98,12 @@ pub struct GroupCoordinator {
     loaded: AtomicBool,
 }
 
+/// Kafka refuses an empty group id; one longer than a record's i16 string
+/// could never be stored.
+fn valid_group_id(group_id: &str) -> bool {
+    !group_id.is_empty() && group_id.len() <= i16::MAX as usize
+}
+
 fn load_in_progress() -> i16 {
     ResponseError::CoordinatorLoadInProgress.code()
 }
@@ -237,7 +243,7 @@ impl GroupCoordinator {
         for group in groups {
             let mut records = Vec::new();
             if let Some(v) = state.groups.get(group) {
-                records.push((RecordKey::Group { group: group.clone() }.encode(), Some(v.encode())));
+                records.push((RecordKey::Group { group: group.clone() }.encode()?, Some(v.encode()?)));
             }
             for ((topic, partition), v) in state.offsets.get(group).into_iter().flatten() {
                 let key = RecordKey::Offset {
@@ -245,7 +251,7 @@ impl GroupCoordinator {
                     topic: topic.clone(),
                     partition: *partition,
                 };
-                records.push((key.encode(), Some(v.encode())));
+                records.push((key.encode()?, Some(v.encode()?)));
             }
             self.append(group, records)?;
         }
@@ -261,6 +267,15 @@ impl GroupCoordinator {
             "moved groups to their __consumer_offsets partition (abs(hashCode) % partitions, as Kafka)"
         );
         Ok(())
+    }
+
+    /// Deletes records of the group: tombstones for `keys`.
+    fn append_tombstones(&self, group: &str, keys: &[RecordKey]) -> Result<()> {
+        let records = keys
+            .iter()
+            .map(|k| Ok((k.encode()?, None)))
+            .collect::<Result<Vec<_>>>()?;
+        self.append(group, records)
     }
 
     /// Appends records to the group's `__consumer_offsets` partition.
@@ -296,10 +311,13 @@ impl GroupCoordinator {
         group.needs_persist = false;
         let key = RecordKey::Group {
             group: group.id.clone(),
-        }
-        .encode();
-        let stored = self
-            .append(&group.id, vec![(key, Some(group.to_value().encode()))])
+        };
+        // Strings that do not fit the record are refused, never stored truncated.
+        let stored = key
+            .encode()
+            .and_then(|key| Ok((key, Some(group.to_value().encode()?))))
+            .map_err(Error::from)
+            .and_then(|record| self.append(&group.id, vec![record]))
             .map_err(|e| {
                 tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
                 e.coordinator_write_error().code()
@@ -331,7 +349,7 @@ impl GroupCoordinator {
                 ..Default::default()
             };
         }
-        if group_id.is_empty() {
+        if !valid_group_id(group_id) {
             return JoinResult {
                 error: ResponseError::InvalidGroupId.code(),
                 generation: -1,
@@ -436,7 +454,7 @@ impl GroupCoordinator {
         if !self.is_loaded() {
             return fail_all(load_in_progress(), offsets);
         }
-        if group_id.is_empty() {
+        if !valid_group_id(group_id) {
             return fail_all(ResponseError::InvalidGroupId.code(), offsets);
         }
         let check = {
@@ -456,7 +474,7 @@ impl GroupCoordinator {
         let mut accepted = Vec::new();
         for o in offsets {
             let metadata = o.metadata.unwrap_or_default();
-            let code = if metadata.len() > self.config.offset_metadata_max_bytes {
+            let code = if metadata.len() > self.config.offset_metadata_max_bytes.min(i16::MAX as usize) {
                 ResponseError::OffsetMetadataTooLarge.code()
             } else if self.replicas.get(&o.topic, o.partition).is_err() {
                 ResponseError::UnknownTopicOrPartition.code()
@@ -475,8 +493,16 @@ impl GroupCoordinator {
                     topic: o.topic.clone(),
                     partition: o.partition,
                 };
-                records.push((key.encode(), Some(value.encode())));
-                accepted.push((o.topic.clone(), o.partition, value));
+                match key.encode().and_then(|k| Ok((k, Some(value.encode()?)))) {
+                    Ok(record) => {
+                        records.push(record);
+                        accepted.push((o.topic.clone(), o.partition, value));
+                    }
+                    Err(e) => {
+                        results.push((o.topic, o.partition, Error::from(e).code()));
+                        continue;
+                    }
+                }
             }
             results.push((o.topic, o.partition, code));
         }
@@ -606,25 +632,18 @@ impl GroupCoordinator {
             None if !self.offsets.lock().contains_key(group_id) => return ResponseError::GroupIdNotFound.code(),
             _ => {}
         }
-        let mut records = vec![(
-            RecordKey::Group {
-                group: group_id.to_string(),
-            }
-            .encode(),
-            None,
-        )];
+        let mut keys = vec![RecordKey::Group {
+            group: group_id.to_string(),
+        }];
         let mut offsets = self.offsets.lock();
         if let Some(committed) = offsets.get(group_id) {
-            for (topic, partition) in committed.keys() {
-                let key = RecordKey::Offset {
-                    group: group_id.to_string(),
-                    topic: topic.clone(),
-                    partition: *partition,
-                };
-                records.push((key.encode(), None));
-            }
+            keys.extend(committed.keys().map(|(topic, partition)| RecordKey::Offset {
+                group: group_id.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+            }));
         }
-        if let Err(e) = self.append(group_id, records) {
+        if let Err(e) = self.append_tombstones(group_id, &keys) {
             return e.coordinator_write_error().code();
         }
         offsets.remove(group_id);
@@ -650,22 +669,21 @@ impl GroupCoordinator {
                 None => return Err(ResponseError::GroupIdNotFound.code()),
             }
         };
-        let mut records = Vec::new();
+        let mut keys = Vec::new();
         let mut results = Vec::new();
         for (topic, partition) in partitions {
             if subscribed.contains(&topic) {
                 results.push((topic, partition, ResponseError::GroupSubscribedToTopic.code()));
                 continue;
             }
-            let key = RecordKey::Offset {
+            keys.push(RecordKey::Offset {
                 group: group_id.to_string(),
                 topic: topic.clone(),
                 partition,
-            };
-            records.push((key.encode(), None));
+            });
             results.push((topic, partition, 0));
         }
-        if let Err(e) = self.append(group_id, records) {
+        if let Err(e) = self.append_tombstones(group_id, &keys) {
             return Err(e.coordinator_write_error().code());
         }
         let mut cache = self.offsets.lock();
@@ -715,21 +733,15 @@ impl GroupCoordinator {
             if doomed.is_empty() {
                 continue;
             }
-            let records = doomed
+            let keys: Vec<RecordKey> = doomed
                 .iter()
-                .map(|(t, p)| {
-                    (
-                        RecordKey::Offset {
-                            group: group_id.clone(),
-                            topic: t.clone(),
-                            partition: *p,
-                        }
-                        .encode(),
-                        None,
-                    )
+                .map(|(t, p)| RecordKey::Offset {
+                    group: group_id.clone(),
+                    topic: t.clone(),
+                    partition: *p,
                 })
                 .collect();
-            if self.append(group_id, records).is_ok() {
+            if self.append_tombstones(group_id, &keys).is_ok() {
                 for k in &doomed {
                     committed.remove(k);
                 }
@@ -743,8 +755,10 @@ impl GroupCoordinator {
             .map(|g| g.id.clone())
             .collect();
         for id in dead {
-            let tombstone = (RecordKey::Group { group: id.clone() }.encode(), None);
-            if self.append(&id, vec![tombstone]).is_ok() {
+            if self
+                .append_tombstones(&id, &[RecordKey::Group { group: id.clone() }])
+                .is_ok()
+            {
                 tracing::info!(group = %id, "group is empty with no committed offsets left: deleted");
                 groups.remove(&id);
             }

@@ -50,15 +50,29 @@ pub struct GroupValue {
 #[error("malformed __consumer_offsets record: {0}")]
 pub struct RecordError(String);
 
-fn put_str(buf: &mut BytesMut, s: &str) {
-    buf.put_i16(s.len() as i16);
-    buf.put_slice(s.as_bytes());
+/// A string longer than the record format's i16 length allows: the write is
+/// refused, never stored truncated.
+#[derive(Debug, thiserror::Error)]
+#[error("{field} of {len} bytes does not fit a __consumer_offsets record (at most 32767)")]
+pub struct StringTooLong {
+    pub field: &'static str,
+    pub len: usize,
 }
 
-fn put_nullable_str(buf: &mut BytesMut, s: Option<&str>) {
+fn put_str(buf: &mut BytesMut, field: &'static str, s: &str) -> Result<(), StringTooLong> {
+    let len = i16::try_from(s.len()).map_err(|_| StringTooLong { field, len: s.len() })?;
+    buf.put_i16(len);
+    buf.put_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_nullable_str(buf: &mut BytesMut, field: &'static str, s: Option<&str>) -> Result<(), StringTooLong> {
     match s {
-        Some(s) => put_str(buf, s),
-        None => buf.put_i16(-1),
+        Some(s) => put_str(buf, field, s),
+        None => {
+            buf.put_i16(-1);
+            Ok(())
+        }
     }
 }
 
@@ -121,7 +135,7 @@ impl RecordKey {
         }
     }
 
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, StringTooLong> {
         let mut buf = BytesMut::new();
         match self {
             RecordKey::Offset {
@@ -130,16 +144,16 @@ impl RecordKey {
                 partition,
             } => {
                 buf.put_i16(1);
-                put_str(&mut buf, group);
-                put_str(&mut buf, topic);
+                put_str(&mut buf, "group id", group)?;
+                put_str(&mut buf, "topic", topic)?;
                 buf.put_i32(*partition);
             }
             RecordKey::Group { group } => {
                 buf.put_i16(2);
-                put_str(&mut buf, group);
+                put_str(&mut buf, "group id", group)?;
             }
         }
-        buf.freeze()
+        Ok(buf.freeze())
     }
 
     pub fn decode(bytes: Bytes) -> Result<RecordKey, RecordError> {
@@ -157,14 +171,14 @@ impl RecordKey {
 }
 
 impl OffsetValue {
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, StringTooLong> {
         let mut buf = BytesMut::new();
         buf.put_i16(3);
         buf.put_i64(self.offset);
         buf.put_i32(self.leader_epoch);
-        put_str(&mut buf, &self.metadata);
+        put_str(&mut buf, "offset metadata", &self.metadata)?;
         buf.put_i64(self.commit_timestamp);
-        buf.freeze()
+        Ok(buf.freeze())
     }
 
     pub fn decode(bytes: Bytes) -> Result<OffsetValue, RecordError> {
@@ -187,26 +201,26 @@ impl OffsetValue {
 }
 
 impl GroupValue {
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, StringTooLong> {
         let mut buf = BytesMut::new();
         buf.put_i16(3);
-        put_str(&mut buf, &self.protocol_type);
+        put_str(&mut buf, "protocol type", &self.protocol_type)?;
         buf.put_i32(self.generation);
-        put_nullable_str(&mut buf, self.protocol.as_deref());
-        put_nullable_str(&mut buf, self.leader.as_deref());
+        put_nullable_str(&mut buf, "protocol", self.protocol.as_deref())?;
+        put_nullable_str(&mut buf, "leader", self.leader.as_deref())?;
         buf.put_i64(self.state_timestamp);
         buf.put_i32(self.members.len() as i32);
         for m in &self.members {
-            put_str(&mut buf, &m.member_id);
-            put_nullable_str(&mut buf, m.group_instance_id.as_deref());
-            put_str(&mut buf, &m.client_id);
-            put_str(&mut buf, &m.client_host);
+            put_str(&mut buf, "member id", &m.member_id)?;
+            put_nullable_str(&mut buf, "group instance id", m.group_instance_id.as_deref())?;
+            put_str(&mut buf, "client id", &m.client_id)?;
+            put_str(&mut buf, "client host", &m.client_host)?;
             buf.put_i32(m.rebalance_timeout_ms);
             buf.put_i32(m.session_timeout_ms);
             put_bytes(&mut buf, &m.subscription);
             put_bytes(&mut buf, &m.assignment);
         }
-        buf.freeze()
+        Ok(buf.freeze())
     }
 
     pub fn decode(bytes: Bytes) -> Result<GroupValue, RecordError> {
@@ -277,7 +291,7 @@ mod tests {
             },
             RecordKey::Group { group: "g".into() },
         ] {
-            assert_eq!(RecordKey::decode(key.encode()).unwrap(), key);
+            assert_eq!(RecordKey::decode(key.encode().unwrap()).unwrap(), key);
         }
         let offset = OffsetValue {
             offset: 42,
@@ -285,7 +299,7 @@ mod tests {
             metadata: "meta".into(),
             commit_timestamp: 99,
         };
-        assert_eq!(OffsetValue::decode(offset.encode()).unwrap(), offset);
+        assert_eq!(OffsetValue::decode(offset.encode().unwrap()).unwrap(), offset);
         let group = GroupValue {
             protocol_type: "consumer".into(),
             generation: 5,
@@ -303,7 +317,31 @@ mod tests {
                 assignment: Bytes::from_static(b"asg"),
             }],
         };
-        assert_eq!(GroupValue::decode(group.encode()).unwrap(), group);
+        assert_eq!(GroupValue::decode(group.encode().unwrap()).unwrap(), group);
+    }
+
+    #[test]
+    fn strings_longer_than_i16_are_refused_not_truncated() {
+        let long = "g".repeat(40_000);
+        let key = RecordKey::Group { group: long.clone() };
+        assert!(matches!(
+            key.encode(),
+            Err(StringTooLong {
+                field: "group id",
+                len: 40_000
+            })
+        ));
+        let ok = RecordKey::Group {
+            group: "g".repeat(32_767),
+        };
+        assert_eq!(RecordKey::decode(ok.encode().unwrap()).unwrap(), ok);
+        let value = OffsetValue {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: long,
+            commit_timestamp: 0,
+        };
+        assert!(value.encode().is_err());
     }
 
     #[test]
