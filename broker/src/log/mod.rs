@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cleaner;
 pub mod index;
 pub mod manager;
+pub mod record;
 pub mod segment;
 pub mod validator;
 

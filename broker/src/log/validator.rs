@@ -10,14 +10,13 @@
 //! compacted topic) are collected with their index in the batch and answered
 //! as KIP-467 record errors, so a client fails exactly those records.
 //!
-//! Varints are read with prost's LEB128 decoder (the same unsigned varint
-//! Kafka zigzags), reading only lengths and deltas: keys, values and headers
-//! are skipped, never copied.
+//! Records are walked by [`super::record`]: keys, values and headers are
+//! skipped, never copied.
 
-use bytes::{Buf, Bytes};
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::Bytes;
 
-use super::batch::{BatchHeader, HEADER_SIZE};
+use super::batch::BatchHeader;
+use super::record;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 
 /// Kafka's RecordBatch.NO_TIMESTAMP.
@@ -47,53 +46,6 @@ pub struct Validated {
 /// validated). Compressed batches are decompressed for the walk only.
 pub fn validate_records(batch: &Bytes, policy: &RecordPolicy) -> Result<Validated> {
     let header = BatchHeader::parse(batch)?;
-    let body = batch.slice(HEADER_SIZE..);
-    let walk = |records: &mut Bytes| Ok(walk_records(records, &header, policy));
-    let decompressed = match header.compression() {
-        0 => return walk_records(&mut body.clone(), &header, policy),
-        1 => Gzip::decompress(&mut body.clone(), walk),
-        2 => Snappy::decompress(&mut body.clone(), walk),
-        3 => Lz4::decompress(&mut body.clone(), walk),
-        4 => Zstd::decompress(&mut body.clone(), walk),
-        other => return Err(Error::CorruptMessage(format!("unknown compression codec {other}"))),
-    };
-    decompressed.map_err(|e| Error::CorruptMessage(format!("cannot decompress the batch: {e:#}")))?
-}
-
-fn corrupt(what: impl Into<String>) -> Error {
-    Error::CorruptMessage(what.into())
-}
-
-/// A zigzag varint of at most 32 bits.
-fn varint(buf: &mut Bytes, what: &str) -> Result<i32> {
-    let n = prost::encoding::decode_varint(buf).map_err(|_| corrupt(format!("truncated {what}")))?;
-    let n = u32::try_from(n).map_err(|_| corrupt(format!("{what} does not fit 32 bits")))?;
-    Ok(((n >> 1) as i32) ^ -((n & 1) as i32))
-}
-
-/// A zigzag varint of at most 64 bits.
-fn varlong(buf: &mut Bytes, what: &str) -> Result<i64> {
-    let n = prost::encoding::decode_varint(buf).map_err(|_| corrupt(format!("truncated {what}")))?;
-    Ok(((n >> 1) as i64) ^ -((n & 1) as i64))
-}
-
-/// Skips a length-prefixed field; returns whether it was present (length -1 is null).
-fn skip_field(buf: &mut Bytes, what: &str, nullable: bool) -> Result<bool> {
-    let len = varint(buf, what)?;
-    if len == -1 && nullable {
-        return Ok(false);
-    }
-    if len < 0 {
-        return Err(corrupt(format!("{what} length {len}")));
-    }
-    if len as usize > buf.remaining() {
-        return Err(corrupt(format!("{what} of {len} bytes past the end of its record")));
-    }
-    buf.advance(len as usize);
-    Ok(true)
-}
-
-fn walk_records(records: &mut Bytes, header: &BatchHeader<'_>, policy: &RecordPolicy) -> Result<Validated> {
     let count = header.records_count();
     let base_timestamp = header.base_timestamp();
     let mut errors = Vec::new();
@@ -101,48 +53,19 @@ fn walk_records(records: &mut Bytes, header: &BatchHeader<'_>, policy: &RecordPo
         max_timestamp: i64::MIN,
         offset_delta_of_max: 0,
     };
-    for index in 0..count {
-        if !records.has_remaining() {
-            return Err(corrupt(format!("the batch declares {count} records but holds {index}")));
-        }
-        let len = varint(records, "record length")?;
-        if len < 0 || len as usize > records.remaining() {
-            return Err(corrupt(format!(
-                "record {index} of {len} bytes past the end of the batch"
-            )));
-        }
-        let mut record = records.split_to(len as usize);
-        if !record.has_remaining() {
-            return Err(corrupt(format!("record {index} is empty")));
-        }
-        record.advance(1); // attributes: unused in v2
-        let timestamp = base_timestamp.wrapping_add(varlong(&mut record, "timestamp delta")?);
-        let offset_delta = varint(&mut record, "offset delta")?;
-        let has_key = skip_field(&mut record, "key", true)?;
-        skip_field(&mut record, "value", true)?;
-        let headers = varint(&mut record, "header count")?;
-        if headers < 0 || headers as usize > record.remaining() / 2 {
-            return Err(corrupt(format!("record {index} declares {headers} headers")));
-        }
-        for _ in 0..headers {
-            skip_field(&mut record, "header key", false)?;
-            skip_field(&mut record, "header value", true)?;
-        }
-        if record.has_remaining() {
-            return Err(corrupt(format!(
-                "record {index} has {} bytes past its last header",
-                record.remaining()
-            )));
-        }
-
-        if offset_delta != index {
+    record::for_each(record::records_section(batch)?, count, |index, r| {
+        let timestamp = base_timestamp.wrapping_add(r.timestamp_delta);
+        if r.offset_delta != index {
             errors.push(RecordError::new(
                 index,
                 RecordErrorKind::InvalidRecord,
-                format!("record {index} has offset delta {offset_delta}; inner offsets must be 0..{count}"),
+                format!(
+                    "record {index} has offset delta {}; inner offsets must be 0..{count}",
+                    r.offset_delta
+                ),
             ));
         }
-        if policy.require_keys && !has_key {
+        if policy.require_keys && r.key.is_none() {
             errors.push(RecordError::new(
                 index,
                 RecordErrorKind::InvalidRecord,
@@ -157,16 +80,11 @@ fn walk_records(records: &mut Bytes, header: &BatchHeader<'_>, policy: &RecordPo
         if timestamp > max.max_timestamp {
             max = Validated {
                 max_timestamp: timestamp,
-                offset_delta_of_max: offset_delta,
+                offset_delta_of_max: r.offset_delta,
             };
         }
-    }
-    if records.has_remaining() {
-        return Err(corrupt(format!(
-            "{} bytes past the {count} records the batch declares",
-            records.remaining()
-        )));
-    }
+        Ok(())
+    })?;
     if !errors.is_empty() {
         return Err(Error::InvalidRecords(errors));
     }
@@ -198,7 +116,7 @@ fn timestamp_problem(timestamp: i64, policy: &RecordPolicy) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::batch::{encode_records, plain_record, PatchedHeader};
+    use crate::log::batch::{encode_records, plain_record, PatchedHeader, HEADER_SIZE};
     use kafka_protocol::records::Compression;
 
     const NOW: i64 = 1_700_000_000_000;
