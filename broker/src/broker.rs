@@ -220,7 +220,8 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
                 }
             }
             _ = cleaner.tick(), if ctx.config.log_cleaner_enable => {
-                let _ = tokio::task::spawn_blocking(move || replicas.logs().clean_all()).await;
+                let dedupe = ctx.config.log_cleaner_dedupe_buffer_size.max(1 << 20) as usize;
+                let _ = tokio::task::spawn_blocking(move || replicas.logs().clean_all(dedupe)).await;
             }
             _ = checkpoint.tick() => {
                 let result = tokio::task::spawn_blocking(move || replicas.logs().checkpoint()).await;

@@ -244,6 +244,9 @@ config_struct! {
         producer_id_expiration_check_interval_ms: i64 = "producer.id.expiration.check.interval.ms", 600_000;
         /// Run the log cleaner for compacted topics.
         log_cleaner_enable: bool = "log.cleaner.enable", true;
+        /// Memory for one cleaning pass's key map (24 bytes a key); a pass with more
+        /// dirty keys cleans as far as they fit and goes on at the next.
+        log_cleaner_dedupe_buffer_size: i64 = "log.cleaner.dedupe.buffer.size", 134_217_728;
         /// How long the cleaner sleeps when no log needs cleaning.
         log_cleaner_backoff_ms: i64 = "log.cleaner.backoff.ms", 15_000;
         /// Dirty ratio above which a log is cleaned (topic: min.cleanable.dirty.ratio).

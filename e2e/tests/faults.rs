@@ -290,8 +290,7 @@ async fn recovery_after_kill_9_scans_only_what_was_not_flushed_at_a_roll() {
     let log = b.log_text();
     let line = log
         .lines()
-        .filter(|l| l.contains("recovering the segments past the recovery point") && l.contains("rolled-0"))
-        .last()
+        .rfind(|l| l.contains("recovering the segments past the recovery point") && l.contains("rolled-0"))
         .unwrap_or_else(|| panic!("no recovery line for rolled-0 in:\n{log}"));
     assert!(
         line.contains("segments_scanned=1 "),

@@ -29,6 +29,8 @@ const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_MASK: i16 = 0x08;
 const TRANSACTIONAL_MASK: i16 = 0x10;
 const CONTROL_MASK: i16 = 0x20;
+/// KIP-534: the base timestamp holds the time after which tombstones may go.
+const DELETE_HORIZON_MASK: i16 = 0x40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -120,6 +122,10 @@ impl<'a> BatchHeader<'a> {
     }
     pub fn is_control(&self) -> bool {
         self.attributes() & CONTROL_MASK != 0
+    }
+    /// KIP-534's delete horizon, when the cleaner has set one.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes() & DELETE_HORIZON_MASK != 0).then(|| self.base_timestamp())
     }
     pub fn last_offset_delta(&self) -> i32 {
         i32_at(self.0, LAST_OFFSET_DELTA)
@@ -314,6 +320,24 @@ impl PatchedHeader {
         let attributes = i16_at(&self.0, ATTRIBUTES) | TIMESTAMP_TYPE_MASK;
         self.0[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
         self.0[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&timestamp.to_be_bytes());
+    }
+    /// A cleaned batch's new records section: its count and length; the
+    /// offsets (base and last delta) stay, so producer state stays right.
+    pub fn set_records(&mut self, count: i32, records_len: usize) {
+        self.0[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+        let length = (HEADER_SIZE - LOG_OVERHEAD + records_len) as i32;
+        self.0[LENGTH..LENGTH + 4].copy_from_slice(&length.to_be_bytes());
+    }
+    /// The records section is stored uncompressed (an emptied batch).
+    pub fn set_uncompressed(&mut self) {
+        let attributes = i16_at(&self.0, ATTRIBUTES) & !COMPRESSION_MASK;
+        self.0[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+    }
+    /// Marks the batch with a KIP-534 delete horizon (held in the base timestamp).
+    pub fn set_delete_horizon(&mut self, horizon: i64) {
+        let attributes = i16_at(&self.0, ATTRIBUTES) | DELETE_HORIZON_MASK;
+        self.0[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
+        self.0[BASE_TIMESTAMP..BASE_TIMESTAMP + 8].copy_from_slice(&horizon.to_be_bytes());
     }
     /// Sets the batch's max timestamp; the CRC must be recomputed.
     pub fn set_max_timestamp(&mut self, timestamp: i64) {

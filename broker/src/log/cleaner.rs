@@ -1,12 +1,15 @@
 //! The log cleaner: compaction of `cleanup.policy=compact` logs.
 //!
 //! For the segments before the active one (and older than
-//! `min.compaction.lag.ms`), keep the newest record of each key, drop
-//! tombstones older than `delete.retention.ms`, and keep every surviving
-//! record's offset (batches are rewritten with only their survivors; gaps
-//! are allowed). Control batches are kept. A pass runs when the dirty part
-//! (written since the last pass) reaches `min.cleanable.dirty.ratio`, or when
-//! dirty data is older than `max.compaction.lag.ms`.
+//! `min.compaction.lag.ms`), keep the newest record of each key, keep
+//! tombstones until `delete.retention.ms` after they were first cleaned
+//! (KIP-534), and keep every surviving record's offset and bytes (batches
+//! keep their base offset and last offset delta; gaps are allowed). Control
+//! batches are kept. A pass runs when the dirty part (written since the last
+//! pass) reaches `min.cleanable.dirty.ratio`, when dirty data is older than
+//! `max.compaction.lag.ms`, or when kept tombstones are due. Segments are
+//! streamed batch by batch and the key map is bounded by
+//! `log.cleaner.dedupe.buffer.size`.
 //!
 //! Crash safety: a group of segments is rewritten into `<base>.cleaned`,
 //! fsynced and renamed to `<base>.swap`; then the old segments are deleted
@@ -15,16 +18,17 @@
 //! leaves either the old segments or the new one, never a mix.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, BatchHeader};
+use super::record;
 use super::segment::{file_path, now_ms, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
 use super::{Log, LogState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 pub const SWAP_SUFFIX: &str = ".swap";
@@ -78,15 +82,28 @@ pub fn recover_interrupted(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn read_checkpoint(dir: &Path) -> i64 {
-    std::fs::read_to_string(dir.join(CLEANER_CHECKPOINT))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+/// The cleaner's checkpoint: the offset up to which the log is clean, and the
+/// earliest KIP-534 delete horizon among the tombstones it kept (i64::MAX
+/// when none), so a log whose tombstones are due is cleaned even without new
+/// dirty data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    clean_up_to: i64,
+    next_delete_horizon: i64,
 }
 
-fn write_checkpoint(dir: &Path, offset: i64) -> std::io::Result<()> {
-    super::manager::write_atomically(&dir.join(CLEANER_CHECKPOINT), offset.to_string().as_bytes())
+fn read_checkpoint(dir: &Path) -> Checkpoint {
+    let text = std::fs::read_to_string(dir.join(CLEANER_CHECKPOINT)).unwrap_or_default();
+    let mut fields = text.split_whitespace().map(|f| f.parse::<i64>().ok());
+    Checkpoint {
+        clean_up_to: fields.next().flatten().unwrap_or(0),
+        next_delete_horizon: fields.next().flatten().unwrap_or(i64::MAX),
+    }
+}
+
+fn write_checkpoint(dir: &Path, c: Checkpoint) -> std::io::Result<()> {
+    let text = format!("{}\n{}\n", c.clean_up_to, c.next_delete_horizon);
+    super::manager::write_atomically(&dir.join(CLEANER_CHECKPOINT), text.as_bytes())
 }
 
 /// A cleanable segment, as seen when the pass starts.
@@ -97,9 +114,173 @@ struct Source {
     data_path: PathBuf,
 }
 
+/// Kafka's SkimpyOffsetMap: the latest offset of each key of the dirty
+/// section, under a 128-bit fingerprint of the key rather than the key, with
+/// at most `log.cleaner.dedupe.buffer.size` / 24 entries (a 16-byte hash and
+/// an 8-byte offset, as Kafka sizes it). When it is full, the pass cleans only
+/// as far as the map reaches; the next pass goes on from there.
+struct OffsetMap {
+    hashers: (RandomState, RandomState),
+    latest: HashMap<u128, i64>,
+    capacity: usize,
+}
+
+impl OffsetMap {
+    fn new(dedupe_buffer_bytes: usize) -> OffsetMap {
+        OffsetMap {
+            hashers: (RandomState::new(), RandomState::new()),
+            latest: HashMap::new(),
+            capacity: (dedupe_buffer_bytes / 24).max(1),
+        }
+    }
+
+    fn fingerprint(&self, key: &[u8]) -> u128 {
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    fn has_room_for(&self, records: usize) -> bool {
+        self.latest.len() + records <= self.capacity
+    }
+
+    fn put(&mut self, key: &[u8], offset: i64) {
+        let fp = self.fingerprint(key);
+        self.latest.insert(fp, offset);
+    }
+
+    fn latest(&self, key: &[u8]) -> Option<i64> {
+        self.latest.get(&self.fingerprint(key)).copied()
+    }
+}
+
+/// Streams the whole batches of a segment file, one at a time: a pass never
+/// holds a segment in memory. `f` returns false to stop.
+fn for_each_batch(path: &Path, mut f: impl FnMut(Bytes) -> Result<bool>) -> Result<()> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut pos = 0u64;
+    while pos + batch::LOG_OVERHEAD as u64 <= len {
+        let mut prefix = [0u8; batch::LOG_OVERHEAD];
+        reader.read_exact(&mut prefix)?;
+        let size = batch::total_size(&prefix)?;
+        if pos + size as u64 > len {
+            break; // a torn tail: recovery's to cut, not the cleaner's to read
+        }
+        let mut buf = vec![0u8; size];
+        buf[..batch::LOG_OVERHEAD].copy_from_slice(&prefix);
+        reader.read_exact(&mut buf[batch::LOG_OVERHEAD..])?;
+        pos += size as u64;
+        if !f(Bytes::from(buf))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What one cleaning pass decides for the records of a batch.
+struct Cleaning<'a> {
+    map: &'a OffsetMap,
+    /// Records at or past this offset were not in the map: they are kept.
+    map_end: i64,
+    now: i64,
+    delete_retention_ms: i64,
+}
+
+/// A batch after cleaning.
+enum Cleaned {
+    /// Every record stays and nothing changes: the batch as stored.
+    Unchanged,
+    /// Some records stay, or the tombstones got their delete horizon.
+    Rewritten { batch: Bytes, delete_horizon: Option<i64> },
+    /// Nothing stays.
+    Empty,
+}
+
+impl Cleaning<'_> {
+    /// Keeps the newest record of each key and tombstones until their KIP-534
+    /// delete horizon: set to now + delete.retention.ms the first time a
+    /// tombstone is cleaned, so the consumers that read it have that long,
+    /// whatever its CreateTime. Surviving records keep their bytes; the
+    /// batch keeps its base offset, last offset delta, producer and sequence.
+    fn batch(&self, raw: &Bytes, removed: &mut u64) -> Result<Cleaned> {
+        let h = BatchHeader::parse(raw)?;
+        if h.is_control() {
+            return Ok(Cleaned::Unchanged);
+        }
+        let base = h.base_offset();
+        let tombstones_due = h.delete_horizon().is_some_and(|horizon| self.now >= horizon);
+        let mut survivors = Vec::new();
+        let mut dropped = 0u64;
+        let mut tombstones = false;
+        record::for_each(record::records_section(raw)?, h.records_count(), |_, r| {
+            let offset = base + i64::from(r.offset_delta);
+            let superseded = offset < self.map_end
+                && r.key
+                    .as_ref()
+                    .is_some_and(|k| self.map.latest(k).is_some_and(|latest| offset < latest));
+            if superseded || (!r.has_value && tombstones_due) {
+                dropped += 1;
+            } else {
+                tombstones |= !r.has_value;
+                survivors.push(r);
+            }
+            Ok(())
+        })?;
+        *removed += dropped;
+        let new_horizon = (tombstones && h.delete_horizon().is_none()).then(|| self.now + self.delete_retention_ms);
+        if dropped == 0 && new_horizon.is_none() {
+            return Ok(Cleaned::Unchanged);
+        }
+        if survivors.is_empty() {
+            return Ok(Cleaned::Empty);
+        }
+        let mut header = batch::PatchedHeader::from_batch(raw);
+        let mut section = BytesMut::new();
+        match new_horizon {
+            Some(horizon) => {
+                // The base timestamp becomes the horizon: re-frame each record's delta.
+                let base_timestamp = h.base_timestamp();
+                for r in &survivors {
+                    section.extend_from_slice(&r.with_timestamp_delta(base_timestamp + r.timestamp_delta - horizon));
+                }
+                header.set_delete_horizon(horizon);
+            }
+            None => survivors.iter().for_each(|r| section.extend_from_slice(&r.raw)),
+        }
+        let body = record::compress(h.compression(), &section)?;
+        header.set_records(survivors.len() as i32, body.len());
+        header.recompute_crc(&body);
+        let mut out = BytesMut::with_capacity(batch::HEADER_SIZE + body.len());
+        out.extend_from_slice(&header.0);
+        out.extend_from_slice(&body);
+        let delete_horizon = if tombstones {
+            header.view().delete_horizon()
+        } else {
+            None
+        };
+        Ok(Cleaned::Rewritten {
+            batch: out.freeze(),
+            delete_horizon,
+        })
+    }
+}
+
+/// An empty batch in place of one whose records all went: kept when it is
+/// its producer's last, so the producer's sequence survives compaction (as
+/// Kafka's cleaner retains it).
+fn empty_batch(raw: &[u8]) -> Bytes {
+    let mut header = batch::PatchedHeader::from_batch(raw);
+    header.set_uncompressed();
+    header.set_records(0, 0);
+    header.recompute_crc(&[]);
+    Bytes::copy_from_slice(&header.0)
+}
+
 impl Log {
     /// One cleaning pass if the log is compacted and due; returns what it did.
-    pub fn clean(&self) -> Result<Option<CleanStats>> {
+    /// `dedupe_buffer_bytes` bounds the pass's offset map
+    /// (`log.cleaner.dedupe.buffer.size`).
+    pub fn clean(&self, dedupe_buffer_bytes: usize) -> Result<Option<CleanStats>> {
         let config = self.config();
         if !config.compact() {
             return Ok(None);
@@ -129,130 +310,150 @@ impl Log {
         let total: u64 = sources.iter().map(|s| u64::from(s.size)).sum();
         let dirty: u64 = sources
             .iter()
-            .filter(|s| s.next_offset > checkpoint)
+            .filter(|s| s.next_offset > checkpoint.clean_up_to)
             .map(|s| u64::from(s.size))
             .sum();
         let ratio = if total == 0 { 0.0 } else { dirty as f64 / total as f64 };
         let overdue = config.max_compaction_lag_ms < i64::MAX && {
             let st = self.state.read();
             st.segments.iter().any(|s| {
-                s.next_offset() > checkpoint
+                s.next_offset() > checkpoint.clean_up_to
                     && s.max_timestamp() >= 0
                     && now - s.max_timestamp() > config.max_compaction_lag_ms
             })
         };
-        if dirty == 0 || (ratio < config.min_cleanable_dirty_ratio && !overdue) {
+        let tombstones_due = checkpoint.next_delete_horizon <= now;
+        let dirty_due = dirty > 0 && (ratio >= config.min_cleanable_dirty_ratio || overdue);
+        if !dirty_due && !tombstones_due {
             return Ok(None);
         }
 
-        // Pass 1: the newest offset of every key in the cleanable range.
-        let mut latest: HashMap<Bytes, i64> = HashMap::new();
+        // Pass 1: the newest offset of every key of the dirty section, as far as the map holds.
+        let mut map = OffsetMap::new(dedupe_buffer_bytes);
+        let mut map_end = checkpoint.clean_up_to.max(sources[0].base);
+        let mut full = false;
         for src in &sources {
-            for_each_record_batch(&src.data_path, |_, records| {
-                for r in records {
-                    if let Some(k) = &r.key {
-                        latest.insert(k.clone(), r.offset);
-                    }
+            if src.next_offset <= map_end {
+                continue;
+            }
+            for_each_batch(&src.data_path, |raw| {
+                let h = BatchHeader::parse(&raw)?;
+                if h.next_offset() <= map_end || h.is_control() {
+                    map_end = map_end.max(h.next_offset());
+                    return Ok(true);
                 }
+                if !map.has_room_for(h.records_count().max(0) as usize) {
+                    full = true;
+                    return Ok(false);
+                }
+                let base = h.base_offset();
+                record::for_each(record::records_section(&raw)?, h.records_count(), |_, r| {
+                    if let Some(k) = &r.key {
+                        map.put(k, base + i64::from(r.offset_delta));
+                    }
+                    Ok(())
+                })?;
+                map_end = h.next_offset();
+                Ok(true)
             })?;
+            if full {
+                break;
+            }
         }
 
-        // Pass 2: rewrite groups of segments (at most segment.bytes of input each).
+        // Pass 2: rewrite groups of segments (at most segment.bytes of input each) up to the map's end.
+        let cleanable: Vec<&Source> = sources.iter().filter(|s| s.base < map_end).collect();
         let mut stats = CleanStats {
-            segments_before: sources.len(),
-            bytes_before: total,
+            segments_before: cleanable.len(),
+            bytes_before: cleanable.iter().map(|s| u64::from(s.size)).sum(),
             ..Default::default()
         };
-        let horizon = now - config.delete_retention_ms;
+        let cleaning = Cleaning {
+            map: &map,
+            map_end,
+            now,
+            delete_retention_ms: config.delete_retention_ms,
+        };
+        let mut next_delete_horizon = i64::MAX;
         let mut start = 0;
-        while start < sources.len() {
+        while start < cleanable.len() {
             let mut end = start + 1;
-            let mut size = u64::from(sources[start].size);
-            while end < sources.len() && size + u64::from(sources[end].size) <= config.segment_bytes as u64 {
-                size += u64::from(sources[end].size);
+            let mut size = u64::from(cleanable[start].size);
+            while end < cleanable.len() && size + u64::from(cleanable[end].size) <= config.segment_bytes as u64 {
+                size += u64::from(cleanable[end].size);
                 end += 1;
             }
-            let group = &sources[start..end];
-            let (bytes, removed) = self.clean_group(group, &latest, horizon)?;
+            let (bytes, removed, horizon) = self.clean_group(&cleanable[start..end], &cleaning)?;
             stats.bytes_after += bytes;
             stats.records_removed += removed;
             stats.segments_after += 1;
+            next_delete_horizon = next_delete_horizon.min(horizon);
             start = end;
         }
-        write_checkpoint(&self.dir, sources.last().map_or(checkpoint, |s| s.next_offset))?;
+        write_checkpoint(
+            &self.dir,
+            Checkpoint {
+                clean_up_to: map_end,
+                next_delete_horizon,
+            },
+        )?;
         tracing::info!(
             dir = %self.dir.display(),
             before = stats.bytes_before,
             after = stats.bytes_after,
             removed = stats.records_removed,
+            clean_up_to = map_end,
+            map_full = full,
             "cleaned log"
         );
         Ok(Some(stats))
     }
 
-    /// Rewrites one group of segments into one and swaps it in.
-    fn clean_group(&self, group: &[Source], latest: &HashMap<Bytes, i64>, horizon: i64) -> Result<(u64, u64)> {
+    /// Whether this batch is the last its producer wrote (its sequence must survive).
+    fn is_last_batch_of_producer(&self, h: &BatchHeader<'_>) -> bool {
+        h.producer_id() >= 0
+            && self
+                .state
+                .read()
+                .producers
+                .entry(h.producer_id())
+                .and_then(|e| e.batches.back())
+                .is_some_and(|b| b.last_offset == h.last_offset())
+    }
+
+    /// Rewrites one group of segments into one and swaps it in; returns the
+    /// bytes written, the records removed and the earliest delete horizon kept.
+    fn clean_group(&self, group: &[&Source], cleaning: &Cleaning<'_>) -> Result<(u64, u64, i64)> {
         let base = group[0].base;
         let cleaned = file_path(&self.dir, base, CLEANED_SUFFIX);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&cleaned)?);
         let mut written = 0u64;
         let mut removed = 0u64;
-        for src in group {
-            let mut failure: Option<Error> = None;
-            for_each_record_batch(&src.data_path, |raw, records| {
-                if failure.is_some() {
-                    return;
-                }
-                let h = match BatchHeader::parse(raw) {
-                    Ok(h) => h,
-                    Err(e) => return failure = Some(e.into()),
-                };
-                let keep = |r: &kafka_protocol::records::Record| match &r.key {
-                    None => true,
-                    Some(k) => {
-                        latest.get(k).is_some_and(|o| *o == r.offset) && (r.value.is_some() || r.timestamp > horizon)
-                    }
-                };
-                let result = if h.is_control() || records.iter().all(keep) {
-                    Ok(Some(Bytes::copy_from_slice(raw)))
-                } else {
-                    let mut survivors: Vec<_> = records.iter().filter(|r| keep(r)).cloned().collect();
-                    removed += (records.len() - survivors.len()) as u64;
-                    if survivors.is_empty() {
-                        Ok(None)
-                    } else {
-                        let codec = compression_of(h.compression());
-                        batch::encode_records(
-                            &mut survivors,
-                            codec,
-                            h.producer_id(),
-                            h.producer_epoch(),
-                            h.base_sequence(),
-                        )
-                        .map(|b| {
-                            // Keep the original partition leader epoch.
-                            let mut header = batch::PatchedHeader::from_batch(&b);
-                            header.set_partition_leader_epoch(h.partition_leader_epoch());
-                            Some(Bytes::from([&header.0[..], &b[batch::HEADER_SIZE..]].concat()))
-                        })
-                        .map_err(Error::CorruptMessage)
-                    }
-                };
-                match result {
-                    Ok(Some(bytes)) => {
-                        if let Err(e) = out.write_all(&bytes) {
-                            failure = Some(e.into());
+        let mut next_delete_horizon = i64::MAX;
+        let outcome = group.iter().try_for_each(|src| {
+            for_each_batch(&src.data_path, |raw| {
+                let kept = match cleaning.batch(&raw, &mut removed)? {
+                    Cleaned::Unchanged => {
+                        if let Some(h) = BatchHeader::parse(&raw)?.delete_horizon() {
+                            next_delete_horizon = next_delete_horizon.min(h);
                         }
-                        written += bytes.len() as u64;
+                        raw
                     }
-                    Ok(None) => {}
-                    Err(e) => failure = Some(e),
-                }
-            })?;
-            if let Some(e) = failure {
-                let _ = std::fs::remove_file(&cleaned);
-                return Err(e);
-            }
+                    Cleaned::Rewritten { batch, delete_horizon } => {
+                        next_delete_horizon = next_delete_horizon.min(delete_horizon.unwrap_or(i64::MAX));
+                        batch
+                    }
+                    Cleaned::Empty if self.is_last_batch_of_producer(&BatchHeader::parse(&raw)?) => empty_batch(&raw),
+                    Cleaned::Empty => return Ok(true),
+                };
+                out.write_all(&kept)?;
+                written += kept.len() as u64;
+                Ok(true)
+            })
+        });
+        if let Err(e) = outcome {
+            let _ = std::fs::remove_file(&cleaned);
+            return Err(e);
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -282,36 +483,8 @@ impl Log {
         seg.on_become_inactive()?;
         let at = st.segments.partition_point(|s| s.base_offset < base);
         st.segments.insert(at, seg);
-        Ok((written, removed))
+        Ok((written, removed, next_delete_horizon))
     }
-}
-
-fn compression_of(code: i16) -> Compression {
-    match code {
-        1 => Compression::Gzip,
-        2 => Compression::Snappy,
-        3 => Compression::Lz4,
-        4 => Compression::Zstd,
-        _ => Compression::None,
-    }
-}
-
-/// Calls `f(raw batch, decoded records)` for every batch of a segment file.
-fn for_each_record_batch(path: &Path, mut f: impl FnMut(&[u8], &[kafka_protocol::records::Record])) -> Result<()> {
-    let data = Bytes::from(std::fs::read(path)?);
-    for (at, h) in batch::complete_batches(&data) {
-        let raw = data.slice(at..at + h.total_size());
-        let mut buf = raw.clone();
-        let records = if h.is_control() {
-            Vec::new()
-        } else {
-            RecordBatchDecoder::decode(&mut buf)
-                .map_err(|e| Error::CorruptMessage(e.to_string()))?
-                .records
-        };
-        f(&raw, &records);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -320,7 +493,7 @@ mod tests {
 
     use super::*;
     use crate::config::LogConfig;
-    use kafka_protocol::records::Record;
+    use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 
     fn record(key: &str, value: Option<&str>, ts: i64) -> Record {
         batch::plain_record(
@@ -382,7 +555,7 @@ mod tests {
             put(&log, "z", Some(&format!("z{i}")), now); // roll the tombstones out of the active segment
         }
         let before = log.size_bytes();
-        let stats = log.clean().unwrap().expect("a pass ran");
+        let stats = log.clean(1 << 20).unwrap().expect("a pass ran");
         assert!(stats.records_removed > 20);
         assert!(log.size_bytes() < before);
         let got = contents(&log);
@@ -390,12 +563,19 @@ mod tests {
         assert_eq!(a.len(), 1, "one value per key: {got:?}");
         assert_eq!(a[0].2.as_deref(), Some("a9"));
         assert_eq!(a[0].0, 27, "offsets are kept");
-        assert!(!got.iter().any(|r| r.0 == tomb_old), "old tombstone gone");
-        assert!(
-            got.iter().any(|r| r.0 == tomb_new && r.2.is_none()),
-            "recent tombstone kept"
+        // KIP-534: a tombstone stays delete.retention.ms from its first clean,
+        // whatever its CreateTime (an hour old here).
+        for tomb in [tomb_old, tomb_new] {
+            assert!(
+                got.iter().any(|r| r.0 == tomb && r.2.is_none()),
+                "tombstone {tomb} kept"
+            );
+        }
+        assert_eq!(
+            got.iter().filter(|r| r.1 == "b").count(),
+            1,
+            "only b's tombstone is left"
         );
-        assert!(!got.iter().any(|r| r.1 == "b"), "b is deleted entirely");
         // The log keeps working and reopens with the cleaned segments.
         let next = put(&log, "a", Some("after"), now);
         assert_eq!(next, log.log_end_offset() - 1);
@@ -437,5 +617,124 @@ mod tests {
         ];
         assert_eq!(got, expected, "the swap replaced segment 0; segment 20 is untouched");
         assert!(!file_path(dir.path(), 0, CLEANED_SUFFIX).exists());
+    }
+
+    fn config_with(delete_retention_ms: i64) -> Arc<LogConfig> {
+        Arc::new(LogConfig {
+            delete_retention_ms,
+            ..(*compact_config()).clone()
+        })
+    }
+
+    fn roll_out(log: &Log, now: i64) {
+        for i in 0..6 {
+            put(log, "z", Some(&format!("z{i}")), now);
+        }
+        log.roll().unwrap();
+    }
+
+    #[test]
+    fn tombstones_go_a_delete_retention_after_their_first_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), config_with(0), None, None).unwrap();
+        let now = now_ms();
+        put(&log, "k", Some("v"), now);
+        let tomb = put(&log, "k", None, now);
+        roll_out(&log, now);
+        log.clean(1 << 20).unwrap().expect("a pass ran");
+        let got = contents(&log);
+        assert!(
+            got.iter().any(|r| r.0 == tomb),
+            "the first clean keeps it and sets its horizon"
+        );
+        let read = log.read(tomb, 1 << 20, i64::MAX, true).unwrap().records;
+        let (_, h) = batch::complete_batches(&read).next().unwrap();
+        assert!(
+            h.delete_horizon().is_some_and(|d| d <= now_ms()),
+            "horizon set in the batch"
+        );
+        // Due now (delete.retention.ms = 0): the next pass removes it, without new dirty data.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        log.clean(1 << 20)
+            .unwrap()
+            .expect("due tombstones make the log cleanable");
+        assert!(!contents(&log).iter().any(|r| r.1 == "k"), "k is gone");
+    }
+
+    #[test]
+    fn rewritten_batches_keep_offsets_and_producers_keep_their_last_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), compact_config(), None, None).unwrap();
+        let now = now_ms();
+        // One idempotent producer's batch of three keys; then newer a and c.
+        let mut records: Vec<Record> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Record {
+                offset: i as i64,
+                sequence: i as i32,
+                ..record(k, Some("old"), now)
+            })
+            .collect();
+        let b = batch::encode_records(&mut records, Compression::Lz4, 77, 0, 0).unwrap();
+        log.append_as_leader(&b, 0).unwrap();
+        let b = batch::encode_records(&mut [record("d", Some("x"), now)], Compression::None, 88, 0, 0).unwrap();
+        log.append_as_leader(&b, 0).unwrap();
+        put(&log, "a", Some("new"), now);
+        put(&log, "c", Some("new"), now);
+        put(&log, "d", Some("new"), now);
+        roll_out(&log, now);
+        log.clean(1 << 20).unwrap().expect("a pass ran");
+        let read = log.read(0, 1 << 20, i64::MAX, true).unwrap().records;
+        let headers: Vec<_> = batch::complete_batches(&read)
+            .map(|(_, h)| {
+                (
+                    h.base_offset(),
+                    h.last_offset_delta(),
+                    h.records_count(),
+                    h.producer_id(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            headers[0],
+            (0, 2, 1, 77),
+            "b survives alone in a batch spanning offsets 0..=2"
+        );
+        assert_eq!(headers[1], (3, 0, 0, 88), "producer 88's last batch stays, empty");
+        let got = contents(&log);
+        assert!(got.iter().any(|r| r.0 == 1 && r.1 == "b"));
+        assert_eq!(log.producer_entry(77).unwrap().batches.back().unwrap().last_seq, 2);
+        // Reopened, the producer state rebuilt from the cleaned log is the same.
+        drop(log);
+        let log = Log::open(dir.path(), compact_config(), Some(0), None).unwrap();
+        assert!(log.producer_entry(88).is_some());
+    }
+
+    #[test]
+    fn a_small_dedupe_buffer_cleans_in_several_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), compact_config(), None, None).unwrap();
+        let now = now_ms();
+        for round in 0..4 {
+            for key in 0..12 {
+                put(&log, &format!("k{key}"), Some(&format!("{round}")), now);
+            }
+        }
+        roll_out(&log, now);
+        // Room for 10 keys a pass: each pass cleans as far as its map reaches.
+        let mut passes = 0;
+        while log.clean(24 * 10).unwrap().is_some() {
+            passes += 1;
+            assert!(passes < 50, "the passes make progress");
+        }
+        assert!(passes > 1, "more than one pass was needed");
+        let got = contents(&log);
+        for key in 0..12 {
+            let k = format!("k{key}");
+            let values: Vec<_> = got.iter().filter(|r| r.1 == k).collect();
+            assert_eq!(values.len(), 1, "{k}: {values:?}");
+            assert_eq!(values[0].2.as_deref(), Some("3"));
+        }
     }
 }

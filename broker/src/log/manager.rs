@@ -238,10 +238,10 @@ impl LogManager {
     }
 
     /// One cleaner pass over every compacted log.
-    pub fn clean_all(&self) -> usize {
+    pub fn clean_all(&self, dedupe_buffer_bytes: usize) -> usize {
         let mut cleaned = 0;
         for (tp, log) in self.all() {
-            match log.clean() {
+            match log.clean(dedupe_buffer_bytes) {
                 Ok(Some(_)) => cleaned += 1,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(%tp, error = %e, "cleaning failed"),
