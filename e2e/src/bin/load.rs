@@ -49,6 +49,9 @@ struct Args {
     /// max.bytes (and per-partition max bytes) of the raw fetch run.
     #[arg(long, default_value_t = 4 << 20)]
     raw_fetch_max_bytes: i32,
+    /// Consumes with librdkafka's default settings per partition count (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    default_consume_runs: usize,
 }
 
 fn client_config(broker: &BrokerProcess) -> ClientConfig {
@@ -416,6 +419,40 @@ struct Run {
     raw_fetch_cpu_per_gb: f64,
 }
 
+/// MB/s of payload one consumer reads from the start of every partition,
+/// with librdkafka's defaults plus `extra`.
+fn consume_mbs(broker: &BrokerProcess, topic: &str, partitions: i32, records: usize, extra: &[(&str, &str)]) -> f64 {
+    let mut config = client_config(broker);
+    config
+        .set("group.id", "fjord-load-defaults")
+        .set("enable.auto.commit", "false");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let (mut got, mut bytes) = (0usize, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while got < records && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            bytes += m.unwrap().payload().map_or(0, <[u8]>::len);
+            got += 1;
+        }
+    }
+    assert_eq!(got, records, "consumed every record");
+    mb(bytes as f64) / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usize, fetch_max_bytes: i32) -> Run {
     let topic = format!("load-{partitions}");
     let base = client_config(broker);
@@ -600,6 +637,25 @@ async fn main() {
             bound(r.produce_client_cpu_per_gb, r.produce_cpu_per_gb),
             bound(r.consume_client_cpu_per_gb, r.consume_cpu_per_gb)
         );
+        if args.default_consume_runs > 0 {
+            let topic = format!("load-{partitions}");
+            let runs = |extra: &[(&str, &str)]| -> Vec<f64> {
+                (0..args.default_consume_runs)
+                    .map(|_| consume_mbs(&broker, &topic, partitions, args.records, extra))
+                    .collect()
+            };
+            let defaults = tokio::task::block_in_place(|| runs(&[]));
+            let short_backoff = tokio::task::block_in_place(|| runs(&[("fetch.queue.backoff.ms", "10")]));
+            let show = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+            println!(
+                "      librdkafka consumer with default settings: median {:.0} MB/s ({}); \
+                 with fetch.queue.backoff.ms=10: median {:.0} MB/s ({})",
+                median(defaults.clone()),
+                show(&defaults),
+                median(short_backoff.clone()),
+                show(&short_backoff)
+            );
+        }
         let (p50, p99, p999) = latency_run(
             &broker,
             &format!("load-{partitions}"),
