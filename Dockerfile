@@ -8,6 +8,7 @@ WORKDIR /src
 # The whole workspace: cargo needs every member to resolve it. The broker binary
 # does not link librdkafka (only dev-dependencies do), so no extra packages are needed.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor/ vendor/
 COPY broker/ broker/
 COPY proto/ proto/
 COPY e2e/ e2e/
@@ -25,15 +26,17 @@ RUN apt-get update \
 COPY --from=build /src/target/release/fjord-broker /usr/local/bin/fjord-broker
 COPY --from=build /src/target/release/fjord-operator /usr/local/bin/fjord-operator
 
-# Listen on all interfaces inside the container. Set FJORD_ADVERTISED_LISTENERS
-# (e.g. PLAINTEXT://broker.example:9092) to an address clients can reach;
-# otherwise Metadata tells them 0.0.0.0:9092.
-ENV FJORD_LISTENERS=PLAINTEXT://0.0.0.0:9092 \
-    FJORD_ADMIN_LISTENER=0.0.0.0:9093 \
-    FJORD_METRICS_LISTENER=0.0.0.0:9644 \
-    FJORD_LOG_DIRS=/var/lib/fjord
-
 USER 10001
 EXPOSE 9092 9093 9644
 VOLUME /var/lib/fjord
 ENTRYPOINT ["/usr/local/bin/fjord-broker"]
+# For `docker run`: listen on all interfaces inside the container. Set
+# FJORD_ADVERTISED_LISTENERS (e.g. PLAINTEXT://broker.example:9092) to an
+# address clients can reach; otherwise Metadata tells them 0.0.0.0:9092.
+# These are arguments, not environment: in Kubernetes the operator's pods set
+# their own command, which drops them, so the ConfigMap's server.properties
+# is the one source of listeners and log dirs.
+CMD ["--override", "listeners=PLAINTEXT://0.0.0.0:9092", \
+     "--override", "admin.listener=0.0.0.0:9093", \
+     "--override", "metrics.listener=0.0.0.0:9644", \
+     "--override", "log.dirs=/var/lib/fjord"]

@@ -245,7 +245,11 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (process up) and `/readyz` (logs loaded, listener bound).
+/// Serves `/metrics`, `/healthz` (process up) and `/readyz`: ready once the
+/// partition logs are recovered and the listeners bound (both before this
+/// server starts) and the group coordinator has loaded `__consumer_offsets`;
+/// 503 with the reason before that, so a pod is not sent clients it would
+/// answer COORDINATOR_LOAD_IN_PROGRESS.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -254,6 +258,7 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
+    let ready_groups = groups.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -266,7 +271,22 @@ pub async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
+        .route(
+            "/readyz",
+            get(move || {
+                let loaded = ready_groups.is_loaded();
+                async move {
+                    if loaded {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "loading __consumer_offsets",
+                        )
+                    }
+                }
+            }),
+        );
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 
 use fjord_crds::Cluster;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -19,9 +21,11 @@ use kube::Resource;
 pub const DATA_DIR: &str = "/var/lib/fjord";
 pub const CONFIG_DIR: &str = "/etc/fjord";
 pub const CONFIG_FILE: &str = "server.properties";
-/// Annotation on the pod template with a hash of the broker config: a change
-/// marks pods as needing a (operator-driven) restart.
-pub const CONFIG_HASH_ANNOTATION: &str = "fjord.dev/config-hash";
+/// Annotation on the pod template with a hash of everything a broker pod is
+/// made of (image, resources, probes, pod template overrides, the broker
+/// config): a change marks pods as needing an operator-driven restart (the
+/// StatefulSet is OnDelete, so nothing else would ever replace them).
+pub const TEMPLATE_HASH_ANNOTATION: &str = "fjord.dev/template-hash";
 
 pub fn labels(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -103,14 +107,26 @@ pub fn config_map(cluster: &Cluster) -> ConfigMap {
     }
 }
 
-/// FNV-1a: a stable hash of the config for the pod template annotation.
-pub fn config_hash(cluster: &Cluster) -> String {
+/// FNV-1a: a stable hash (across operator versions and restarts, unlike
+/// std's randomly keyed hashers) of the pod template and the broker config.
+fn template_hash(template: &PodTemplateSpec, properties: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in broker_properties(cluster).bytes() {
-        h ^= u64::from(b);
+    let rendered = serde_json::to_vec(template).unwrap_or_default();
+    for b in rendered.iter().chain(properties.as_bytes()) {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+/// The hash the broker pods of `cluster` should carry.
+pub fn desired_template_hash(cluster: &Cluster, default_image: &str) -> String {
+    stateful_set(cluster, default_image)
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|mut a| a.remove(TEMPLATE_HASH_ANNOTATION))
+        .unwrap_or_default()
 }
 
 fn port(name: &str, port: i32) -> ServicePort {
@@ -223,7 +239,6 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
     let mut pod_labels = labels(&cluster_name);
     pod_labels.extend(overrides.labels.clone());
     let mut annotations = overrides.annotations.clone();
-    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(cluster));
     if cluster.spec.metrics.enabled {
         annotations.insert("prometheus.io/scrape".into(), "true".into());
         annotations.insert("prometheus.io/port".into(), l.metrics.to_string());
@@ -288,13 +303,29 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
                 ..VolumeMount::default()
             },
         ]),
-        liveness_probe: Some(http_probe("/healthz", l.metrics, 10)),
-        readiness_probe: Some(http_probe("/readyz", l.metrics, 5)),
+        // Log recovery after a crash may take long: liveness starts only once the
+        // broker is up (up to an hour here), so it cannot kill a recovering broker in a loop.
+        startup_probe: Some(Probe {
+            period_seconds: Some(10),
+            failure_threshold: Some(360),
+            ..http_probe("/healthz", l.metrics, 0)
+        }),
+        liveness_probe: Some(http_probe("/healthz", l.metrics, 0)),
+        readiness_probe: Some(http_probe("/readyz", l.metrics, 0)),
         resources: cluster.spec.resources.clone(),
+        // The Pod Security "restricted" profile.
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -320,6 +351,45 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
         }),
         ..PersistentVolumeClaim::default()
     };
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&cluster_name),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            affinity: overrides.affinity.clone(),
+            tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+            image_pull_secrets: (!overrides.image_pull_secrets.is_empty())
+                .then(|| overrides.image_pull_secrets.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(10001),
+                run_as_group: Some(10001),
+                fs_group: Some(10001),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            termination_grace_period_seconds: Some(60),
+            ..PodSpec::default()
+        }),
+    };
+    let hash = template_hash(&template, &broker_properties(cluster));
+    if let Some(annotations) = template.metadata.as_mut().and_then(|m| m.annotations.as_mut()) {
+        annotations.insert(TEMPLATE_HASH_ANNOTATION.into(), hash);
+    }
     StatefulSet {
         metadata: meta(cluster, cluster_name.clone()),
         spec: Some(StatefulSetSpec {
@@ -335,35 +405,13 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
                 match_labels: Some(selector(&cluster_name)),
                 ..LabelSelector::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: config_map_name(&cluster_name),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    affinity: overrides.affinity.clone(),
-                    tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_user: Some(10001),
-                        run_as_group: Some(10001),
-                        fs_group: Some(10001),
-                        ..PodSecurityContext::default()
-                    }),
-                    termination_grace_period_seconds: Some(60),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             volume_claim_templates: Some(vec![claim]),
+            // deleteClaim: the volumes go with the Cluster, or stay for a later one.
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(if storage.delete_claim { "Delete" } else { "Retain" }.into()),
+                when_scaled: Some("Retain".into()),
+            }),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
@@ -440,7 +488,7 @@ mod tests {
         );
         let annotations = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
         assert_eq!(annotations["team"], "data");
-        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        assert!(annotations.contains_key(TEMPLATE_HASH_ANNOTATION));
         let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.controller), ("Cluster", Some(true)));
     }
@@ -453,8 +501,60 @@ mod tests {
         assert!(props.contains("num.partitions=6\n"));
         assert!(props.contains("listeners=PLAINTEXT://0.0.0.0:9092\n"));
         assert!(props.contains("log.dirs=/var/lib/fjord/data\n"));
-        assert_ne!(config_hash(&a), config_hash(&b));
-        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+        let hash = |c: &Cluster| desired_template_hash(c, "fjord:test");
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&a.clone()));
+    }
+
+    #[test]
+    fn any_change_to_what_a_broker_pod_is_made_of_changes_the_template_hash() {
+        let base = cluster(serde_json::json!({}));
+        let hash = |c: &Cluster, image: &str| desired_template_hash(c, image);
+        let h0 = hash(&base, "fjord:1");
+        assert_ne!(h0, hash(&base, "fjord:2"), "the default image");
+        for changed in [
+            serde_json::json!({"image": "fjord:custom"}),
+            serde_json::json!({"resources": {"limits": {"memory": "2Gi"}}}),
+            serde_json::json!({"template": {"pod": {"tolerations": [{"key": "dedicated", "operator": "Exists"}]}}}),
+            serde_json::json!({"template": {"pod": {"imagePullSecrets": [{"name": "registry"}]}}}),
+            serde_json::json!({"config": {"num.partitions": "3"}}),
+        ] {
+            assert_ne!(h0, hash(&cluster(changed.clone()), "fjord:1"), "{changed}");
+        }
+        // Replicas and storage do not change what one pod is.
+        assert_eq!(h0, hash(&cluster(serde_json::json!({"replicas": 5})), "fjord:1"));
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_profile_and_claims_follow_delete_claim() {
+        let c = cluster(
+            serde_json::json!({"storage": {"deleteClaim": true}, "template": {"pod": {"imagePullSecrets": [{"name": "registry"}]}}}),
+        );
+        let sts = stateful_set(&c, "fjord:test");
+        let spec = sts.spec.as_ref().unwrap();
+        let policy = spec.persistent_volume_claim_retention_policy.as_ref().unwrap();
+        assert_eq!(policy.when_deleted.as_deref(), Some("Delete"));
+        assert_eq!(policy.when_scaled.as_deref(), Some("Retain"));
+        let kept = stateful_set(&cluster(serde_json::json!({})), "fjord:test");
+        let policy = kept.spec.unwrap().persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+        let pod_security = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        let startup = container.startup_probe.as_ref().unwrap();
+        assert!(
+            startup.period_seconds.unwrap() * startup.failure_threshold.unwrap() >= 3600,
+            "an hour to recover logs"
+        );
     }
 
     #[test]

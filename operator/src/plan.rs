@@ -122,11 +122,11 @@ pub fn plan_topic(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodState {
     pub name: String,
-    pub config_hash: String,
+    pub template_hash: String,
     pub ready: bool,
 }
 
-/// The next broker pod to restart for a config change: one at a time, and
+/// The next broker pod to restart for a changed template or config: one at a time, and
 /// only while every desired broker is up and ready (so a restart never takes
 /// a second broker down). Lowest ordinal first.
 pub fn next_pod_to_restart(pods: &[PodState], desired_hash: &str, desired_replicas: i32) -> Option<String> {
@@ -134,7 +134,7 @@ pub fn next_pod_to_restart(pods: &[PodState], desired_hash: &str, desired_replic
     if !all_ready {
         return None;
     }
-    let mut stale: Vec<&PodState> = pods.iter().filter(|p| p.config_hash != desired_hash).collect();
+    let mut stale: Vec<&PodState> = pods.iter().filter(|p| p.template_hash != desired_hash).collect();
     stale.sort_by_key(|p| (p.name.len(), p.name.clone()));
     stale.first().map(|p| p.name.clone())
 }
@@ -405,7 +405,7 @@ mod tests {
     fn pod(name: &str, hash: &str, ready: bool) -> PodState {
         PodState {
             name: name.into(),
-            config_hash: hash.into(),
+            template_hash: hash.into(),
             ready,
         }
     }
@@ -451,7 +451,7 @@ mod tests {
             if let Some(name) = next_pod_to_restart(&pods, "new", replicas) {
                 prop_assert!(pods.iter().all(|p| p.ready));
                 prop_assert!(pods.len() as i32 >= replicas);
-                prop_assert!(pods.iter().any(|p| p.name == name && p.config_hash == "old"));
+                prop_assert!(pods.iter().any(|p| p.name == name && p.template_hash == "old"));
             }
         }
     }

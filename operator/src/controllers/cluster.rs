@@ -10,7 +10,7 @@ use fjord_proto::admin::v1 as pb;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -71,9 +71,9 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .iter()
         .map(|p| PodState {
             name: p.name_any(),
-            config_hash: p
+            template_hash: p
                 .annotations()
-                .get(desired::CONFIG_HASH_ANNOTATION)
+                .get(desired::TEMPLATE_HASH_ANNOTATION)
                 .cloned()
                 .unwrap_or_default(),
             ready: p
@@ -83,16 +83,26 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
         })
         .collect();
-    if let Some(pod) = next_pod_to_restart(&observed, &desired::config_hash(&cluster), cluster.spec.replicas) {
-        pods.delete(&pod, &DeleteParams::default()).await?;
-        ctx.event(
-            cluster.as_ref(),
-            false,
-            "RollingRestart",
-            "RestartBroker",
-            format!("restarting {pod} for a config change"),
-        )
-        .await;
+    let desired_hash = desired::desired_template_hash(&cluster, &ctx.config.broker_image);
+    if let Some(pod) = next_pod_to_restart(&observed, &desired_hash, cluster.spec.replicas) {
+        // Through the Eviction API, so the PodDisruptionBudget is honoured.
+        match pods.evict(&pod, &EvictParams::default()).await {
+            Ok(_) => {
+                ctx.event(
+                    cluster.as_ref(),
+                    false,
+                    "RollingRestart",
+                    "RestartBroker",
+                    format!("evicting {pod} to roll out a changed pod template or config"),
+                )
+                .await
+            }
+            // 429: the budget allows no disruption now; the next pass tries again.
+            Err(kube::Error::Api(e)) if e.code == 429 => {
+                tracing::info!(%pod, "eviction refused by the PodDisruptionBudget; retrying later")
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 
     let ready = sts_api

@@ -294,15 +294,17 @@ async fn cleanup(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> 
         .await;
         return Ok(Action::await_change());
     };
-    // Another resource still manages the topic: leave it.
+    // Another resource still manages this topic of this cluster: leave it. A
+    // Topic of the same name in another Cluster is another topic.
     let others = Api::<Topic>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await?;
-    if others
-        .items
-        .iter()
-        .any(|t| key(t) != key(topic.as_ref()) && topic_name(t) == name && t.metadata.deletion_timestamp.is_none())
-    {
+    if others.items.iter().any(|t| {
+        key(t) != key(topic.as_ref())
+            && t.spec.cluster_ref == topic.spec.cluster_ref
+            && topic_name(t) == name
+            && t.metadata.deletion_timestamp.is_none()
+    }) {
         return Ok(Action::await_change());
     }
     let mut client = admin::connect(&ctx, &cluster).await?;
