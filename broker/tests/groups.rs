@@ -24,6 +24,35 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Offsets expire as soon as they may, checked every 100 ms.
+const EXPIRE_AT_ONCE: &[(&str, &str)] = &[
+    ("offsets.retention.minutes", "0"),
+    ("offsets.retention.check.interval.ms", "100"),
+];
+
+/// OffsetCommit v8 of one offset for a group without members (manual assignment).
+fn manual_commit(group: &str, topic: &str, offset: i64) -> RequestKind {
+    RequestKind::OffsetCommit(
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(s(group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(s(""))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset)])]),
+    )
+}
+
+/// The error code of the one partition of an OffsetCommit response.
+fn commit_error(response: ResponseKind) -> i16 {
+    match response {
+        ResponseKind::OffsetCommit(r) => r.topics[0].partitions[0].error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Group timers short enough for tests; the protocol is unchanged.
 const FAST_GROUPS: &[(&str, &str)] = &[
     ("group.initial.rebalance.delay.ms", "0"),
@@ -549,11 +578,7 @@ fn grpc_admin_describes_groups_and_resets_offsets_of_empty_groups() {
 #[test]
 fn offsets_of_groups_that_stay_empty_expire() {
     let rt = runtime();
-    let mut overrides = FAST_GROUPS.to_vec();
-    overrides.extend([
-        ("offsets.retention.minutes", "0"),
-        ("offsets.retention.check.interval.ms", "100"),
-    ]);
+    let overrides = [FAST_GROUPS, EXPIRE_AT_ONCE].concat();
     let b = rt.block_on(TestBroker::start(&overrides));
     rt.block_on(b.create_topic("expiring", 1, &[]));
     {
@@ -599,25 +624,11 @@ fn coordinator_writes_below_min_isr_get_retriable_errors() {
     rt.block_on(b.create_topic("strict", 1, &[]));
     rt.block_on(async {
         let mut raw = Raw::connect(&b.bootstrap).await;
-        let commit = OffsetCommitRequest::default()
-            .with_group_id(GroupId(s("strict-app")))
-            .with_generation_id_or_member_epoch(-1)
-            .with_topics(vec![OffsetCommitRequestTopic::default()
-                .with_name(TopicName(s("strict")))
-                .with_partitions(vec![OffsetCommitRequestPartition::default()
-                    .with_partition_index(0)
-                    .with_committed_offset(0)])]);
-        match raw
-            .request(ApiKey::OffsetCommit, 8, RequestKind::OffsetCommit(commit))
+        let response = raw
+            .request(ApiKey::OffsetCommit, 8, manual_commit("strict-app", "strict", 0))
             .await
-            .unwrap()
-        {
-            ResponseKind::OffsetCommit(r) => assert_eq!(
-                r.topics[0].partitions[0].error_code,
-                ResponseError::CoordinatorNotAvailable.code()
-            ),
-            other => panic!("{other:?}"),
-        }
+            .unwrap();
+        assert_eq!(commit_error(response), ResponseError::CoordinatorNotAvailable.code());
         // A member's assignment is not handed out when it could not be stored.
         let join = |member: &str| {
             RequestKind::JoinGroup(
@@ -779,11 +790,7 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
 #[test]
 fn unsubscribed_offsets_expire_and_empty_groups_without_offsets_are_deleted() {
     let rt = runtime();
-    let mut overrides = FAST_GROUPS.to_vec();
-    overrides.extend([
-        ("offsets.retention.minutes", "0"),
-        ("offsets.retention.check.interval.ms", "100"),
-    ]);
+    let overrides = [FAST_GROUPS, EXPIRE_AT_ONCE].concat();
     let mut b = rt.block_on(TestBroker::start(&overrides));
     rt.block_on(b.create_topic("kept", 1, &[]));
     rt.block_on(b.create_topic("dropped", 1, &[]));
@@ -843,26 +850,11 @@ fn group_ids_too_long_for_the_offsets_record_are_refused() {
     let long = "g".repeat(40_000);
     rt.block_on(async {
         let mut raw = Raw::connect(&b.bootstrap).await;
-        let commit = OffsetCommitRequest::default()
-            .with_group_id(GroupId(s(&long)))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(s(""))
-            .with_topics(vec![OffsetCommitRequestTopic::default()
-                .with_name(TopicName(s("long")))
-                .with_partitions(vec![OffsetCommitRequestPartition::default()
-                    .with_partition_index(0)
-                    .with_committed_offset(5)])]);
-        match raw
-            .request(ApiKey::OffsetCommit, 8, RequestKind::OffsetCommit(commit))
+        let response = raw
+            .request(ApiKey::OffsetCommit, 8, manual_commit(&long, "long", 5))
             .await
-            .unwrap()
-        {
-            ResponseKind::OffsetCommit(r) => assert_eq!(
-                r.topics[0].partitions[0].error_code,
-                ResponseError::InvalidGroupId.code()
-            ),
-            other => panic!("{other:?}"),
-        }
+            .unwrap();
+        assert_eq!(commit_error(response), ResponseError::InvalidGroupId.code());
         let join = JoinGroupRequest::default()
             .with_group_id(GroupId(s(&long)))
             .with_session_timeout_ms(6000)

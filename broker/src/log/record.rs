@@ -182,8 +182,15 @@ pub fn for_each(mut records: Bytes, count: i32, mut f: impl FnMut(i32, RecordVie
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::batch::{encode_records, plain_record};
+    use crate::log::batch::{encode_records, plain_record, PatchedHeader};
     use kafka_protocol::records::{Compression, RecordBatchDecoder};
+
+    /// A batch of three records from a header and a records section, as the cleaner builds one.
+    fn assemble(mut header: PatchedHeader, body: &[u8]) -> Bytes {
+        header.set_records(3, body.len());
+        header.recompute_crc(body);
+        Bytes::from([&header.0[..], body].concat())
+    }
 
     #[test]
     fn records_are_walked_and_reframed_as_stored() {
@@ -209,17 +216,10 @@ mod tests {
             })
             .unwrap();
             // Re-framed against a base timestamp 500 ms later, the records keep their timestamps.
-            let mut h = crate::log::batch::PatchedHeader::from_batch(&batch);
-            h.0[21..23].copy_from_slice(&0i16.to_be_bytes());
+            let mut h = PatchedHeader::from_batch(&batch);
+            h.set_uncompressed();
             h.0[27..35].copy_from_slice(&1_500i64.to_be_bytes());
-            let mut whole = h.0.to_vec();
-            whole.extend_from_slice(&moved);
-            let len = (whole.len() - 12) as i32;
-            whole[8..12].copy_from_slice(&len.to_be_bytes());
-            let mut h = crate::log::batch::PatchedHeader::from_batch(&whole);
-            h.recompute_crc(&whole[HEADER_SIZE..]);
-            whole[..HEADER_SIZE].copy_from_slice(&h.0);
-            let decoded = RecordBatchDecoder::decode(&mut Bytes::from(whole)).unwrap();
+            let decoded = RecordBatchDecoder::decode(&mut assemble(h, &moved)).unwrap();
             let timestamps: Vec<i64> = decoded.records.iter().map(|r| r.timestamp).collect();
             assert_eq!(timestamps, vec![1_000, 1_010, 1_020]);
             assert_eq!(
@@ -231,15 +231,9 @@ mod tests {
                 ]
             );
             // The section re-compressed decodes to the same records.
-            let again = compress(batch.slice(..HEADER_SIZE)[22] as i16 & 7, &section).unwrap();
-            let mut whole = batch.slice(..HEADER_SIZE).to_vec();
-            whole.extend_from_slice(&again);
-            let len = (whole.len() - 12) as i32;
-            whole[8..12].copy_from_slice(&len.to_be_bytes());
-            let mut h = crate::log::batch::PatchedHeader::from_batch(&whole);
-            h.recompute_crc(&whole[HEADER_SIZE..]);
-            whole[..HEADER_SIZE].copy_from_slice(&h.0);
-            let decoded = RecordBatchDecoder::decode(&mut Bytes::from(whole)).unwrap();
+            let header = PatchedHeader::from_batch(&batch);
+            let again = compress(header.view().compression(), &section).unwrap();
+            let decoded = RecordBatchDecoder::decode(&mut assemble(header, &again)).unwrap();
             assert_eq!(decoded.records.len(), 3);
         }
     }
