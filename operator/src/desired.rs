@@ -50,6 +50,12 @@ pub fn bootstrap_service_name(cluster: &str) -> String {
     format!("{cluster}-bootstrap")
 }
 
+/// The admin gRPC endpoint of a cluster's brokers: its own Service, so the
+/// client bootstrap Service carries only the Kafka port.
+pub fn admin_service_name(cluster: &str) -> String {
+    format!("{cluster}-admin")
+}
+
 pub fn config_map_name(cluster: &str) -> String {
     format!("{cluster}-config")
 }
@@ -59,7 +65,7 @@ pub fn admin_endpoint(cluster: &Cluster) -> String {
     let ns = cluster.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     format!(
         "http://{}.{}.svc:{}",
-        bootstrap_service_name(&name(cluster)),
+        admin_service_name(&name(cluster)),
         ns,
         cluster.spec.listeners.admin
     )
@@ -162,13 +168,26 @@ pub fn headless_service(cluster: &Cluster) -> Service {
     }
 }
 
-/// Bootstrap service: one address for clients' first connection and the admin API.
+/// Bootstrap service: one address for clients' first connection, the Kafka port only.
 pub fn bootstrap_service(cluster: &Cluster) -> Service {
     Service {
         metadata: meta(cluster, bootstrap_service_name(&name(cluster))),
         spec: Some(ServiceSpec {
             selector: Some(selector(&name(cluster))),
-            ports: Some(service_ports(cluster)),
+            ports: Some(vec![port("kafka", cluster.spec.listeners.kafka)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Admin service: the operator's way to the admin gRPC API, apart from clients'.
+pub fn admin_service(cluster: &Cluster) -> Service {
+    Service {
+        metadata: meta(cluster, admin_service_name(&name(cluster))),
+        spec: Some(ServiceSpec {
+            selector: Some(selector(&name(cluster))),
+            ports: Some(vec![port("admin", cluster.spec.listeners.admin)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -573,9 +592,12 @@ mod tests {
             .iter()
             .map(|p| p.port)
             .collect();
-        assert_eq!(ports, vec![9092, 9093, 9644]);
+        assert_eq!(ports, vec![9092], "clients reach Kafka only");
+        let admin = admin_service(&c);
+        let admin_ports: Vec<i32> = admin.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
+        assert_eq!(admin_ports, vec![9093]);
         let pdb = pod_disruption_budget(&c);
         assert_eq!(pdb.spec.as_ref().unwrap().max_unavailable, Some(IntOrString::Int(1)));
-        assert_eq!(admin_endpoint(&c), "http://events-bootstrap.prod.svc:9093");
+        assert_eq!(admin_endpoint(&c), "http://events-admin.prod.svc:9093");
     }
 }

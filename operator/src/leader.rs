@@ -9,7 +9,17 @@ use kube::api::PostParams;
 use kube::Api;
 
 pub const LEASE_SECONDS: i32 = 15;
-const RENEW_EVERY: Duration = Duration::from_secs(5);
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How long after the last successful renewal the leader stops acting
+/// (client-go's renewDeadline): well before others may take the lease
+/// (LEASE_SECONDS after that renewal), so two leaders never act at once.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Whether a leader whose last renewal succeeded `since_renewal` ago must
+/// stop acting (pure).
+pub fn must_step_down(since_renewal: Duration) -> bool {
+    since_renewal >= RENEW_DEADLINE
+}
 
 fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
@@ -93,32 +103,60 @@ pub async fn acquire(api: &Api<Lease>, name: &str, holder: &str) {
     }
 }
 
-/// Renews until the lease is lost; returns then.
+/// Renews until the lease is lost or could not be renewed within
+/// RENEW_DEADLINE of the last success (measured on the clock, whatever the
+/// calls cost); returns then, and the caller stops acting.
 pub async fn keep(api: Api<Lease>, name: String, holder: String) {
-    let mut failures_since_renew = Duration::ZERO;
+    let mut last_renewal = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        match try_hold(&api, &name, &holder).await {
-            Ok(true) => failures_since_renew = Duration::ZERO,
-            Ok(false) => {
+        let left = RENEW_DEADLINE.saturating_sub(last_renewal.elapsed());
+        match tokio::time::timeout(left, try_hold(&api, &name, &holder)).await {
+            Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+            Ok(Ok(false)) => {
                 tracing::error!(lease = %name, "lost leadership");
                 return;
             }
-            Err(e) => {
-                failures_since_renew += RENEW_EVERY;
-                tracing::warn!(error = %e, "lease renewal failed");
-                if failures_since_renew >= Duration::from_secs(LEASE_SECONDS as u64) {
-                    return;
-                }
-            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+            Err(_) => tracing::warn!("lease renewal timed out"),
+        }
+        if must_step_down(last_renewal.elapsed()) {
+            tracing::error!(lease = %name, "could not renew the lease in time; stepping down");
+            return;
         }
     }
+}
+
+/// Gives the lease up on shutdown (client-go's ReleaseOnCancel): a standby
+/// takes over at once instead of waiting for it to expire.
+pub async fn release(api: &Api<Lease>, name: &str, holder: &str) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let mut spec = lease.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(holder) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    spec.renew_time = Some(now());
+    lease.spec = Some(spec);
+    api.replace(name, &PostParams::default(), &lease).await?;
+    tracing::info!(lease = name, "released the leader lease");
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn a_leader_steps_down_before_others_may_take_the_lease() {
+        assert!(!must_step_down(Duration::from_secs(9)));
+        assert!(must_step_down(RENEW_DEADLINE));
+        assert!(RENEW_DEADLINE < Duration::from_secs(LEASE_SECONDS as u64));
+    }
 
     #[test]
     fn a_lease_is_taken_when_free_ours_or_expired() {

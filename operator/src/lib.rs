@@ -62,8 +62,10 @@ pub enum Error {
     Admin(#[from] tonic::Status),
     #[error("cannot reach the broker admin API at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    /// Adding or removing the finalizer failed (errors of the reconcile
+    /// itself keep their own kind).
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 /// Shared by every reconcile.
@@ -73,6 +75,8 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     pub recorder: Recorder,
     backoffs: Backoffs,
+    /// When each object's status was last written (counters are refreshed at most once a period).
+    status_writes: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -88,6 +92,7 @@ impl Context {
             metrics,
             recorder,
             backoffs: Backoffs::default(),
+            status_writes: Default::default(),
         }
     }
 
@@ -119,6 +124,16 @@ impl Context {
 
     pub fn reset_backoff(&self, key: &str) {
         self.backoffs.reset(key)
+    }
+
+    pub fn since_status_write(&self, key: &str) -> Option<Duration> {
+        let writes = self.status_writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.get(key).map(|t| t.elapsed())
+    }
+
+    pub fn status_written(&self, key: &str) {
+        let mut writes = self.status_writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.insert(key.to_string(), std::time::Instant::now());
     }
 }
 

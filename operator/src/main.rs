@@ -24,13 +24,15 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
 
     let mut lease_keeper = None;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let (lease_name, holder) = (config.lease_name.clone(), config.pod_name.clone());
+    let leader_election = config.leader_election;
     if config.leader_election {
         // A standby is healthy and ready; it only waits for the lease.
         metrics.ready.store(true, Ordering::Relaxed);
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
         leader::acquire(&leases, &config.lease_name, &config.pod_name).await;
         lease_keeper = Some(tokio::spawn(leader::keep(
-            leases,
+            leases.clone(),
             config.lease_name.clone(),
             config.pod_name.clone(),
         )));
@@ -49,6 +51,12 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             controllers.await;
+        }
+    }
+    // The controllers stopped on a signal: hand the lease over at once.
+    if leader_election {
+        if let Err(e) = leader::release(&leases, &lease_name, &holder).await {
+            tracing::warn!(error = %e, "releasing the leader lease failed; it expires by itself");
         }
     }
     Ok(())

@@ -172,6 +172,35 @@ pub fn reset_decision(spec: &ConsumerGroupSpec, status: Option<&ConsumerGroupSta
 }
 
 /// A condition, keeping its last transition time when its status did not change.
+/// Whether a new status is worth writing (pure). Every write is an event that
+/// starts the next reconcile, so a status that changed only in fast-moving
+/// counters (offsets, lag, `lastUpdate`) is written at most once per
+/// `refresh`; anything else a user reads is written at once.
+pub fn status_write_due(
+    previous: &serde_json::Value,
+    next: &serde_json::Value,
+    counters: &[&str],
+    since_last_write: Option<std::time::Duration>,
+    refresh: std::time::Duration,
+) -> bool {
+    fn strip(v: &serde_json::Value, counters: &[&str]) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .filter(|(k, _)| !counters.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), strip(v, counters)))
+                .collect(),
+            serde_json::Value::Array(a) => a.iter().map(|v| strip(v, counters)).collect(),
+            other => other.clone(),
+        }
+    }
+    if strip(previous, counters) != strip(next, counters) {
+        return true;
+    }
+    let counters_changed = strip(previous, &["lastUpdate"]) != strip(next, &["lastUpdate"]);
+    counters_changed && since_last_write.is_none_or(|age| age >= refresh)
+}
+
 pub fn condition(
     previous: &[Condition],
     type_: &str,
@@ -490,6 +519,40 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(reset_decision(&spec, Some(&done), 0), ResetDecision::None);
+    }
+
+    #[test]
+    fn status_writes_only_what_changed_and_counters_at_most_once_a_refresh() {
+        use serde_json::json;
+        use std::time::Duration;
+        let counters = ["lastUpdate", "lag", "totalLag", "logEndOffset"];
+        let refresh = Duration::from_secs(15);
+        let base =
+            json!({"state": "Stable", "totalLag": 0, "partitions": [{"partition": 0, "lag": 0}], "lastUpdate": "a"});
+        let same_but_time =
+            json!({"state": "Stable", "totalLag": 0, "partitions": [{"partition": 0, "lag": 0}], "lastUpdate": "b"});
+        let lag_moved =
+            json!({"state": "Stable", "totalLag": 5, "partitions": [{"partition": 0, "lag": 5}], "lastUpdate": "b"});
+        let state_moved =
+            json!({"state": "Empty", "totalLag": 0, "partitions": [{"partition": 0, "lag": 0}], "lastUpdate": "b"});
+        let just = Some(Duration::from_secs(1));
+        assert!(
+            !status_write_due(&base, &same_but_time, &counters, None, refresh),
+            "nothing a user reads changed"
+        );
+        assert!(
+            !status_write_due(&base, &lag_moved, &counters, just, refresh),
+            "lag waits for the refresh"
+        );
+        assert!(status_write_due(&base, &lag_moved, &counters, Some(refresh), refresh));
+        assert!(
+            status_write_due(&base, &lag_moved, &counters, None, refresh),
+            "first write after a start"
+        );
+        assert!(
+            status_write_due(&base, &state_moved, &counters, just, refresh),
+            "state is written at once"
+        );
     }
 
     #[test]

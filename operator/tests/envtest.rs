@@ -197,6 +197,7 @@ async fn operator_against_a_real_apiserver() {
         metrics_addr.to_string(),
         metrics.clone(),
     ));
+    let counters = metrics.clone();
     let operator = tokio::spawn(fjord_operator::run(client.clone(), config, metrics));
 
     // Cluster -> owned objects and status.
@@ -211,7 +212,18 @@ async fn operator_against_a_real_apiserver() {
     assert_eq!(set.metadata.owner_references.unwrap()[0].kind, "Cluster");
     let services: Api<Service> = Api::namespaced(client.clone(), "envtest");
     assert!(services.get_opt("demo-brokers").await.unwrap().is_some());
-    assert!(services.get_opt("demo-bootstrap").await.unwrap().is_some());
+    let bootstrap = services
+        .get_opt("demo-bootstrap")
+        .await
+        .unwrap()
+        .expect("bootstrap Service");
+    let ports: Vec<i32> = bootstrap.spec.unwrap().ports.unwrap().iter().map(|p| p.port).collect();
+    assert_eq!(
+        ports,
+        vec![9092],
+        "the admin port is not on the client bootstrap Service"
+    );
+    assert!(services.get_opt("demo-admin").await.unwrap().is_some());
     assert!(Api::<ConfigMap>::namespaced(client.clone(), "envtest")
         .get_opt("demo-config")
         .await
@@ -306,7 +318,13 @@ async fn operator_against_a_real_apiserver() {
             &Patch::Merge(serde_json::json!({"spec": {"partitions": 1}})),
         )
         .await;
-    assert!(shrink.is_err(), "the CEL rule refuses fewer partitions");
+    match shrink {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422 && e.message.contains("partitions can only grow"),
+            "the CEL rule refuses fewer partitions: {e:?}"
+        ),
+        other => panic!("the CEL rule refuses fewer partitions: {other:?}"),
+    }
 
     // Invalid: replicas above brokers, unknown cluster -> conditions, nothing created.
     for (name, spec) in [
@@ -333,10 +351,22 @@ async fn operator_against_a_real_apiserver() {
             })
         })
         .await;
-        assert!(
-            reason == "ReplicasAboveBrokers" || reason == "ClusterNotFound",
-            "{name}: {reason}"
-        );
+        let expected = if name == "no-cluster" {
+            "ClusterNotFound"
+        } else {
+            "ReplicasAboveBrokers"
+        };
+        assert_eq!(reason, expected, "{name}");
+    }
+
+    // Quiet now: a status write must not start the next reconcile in a loop.
+    let reconciles = || ["cluster", "topic"].map(|c| counters.reconciliations.with_label_values(&[c]).get());
+    let before = reconciles();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = reconciles();
+    for (i, controller) in ["cluster", "topic"].iter().enumerate() {
+        let delta = after[i] - before[i];
+        assert!(delta <= 4, "{controller}: {delta} reconciles in 30 s of quiet");
     }
 
     // Deleting the resource deletes the topic through the finalizer.

@@ -205,11 +205,15 @@ impl Admin for AdminService {
             .describe(&r.group_id)
             .map_err(|code| Status::unavailable(format!("error {code}")))?;
         if !d.members.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "group '{}' has {} active members; offsets can only be reset while it is empty",
-                r.group_id,
-                d.members.len()
-            )));
+            return Err(Status::with_details(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "group '{}' has {} active members; offsets can only be reset while it is empty",
+                    r.group_id,
+                    d.members.len()
+                ),
+                bytes::Bytes::from_static(fjord_proto::reason::GROUP_NOT_EMPTY),
+            ));
         }
         let image = self.ctx.controller.image();
         let mut commits = Vec::new();

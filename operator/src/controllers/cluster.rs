@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{key, now, paused, Timer, MANAGER};
+use super::{key, now, paused, write_status, Timer, MANAGER};
 use crate::plan::{cluster_conditions, next_pod_to_restart, rack_condition, PodState};
 use crate::{admin, desired, Context, Error};
 
@@ -51,6 +51,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     apply(
         &Api::<Service>::namespaced(client.clone(), &ns),
         &desired::bootstrap_service(&cluster),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &desired::admin_service(&cluster),
     )
     .await?;
     apply(
@@ -167,14 +172,17 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         )),
         cluster_id: described.ok().map(|d| d.cluster_id),
     };
-    let api = Api::<Cluster>::namespaced(client, &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
+    write_status(
+        &ctx,
+        cluster.as_ref(),
+        cluster.status.as_ref(),
+        &status,
+        &[],
+        Duration::ZERO,
     )
     .await?;
     ctx.reset_backoff(&key(cluster.as_ref()));
-    let settle = if ready < cluster.spec.replicas { 5 } else { 30 };
-    Ok(Action::requeue(Duration::from_secs(settle)))
+    // Pods becoming ready change the owned StatefulSet's status, which starts
+    // the next reconcile; the periodic one only catches what no watch sees.
+    Ok(Action::requeue(Duration::from_secs(60)))
 }

@@ -6,16 +6,17 @@ use std::time::Duration;
 
 use fjord_crds::{Cluster, ConsumerGroup, ConsumerGroupStatus, GroupPartitionStatus, ResetTo};
 use fjord_proto::admin::v1 as pb;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::{key, now, paused, Timer};
+use super::{key, now, paused, write_status, Timer};
 use crate::plan::{condition, reset_decision, ResetDecision};
 use crate::{admin, Context, Error};
 
 /// How often lag is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(15);
+/// Status fields that move with every produce and commit: written at most once a REFRESH.
+const COUNTERS: &[&str] = &["lastUpdate", "totalLag", "lag", "committedOffset", "logEndOffset"];
 
 pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = Timer::start("consumergroup", &ctx);
@@ -23,7 +24,6 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
     let ns = group.namespace().unwrap_or_default();
-    let api = Api::<ConsumerGroup>::namespaced(ctx.client.clone(), &ns);
     let previous = group.status.clone().unwrap_or_default();
     let Some(cluster) = Api::<Cluster>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&group.spec.cluster_ref)
@@ -42,12 +42,7 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
             )],
             ..previous
         };
-        api.patch_status(
-            &group.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
-        )
-        .await?;
+        write_status(&ctx, group.as_ref(), group.status.as_ref(), &status, COUNTERS, REFRESH).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
     let mut client = admin::connect(&ctx, &cluster).await?;
@@ -96,7 +91,8 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
                 // write right now, retries later; anything else is final.
                 Err(s)
                     if s.code() == tonic::Code::Unavailable
-                        || (s.code() == tonic::Code::FailedPrecondition && s.message().contains("active members")) =>
+                        || (s.code() == tonic::Code::FailedPrecondition
+                            && s.details() == fjord_proto::reason::GROUP_NOT_EMPTY) =>
                 {
                     return Ok(Action::requeue(Duration::from_secs(5)));
                 }
@@ -144,12 +140,7 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
         ),
     );
     status.conditions = conditions;
-    api.patch_status(
-        &group.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
-    )
-    .await?;
+    write_status(&ctx, group.as_ref(), group.status.as_ref(), &status, COUNTERS, REFRESH).await?;
     ctx.reset_backoff(&key(group.as_ref()));
     Ok(Action::requeue(REFRESH))
 }

@@ -63,6 +63,47 @@ impl Drop for Timer {
     }
 }
 
+/// Writes `status` by server-side apply when [`status_write_due`] says so
+/// (anything a user reads changed, or counters after `refresh`); returns
+/// whether it wrote.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    obj: &K,
+    previous: Option<&S>,
+    status: &S,
+    counters: &[&str],
+    refresh: std::time::Duration,
+) -> Result<bool, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let previous = serde_json::to_value(previous).unwrap_or_default();
+    let next = serde_json::to_value(status).unwrap_or_default();
+    let object = key(obj);
+    let since = ctx.since_status_write(&object);
+    if !crate::plan::status_write_due(&previous, &next, counters, since, refresh) {
+        return Ok(false);
+    }
+    let api = kube::Api::<K>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": next,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::apply(MANAGER).force(),
+        &kube::api::Patch::Apply(patch),
+    )
+    .await?;
+    ctx.status_written(&object);
+    Ok(true)
+}
+
 pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
 }

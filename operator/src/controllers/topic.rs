@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use fjord_crds::{Cluster, PartitionSummary, Topic, TopicStatus, DELETION_POLICY_ANNOTATION};
 use fjord_proto::admin::v1 as pb;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Finalizer};
 use kube::{Api, ResourceExt};
 
-use super::{key, now, paused, Timer};
+use super::{key, now, paused, write_status, Timer};
 use crate::plan::{condition, plan_topic, topic_owner, ObservedTopic, Refusal, TopicAction};
 use crate::{admin, Context, Error};
 
@@ -34,15 +34,23 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e) => e,
+        other => Error::Finalizer(Box::new(other)),
+    })
 }
 
+/// Offsets move with every produce: written at most once a minute (the periodic re-check).
+const COUNTERS: &[&str] = &["logStartOffset", "logEndOffset"];
+
 async fn set_status(ctx: &Context, topic: &Topic, status: TopicStatus) -> Result<(), Error> {
-    let api = Api::<Topic>::namespaced(ctx.client.clone(), &topic.namespace().unwrap_or_default());
-    api.patch_status(
-        &topic.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({ "status": status })),
+    write_status(
+        ctx,
+        topic,
+        topic.status.as_ref(),
+        &status,
+        COUNTERS,
+        Duration::from_secs(60),
     )
     .await?;
     Ok(())
