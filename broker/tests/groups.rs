@@ -548,9 +548,9 @@ fn grpc_admin_describes_groups_and_resets_offsets_of_empty_groups() {
             .block_on(admin.reset_group_offsets(reset(pb::reset_group_offsets_request::To::Offset, 10)))
             .unwrap_err();
         assert_eq!(
-            refused.code(),
-            tonic::Code::FailedPrecondition,
-            "not while members are active"
+            (refused.code(), refused.details()),
+            (tonic::Code::FailedPrecondition, fjord_proto::reason::GROUP_NOT_EMPTY),
+            "not while members are active, said in a typed detail"
         );
     }
     let d = rt
