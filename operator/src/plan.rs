@@ -576,11 +576,22 @@ mod tests {
     proptest! {
         /// Whatever is observed, a plan never shrinks a topic and applying it reaches the spec.
         #[test]
-        fn plans_converge(current in 1i32..50, wanted in 1i32..50, keys in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3), seen in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3)) {
-            let spec = TopicSpec { cluster_ref: "c".into(), topic_name: None, partitions: wanted, replicas: 1, config: keys.clone() };
-            let obs = ObservedTopic { partitions: current, replication_factor: 1, configs: seen };
-            match plan_topic(&spec, Some(&obs), 1) {
-                Err(Refusal::PartitionDecrease { .. }) => prop_assert!(wanted < current),
+        fn plans_converge(
+            current in 1i32..50,
+            wanted in 1i32..50,
+            brokers in 1i32..6,
+            replicas in 1i32..6,
+            observed_rf in 1i32..6,
+            keys in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3),
+            seen in proptest::collection::btree_map("[a-c]", "[0-9]", 0..3),
+        ) {
+            let spec = TopicSpec { cluster_ref: "c".into(), topic_name: None, partitions: wanted, replicas, config: keys.clone() };
+            let obs = ObservedTopic { partitions: current, replication_factor: observed_rf, configs: seen };
+            match plan_topic(&spec, Some(&obs), brokers) {
+                // Each refusal exactly when its condition holds, checked in this order.
+                Err(Refusal::ReplicasAboveBrokers { .. }) => prop_assert!(replicas > brokers),
+                Err(Refusal::PartitionDecrease { .. }) => prop_assert!(replicas <= brokers && wanted < current),
+                Err(Refusal::ReplicationChange { .. }) => prop_assert!(replicas <= brokers && wanted >= current && replicas != observed_rf),
                 Err(other) => prop_assert!(false, "unexpected refusal {other:?}"),
                 Ok(actions) => {
                     let mut after = obs.clone();
@@ -593,6 +604,7 @@ mod tests {
                             TopicAction::Create { .. } => prop_assert!(false, "never create an existing topic"),
                         }
                     }
+                    prop_assert!(replicas <= brokers && replicas == observed_rf, "planned only when feasible");
                     prop_assert_eq!(after.partitions, wanted);
                     prop_assert_eq!(after.configs, keys);
                 }
