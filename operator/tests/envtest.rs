@@ -17,13 +17,13 @@ use fjord_crds::{Cluster, ConsumerGroup, Topic};
 use fjord_e2e::{free_port, BrokerProcess};
 use fjord_operator::{metrics::Metrics, OperatorConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{DynamicObject, GroupVersionKind};
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use serde::Deserialize;
 
 fn find(binary: &str) -> Option<PathBuf> {
@@ -127,6 +127,24 @@ async fn start_control_plane(dir: &Path, etcd: &Path, apiserver: &Path, procs: &
         assert!(Instant::now() < deadline, "kube-apiserver did not come up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The StatefulSet and disruption controllers: real pods (Pending, with no
+    // kubelet) from the operator's StatefulSet, and a computed PDB status.
+    match find("kube-controller-manager") {
+        Some(manager) => procs.0.push(
+            Command::new(manager)
+                .arg(format!("--kubeconfig={}", dir.join("kubeconfig").display()))
+                .args(["--controllers=statefulset,disruption", "--leader-elect=false"])
+                .args(["--bind-address=127.0.0.1", "--secure-port=0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kube-controller-manager starts"),
+        ),
+        None => fjord_e2e::skip(
+            "operator_against_a_real_apiserver (pods and PDB status)",
+            "kube-controller-manager is not under $FJORD_KUBE_ASSETS or on PATH",
+        ),
+    }
     client
 }
 
@@ -229,11 +247,37 @@ async fn operator_against_a_real_apiserver() {
         .await
         .unwrap()
         .is_some());
-    assert!(Api::<PodDisruptionBudget>::namespaced(client.clone(), "envtest")
-        .get_opt("demo")
-        .await
-        .unwrap()
-        .is_some());
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), "envtest");
+    assert!(budgets.get_opt("demo").await.unwrap().is_some());
+    if find("kube-controller-manager").is_some() {
+        // The StatefulSet controller made the broker pod from the operator's template.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "envtest");
+        let pod = eventually("the broker pod", || async {
+            pods.get_opt("demo-0").await.ok().flatten()
+        })
+        .await;
+        assert_eq!(pod.labels()["app.kubernetes.io/instance"], "demo");
+        assert_eq!(pod.owner_references()[0].kind, "StatefulSet");
+        assert!(pod.annotations().contains_key("fjord.dev/template-hash"));
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.security_context.and_then(|s| s.seccomp_profile).map(|p| p.type_),
+            Some("RuntimeDefault".to_string()),
+            "the restricted profile reaches the pod"
+        );
+        // The disruption controller computed the budget: one pod expected, none ready to lose.
+        let status = eventually("the PDB status", || async {
+            budgets
+                .get_opt("demo")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|b| b.status)
+                .filter(|s| s.expected_pods == 1)
+        })
+        .await;
+        assert_eq!(status.disruptions_allowed, 0, "a Pending broker may not be disrupted");
+    }
     eventually("Cluster status conditions", || async {
         clusters
             .get("demo")
