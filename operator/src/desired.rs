@@ -27,6 +27,9 @@ pub const CONFIG_FILE: &str = "server.properties";
 /// StatefulSet is OnDelete, so nothing else would ever replace them).
 pub const TEMPLATE_HASH_ANNOTATION: &str = "fjord.dev/template-hash";
 
+/// Label selector of every object the operator makes (see [`labels`]).
+pub const OWNED_SELECTOR: &str = "app.kubernetes.io/managed-by=fjord-operator";
+
 pub fn labels(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "fjord".to_string()),
@@ -574,6 +577,23 @@ mod tests {
             startup.period_seconds.unwrap() * startup.failure_threshold.unwrap() >= 3600,
             "an hour to recover logs"
         );
+    }
+
+    #[test]
+    fn every_owned_object_matches_the_watch_selector() {
+        let c = cluster(serde_json::json!({}));
+        let (key, value) = OWNED_SELECTOR.split_once('=').unwrap();
+        let metas = [
+            stateful_set(&c, "fjord:test").metadata,
+            config_map(&c).metadata,
+            headless_service(&c).metadata,
+            bootstrap_service(&c).metadata,
+            admin_service(&c).metadata,
+            pod_disruption_budget(&c).metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.labels.unwrap()[key], value, "{:?}", m.name);
+        }
     }
 
     #[test]

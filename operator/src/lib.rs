@@ -181,11 +181,14 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Arc<metrics::M
     {
         let controller = Controller::new(clusters, watcher::Config::default());
         counted.push(count("Cluster", controller.store()));
+        // Only Fjord's own objects are watched and cached, not every StatefulSet,
+        // ConfigMap and Service of a big cluster.
+        let ours = || watcher::Config::default().labels(desired::OWNED_SELECTOR);
         runs.push(
             controller
-                .owns(sts, watcher::Config::default())
-                .owns(cm, watcher::Config::default())
-                .owns(svc, watcher::Config::default())
+                .owns(sts, ours())
+                .owns(cm, ours())
+                .owns(svc, ours())
                 .shutdown_on_signal()
                 .run(cluster::reconcile, error_policy::<Cluster>("cluster"), ctx.clone())
                 .for_each(|_| async {})
