@@ -379,3 +379,27 @@ async fn kafka_dynamic_broker_configs_are_accepted() {
         assert_eq!(r.responses[0].error_code, expected, "{names:?}");
     }
 }
+
+/// A client's Metadata request that auto-creates `__consumer_offsets` gets it
+/// as the group coordinator needs it (offsets.topic.num.partitions), never
+/// with the topic defaults, or groups would map to partitions that do not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_created_offsets_topic_has_its_own_partition_count() {
+    let b = TestBroker::start(&[("num.partitions", "1")]).await;
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    let request = MetadataRequest::default()
+        .with_allow_auto_topic_creation(true)
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("__consumer_offsets")))
+        ]));
+    let ResponseKind::Metadata(r) = raw
+        .request(ApiKey::Metadata, 12, RequestKind::Metadata(request))
+        .await
+        .unwrap()
+    else {
+        panic!("not a metadata response")
+    };
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(r.topics[0].partitions.len(), 50);
+    assert!(r.topics[0].is_internal);
+}

@@ -91,6 +91,17 @@ fn describe_by_name(
     if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
         return describe(node, topic, version);
     }
+    // The internal topic is created as the group coordinator needs it
+    // (offsets.topic.num.partitions, compacted), never with topic defaults:
+    // groups would otherwise map to partitions that do not exist.
+    if auto_create && name.as_str() == crate::group::OFFSETS_TOPIC {
+        if let Err(e) = apis.groups.ensure_offsets_topic() {
+            tracing::warn!(error = %e, "creating {} failed", crate::group::OFFSETS_TOPIC);
+        }
+        if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
+            return describe(node, topic, version);
+        }
+    }
     let error = if auto_create {
         match apis
             .controller

@@ -451,6 +451,15 @@ mod tests {
             image.create_topic(&broker, "c", 0, 1, BTreeMap::new()),
             Err(Error::InvalidPartitions(_))
         ));
+        // Counts from the network are bounded: no stall opening millions of logs.
+        assert!(matches!(
+            image.create_topic(&broker, "c", MAX_PARTITIONS_PER_TOPIC + 1, 1, BTreeMap::new()),
+            Err(Error::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            image.create_partitions("a.b", i32::MAX),
+            Err(Error::InvalidPartitions(_))
+        ));
         assert!(matches!(
             image.create_topic(&broker, "c", 1, 3, BTreeMap::new()),
             Err(Error::InvalidReplicationFactor(_))
