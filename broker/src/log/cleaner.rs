@@ -82,6 +82,10 @@ pub fn recover_interrupted(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Stored batches were bounded when appended; this only keeps a damaged one
+/// from costing more than that.
+const STORED_MAX_UNCOMPRESSED: usize = 1 << 30;
+
 /// The cleaner's checkpoint: the offset up to which the log is clean, and the
 /// earliest KIP-534 delete horizon among the tombstones it kept (i64::MAX
 /// when none), so a log whose tombstones are due is cleaned even without new
@@ -212,20 +216,24 @@ impl Cleaning<'_> {
         let mut survivors = Vec::new();
         let mut dropped = 0u64;
         let mut tombstones = false;
-        record::for_each(record::records_section(raw)?, h.records_count(), |_, r| {
-            let offset = base + i64::from(r.offset_delta);
-            let superseded = offset < self.map_end
-                && r.key
-                    .as_ref()
-                    .is_some_and(|k| self.map.latest(k).is_some_and(|latest| offset < latest));
-            if superseded || (!r.has_value && tombstones_due) {
-                dropped += 1;
-            } else {
-                tombstones |= !r.has_value;
-                survivors.push(r);
-            }
-            Ok(())
-        })?;
+        record::for_each(
+            record::records_section(raw, STORED_MAX_UNCOMPRESSED)?,
+            h.records_count(),
+            |_, r| {
+                let offset = base + i64::from(r.offset_delta);
+                let superseded = offset < self.map_end
+                    && r.key
+                        .as_ref()
+                        .is_some_and(|k| self.map.latest(k).is_some_and(|latest| offset < latest));
+                if superseded || (!r.has_value && tombstones_due) {
+                    dropped += 1;
+                } else {
+                    tombstones |= !r.has_value;
+                    survivors.push(r);
+                }
+                Ok(())
+            },
+        )?;
         *removed += dropped;
         let new_horizon = (tombstones && h.delete_horizon().is_none()).then(|| self.now + self.delete_retention_ms);
         if dropped == 0 && new_horizon.is_none() {
@@ -347,12 +355,16 @@ impl Log {
                     return Ok(false);
                 }
                 let base = h.base_offset();
-                record::for_each(record::records_section(&raw)?, h.records_count(), |_, r| {
-                    if let Some(k) = &r.key {
-                        map.put(k, base + i64::from(r.offset_delta));
-                    }
-                    Ok(())
-                })?;
+                record::for_each(
+                    record::records_section(&raw, STORED_MAX_UNCOMPRESSED)?,
+                    h.records_count(),
+                    |_, r| {
+                        if let Some(k) = &r.key {
+                            map.put(k, base + i64::from(r.offset_delta));
+                        }
+                        Ok(())
+                    },
+                )?;
                 map_end = h.next_offset();
                 Ok(true)
             })?;

@@ -256,6 +256,7 @@ impl Log {
             timestamp_before_max_ms: config.message_timestamp_before_max_ms,
             timestamp_after_max_ms: config.message_timestamp_after_max_ms,
             require_keys: config.compact(),
+            max_uncompressed: max_uncompressed(&config),
         };
         // Each batch, with its true max timestamp when the header claimed another.
         let mut incoming = Vec::with_capacity(batches.len());
@@ -675,6 +676,13 @@ impl Log {
         st.producers.write_snapshot(&self.dir, end)?;
         Ok(())
     }
+}
+
+/// What one produced batch may decompress to: 128 times `max.message.bytes`
+/// (128 MiB at the default), far above real data's ratios, so a small
+/// hostile batch cannot make the broker inflate gigabytes.
+pub fn max_uncompressed(config: &LogConfig) -> usize {
+    (config.max_message_bytes.max(1 << 20) as usize).saturating_mul(128)
 }
 
 /// Recompresses a batch when the topic's `compression.type` names another codec.

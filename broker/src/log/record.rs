@@ -7,7 +7,7 @@
 //! Kafka's ByteUtils does.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
 use super::batch::{BatchHeader, HEADER_SIZE};
 use crate::error::{Error, Result};
@@ -81,20 +81,82 @@ fn field(buf: &mut Bytes, what: &str, nullable: bool) -> Result<Option<Bytes>> {
     Ok(Some(buf.split_to(len as usize)))
 }
 
-/// The records section of a batch, decompressed when the batch is compressed.
-pub fn records_section(batch: &Bytes) -> Result<Bytes> {
+/// The records section of a batch, decompressed when the batch is compressed,
+/// into at most `max_uncompressed` bytes: a few hostile bytes that claim or
+/// inflate to gigabytes are CORRUPT_MESSAGE, not an allocation. The codec
+/// crates are used directly, as streams cut at the bound (kafka-protocol's
+/// decompressors allocate what the stream claims).
+pub fn records_section(batch: &Bytes, max_uncompressed: usize) -> Result<Bytes> {
     let header = BatchHeader::parse(batch)?;
-    let mut body = batch.slice(HEADER_SIZE..);
-    let out = |records: &mut Bytes| Ok(records.clone());
-    let decompressed = match header.compression() {
-        0 => return Ok(body),
-        1 => Gzip::decompress(&mut body, out),
-        2 => Snappy::decompress(&mut body, out),
-        3 => Lz4::decompress(&mut body, out),
-        4 => Zstd::decompress(&mut body, out),
-        other => return Err(corrupt(format!("unknown compression codec {other}"))),
+    let body = batch.slice(HEADER_SIZE..);
+    let failed = |e: std::io::Error| corrupt(format!("cannot decompress the batch: {e}"));
+    match header.compression() {
+        0 => Ok(body),
+        1 => bounded(flate2::read::GzDecoder::new(&body[..]), max_uncompressed),
+        2 => snappy(&body, max_uncompressed),
+        3 => bounded(lz4::Decoder::new(&body[..]).map_err(failed)?, max_uncompressed),
+        4 => bounded(
+            zstd::stream::read::Decoder::new(&body[..]).map_err(failed)?,
+            max_uncompressed,
+        ),
+        other => Err(corrupt(format!("unknown compression codec {other}"))),
+    }
+}
+
+fn too_large(limit: usize) -> Error {
+    corrupt(format!("the batch decompresses to more than {limit} bytes"))
+}
+
+/// Reads a decompressing stream to its end or one byte past `limit`.
+fn bounded(reader: impl std::io::Read, limit: usize) -> Result<Bytes> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(format!("cannot decompress the batch: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(limit));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Kafka's snappy: xerial-framed blocks (`\x82SNAPPY\0` header) or, as the
+/// Java client also reads, one raw block. Each block's claimed length is
+/// checked against the bound before anything is allocated.
+fn snappy(body: &[u8], limit: usize) -> Result<Bytes> {
+    const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+    const XERIAL_HEADER: usize = 16;
+    let mut out = Vec::new();
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<()> {
+        let len = snap::raw::decompress_len(compressed).map_err(|e| corrupt(format!("snappy: {e}")))?;
+        if out.len() + len > limit {
+            return Err(too_large(limit));
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        snap::raw::Decoder::new()
+            .decompress(compressed, &mut out[start..])
+            .map_err(|e| corrupt(format!("snappy: {e}")))?;
+        Ok(())
     };
-    decompressed.map_err(|e| corrupt(format!("cannot decompress the batch: {e:#}")))
+    if body.len() >= XERIAL_HEADER && body.starts_with(XERIAL_MAGIC) {
+        let mut rest = &body[XERIAL_HEADER..];
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| corrupt("snappy: truncated block length"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > tail.len() {
+                return Err(corrupt("snappy: block past the end of the batch"));
+            }
+            block(&tail[..len], &mut out)?;
+            rest = &tail[len..];
+        }
+    } else {
+        block(body, &mut out)?;
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Compresses a records section with the batch codec `codec` (0: none).
@@ -193,6 +255,40 @@ mod tests {
     }
 
     #[test]
+    fn decompression_stops_at_the_bound() {
+        let zeros = vec![0u8; 64 << 10];
+        let mut records = vec![plain_record(0, 0, Some(Bytes::from("k")), Some(Bytes::from(zeros)))];
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = encode_records(&mut records, compression, -1, -1, -1).unwrap();
+            assert!(batch.len() < 16 << 10, "{compression:?} shrinks zeros");
+            assert!(
+                records_section(&batch, 1 << 20).is_ok(),
+                "{compression:?} within the bound"
+            );
+            assert!(
+                matches!(records_section(&batch, 4 << 10), Err(Error::CorruptMessage(_))),
+                "{compression:?} past the bound"
+            );
+        }
+        // A raw snappy block claiming 4 GiB is refused before anything is allocated.
+        let batch = encode_records(&mut records, Compression::Snappy, -1, -1, -1).unwrap();
+        let mut header = PatchedHeader::from_batch(&batch);
+        let claim: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0, 0];
+        header.set_records(1, claim.len());
+        header.recompute_crc(claim);
+        let lying = Bytes::from([&header.0[..], claim].concat());
+        assert!(matches!(
+            records_section(&lying, 1 << 20),
+            Err(Error::CorruptMessage(_))
+        ));
+    }
+
+    #[test]
     fn records_are_walked_and_reframed_as_stored() {
         let mut records: Vec<_> = (0..3)
             .map(|i| {
@@ -206,7 +302,7 @@ mod tests {
             .collect();
         for compression in [Compression::None, Compression::Snappy, Compression::Zstd] {
             let batch = encode_records(&mut records, compression, -1, -1, -1).unwrap();
-            let section = records_section(&batch).unwrap();
+            let section = records_section(&batch, 1 << 20).unwrap();
             let mut seen = Vec::new();
             let mut moved = Vec::new();
             for_each(section.clone(), 3, |i, r| {

@@ -32,6 +32,8 @@ pub struct RecordPolicy {
     pub timestamp_after_max_ms: i64,
     /// Compacted topics refuse records without a key.
     pub require_keys: bool,
+    /// The most a compressed batch may decompress to.
+    pub max_uncompressed: usize,
 }
 
 /// What the walk learned: the true max timestamp and the offset delta of the
@@ -53,38 +55,42 @@ pub fn validate_records(batch: &Bytes, policy: &RecordPolicy) -> Result<Validate
         max_timestamp: i64::MIN,
         offset_delta_of_max: 0,
     };
-    record::for_each(record::records_section(batch)?, count, |index, r| {
-        let timestamp = base_timestamp.wrapping_add(r.timestamp_delta);
-        if r.offset_delta != index {
-            errors.push(RecordError::new(
-                index,
-                RecordErrorKind::InvalidRecord,
-                format!(
-                    "record {index} has offset delta {}; inner offsets must be 0..{count}",
-                    r.offset_delta
-                ),
-            ));
-        }
-        if policy.require_keys && r.key.is_none() {
-            errors.push(RecordError::new(
-                index,
-                RecordErrorKind::InvalidRecord,
-                "compacted topic cannot accept a record without a key".to_string(),
-            ));
-        }
-        if policy.create_time {
-            if let Some(problem) = timestamp_problem(timestamp, policy) {
-                errors.push(RecordError::new(index, RecordErrorKind::InvalidTimestamp, problem));
+    record::for_each(
+        record::records_section(batch, policy.max_uncompressed)?,
+        count,
+        |index, r| {
+            let timestamp = base_timestamp.wrapping_add(r.timestamp_delta);
+            if r.offset_delta != index {
+                errors.push(RecordError::new(
+                    index,
+                    RecordErrorKind::InvalidRecord,
+                    format!(
+                        "record {index} has offset delta {}; inner offsets must be 0..{count}",
+                        r.offset_delta
+                    ),
+                ));
             }
-        }
-        if timestamp > max.max_timestamp {
-            max = Validated {
-                max_timestamp: timestamp,
-                offset_delta_of_max: r.offset_delta,
-            };
-        }
-        Ok(())
-    })?;
+            if policy.require_keys && r.key.is_none() {
+                errors.push(RecordError::new(
+                    index,
+                    RecordErrorKind::InvalidRecord,
+                    "compacted topic cannot accept a record without a key".to_string(),
+                ));
+            }
+            if policy.create_time {
+                if let Some(problem) = timestamp_problem(timestamp, policy) {
+                    errors.push(RecordError::new(index, RecordErrorKind::InvalidTimestamp, problem));
+                }
+            }
+            if timestamp > max.max_timestamp {
+                max = Validated {
+                    max_timestamp: timestamp,
+                    offset_delta_of_max: r.offset_delta,
+                };
+            }
+            Ok(())
+        },
+    )?;
     if !errors.is_empty() {
         return Err(Error::InvalidRecords(errors));
     }
@@ -128,6 +134,7 @@ mod tests {
             timestamp_before_max_ms: i64::MAX,
             timestamp_after_max_ms: 3_600_000,
             require_keys: false,
+            max_uncompressed: 1 << 20,
         }
     }
 
