@@ -12,22 +12,13 @@ use tokio::task::JoinHandle;
 
 use crate::api::Apis;
 use crate::config::{BrokerConfig, Endpoint};
+use crate::context::BrokerContext;
 use crate::controller::Controller;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::manager::LogManager;
 use crate::metrics::Metrics;
 use crate::replica::ReplicaManager;
-
-/// State shared by the Kafka APIs, the admin API and the metrics endpoint.
-pub struct BrokerContext {
-    pub config: BrokerConfig,
-    pub controller: Arc<Controller>,
-    pub replicas: Arc<ReplicaManager>,
-    pub metrics: Arc<Metrics>,
-    pub groups: Arc<GroupCoordinator>,
-    /// The Kafka endpoint clients are told to use (the bound port when configured as 0).
-    pub advertised: Endpoint,
-}
+use crate::shutdown::stopped;
 
 pub struct Broker {
     pub ctx: Arc<BrokerContext>,
@@ -156,11 +147,6 @@ impl Broker {
     }
 }
 
-/// Resolves once shutdown has been signalled (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
-}
-
 /// Group session and rebalance timers, and offset expiry.
 async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -229,7 +215,7 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
                     tracing::warn!(error = %e, "writing checkpoints failed");
                 }
             }
-            () = crate::broker::stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => return,
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod context;
 pub mod controller;
 pub mod error;
 pub mod group;
@@ -12,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 pub mod network;
 pub mod replica;
+pub mod shutdown;
 pub mod txn;
 
 pub use broker::Broker;

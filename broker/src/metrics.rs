@@ -290,7 +290,7 @@ pub async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            crate::broker::stopped(&mut shutdown).await;
+            crate::shutdown::stopped(&mut shutdown).await;
         })
         .await;
     if let Err(e) = result {

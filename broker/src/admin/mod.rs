@@ -7,7 +7,7 @@ use fjord_proto::admin::v1 as pb;
 use pb::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
-use crate::broker::BrokerContext;
+use crate::context::BrokerContext;
 use crate::controller::image::{ConfigOp, OpType};
 use crate::controller::TopicImage;
 use crate::error::Error;
@@ -381,7 +381,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .add_service(AdminService::new(ctx))
         .serve_with_incoming_shutdown(incoming, async move {
-            crate::broker::stopped(&mut shutdown).await;
+            crate::shutdown::stopped(&mut shutdown).await;
         })
         .await;
     if let Err(e) = result {

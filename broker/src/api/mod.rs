@@ -20,8 +20,8 @@ use std::sync::Arc;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::broker::BrokerContext;
 use crate::config::BrokerConfig;
+use crate::context::BrokerContext;
 use crate::metrics::Metrics;
 use crate::network::zero_copy::FileRecords;
 

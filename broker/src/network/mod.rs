@@ -72,7 +72,7 @@ pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Rece
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
-            () = crate::broker::stopped(&mut stop) => return,
+            () = crate::shutdown::stopped(&mut stop) => return,
         }
     }
 }
@@ -114,7 +114,7 @@ async fn handle_connection(
                     break;
                 }
             },
-            () = crate::broker::stopped(&mut shutdown) => break,
+            () = crate::shutdown::stopped(&mut shutdown) => break,
         }
         let size = i32::from_be_bytes(len);
         if size < 0 || size as usize > max_frame {
@@ -129,7 +129,7 @@ async fn handle_connection(
         // most one frame (socket.request.max.bytes) of request bytes.
         let permit = tokio::select! {
             permit = memory.reserve(size as usize) => permit,
-            () = crate::broker::stopped(&mut shutdown) => break,
+            () = crate::shutdown::stopped(&mut shutdown) => break,
         };
         let mut buf = vec![0u8; size as usize];
         match tokio::time::timeout(body_timeout, reader.read_exact(&mut buf)).await {
