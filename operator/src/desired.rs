@@ -171,30 +171,29 @@ pub fn headless_service(cluster: &Cluster) -> Service {
     }
 }
 
-/// Bootstrap service: one address for clients' first connection, the Kafka port only.
-pub fn bootstrap_service(cluster: &Cluster) -> Service {
+/// A ClusterIP Service over every broker of `cluster` with one port.
+fn one_port_service(cluster: &Cluster, service_name: String, port_name: &str, number: i32) -> Service {
     Service {
-        metadata: meta(cluster, bootstrap_service_name(&name(cluster))),
+        metadata: meta(cluster, service_name),
         spec: Some(ServiceSpec {
             selector: Some(selector(&name(cluster))),
-            ports: Some(vec![port("kafka", cluster.spec.listeners.kafka)]),
+            ports: Some(vec![port(port_name, number)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     }
 }
 
+/// Bootstrap service: one address for clients' first connection, the Kafka port only.
+pub fn bootstrap_service(cluster: &Cluster) -> Service {
+    let service = bootstrap_service_name(&name(cluster));
+    one_port_service(cluster, service, "kafka", cluster.spec.listeners.kafka)
+}
+
 /// Admin service: the operator's way to the admin gRPC API, apart from clients'.
 pub fn admin_service(cluster: &Cluster) -> Service {
-    Service {
-        metadata: meta(cluster, admin_service_name(&name(cluster))),
-        spec: Some(ServiceSpec {
-            selector: Some(selector(&name(cluster))),
-            ports: Some(vec![port("admin", cluster.spec.listeners.admin)]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let service = admin_service_name(&name(cluster));
+    one_port_service(cluster, service, "admin", cluster.spec.listeners.admin)
 }
 
 pub fn pod_disruption_budget(cluster: &Cluster) -> PodDisruptionBudget {
