@@ -666,7 +666,6 @@ mod tests {
             "horizon set in the batch"
         );
         // Due now (delete.retention.ms = 0): the next pass removes it, without new dirty data.
-        std::thread::sleep(std::time::Duration::from_millis(2));
         log.clean(1 << 20)
             .unwrap()
             .expect("due tombstones make the log cleanable");
