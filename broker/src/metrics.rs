@@ -297,3 +297,52 @@ pub async fn serve(
         tracing::error!(?addr, error = %e, "metrics endpoint failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::controller::Controller;
+    use crate::group::{GroupConfig, GroupCoordinator};
+    use crate::log::manager::LogManager;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// `/readyz` says 503 until `__consumer_offsets` is loaded, then 200.
+    #[tokio::test]
+    async fn readyz_waits_for_the_group_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig::default();
+        let controller = Arc::new(Controller::open(dir.path(), config.clone()).unwrap());
+        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
+        let groups = Arc::new(GroupCoordinator::new(
+            GroupConfig::from_broker(&config),
+            controller,
+            replicas.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, Metrics::new(), replicas, groups.clone(), rx));
+        let loading = get(addr, "/readyz").await;
+        assert!(loading.starts_with("HTTP/1.1 503"), "{loading}");
+        assert!(loading.ends_with("loading __consumer_offsets"), "{loading}");
+        assert!(
+            get(addr, "/healthz").await.starts_with("HTTP/1.1 200"),
+            "alive while loading"
+        );
+        groups.load().unwrap();
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let _ = stop.send(true);
+        server.await.unwrap();
+    }
+}

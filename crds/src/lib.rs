@@ -42,6 +42,8 @@ pub struct ClusterSpec {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Broker volumes. The size may grow (the operator expands the claims
+    /// where the StorageClass allows it); the class is fixed once created.
     #[serde(default)]
     pub storage: StorageSpec,
     /// Broker configuration (Kafka names), written into the broker ConfigMap.
@@ -62,13 +64,16 @@ fn default_replicas() -> i32 {
     1
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each broker's volume, e.g. `10Gi`.
     #[serde(default = "default_storage_size")]
     pub size: String,
+    /// Fixed once the Cluster exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.storageClass cannot be changed: a broker's volume keeps its class"))]
     pub storage_class: Option<String>,
     /// Delete the brokers' volumes when the Cluster is deleted.
     #[serde(default)]
@@ -198,6 +203,21 @@ pub struct ClusterStatus {
     pub bootstrap: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// Each broker volume's requested size and the capacity it has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    /// The PersistentVolumeClaim.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub requested: String,
+    /// Empty until the claim is bound.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub capacity: String,
 }
 
 /// A Kafka topic on a Fjord cluster.
@@ -374,6 +394,10 @@ mod tests {
         );
         let cluster = serde_json::to_string(&Cluster::crd()).unwrap();
         assert!(cluster.contains(r#""subresources":{"status":{}}"#));
+        assert!(
+            cluster.contains("has(self.storageClass) == has(oldSelf.storageClass)"),
+            "the storage class is fixed (CEL)"
+        );
     }
 
     #[test]

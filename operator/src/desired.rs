@@ -12,6 +12,9 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -208,6 +211,88 @@ pub fn pod_disruption_budget(cluster: &Cluster) -> PodDisruptionBudget {
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+/// Who may reach a cluster's admin port: the operator's pods (by namespace and
+/// labels) and the cluster's own brokers. Kafka and metrics stay open.
+pub fn network_policy(
+    cluster: &Cluster,
+    operator_namespace: &str,
+    operator_labels: &BTreeMap<String, String>,
+) -> NetworkPolicy {
+    let l = &cluster.spec.listeners;
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let pods = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(pods(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            operator_namespace.to_string(),
+        )]))),
+        pod_selector: Some(pods(operator_labels.clone())),
+        ..NetworkPolicyPeer::default()
+    };
+    let peers = NetworkPolicyPeer {
+        pod_selector: Some(pods(selector(&name(cluster)))),
+        ..NetworkPolicyPeer::default()
+    };
+    NetworkPolicy {
+        metadata: meta(cluster, admin_service_name(&name(cluster))),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(selector(&name(cluster)))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(l.kafka), port(l.metrics)]),
+                    from: None,
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(l.admin)]),
+                    from: Some(vec![operator, peers]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// The storage class a StatefulSet's data claims were made with ("" for the default).
+pub fn claim_storage_class(set: &StatefulSet) -> String {
+    set.spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| t.first())
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.storage_class_name.clone())
+        .unwrap_or_default()
+}
+
+/// A StatefulSet's claim templates cannot change after creation: keep the
+/// existing ones (volumes grow by patching the claims themselves).
+pub fn keep_claim_templates(desired: &mut StatefulSet, existing: &StatefulSet) {
+    let existing = existing.spec.as_ref().and_then(|s| s.volume_claim_templates.clone());
+    if let (Some(spec), Some(templates)) = (desired.spec.as_mut(), existing) {
+        spec.volume_claim_templates = Some(
+            templates
+                .into_iter()
+                .map(|t| PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: t.metadata.name,
+                        labels: t.metadata.labels,
+                        ..ObjectMeta::default()
+                    },
+                    spec: t.spec,
+                    status: None,
+                })
+                .collect(),
+        );
     }
 }
 
@@ -618,5 +703,49 @@ mod tests {
         let pdb = pod_disruption_budget(&c);
         assert_eq!(pdb.spec.as_ref().unwrap().max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(admin_endpoint(&c), "http://events-admin.prod.svc:9093");
+    }
+
+    #[test]
+    fn admin_port_is_open_only_to_the_operator_and_the_brokers() {
+        let c = cluster(serde_json::json!({"listeners": {"kafka": 19092, "admin": 19093, "metrics": 19644}}));
+        let operator = BTreeMap::from([("app.kubernetes.io/component".to_string(), "operator".to_string())]);
+        let policy = network_policy(&c, "fjord-system", &operator);
+        let spec = policy.spec.unwrap();
+        let rules = spec.ingress.unwrap();
+        let ports = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
+            r.ports.iter().flatten().filter_map(|p| p.port.clone()).collect()
+        };
+        assert_eq!(ports(&rules[0]), vec![IntOrString::Int(19092), IntOrString::Int(19644)]);
+        assert!(rules[0].from.is_none(), "clients and scrapers come from anywhere");
+        assert_eq!(ports(&rules[1]), vec![IntOrString::Int(19093)]);
+        let from = rules[1].from.as_ref().unwrap();
+        let ns = from[0]
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(ns["kubernetes.io/metadata.name"], "fjord-system");
+        assert_eq!(
+            from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap(),
+            &operator
+        );
+        assert_eq!(
+            from[1].pod_selector.as_ref().unwrap().match_labels,
+            spec.pod_selector.unwrap().match_labels,
+            "brokers reach each other's admin port"
+        );
+    }
+
+    #[test]
+    fn claim_templates_stay_as_created() {
+        let old = stateful_set(&cluster(serde_json::json!({"storage": {"size": "10Gi"}})), "img");
+        let mut new = stateful_set(&cluster(serde_json::json!({"storage": {"size": "20Gi"}})), "img");
+        keep_claim_templates(&mut new, &old);
+        assert_eq!(
+            new.spec.unwrap().volume_claim_templates,
+            old.spec.unwrap().volume_claim_templates
+        );
     }
 }

@@ -31,6 +31,10 @@ pub struct OperatorConfig {
     pub namespace: String,
     pub pod_name: String,
     pub metrics_addr: String,
+    /// Make a NetworkPolicy per Cluster that opens the admin port only to the
+    /// operator's pods (in `namespace`, with `operator_labels`) and the brokers.
+    pub network_policy: bool,
+    pub operator_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl OperatorConfig {
@@ -50,6 +54,13 @@ impl OperatorConfig {
             namespace: var("POD_NAMESPACE", "default"),
             pod_name: var("POD_NAME", "fjord-operator-local"),
             metrics_addr: var("FJORD_OPERATOR_METRICS_ADDR", "0.0.0.0:8080"),
+            network_policy: var("FJORD_NETWORK_POLICY", "false") == "true",
+            // `k=v,k=v`: the chart passes the operator pods' selector labels.
+            operator_labels: var("FJORD_OPERATOR_LABELS", "app.kubernetes.io/component=operator")
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect(),
         }
     }
 }

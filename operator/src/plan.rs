@@ -318,6 +318,145 @@ pub fn rack_condition(
     })
 }
 
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1e9`); None when
+/// it is not one.
+pub fn quantity_bytes(q: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024f64),
+        ("Mi", 1_048_576f64),
+        ("Gi", 1_073_741_824f64),
+        ("Ti", 1_099_511_627_776f64),
+        ("Pi", 1_125_899_906_842_624f64),
+        ("Ei", 1_152_921_504_606_846_976f64),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let q = q.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, scale)| q.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or((q, 1.0));
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * scale)
+}
+
+/// A broker's PersistentVolumeClaim as observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeState {
+    pub name: String,
+    pub requested: String,
+    /// None until the claim is bound.
+    pub capacity: Option<String>,
+}
+
+/// The claims to patch to the desired size: those requesting less. A claim
+/// never shrinks (Kubernetes cannot), so larger ones are left alone.
+pub fn volumes_to_expand(desired_size: &str, volumes: &[VolumeState]) -> Vec<String> {
+    let Some(desired) = quantity_bytes(desired_size) else {
+        return Vec::new();
+    };
+    volumes
+        .iter()
+        .filter(|v| quantity_bytes(&v.requested).is_some_and(|r| r < desired))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// `VolumesExpanded`: True once every bound claim has at least the desired
+/// capacity; False while a resize is pending, when the apiserver refused it
+/// (the StorageClass does not allow expansion, or the claim is not bound),
+/// when the spec asks for less than the volumes have, or names another class
+/// than they were made with. None before any claim exists.
+pub fn volume_condition(
+    previous: &[Condition],
+    desired_size: &str,
+    volumes: &[VolumeState],
+    refused: Option<&str>,
+    class_change: Option<(&str, &str)>,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<Condition> {
+    if volumes.is_empty() {
+        return None;
+    }
+    let cond = |ok: bool, reason: &str, message: String| {
+        Some(condition(
+            previous,
+            "VolumesExpanded",
+            ok,
+            reason,
+            &message,
+            generation,
+            now.clone(),
+        ))
+    };
+    // CEL refuses changing a set class; adding or removing one reaches here.
+    if let Some((created, asked)) = class_change {
+        return cond(
+            false,
+            "StorageClassFixed",
+            format!("the volumes keep storage class {created:?}; {asked:?} is not applied"),
+        );
+    }
+    let Some(desired) = quantity_bytes(desired_size) else {
+        return cond(
+            false,
+            "InvalidSize",
+            format!("storage.size {desired_size:?} is not a quantity"),
+        );
+    };
+    if let Some(reason) = refused {
+        return cond(
+            false,
+            "ExpansionRefused",
+            format!("growing the volumes to {desired_size} was refused: {reason}"),
+        );
+    }
+    let larger: Vec<&str> = volumes
+        .iter()
+        .filter(|v| quantity_bytes(&v.requested).is_some_and(|r| r > desired))
+        .map(|v| v.name.as_str())
+        .collect();
+    if !larger.is_empty() {
+        return cond(
+            false,
+            "ShrinkNotSupported",
+            format!(
+                "{} request more than {desired_size}; a volume cannot shrink",
+                larger.join(", ")
+            ),
+        );
+    }
+    // An unbound claim is provisioned at its request; only bound ones wait for a resize.
+    let waiting: Vec<&str> = volumes
+        .iter()
+        .filter(|v| {
+            v.capacity
+                .as_deref()
+                .is_some_and(|c| quantity_bytes(c).is_none_or(|c| c < desired))
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    if waiting.is_empty() {
+        cond(
+            true,
+            "VolumesAtSize",
+            format!("{} volumes of {desired_size}", volumes.len()),
+        )
+    } else {
+        cond(
+            false,
+            "Resizing",
+            format!("waiting for {} to reach {desired_size}", waiting.join(", ")),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,5 +749,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn volume(name: &str, requested: &str, capacity: Option<&str>) -> VolumeState {
+        VolumeState {
+            name: name.into(),
+            requested: requested.into(),
+            capacity: capacity.map(String::from),
+        }
+    }
+
+    #[test]
+    fn quantities_compare_across_units() {
+        assert_eq!(quantity_bytes("10Gi"), Some(10.0 * 1_073_741_824.0));
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536.0));
+        assert_eq!(quantity_bytes("2G"), Some(2e9));
+        assert_eq!(quantity_bytes("1e3"), Some(1000.0));
+        assert_eq!(quantity_bytes("12"), Some(12.0));
+        assert_eq!(quantity_bytes("ten"), None);
+        assert_eq!(quantity_bytes("-1Gi"), None);
+        assert!(quantity_bytes("10737418240").unwrap() == quantity_bytes("10Gi").unwrap());
+    }
+
+    #[test]
+    fn volumes_grow_and_report_until_bound_capacity_reaches_the_size() {
+        let t = Time(Default::default());
+        let small = [
+            volume("data-c-0", "10Gi", Some("10Gi")),
+            volume("data-c-1", "20Gi", Some("20Gi")),
+        ];
+        assert_eq!(volumes_to_expand("20Gi", &small), vec!["data-c-0".to_string()]);
+        assert!(volumes_to_expand("10Gi", &small).is_empty(), "never shrinks");
+        assert!(volumes_to_expand("garbage", &small).is_empty());
+        let resizing = [
+            volume("data-c-0", "20Gi", Some("10Gi")),
+            volume("data-c-1", "20Gi", Some("21474836480")),
+        ];
+        let c = volume_condition(&[], "20Gi", &resizing, None, None, Some(2), t.clone()).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Resizing"));
+        assert!(c.message.contains("data-c-0") && !c.message.contains("data-c-1"));
+        let done = [
+            volume("data-c-0", "20Gi", Some("20Gi")),
+            volume("data-c-1", "20Gi", None),
+        ];
+        let c = volume_condition(&[], "20Gi", &done, None, None, Some(2), t.clone()).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "VolumesAtSize"));
+        let c = volume_condition(
+            &[],
+            "20Gi",
+            &done,
+            Some("storageclass does not allow expansion"),
+            None,
+            None,
+            t.clone(),
+        )
+        .unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ExpansionRefused"));
+        let c = volume_condition(&[], "5Gi", &done, None, None, None, t.clone()).unwrap();
+        assert_eq!(c.reason, "ShrinkNotSupported");
+        let c = volume_condition(&[], "20Gi", &done, None, Some(("", "fast")), None, t.clone()).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "StorageClassFixed"));
+        assert!(volume_condition(&[], "5Gi", &[], None, None, None, t).is_none());
     }
 }

@@ -17,9 +17,12 @@ use fjord_crds::{Cluster, ConsumerGroup, Topic};
 use fjord_e2e::{free_port, BrokerProcess};
 use fjord_operator::{metrics::Metrics, OperatorConfig};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{DynamicObject, GroupVersionKind};
@@ -207,6 +210,8 @@ async fn operator_against_a_real_apiserver() {
         namespace: "envtest".into(),
         pod_name: "envtest-operator".into(),
         metrics_addr: "127.0.0.1:0".into(),
+        network_policy: true,
+        operator_labels: [("app.kubernetes.io/component".to_string(), "operator".to_string())].into(),
     };
     let metrics = Metrics::new();
     metrics.leader.set(1);
@@ -218,10 +223,19 @@ async fn operator_against_a_real_apiserver() {
     let counters = metrics.clone();
     let operator = tokio::spawn(fjord_operator::run(client.clone(), config, metrics));
 
-    // Cluster -> owned objects and status.
+    // Cluster -> owned objects and status; its volumes' class allows expansion.
+    let class: StorageClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "expandable"}, "provisioner": "example.com/none", "allowVolumeExpansion": true
+    }))
+    .unwrap();
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), "envtest");
     let cluster: Cluster = serde_json::from_value(serde_json::json!({
-        "apiVersion": "fjord.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": "demo"}, "spec": {"replicas": 1}
+        "apiVersion": "fjord.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": "demo"},
+        "spec": {"replicas": 1, "storage": {"size": "1Gi", "storageClass": "expandable"}}
     }))
     .unwrap();
     clusters.create(&PostParams::default(), &cluster).await.unwrap();
@@ -247,6 +261,17 @@ async fn operator_against_a_real_apiserver() {
         .await
         .unwrap()
         .is_some());
+    let policy = Api::<NetworkPolicy>::namespaced(client.clone(), "envtest")
+        .get_opt("demo-admin")
+        .await
+        .unwrap()
+        .expect("the admin port's NetworkPolicy");
+    let admin_rule = &policy.spec.unwrap().ingress.unwrap()[1];
+    assert_eq!(
+        admin_rule.from.as_ref().map(Vec::len),
+        Some(2),
+        "operator and brokers only"
+    );
     let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), "envtest");
     assert!(budgets.get_opt("demo").await.unwrap().is_some());
     if find("kube-controller-manager").is_some() {
@@ -277,16 +302,32 @@ async fn operator_against_a_real_apiserver() {
         })
         .await;
         assert_eq!(status.disruptions_allowed, 0, "a Pending broker may not be disrupted");
+
+        // No kubelet: report the pod Running and Ready as one would. The
+        // StatefulSet controller counts it, and the Cluster becomes Ready.
+        pods.patch_status(
+            "demo-0",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+        let ready = eventually("Cluster Ready=True", || async {
+            cluster_condition(&clusters, "Ready")
+                .await
+                .filter(|c| c.status == "True")
+        })
+        .await;
+        assert_eq!(ready.reason, "AllBrokersReady");
+        storage_changes(&client, &clusters).await;
+    } else {
+        eventually("Cluster status conditions", || async {
+            cluster_condition(&clusters, "Ready").await
+        })
+        .await;
     }
-    eventually("Cluster status conditions", || async {
-        clusters
-            .get("demo")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .filter(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
-    })
-    .await;
 
     // Topic -> created on the broker, grown, reconfigured; shrinking is refused by the apiserver.
     let topic: Topic = serde_json::from_value(serde_json::json!({
@@ -428,6 +469,134 @@ async fn operator_against_a_real_apiserver() {
     operator_dashboard_has_data(tmp.path(), metrics_addr).await;
     operator.abort();
     metrics_server.abort();
+}
+
+async fn cluster_condition(clusters: &Api<Cluster>, type_: &str) -> Option<Condition> {
+    let status = clusters.get("demo").await.ok()?.status?;
+    status.conditions.into_iter().find(|c| c.type_ == type_)
+}
+
+/// The storage class is fixed (CEL); a larger size grows the claims once they
+/// are bound, with the progress in status.
+async fn storage_changes(client: &Client, clusters: &Api<Cluster>) {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "envtest");
+    let claim = eventually("the broker's claim", || async {
+        claims.get_opt("data-demo-0").await.ok().flatten()
+    })
+    .await;
+    assert_eq!(claim.spec.unwrap().storage_class_name.as_deref(), Some("expandable"));
+    let class_change = clusters
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"storage": {"storageClass": "other"}}})),
+        )
+        .await;
+    match class_change {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422 && e.message.contains("storageClass cannot be changed"),
+            "the CEL rule refuses a new storage class: {e:?}"
+        ),
+        other => panic!("the CEL rule refuses a new storage class: {other:?}"),
+    }
+    let grow = |size: &'static str| async move {
+        clusters
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"storage": {"size": size}}})),
+            )
+            .await
+            .unwrap()
+    };
+    let touch = |n: u32| async move {
+        clusters
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"envtest/touch": n.to_string()}}})),
+            )
+            .await
+            .unwrap();
+    };
+    // An unbound claim cannot grow: the apiserver's refusal is in status.
+    grow("2Gi").await;
+    let refused = eventually("VolumesExpanded=False (refused)", || async {
+        cluster_condition(clusters, "VolumesExpanded")
+            .await
+            .filter(|c| c.reason == "ExpansionRefused")
+    })
+    .await;
+    assert!(refused.message.contains("data-demo-0"), "{}", refused.message);
+    // Bind it (no volume controller runs here), then it grows.
+    let bound = |capacity: &'static str| serde_json::json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": capacity}}});
+    claims
+        .patch_status("data-demo-0", &PatchParams::default(), &Patch::Merge(bound("1Gi")))
+        .await
+        .unwrap();
+    touch(1).await;
+    eventually("the claim requests 2Gi", || async {
+        let c = claims.get("data-demo-0").await.ok()?;
+        let requested = c.spec?.resources?.requests?.get("storage")?.0.clone();
+        (requested == "2Gi").then_some(())
+    })
+    .await;
+    let resizing = eventually("VolumesExpanded=False (resizing)", || async {
+        cluster_condition(clusters, "VolumesExpanded")
+            .await
+            .filter(|c| c.reason == "Resizing")
+    })
+    .await;
+    assert_eq!(resizing.status, "False");
+    claims
+        .patch_status("data-demo-0", &PatchParams::default(), &Patch::Merge(bound("2Gi")))
+        .await
+        .unwrap();
+    touch(2).await;
+    eventually("VolumesExpanded=True", || async {
+        cluster_condition(clusters, "VolumesExpanded")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
+    let status = clusters.get("demo").await.unwrap().status.unwrap();
+    assert_eq!(
+        (
+            status.volumes[0].requested.as_str(),
+            status.volumes[0].capacity.as_str()
+        ),
+        ("2Gi", "2Gi")
+    );
+    // The StatefulSet still applies (its claim template is kept as created).
+    assert_eq!(
+        status.observed_generation,
+        clusters.get("demo").await.unwrap().metadata.generation
+    );
+    // Dropping the class (CEL compares only two set values) is reported, not applied.
+    let set_class = |class: serde_json::Value| async move {
+        clusters
+            .patch(
+                "demo",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"storage": {"storageClass": class}}})),
+            )
+            .await
+            .unwrap();
+    };
+    set_class(serde_json::Value::Null).await;
+    eventually("VolumesExpanded=False (class fixed)", || async {
+        cluster_condition(clusters, "VolumesExpanded")
+            .await
+            .filter(|c| c.reason == "StorageClassFixed")
+    })
+    .await;
+    set_class("expandable".into()).await;
+    eventually("VolumesExpanded=True again", || async {
+        cluster_condition(clusters, "VolumesExpanded")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
 }
 
 /// Every panel of the Operator dashboard returns data from a real Prometheus

@@ -125,8 +125,13 @@ RBAC rules the operator needs on the objects it manages, in every watched namesp
   resources: ["pods/eviction"]
   verbs: ["create"]
 - apiGroups: [""]
+  # Volumes grow by patching the brokers' claims.
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  # The admin port's NetworkPolicy (networkPolicy.enabled).
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

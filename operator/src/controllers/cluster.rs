@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_crds::{BrokerEndpoint, Cluster, ClusterStatus};
+use fjord_crds::{BrokerEndpoint, Cluster, ClusterStatus, VolumeStatus};
 use fjord_proto::admin::v1 as pb;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -17,7 +18,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{key, now, paused, write_status, Timer, MANAGER};
-use crate::plan::{cluster_conditions, next_pod_to_restart, rack_condition, PodState};
+use crate::plan::{
+    cluster_conditions, next_pod_to_restart, rack_condition, volume_condition, volumes_to_expand, PodState, VolumeState,
+};
 use crate::{admin, desired, Context, Error};
 
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
@@ -63,8 +66,24 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         &desired::pod_disruption_budget(&cluster),
     )
     .await?;
+    if ctx.config.network_policy {
+        apply(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+            &desired::network_policy(&cluster, &ctx.config.namespace, &ctx.config.operator_labels),
+        )
+        .await?;
+    }
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
-    apply(&sts_api, &desired::stateful_set(&cluster, &ctx.config.broker_image)).await?;
+    let mut set = desired::stateful_set(&cluster, &ctx.config.broker_image);
+    let mut created_class = None;
+    if let Some(existing) = sts_api.get_opt(&name).await? {
+        created_class = Some(desired::claim_storage_class(&existing));
+        desired::keep_claim_templates(&mut set, &existing);
+    }
+    let asked_class = cluster.spec.storage.storage_class.clone().unwrap_or_default();
+    let class_change = created_class.filter(|c| *c != asked_class);
+    apply(&sts_api, &set).await?;
+    let (volumes, refused) = expand_volumes(&ctx, &cluster).await?;
 
     // Restarts are ours (OnDelete): one broker at a time, only while all are ready.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
@@ -141,6 +160,15 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
         .unwrap_or_default();
+    conditions.extend(volume_condition(
+        &previous,
+        &cluster.spec.storage.size,
+        &volumes,
+        refused.as_deref(),
+        class_change.as_deref().map(|c| (c, asked_class.as_str())),
+        cluster.metadata.generation,
+        now(),
+    ));
     conditions.extend(rack_condition(
         &previous,
         cluster.spec.rack.as_ref().map(|r| r.topology_key.as_str()),
@@ -171,6 +199,14 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             cluster.spec.listeners.kafka
         )),
         cluster_id: described.ok().map(|d| d.cluster_id),
+        volumes: volumes
+            .into_iter()
+            .map(|v| VolumeStatus {
+                name: v.name,
+                requested: v.requested,
+                capacity: v.capacity.unwrap_or_default(),
+            })
+            .collect(),
     };
     write_status(
         &ctx,
@@ -185,4 +221,67 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     // Pods becoming ready change the owned StatefulSet's status, which starts
     // the next reconcile; the periodic one only catches what no watch sees.
     Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// Grows the brokers' claims to `storage.size`. Returns the claims as they are
+/// then, and the apiserver's reason when it refused a resize (the
+/// StorageClass does not allow expansion, or the claim is not yet bound).
+async fn expand_volumes(ctx: &Context, cluster: &Cluster) -> Result<(Vec<VolumeState>, Option<String>), Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/component=broker",
+        cluster.name_any()
+    );
+    let observe = |items: Vec<PersistentVolumeClaim>| -> Vec<VolumeState> {
+        let mut v: Vec<VolumeState> = items
+            .into_iter()
+            .map(|c| VolumeState {
+                name: c.name_any(),
+                requested: c
+                    .spec
+                    .and_then(|s| s.resources)
+                    .and_then(|r| r.requests)
+                    .and_then(|r| r.get("storage").map(|q| q.0.clone()))
+                    .unwrap_or_default(),
+                capacity: c
+                    .status
+                    .and_then(|s| s.capacity)
+                    .and_then(|c| c.get("storage").map(|q| q.0.clone())),
+            })
+            .collect();
+        v.sort_by(|a, b| (a.name.len(), &a.name).cmp(&(b.name.len(), &b.name)));
+        v
+    };
+    let mut volumes = observe(claims.list(&ListParams::default().labels(&selector)).await?.items);
+    let size = &cluster.spec.storage.size;
+    let mut refused = None;
+    for claim in volumes_to_expand(size, &volumes) {
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        match claims
+            .patch(&claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                ctx.event(
+                    cluster,
+                    false,
+                    "VolumeExpansion",
+                    "ExpandVolume",
+                    format!("requested {size} for {claim}"),
+                )
+                .await
+            }
+            // Forbidden or Invalid: reported in status; the next pass tries again.
+            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                tracing::info!(%claim, reason = %e.message, "volume expansion refused");
+                refused = Some(format!("{claim}: {}", e.message));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if refused.is_none() && !volumes_to_expand(size, &volumes).is_empty() {
+        volumes = observe(claims.list(&ListParams::default().labels(&selector)).await?.items);
+    }
+    Ok((volumes, refused))
 }
