@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::Apis;
 use crate::config::{BrokerConfig, Endpoint};
 use crate::context::BrokerContext;
+use crate::controller::image::BrokerRegistration;
 use crate::controller::Controller;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::log::manager::LogManager;
@@ -47,7 +48,7 @@ impl Broker {
 
         let logs = LogManager::open(&data)?;
         logs.clean_deleted_dirs()?;
-        let controller = Arc::new(Controller::open(&data, config.clone())?);
+        let controller = Controller::start(&data, config.clone()).await?;
         let replicas = Arc::new(ReplicaManager::new(logs));
         {
             let replicas = replicas.clone();
@@ -81,6 +82,21 @@ impl Broker {
             controller.clone(),
             replicas.clone(),
         ));
+        let admin_addr = admin.local_addr()?;
+        let registration = BrokerRegistration {
+            id: config.node_id,
+            incarnation_id: uuid::Uuid::new_v4(),
+            host: advertised.host.clone(),
+            port: advertised.port as i32,
+            // As the other voters know it; the bound address when alone.
+            admin: config
+                .quorum_voters()?
+                .into_iter()
+                .find(|(id, _)| *id == config.node_id && !config.controller_quorum_voters.is_empty())
+                .map_or_else(|| admin_addr.to_string(), |(_, addr)| addr),
+            rack: config.broker_rack.clone(),
+            fenced: false,
+        };
         let ctx = Arc::new(BrokerContext {
             config: config.clone(),
             controller,
@@ -88,9 +104,9 @@ impl Broker {
             metrics: metrics.clone(),
             groups: groups.clone(),
             advertised,
+            registration,
         });
         let (shutdown, rx) = watch::channel(false);
-        let admin_addr = admin.local_addr()?;
         let metrics_addr = metrics_listener.local_addr()?;
         let tasks = vec![
             tokio::spawn(crate::network::serve(
@@ -107,8 +123,15 @@ impl Broker {
                 rx.clone(),
             )),
             tokio::spawn(background(ctx.clone(), rx.clone())),
-            tokio::spawn(group_timers(ctx.clone(), rx)),
+            tokio::spawn(group_timers(ctx.clone(), rx.clone())),
         ];
+        // The admin listener serves the quorum's RPCs now, so the voters can
+        // elect a controller; the first one chooses the cluster id.
+        ctx.controller.wait_for_cluster_id().await?;
+        let mut tasks = tasks;
+        tasks.push(tokio::spawn(
+            ctx.controller.clone().run_lifecycle(ctx.registration.clone(), rx),
+        ));
         // Serve at once; group requests answer COORDINATOR_LOAD_IN_PROGRESS until the load is done.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = groups.load() {
@@ -141,6 +164,7 @@ impl Broker {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
+        self.ctx.controller.shutdown().await;
         self.ctx.replicas.logs().shutdown()?;
         tracing::info!("broker stopped cleanly");
         Ok(())

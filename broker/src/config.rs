@@ -150,8 +150,15 @@ config_struct! {
         node_id: i32 = "node.id", 0;
         /// Roles of this process: broker, controller or both.
         process_roles: String = "process.roles", "broker,controller".to_string();
-        /// Cluster id; generated on first start when empty and kept in __cluster_metadata/metadata.json.
+        /// Cluster id the quorum takes when it first forms; generated when empty.
         cluster_id: String = "cluster.id", String::new();
+        /// The metadata quorum's voters, `id@host:port` (their admin listeners),
+        /// comma-separated. Empty: this node alone, on its admin listener.
+        controller_quorum_voters: String = "controller.quorum.voters", String::new();
+        /// A broker without a heartbeat for this long is fenced.
+        broker_session_timeout_ms: i64 = "broker.session.timeout.ms", 9000;
+        /// How often a broker heartbeats to the active controller.
+        broker_heartbeat_interval_ms: i64 = "broker.heartbeat.interval.ms", 2000;
         /// Kafka protocol listener.
         listeners: String = "listeners", "PLAINTEXT://127.0.0.1:9092".to_string();
         /// Listener given to clients in Metadata; defaults to `listeners`.
@@ -569,6 +576,32 @@ impl BrokerConfig {
         } else {
             Endpoint::parse(&self.advertised_listeners).unwrap_or_else(|_| self.listener())
         }
+    }
+
+    /// The quorum's voters (node id, admin address); this node alone when unset.
+    pub fn quorum_voters(&self) -> Result<Vec<(i32, String)>, ConfigError> {
+        if self.controller_quorum_voters.trim().is_empty() {
+            return Ok(vec![(self.node_id, self.admin_listener.clone())]);
+        }
+        let bad = |v: &str| ConfigError::Invalid {
+            name: "controller.quorum.voters".into(),
+            value: self.controller_quorum_voters.clone(),
+            reason: format!("{v:?} is not a distinct id@host:port"),
+        };
+        let mut voters = Vec::new();
+        for v in self.controller_quorum_voters.split(',').map(str::trim) {
+            let (id, addr) = v.split_once('@').ok_or_else(|| bad(v))?;
+            let id: i32 = id.parse().map_err(|_| bad(v))?;
+            if id < 0 || !addr.contains(':') || voters.iter().any(|(other, _)| *other == id) {
+                return Err(bad(v));
+            }
+            voters.push((id, addr.to_string()));
+        }
+        Ok(voters)
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.process_roles.split(',').any(|r| r.trim() == "controller")
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::{BrokerConfig, Endpoint};
+use crate::controller::image::BrokerRegistration;
 use crate::controller::Controller;
 use crate::group::GroupCoordinator;
 use crate::metrics::Metrics;
@@ -17,4 +18,13 @@ pub struct BrokerContext {
     pub groups: Arc<GroupCoordinator>,
     /// The Kafka endpoint clients are told to use (the bound port when configured as 0).
     pub advertised: Endpoint,
+    /// This broker as it registers with the controller (a new incarnation per start).
+    pub registration: BrokerRegistration,
+}
+
+impl BrokerContext {
+    /// The live brokers clients are told about (this one at least).
+    pub fn live_brokers(&self) -> Vec<BrokerRegistration> {
+        self.controller.live_brokers(&self.registration)
+    }
 }

@@ -31,6 +31,10 @@ pub enum Error {
     InvalidPartitions(String),
     #[error("invalid replication factor: {0}")]
     InvalidReplicationFactor(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error("not the active controller: {0}")]
+    NotController(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("invalid request: {0}")]
@@ -110,6 +114,8 @@ impl Error {
             Error::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
             Error::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             Error::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            Error::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            Error::NotController(_) => ResponseError::NotController,
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,

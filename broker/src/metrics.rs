@@ -318,11 +318,16 @@ mod tests {
     }
 
     /// `/readyz` says 503 until `__consumer_offsets` is loaded, then 200.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readyz_waits_for_the_group_coordinator() {
         let dir = tempfile::tempdir().unwrap();
         let config = BrokerConfig::default();
-        let controller = Arc::new(Controller::open(dir.path(), config.clone()).unwrap());
+        let config = BrokerConfig {
+            admin_listener: "127.0.0.1:0".into(),
+            ..config
+        };
+        let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
+        controller.wait_for_cluster_id().await.unwrap();
         let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
         let groups = Arc::new(GroupCoordinator::new(
             GroupConfig::from_broker(&config),

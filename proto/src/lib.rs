@@ -1,4 +1,10 @@
-//! gRPC definitions of Fjord's admin API (`proto/admin.proto`).
+//! gRPC definitions of Fjord's admin API (`proto/admin.proto`) and the brokers' metadata quorum (`proto/controller.proto`).
+
+pub mod controller {
+    pub mod v1 {
+        tonic::include_proto!("fjord.controller.v1");
+    }
+}
 
 pub mod admin {
     pub mod v1 {

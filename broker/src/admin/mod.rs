@@ -75,15 +75,35 @@ impl Admin for AdminService {
         _: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
         let c = &self.ctx;
+        let image = c.controller.image();
+        let voters = c.controller.voter_ids();
+        let mut brokers: Vec<pb::Broker> = image
+            .brokers
+            .values()
+            .map(|b| pb::Broker {
+                id: b.id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                fenced: b.fenced,
+                controller_voter: voters.contains(&b.id),
+            })
+            .collect();
+        if !image.brokers.contains_key(&c.config.node_id) {
+            let b = &c.registration;
+            brokers.push(pb::Broker {
+                id: b.id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                fenced: false,
+                controller_voter: voters.contains(&b.id),
+            });
+        }
         Ok(Response::new(pb::DescribeClusterResponse {
-            cluster_id: c.controller.image().cluster_id.clone(),
-            controller_id: c.config.node_id,
-            brokers: vec![pb::Broker {
-                id: c.config.node_id,
-                host: c.advertised.host.clone(),
-                port: c.advertised.port as i32,
-                rack: c.config.broker_rack.clone(),
-            }],
+            cluster_id: image.cluster_id.clone(),
+            controller_id: c.controller.active_controller().unwrap_or(c.config.node_id),
+            brokers,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }
@@ -379,6 +399,7 @@ pub async fn serve(
 ) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let result = tonic::transport::Server::builder()
+        .add_service(crate::controller::network::QuorumService::new(ctx.controller.clone()))
         .add_service(AdminService::new(ctx))
         .serve_with_incoming_shutdown(incoming, async move {
             crate::shutdown::stopped(&mut shutdown).await;

@@ -1,4 +1,4 @@
-//! DescribeCluster: this broker as the whole cluster and its controller.
+//! DescribeCluster: the live brokers and the active controller.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -7,17 +7,23 @@ use super::{authorized, str, Apis};
 
 pub fn describe(apis: &Apis, request: DescribeClusterRequest) -> DescribeClusterResponse {
     let node = BrokerId(apis.node_id());
-    let rack = (!apis.config.broker_rack.is_empty()).then(|| str(apis.config.broker_rack.clone()));
+    let brokers = apis
+        .live_brokers()
+        .into_iter()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(str(b.host))
+                .with_port(b.port)
+                .with_rack((!b.rack.is_empty()).then(|| str(b.rack)))
+        })
+        .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(str(apis.controller.image().cluster_id.clone()))
-        .with_controller_id(node)
+        .with_controller_id(BrokerId(apis.controller.active_controller().unwrap_or(node.0)))
         .with_cluster_authorized_operations(authorized::when(
             request.include_cluster_authorized_operations,
             authorized::CLUSTER,
         ))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(node)
-            .with_host(str(apis.advertised.host.clone()))
-            .with_port(apis.advertised.port as i32)
-            .with_rack(rack)])
+        .with_brokers(brokers)
 }

@@ -15,12 +15,20 @@ use crate::error::Error;
 pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(apis.node_id());
     // Fields are only set from the version that has them: the codec refuses others.
-    let rack = (version >= 1 && !apis.config.broker_rack.is_empty()).then(|| str(apis.config.broker_rack.clone()));
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(str(apis.advertised.host.clone()))
-        .with_port(apis.advertised.port as i32)
-        .with_rack(rack);
+    let brokers: Vec<MetadataResponseBroker> = apis
+        .live_brokers()
+        .into_iter()
+        .map(|b| {
+            // Fields are only set from the version that has them: the codec refuses others.
+            let rack = (version >= 1 && !b.rack.is_empty()).then(|| str(b.rack.clone()));
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str(b.host))
+                .with_port(b.port)
+                .with_rack(rack)
+        })
+        .collect();
+    let controller = BrokerId(apis.controller.active_controller().unwrap_or(node.0));
     let auto_create = apis.controller.effective_broker_config().auto_create_topics_enable
         && (version < 4 || request.allow_auto_topic_creation);
 
@@ -48,9 +56,7 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
             t.topic_authorized_operations = operations;
         }
     }
-    let response = MetadataResponse::default()
-        .with_brokers(vec![broker])
-        .with_topics(topics);
+    let response = MetadataResponse::default().with_brokers(brokers).with_topics(topics);
     // Asked for through Metadata up to v10; DescribeCluster from then on.
     let response = if (8..=10).contains(&version) {
         response.with_cluster_authorized_operations(authorized::when(
@@ -61,7 +67,7 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
         response
     };
     let response = if version >= 1 {
-        response.with_controller_id(node)
+        response.with_controller_id(controller)
     } else {
         response
     };

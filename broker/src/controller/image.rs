@@ -126,9 +126,28 @@ pub struct TopicImage {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A broker as registered with the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub id: i32,
+    /// New on every start of the broker process.
+    pub incarnation_id: Uuid,
+    /// The Kafka listener clients are told about.
+    pub host: String,
+    pub port: i32,
+    /// The admin gRPC listener (also the quorum's).
+    pub admin: String,
+    #[serde(default)]
+    pub rack: String,
+    /// A fenced broker leads nothing: it missed its heartbeats or shut down.
+    pub fenced: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataImage {
     pub cluster_id: String,
+    #[serde(default)]
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
     pub topics: BTreeMap<String, TopicImage>,
     pub next_producer_id_block: i64,
     pub broker_overrides: BTreeMap<String, String>,
@@ -139,14 +158,14 @@ pub struct MetadataImage {
 }
 
 /// One IncrementalAlterConfigs operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigOp {
     pub name: String,
     pub op: OpType,
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpType {
     Set,
     Delete,

@@ -1,122 +1,300 @@
-//! Cluster metadata: topics, partitions, topic configs, producer id blocks.
+//! Cluster metadata: a Raft quorum of controller voters (openraft) replicates
+//! a log of typed records ([`records`]) that every broker applies to its own
+//! [`MetadataImage`] (brokers, topics, configs, producer id blocks).
 //!
-//! A single node is a quorum of one: the metadata image is committed by
-//! writing it atomically to `__cluster_metadata/metadata.json` before it is
-//! published to the replica manager. Validation and the image changes are
-//! pure functions over [`MetadataImage`]; only `commit` touches the disk.
+//! Changes run on the active controller, one at a time: the operation is
+//! validated against the image by the pure changes of [`image`], and its
+//! difference is appended as one entry. A broker that is not the active
+//! controller forwards the operation to it. A single node is a quorum of one.
 
 pub mod image;
+pub mod network;
+pub mod records;
+pub mod store;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
-use crate::log::manager::write_atomically;
 pub use image::{ConfigOp, MetadataImage, TopicImage};
+use network::{NetworkFactory, Peers};
+pub use records::{ControllerError, ControllerOp, OpResult};
+use store::{LogStore, NodeId, Published, RecordBatch, StateMachine};
 
 const METADATA_DIR: &str = "__cluster_metadata";
-const METADATA_FILE: &str = "metadata.json";
 /// Producer ids handed out per block, as Kafka's controller does.
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
-type Listener = Box<dyn Fn(&MetadataImage) -> Result<()> + Send + Sync>;
+/// What applying one log entry answers: its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied(pub u64);
 
+openraft::declare_raft_types!(
+    /// The metadata quorum's types.
+    pub TypeConfig:
+        D = RecordBatch,
+        R = Applied,
+);
+
+type Listener = Box<dyn Fn(&MetadataImage) -> Result<()> + Send + Sync>;
 pub struct Controller {
-    path: PathBuf,
     broker: BrokerConfig,
-    image: RwLock<Arc<MetadataImage>>,
-    /// Serialises writers so each change sees the previous one.
-    write: Mutex<()>,
+    node_id: NodeId,
+    voters: BTreeMap<NodeId, BasicNode>,
+    pub(crate) raft: Raft<TypeConfig>,
+    published: Arc<Published>,
+    peers: Peers,
+    /// The active controller runs one operation at a time, so each sees the
+    /// previous one's records applied.
+    write: tokio::sync::Mutex<()>,
     producer_ids: Mutex<(i64, i64)>,
-    listeners: RwLock<Vec<Listener>>,
+    runtime: tokio::runtime::Handle,
+    /// On the active controller: when each broker incarnation last heartbeat.
+    heartbeats: Mutex<HashMap<(i32, uuid::Uuid), tokio::time::Instant>>,
+}
+
+/// A broker's liveness report to the active controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: i32,
+    pub incarnation_id: uuid::Uuid,
+}
+
+/// The controller's answer: whether the broker is registered and unfenced
+/// (if not, it registers again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub active: bool,
 }
 
 impl Controller {
-    pub fn open(data_dir: &Path, broker: BrokerConfig) -> Result<Controller> {
+    /// Opens the quorum's state under the data directory and starts Raft. A
+    /// voter whose log is empty proposes the configured voters as the first
+    /// membership (every voter proposing the same one is safe).
+    pub async fn start(data_dir: &Path, broker: BrokerConfig) -> Result<Arc<Controller>> {
         let dir = data_dir.join(METADATA_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(METADATA_FILE);
-        let mut image = match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice::<MetadataImage>(&data)
-                .map_err(|e| Error::Storage(std::io::Error::other(format!("{}: {e}", path.display()))))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetadataImage::default(),
-            Err(e) => return Err(e.into()),
-        };
-        if image.cluster_id.is_empty() {
-            image.cluster_id = if broker.cluster_id.is_empty() {
-                uuid::Uuid::new_v4().simple().to_string()[..22].to_string()
-            } else {
-                broker.cluster_id.clone()
-            };
+        let voters: BTreeMap<NodeId, BasicNode> = broker
+            .quorum_voters()?
+            .into_iter()
+            .map(|(id, addr)| (id as NodeId, BasicNode::new(addr)))
+            .collect();
+        let node_id = broker.node_id as NodeId;
+        if broker.is_controller() && !voters.contains_key(&node_id) {
+            return Err(Error::InvalidConfig(format!(
+                "node.id {node_id} has the controller role but is not among controller.quorum.voters ({})",
+                broker.controller_quorum_voters
+            )));
         }
-        let controller = Controller {
-            path,
+        let log = LogStore::open(&dir)?;
+        let fresh = log.is_empty();
+        let state = StateMachine::open(&dir)?;
+        let published = state.published.clone();
+        let config = openraft::Config {
+            cluster_name: "fjord".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 800,
+            election_timeout_max: 1600,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+            max_in_snapshot_log_to_keep: 100,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let peers = Peers::default();
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            NetworkFactory { peers: peers.clone() },
+            log,
+            state,
+        )
+        .await
+        .map_err(|e| Error::Storage(std::io::Error::other(e.to_string())))?;
+        if fresh && broker.is_controller() {
+            match raft.initialize(voters.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(Error::Storage(std::io::Error::other(e.to_string()))),
+            }
+        }
+        Ok(Arc::new(Controller {
             broker,
-            image: RwLock::new(Arc::new(MetadataImage::default())),
-            write: Mutex::new(()),
+            node_id,
+            voters,
+            raft,
+            published,
+            peers,
+            write: tokio::sync::Mutex::new(()),
             producer_ids: Mutex::new((0, 0)),
-            listeners: RwLock::new(Vec::new()),
-        };
-        controller.persist(&image)?;
-        *controller.image.write() = Arc::new(image);
-        Ok(controller)
+            runtime: tokio::runtime::Handle::current(),
+            heartbeats: Mutex::new(HashMap::new()),
+        }))
     }
 
-    /// Called with every committed image (and at once with the current one).
+    /// Called with every applied image (and at once with the current one).
     pub fn subscribe(&self, listener: Listener) -> Result<()> {
-        listener(&self.image())?;
-        self.listeners.write().push(listener);
-        Ok(())
+        self.published.subscribe(listener)
     }
 
     pub fn image(&self) -> Arc<MetadataImage> {
-        self.image.read().clone()
+        self.published.image.read().clone()
     }
 
     pub fn broker_config(&self) -> &BrokerConfig {
         &self.broker
     }
 
+    /// The active controller's node id, when one is known.
+    pub fn active_controller(&self) -> Option<i32> {
+        self.raft.metrics().borrow().current_leader.map(|id| id as i32)
+    }
+
+    pub fn is_active(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// The brokers clients are told about: registered and unfenced, ordered
+    /// by id; this broker alone until its registration is applied.
+    pub fn live_brokers(&self, this: &image::BrokerRegistration) -> Vec<image::BrokerRegistration> {
+        let image = self.image();
+        let mut live: Vec<_> = image.brokers.values().filter(|b| !b.fenced).cloned().collect();
+        if !live.iter().any(|b| b.id == this.id) {
+            live.push(this.clone());
+            live.sort_by_key(|b| b.id);
+        }
+        live
+    }
+
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.voters.keys().map(|id| *id as i32).collect()
+    }
+
+    /// Waits until the quorum has a cluster id (the first active controller
+    /// sets it), proposing it when this node leads and there is none yet.
+    pub async fn wait_for_cluster_id(&self) -> Result<()> {
+        loop {
+            if !self.image().cluster_id.is_empty() {
+                return Ok(());
+            }
+            if self.is_active() {
+                let id = if self.broker.cluster_id.is_empty() {
+                    uuid::Uuid::new_v4().simple().to_string()[..22].to_string()
+                } else {
+                    self.broker.cluster_id.clone()
+                };
+                match self.execute_local(ControllerOp::SetClusterId(id)).await {
+                    Ok(_) | Err(ControllerError::NotController(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The broker config with dynamic cluster-wide overrides applied.
     pub fn effective_broker_config(&self) -> BrokerConfig {
-        let mut config = self.broker.clone();
-        for (k, v) in &self.image().broker_overrides {
-            let _ = config.set(k, v);
-        }
-        config
+        effective(&self.broker, &self.image())
     }
 
     pub fn log_config(&self, topic: &str) -> Result<LogConfig> {
         let image = self.image();
         let overrides = image.topics.get(topic).map(|t| t.configs.clone()).unwrap_or_default();
-        Ok(LogConfig::with_overrides(&self.effective_broker_config(), &overrides)?)
+        Ok(LogConfig::with_overrides(&effective(&self.broker, &image), &overrides)?)
     }
 
-    fn persist(&self, image: &MetadataImage) -> Result<()> {
-        let data = serde_json::to_vec_pretty(image).map_err(std::io::Error::other)?;
-        write_atomically(&self.path, &data)?;
-        Ok(())
+    /// Runs an operation on the active controller: here, or forwarded to it.
+    /// Returns once this broker's image holds the change.
+    pub async fn execute(&self, op: ControllerOp) -> Result<OpResult> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let outcome = match self.active_controller() {
+                Some(id) if id as NodeId == self.node_id => self.execute_local(op.clone()).await,
+                Some(id) => self.forward(id as NodeId, &op).await,
+                None => Err(ControllerError::NotController("no active controller yet".into())),
+            };
+            match outcome {
+                Ok((result, index)) => {
+                    // Forwarded: wait until this broker has applied it too.
+                    let mut applied = self.published.applied.subscribe();
+                    let _ = tokio::time::timeout_at(deadline, applied.wait_for(|i| *i >= index)).await;
+                    return Ok(result);
+                }
+                Err(ControllerError::NotController(reason)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%reason, "waiting for the active controller");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Applies a pure change to the image, commits it and publishes it.
-    fn update<T>(&self, validate_only: bool, change: impl FnOnce(&mut MetadataImage) -> Result<T>) -> Result<T> {
-        let _guard = self.write.lock();
-        let mut next = (*self.image()).clone();
-        let out = change(&mut next)?;
-        if validate_only {
-            return Ok(out);
+    async fn forward(
+        &self,
+        leader: NodeId,
+        op: &ControllerOp,
+    ) -> std::result::Result<(OpResult, u64), ControllerError> {
+        let addr = self
+            .node_addr(leader)
+            .ok_or_else(|| ControllerError::NotController(format!("no address for controller {leader}")))?;
+        let unreachable = |e: String| ControllerError::NotController(format!("controller {leader} at {addr}: {e}"));
+        let mut client = self
+            .peers
+            .client(&addr)
+            .map_err(|s| unreachable(s.message().to_string()))?;
+        let payload = fjord_proto::controller::v1::Payload {
+            json: serde_json::to_vec(op).map_err(|e| ControllerError::Storage(e.to_string()))?,
+        };
+        let reply = client
+            .write(payload)
+            .await
+            .map_err(|s| unreachable(s.message().to_string()))?;
+        serde_json::from_slice(&reply.get_ref().json).map_err(|e| unreachable(e.to_string()))?
+    }
+
+    /// Runs an operation here, as the active controller: validates it against
+    /// the image, appends its records and waits for them to apply. Answers the
+    /// result and the log index that holds it.
+    pub async fn execute_local(&self, op: ControllerOp) -> std::result::Result<(OpResult, u64), ControllerError> {
+        let _one_at_a_time = self.write.lock().await;
+        // Our image must hold everything committed before we judge the operation.
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| ControllerError::NotController(e.to_string()))?;
+        let prev = self.image();
+        let mut next = (*prev).clone();
+        let result = run(&self.broker, &op, &mut next)?;
+        let batch = records::diff(&prev, &next);
+        if batch.is_empty() {
+            return Ok((result, *self.published.applied.borrow()));
         }
-        self.persist(&next)?;
-        let next = Arc::new(next);
-        *self.image.write() = next.clone();
-        for l in self.listeners.read().iter() {
-            l(&next)?;
+        match self.raft.client_write(batch).await {
+            Ok(response) => Ok((result, response.data.0)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ControllerError::NotController(
+                format!("controller moved to {:?}", f.leader_id),
+            )),
+            Err(e) => Err(ControllerError::NotController(e.to_string())),
         }
-        Ok(out)
+    }
+
+    /// Blocks on a controller call from synchronous request handling (a
+    /// metadata change is rare; the worker is handed off meanwhile).
+    fn wait<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
+        // Needs the multi-threaded runtime (a current-thread one cannot hand off its thread).
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(fut)),
+            Err(_) => self.runtime.block_on(fut),
+        }
     }
 
     pub fn create_topic(
@@ -127,45 +305,276 @@ impl Controller {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<TopicImage> {
-        let broker = self.effective_broker_config();
-        self.update(validate_only, |image| {
-            image.create_topic(&broker, name, partitions, replication_factor, configs)
-        })
+        if validate_only {
+            let broker = self.effective_broker_config();
+            return (*self.image())
+                .clone()
+                .create_topic(&broker, name, partitions, replication_factor, configs);
+        }
+        let op = ControllerOp::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+        };
+        match self.wait(self.execute(op))? {
+            OpResult::Topic(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<TopicImage> {
-        self.update(false, |image| image.delete_topic(name))
+        match self.wait(self.execute(ControllerOp::DeleteTopic(name.to_string())))? {
+            OpResult::Topic(t) => Ok(t),
+            other => Err(unexpected(other)),
+        }
     }
 
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
-        self.update(validate_only, |image| image.create_partitions(name, count))
+        if validate_only {
+            return (*self.image()).clone().create_partitions(name, count);
+        }
+        self.wait(self.execute(ControllerOp::CreatePartitions {
+            name: name.to_string(),
+            count,
+        }))
+        .map(|_| ())
     }
 
     pub fn alter_topic_configs(&self, name: &str, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
-        let broker = self.effective_broker_config();
-        self.update(validate_only, |image| image.alter_topic_configs(&broker, name, ops))
+        if validate_only {
+            let broker = self.effective_broker_config();
+            return (*self.image()).clone().alter_topic_configs(&broker, name, ops);
+        }
+        self.wait(self.execute(ControllerOp::AlterTopicConfigs {
+            name: name.to_string(),
+            ops: ops.to_vec(),
+        }))
+        .map(|_| ())
     }
 
     pub fn alter_broker_configs(&self, ops: &[ConfigOp], default_entity: bool, validate_only: bool) -> Result<()> {
-        let broker = self.broker.clone();
-        self.update(validate_only, |image| {
-            image.alter_broker_configs(&broker, ops, default_entity)
-        })
+        if validate_only {
+            return (*self.image())
+                .clone()
+                .alter_broker_configs(&self.broker, ops, default_entity);
+        }
+        self.wait(self.execute(ControllerOp::AlterBrokerConfigs {
+            ops: ops.to_vec(),
+            default_entity,
+        }))
+        .map(|_| ())
     }
 
-    /// A new producer id; blocks are reserved in the image so ids never repeat across restarts.
+    /// A new producer id from this broker's block; blocks come from the
+    /// controller, so ids never repeat across brokers or restarts.
     pub fn allocate_producer_id(&self) -> Result<i64> {
         let mut ids = self.producer_ids.lock();
         if ids.0 >= ids.1 {
-            let start = self.update(false, |image| {
-                let start = image.next_producer_id_block;
-                image.next_producer_id_block += PRODUCER_ID_BLOCK;
-                Ok(start)
-            })?;
+            let start = match self.wait(self.execute(ControllerOp::AllocateProducerIds {
+                block: PRODUCER_ID_BLOCK,
+            }))? {
+                OpResult::ProducerIdBlock(start) => start,
+                other => return Err(unexpected(other)),
+            };
             *ids = (start, start + PRODUCER_ID_BLOCK);
         }
         let id = ids.0;
         ids.0 += 1;
         Ok(id)
     }
+
+    /// On the active controller: a broker's heartbeat.
+    pub fn receive_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
+        if !self.is_active() {
+            return Err(ControllerError::NotController("not the active controller".into()));
+        }
+        let active = self
+            .image()
+            .brokers
+            .get(&hb.id)
+            .is_some_and(|b| b.incarnation_id == hb.incarnation_id && !b.fenced);
+        if active {
+            self.heartbeats
+                .lock()
+                .insert((hb.id, hb.incarnation_id), tokio::time::Instant::now());
+        }
+        Ok(HeartbeatReply { active })
+    }
+
+    /// The brokers to fence now: unfenced, and silent for the session timeout.
+    /// A newly active controller gives every broker a full session first.
+    fn expired_brokers(&self, session: Duration) -> Vec<(i32, uuid::Uuid)> {
+        let now = tokio::time::Instant::now();
+        let mut seen = self.heartbeats.lock();
+        self.image()
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| (b.id, b.incarnation_id))
+            .filter(|key| now.duration_since(*seen.entry(*key).or_insert(now)) > session)
+            .collect()
+    }
+
+    /// The broker's side: registers with the active controller, then
+    /// heartbeats; registers again whenever the controller says it is not
+    /// active (fenced, or a new incarnation). On the active controller, also
+    /// fences brokers that stopped heartbeating.
+    pub async fn run_lifecycle(
+        self: Arc<Self>,
+        registration: image::BrokerRegistration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let interval = Duration::from_millis(self.broker.broker_heartbeat_interval_ms.clamp(10, 60_000) as u64);
+        let session = Duration::from_millis(self.broker.broker_session_timeout_ms.clamp(100, 3_600_000) as u64);
+        let mut registered = false;
+        let mut was_active = false;
+        loop {
+            if !registered {
+                match self.execute(ControllerOp::RegisterBroker(registration.clone())).await {
+                    Ok(_) => {
+                        tracing::info!(node_id = registration.id, "registered with the controller");
+                        registered = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "registering with the controller failed; retrying"),
+                }
+            } else {
+                let hb = Heartbeat {
+                    id: registration.id,
+                    incarnation_id: registration.incarnation_id,
+                };
+                match self.send_heartbeat(hb).await {
+                    Ok(reply) => registered = reply.active,
+                    Err(e) => tracing::debug!(error = ?e, "heartbeat failed"),
+                }
+            }
+            let active = self.is_active();
+            if active && !was_active {
+                self.heartbeats.lock().clear();
+            }
+            was_active = active;
+            if active {
+                for (id, incarnation_id) in self.expired_brokers(session) {
+                    tracing::warn!(broker = id, "fencing a broker without a heartbeat for {session:?}");
+                    let _ = self
+                        .execute_local(ControllerOp::FenceBroker { id, incarnation_id })
+                        .await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                () = crate::shutdown::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn send_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
+        match self.active_controller() {
+            Some(id) if id as NodeId == self.node_id => self.receive_heartbeat(hb),
+            Some(id) => {
+                let addr = self
+                    .node_addr(id as NodeId)
+                    .ok_or_else(|| ControllerError::NotController(format!("no address for controller {id}")))?;
+                let mut client = self
+                    .peers
+                    .client(&addr)
+                    .map_err(|s| ControllerError::NotController(s.message().to_string()))?;
+                let payload = fjord_proto::controller::v1::Payload {
+                    json: serde_json::to_vec(&hb).map_err(|e| ControllerError::Storage(e.to_string()))?,
+                };
+                let reply = client
+                    .heartbeat(payload)
+                    .await
+                    .map_err(|s| ControllerError::NotController(s.message().to_string()))?;
+                serde_json::from_slice(&reply.get_ref().json)
+                    .map_err(|e| ControllerError::NotController(e.to_string()))?
+            }
+            None => Err(ControllerError::NotController("no active controller".into())),
+        }
+    }
+
+    fn node_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .or_else(|| self.voters.get(&id).map(|n| n.addr.clone()))
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn unexpected(result: OpResult) -> Error {
+    Error::Storage(std::io::Error::other(format!(
+        "unexpected controller answer {result:?}"
+    )))
+}
+
+fn effective(broker: &BrokerConfig, image: &MetadataImage) -> BrokerConfig {
+    let mut config = broker.clone();
+    for (k, v) in &image.broker_overrides {
+        let _ = config.set(k, v);
+    }
+    config
+}
+
+/// An operation as a pure change of the image (on the active controller).
+fn run(
+    broker: &BrokerConfig,
+    op: &ControllerOp,
+    image: &mut MetadataImage,
+) -> std::result::Result<OpResult, ControllerError> {
+    let config = effective(broker, image);
+    Ok(match op {
+        ControllerOp::SetClusterId(id) => {
+            if image.cluster_id.is_empty() {
+                image.cluster_id = id.clone();
+            }
+            OpResult::Done
+        }
+        ControllerOp::RegisterBroker(registration) => {
+            let mut registration = registration.clone();
+            registration.fenced = false;
+            image.brokers.insert(registration.id, registration);
+            OpResult::Done
+        }
+        ControllerOp::FenceBroker { id, incarnation_id } => {
+            if let Some(b) = image
+                .brokers
+                .get_mut(id)
+                .filter(|b| b.incarnation_id == *incarnation_id)
+            {
+                b.fenced = true;
+            }
+            OpResult::Done
+        }
+        ControllerOp::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => OpResult::Topic(image.create_topic(&config, name, *partitions, *replication_factor, configs.clone())?),
+        ControllerOp::DeleteTopic(name) => OpResult::Topic(image.delete_topic(name)?),
+        ControllerOp::CreatePartitions { name, count } => {
+            image.create_partitions(name, *count)?;
+            OpResult::Done
+        }
+        ControllerOp::AlterTopicConfigs { name, ops } => {
+            image.alter_topic_configs(&config, name, ops)?;
+            OpResult::Done
+        }
+        ControllerOp::AlterBrokerConfigs { ops, default_entity } => {
+            image.alter_broker_configs(broker, ops, *default_entity)?;
+            OpResult::Done
+        }
+        ControllerOp::AllocateProducerIds { block } => {
+            let start = image.next_producer_id_block;
+            image.next_producer_id_block += (*block).clamp(1, 1_000_000);
+            OpResult::ProducerIdBlock(start)
+        }
+    })
 }
