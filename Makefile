@@ -2,12 +2,19 @@
 CARGO ?= cargo
 DATA_DIR ?= ./data
 
-.PHONY: run build test crds bench lint fmt clean
+.PHONY: run cluster build test crds bench lint fmt clean
 
 ## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
 ## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
 run:
 	$(CARGO) run --release --bin fjord-broker -- --data-dir $(DATA_DIR)
+
+## Three brokers in combined mode on 127.0.0.1 (node ids 1-3; Kafka 9092,
+## 9192, 9292; admin 9093, 9193, 9293; metrics 9644, 9744, 9844), data under
+## ./data/cluster/node-N; Ctrl-C stops all three.
+cluster:
+	$(CARGO) build --release --bin fjord-broker
+	DATA_DIR=$(DATA_DIR) e2e/cluster.sh
 
 build:
 	$(CARGO) build --release --bin fjord-broker

@@ -33,6 +33,8 @@ pub enum Error {
     InvalidReplicationFactor(String),
     #[error("invalid replica assignment: {0}")]
     InvalidReplicaAssignment(String),
+    #[error("this broker does not lead the partition")]
+    NotLeaderOrFollower,
     #[error("not the active controller: {0}")]
     NotController(String),
     #[error("invalid config: {0}")]
@@ -116,6 +118,7 @@ impl Error {
             Error::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             Error::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             Error::NotController(_) => ResponseError::NotController,
+            Error::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
@@ -137,7 +140,8 @@ impl Error {
     pub fn coordinator_write_error(&self) -> ResponseError {
         match self {
             Error::NotEnoughReplicas { .. } | Error::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
-            Error::Storage(_) => ResponseError::NotCoordinator,
+            // The partition moved to another broker: the client finds the new coordinator.
+            Error::Storage(_) | Error::NotLeaderOrFollower => ResponseError::NotCoordinator,
             Error::MessageTooLarge { .. } => ResponseError::InvalidCommitOffsetSize,
             other => other.response_error(),
         }

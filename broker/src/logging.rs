@@ -5,7 +5,15 @@
 use std::io::IsTerminal;
 
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FJORD_LOG").unwrap_or_else(|_| "info".into());
+    // openraft narrates every vote and append at info: keep it to warnings
+    // unless FJORD_LOG names it.
+    let spec = std::env::var("FJORD_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("openraft") {
+        spec
+    } else {
+        format!("{spec},openraft=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| "info,openraft=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

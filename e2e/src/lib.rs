@@ -97,7 +97,41 @@ impl BrokerProcess {
         b
     }
 
+    /// Starts a broker on the given ports without waiting for it to be ready
+    /// (a quorum member is ready only once enough voters run); see [`Self::wait_ready`].
+    pub fn launch(data_dir: &Path, ports: [u16; 3], extra: &[(&str, &str)]) -> BrokerProcess {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut b = BrokerProcess {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            kafka: addr(ports[0]),
+            admin: addr(ports[1]),
+            metrics: addr(ports[2]),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: data_dir.with_extension("broker.log"),
+        };
+        b.spawn_process();
+        b
+    }
+
+    /// A config override this broker was started with.
+    pub fn extra_value(&self, name: &str) -> Option<&str> {
+        self.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the process has exited; its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_process();
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -123,7 +157,6 @@ impl BrokerProcess {
             .spawn()
             .expect("spawning fjord-broker");
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(60))
     }
 
     /// Polls the readiness endpoint and the Kafka port until both answer;
@@ -200,6 +233,12 @@ impl BrokerProcess {
 
     pub fn resume(&self) {
         self.signal(libc::SIGCONT);
+    }
+
+    /// Starts again on the same data directory and ports, without waiting.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.spawn_process();
     }
 
     /// Starts again on the same data directory and ports.

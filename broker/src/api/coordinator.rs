@@ -1,11 +1,14 @@
 //! FindCoordinator for group and transaction keys (batched from v4).
 //!
-//! On one node this broker leads every partition of the internal topics, so
-//! it coordinates every group and transactional id.
+//! A group's coordinator is the leader of its `__consumer_offsets` partition.
+//! Transactional ids stay with the broker asked (transactions are not
+//! supported yet).
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+
+use kafka_protocol::protocol::StrBytes;
 
 use super::{str, Apis};
 
@@ -23,13 +26,33 @@ pub fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindC
             tracing::warn!(error = %e, "creating the offsets topic failed");
         }
     }
+    // The broker leading a group's partition of __consumer_offsets.
+    let group_coordinator = |group: &str| -> Option<(BrokerId, StrBytes, i32)> {
+        let image = apis.controller.image();
+        let topic = image.topics.get(crate::group::OFFSETS_TOPIC)?;
+        let leader = image.leader(topic, apis.groups.partition_for(group))?;
+        if leader == node.0 {
+            return Some((node, host.clone(), port));
+        }
+        let b = image.brokers.get(&leader)?;
+        Some((BrokerId(b.id), str(b.host.clone()), b.port))
+    };
+    let is_group = request.key_type == KEY_TYPE_GROUP;
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
-                let c = Coordinator::default().with_key(key);
-                if known_type {
+                let c = Coordinator::default().with_key(key.clone());
+                if is_group {
+                    match group_coordinator(key.as_str()) {
+                        Some((id, h, p)) => c.with_node_id(id).with_host(h).with_port(p),
+                        None => c
+                            .with_node_id(BrokerId(-1))
+                            .with_port(-1)
+                            .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+                    }
+                } else if known_type {
                     c.with_node_id(node).with_host(host.clone()).with_port(port)
                 } else {
                     c.with_node_id(BrokerId(-1))
@@ -45,6 +68,18 @@ pub fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindC
             .with_error_code(ResponseError::InvalidRequest.code())
             .with_node_id(BrokerId(-1))
             .with_port(-1);
+    }
+    if is_group {
+        return match group_coordinator(request.key.as_str()) {
+            Some((id, h, p)) => FindCoordinatorResponse::default()
+                .with_node_id(id)
+                .with_host(h)
+                .with_port(p),
+            None => FindCoordinatorResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_node_id(BrokerId(-1))
+                .with_port(-1),
+        };
     }
     FindCoordinatorResponse::default()
         .with_node_id(node)

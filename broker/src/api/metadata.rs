@@ -34,14 +34,14 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
 
     let topics = match request.topics {
         // v0: an empty list means all topics; v1+: null means all topics.
-        None => all_topics(apis, node, version),
-        Some(list) if list.is_empty() && version == 0 => all_topics(apis, node, version),
+        None => all_topics(apis, version),
+        Some(list) if list.is_empty() && version == 0 => all_topics(apis, version),
         Some(list) => list
             .into_iter()
             .map(|t| match t.name {
-                Some(name) => describe_by_name(apis, node, name, auto_create, version),
+                Some(name) => describe_by_name(apis, name, auto_create, version),
                 None => match apis.controller.image().topic_by_id(t.topic_id) {
-                    Some(topic) => describe(node, topic, version),
+                    Some(topic) => describe(apis, topic, version),
                     None => MetadataResponseTopic::default()
                         .with_topic_id(t.topic_id)
                         .with_error_code(ResponseError::UnknownTopicId.code()),
@@ -78,24 +78,18 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
     }
 }
 
-fn all_topics(apis: &Apis, node: BrokerId, version: i16) -> Vec<MetadataResponseTopic> {
+fn all_topics(apis: &Apis, version: i16) -> Vec<MetadataResponseTopic> {
     apis.controller
         .image()
         .topics
         .values()
-        .map(|t| describe(node, t, version))
+        .map(|t| describe(apis, t, version))
         .collect()
 }
 
-fn describe_by_name(
-    apis: &Apis,
-    node: BrokerId,
-    name: TopicName,
-    auto_create: bool,
-    version: i16,
-) -> MetadataResponseTopic {
+fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, version: i16) -> MetadataResponseTopic {
     if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
-        return describe(node, topic, version);
+        return describe(apis, topic, version);
     }
     // The internal topic is created as the group coordinator needs it
     // (offsets.topic.num.partitions, compacted), never with topic defaults:
@@ -105,7 +99,7 @@ fn describe_by_name(
             tracing::warn!(error = %e, "creating {} failed", crate::group::OFFSETS_TOPIC);
         }
         if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
-            return describe(node, topic, version);
+            return describe(apis, topic, version);
         }
     }
     let error = if auto_create {
@@ -115,11 +109,11 @@ fn describe_by_name(
         {
             Ok(topic) => {
                 tracing::info!(topic = %topic.name, partitions = topic.partitions, "auto-created topic");
-                return describe(node, &topic, version);
+                return describe(apis, &topic, version);
             }
             // Lost a race with another creator: describe what is there now.
             Err(Error::TopicAlreadyExists(_)) => match apis.controller.image().topics.get(name.as_str()) {
-                Some(topic) => return describe(node, topic, version),
+                Some(topic) => return describe(apis, topic, version),
                 None => ResponseError::UnknownTopicOrPartition.code(),
             },
             Err(e) => e.code(),
@@ -134,14 +128,34 @@ fn describe_by_name(
         .with_error_code(error)
 }
 
-fn describe(node: BrokerId, topic: &TopicImage, version: i16) -> MetadataResponseTopic {
+fn describe(apis: &Apis, topic: &TopicImage, version: i16) -> MetadataResponseTopic {
+    let image = apis.controller.image();
     let partitions = (0..topic.partitions)
         .map(|p| {
+            let replicas = topic.replicas(p);
+            let leader = image.leader(topic, p);
+            // Until followers replicate, the leader is the whole ISR.
+            let isr: Vec<BrokerId> = leader.into_iter().map(BrokerId).collect();
+            let offline: Vec<BrokerId> = replicas
+                .iter()
+                .filter(|id| image.brokers.get(id).is_some_and(|b| b.fenced))
+                .map(|id| BrokerId(*id))
+                .collect();
             let partition = MetadataResponsePartition::default()
                 .with_partition_index(p)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
+                .with_error_code(if leader.is_some() {
+                    0
+                } else {
+                    ResponseError::LeaderNotAvailable.code()
+                })
+                .with_leader_id(BrokerId(leader.unwrap_or(-1)))
+                .with_replica_nodes(replicas.iter().map(|id| BrokerId(*id)).collect())
+                .with_isr_nodes(isr);
+            let partition = if version >= 5 {
+                partition.with_offline_replicas(offline)
+            } else {
+                partition
+            };
             if version >= 7 {
                 partition.with_leader_epoch(0)
             } else {

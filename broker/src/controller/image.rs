@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::placement;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
 
@@ -124,6 +125,19 @@ pub struct TopicImage {
     pub replication_factor: i16,
     /// Topic-level overrides only; defaults come from the broker.
     pub configs: BTreeMap<String, String>,
+    /// Replicas of each partition, by index; the first is the preferred leader.
+    #[serde(default)]
+    pub assignments: Vec<Vec<i32>>,
+}
+
+impl TopicImage {
+    /// The replicas of a partition (empty for an unknown partition).
+    pub fn replicas(&self, partition: i32) -> &[i32] {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.assignments.get(p))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A broker as registered with the controller.
@@ -285,12 +299,13 @@ impl MetadataImage {
         } else {
             replication_factor
         };
-        // One broker: a replica can only live here.
-        if replication_factor != 1 {
-            return Err(Error::InvalidReplicationFactor(format!(
-                "replication factor {replication_factor} is larger than the 1 available broker"
-            )));
-        }
+        let assignments = placement::assign(
+            &self.placement_candidates(broker),
+            0,
+            partitions,
+            replication_factor,
+            placement::start_for(name),
+        )?;
         LogConfig::with_overrides(broker, &configs)?;
         let topic = TopicImage {
             name: name.to_string(),
@@ -298,6 +313,7 @@ impl MetadataImage {
             partitions,
             replication_factor,
             configs,
+            assignments,
         };
         self.topics.insert(name.to_string(), topic.clone());
         Ok(topic)
@@ -307,7 +323,43 @@ impl MetadataImage {
         self.topics.remove(name).ok_or(Error::UnknownTopicOrPartition)
     }
 
+    /// The unfenced brokers new replicas may go to; before any broker has
+    /// registered (the quorum's first moments), the node making the change.
+    pub fn placement_candidates(&self, broker: &BrokerConfig) -> Vec<placement::Candidate> {
+        let live: Vec<placement::Candidate> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| placement::Candidate {
+                id: b.id,
+                rack: b.rack.clone(),
+            })
+            .collect();
+        if live.is_empty() && self.brokers.is_empty() {
+            return vec![placement::Candidate {
+                id: broker.node_id,
+                rack: broker.broker_rack.clone(),
+            }];
+        }
+        live
+    }
+
+    /// The partition's leader: its preferred replica while that broker is
+    /// registered and unfenced. Until replication keeps followers in sync the
+    /// ISR is the leader alone, so no other replica may take over (a fenced
+    /// leader's partitions are offline until it returns).
+    pub fn leader(&self, topic: &TopicImage, partition: i32) -> Option<i32> {
+        let first = *topic.replicas(partition).first()?;
+        match self.brokers.get(&first) {
+            Some(b) if !b.fenced => Some(first),
+            Some(_) => None,
+            // Not registered yet (the first moments of a quorum): its own node leads it.
+            None => self.brokers.is_empty().then_some(first),
+        }
+    }
+
     pub fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
+        let candidates = self.placement_candidates_for_growth(name);
         let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
         if count < topic.partitions {
             return Err(Error::InvalidPartitions(format!(
@@ -325,8 +377,41 @@ impl MetadataImage {
                 "topic already has {count} partitions"
             )));
         }
+        let rf = topic
+            .assignments
+            .first()
+            .map_or(topic.replication_factor, |r| r.len() as i16);
+        let added = placement::assign(
+            &candidates,
+            topic.partitions,
+            count - topic.partitions,
+            rf,
+            placement::start_for(name),
+        )?;
+        topic.assignments.extend(added);
         topic.partitions = count;
         Ok(())
+    }
+
+    /// Where added partitions may go: the unfenced brokers; before any has
+    /// registered, the brokers the topics already use.
+    fn placement_candidates_for_growth(&self, name: &str) -> Vec<placement::Candidate> {
+        if !self.brokers.is_empty() {
+            return self.placement_candidates(&BrokerConfig::default());
+        }
+        let mut ids: Vec<i32> = self
+            .topics
+            .get(name)
+            .map(|t| t.assignments.iter().flatten().copied().collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| placement::Candidate {
+                id,
+                rack: String::new(),
+            })
+            .collect()
     }
 
     pub fn alter_topic_configs(&mut self, broker: &BrokerConfig, name: &str, ops: &[ConfigOp]) -> Result<()> {

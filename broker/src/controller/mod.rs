@@ -9,6 +9,7 @@
 
 pub mod image;
 pub mod network;
+pub mod placement;
 pub mod records;
 pub mod store;
 
@@ -96,7 +97,7 @@ impl Controller {
         }
         let log = LogStore::open(&dir)?;
         let fresh = log.is_empty();
-        let state = StateMachine::open(&dir)?;
+        let state = StateMachine::open(&dir, broker.node_id)?;
         let published = state.published.clone();
         let config = openraft::Config {
             cluster_name: "fjord".into(),

@@ -281,13 +281,21 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+    /// `node_id`: the owner of every partition of a pre-quorum image (a
+    /// single node held them all).
+    pub fn open(dir: &Path, node_id: i32) -> io::Result<StateMachine> {
         let data = match read_json::<StateMachineData>(&dir.join(SNAPSHOT_FILE))? {
             Some(data) => data,
-            None => StateMachineData {
-                image: read_json(&dir.join(LEGACY_IMAGE_FILE))?.unwrap_or_default(),
-                ..StateMachineData::default()
-            },
+            None => {
+                let mut image: MetadataImage = read_json(&dir.join(LEGACY_IMAGE_FILE))?.unwrap_or_default();
+                for topic in image.topics.values_mut().filter(|t| t.assignments.is_empty()) {
+                    topic.assignments = vec![vec![node_id]; topic.partitions.max(0) as usize];
+                }
+                StateMachineData {
+                    image,
+                    ..StateMachineData::default()
+                }
+            }
         };
         let published = Arc::new(Published::new(data.image.clone()));
         Ok(StateMachine {

@@ -15,6 +15,8 @@ use crate::log::manager::{LogManager, TopicPartition};
 
 pub struct ReplicaManager {
     logs: LogManager,
+    /// The image last applied and this broker's id: who leads what.
+    image: RwLock<(Arc<MetadataImage>, i32)>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Woken on every append so delayed fetches can re-check.
     appended: Notify,
@@ -24,6 +26,7 @@ impl ReplicaManager {
     pub fn new(logs: LogManager) -> ReplicaManager {
         ReplicaManager {
             logs,
+            image: RwLock::new((Arc::new(MetadataImage::default()), -1)),
             partitions: RwLock::new(HashMap::new()),
             appended: Notify::new(),
         }
@@ -37,7 +40,20 @@ impl ReplicaManager {
         self.partitions.read().get(tp).cloned()
     }
 
+    /// A partition this broker leads; NOT_LEADER_OR_FOLLOWER for one another
+    /// broker leads (or none does now), UNKNOWN_TOPIC_OR_PARTITION otherwise.
     pub fn get(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
+        let (image, node) = self.image.read().clone();
+        let Some(t) = image
+            .topics
+            .get(topic)
+            .filter(|t| (0..t.partitions).contains(&partition))
+        else {
+            return Err(Error::UnknownTopicOrPartition);
+        };
+        if image.leader(t, partition) != Some(node) {
+            return Err(Error::NotLeaderOrFollower);
+        }
         self.partition(&TopicPartition::new(topic, partition))
             .ok_or(Error::UnknownTopicOrPartition)
     }
@@ -59,6 +75,7 @@ impl ReplicaManager {
     /// Brings hosted partitions in line with the image: opens new ones, drops
     /// deleted ones and hands changed topic configs to their logs.
     pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Result<()> {
+        *self.image.write() = (Arc::new(image.clone()), broker.node_id);
         let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>)> = HashMap::new();
         for topic in image.topics.values() {
             let mut effective = broker.clone();
@@ -66,7 +83,8 @@ impl ReplicaManager {
                 let _ = effective.set(k, v);
             }
             let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
-            for p in 0..topic.partitions {
+            // This broker keeps a log for each partition it is a replica of.
+            for p in (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id)) {
                 wanted.insert(TopicPartition::new(topic.name.clone(), p), (topic.id, config.clone()));
             }
         }
@@ -79,6 +97,11 @@ impl ReplicaManager {
         for (tp, partition) in existing {
             match wanted.get(&tp) {
                 Some((id, _)) if *id == partition.topic_id => {}
+                // Still a topic, but not a replica here: stop hosting, keep the data.
+                _ if image.topic_by_id(partition.topic_id).is_some() => {
+                    self.partitions.write().remove(&tp);
+                    tracing::info!(%tp, "no longer a replica here; the log stays on disk");
+                }
                 _ => {
                     self.partitions.write().remove(&tp);
                     drop(partition);

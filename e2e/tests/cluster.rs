@@ -1,0 +1,275 @@
+//! Three broker processes in combined mode (broker + controller) form one
+//! cluster over the metadata quorum: one cluster id, every broker listed by
+//! each, topics created through any broker and placed across all three,
+//! librdkafka producing to and consuming from every partition, and a
+//! whole-cluster restart that keeps everything.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fjord_e2e::{free_port, BrokerProcess};
+use fjord_proto::admin::v1 as pb;
+use pb::admin_client::AdminClient;
+use rdkafka::admin::{AdminClient as KafkaAdmin, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    brokers: Vec<BrokerProcess>,
+}
+
+impl Cluster {
+    fn launch(dir: &Path, extra: &[(&str, &str)]) -> Cluster {
+        let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p[1]))
+            .collect();
+        let voters = voters.join(",");
+        let brokers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = (i + 1).to_string();
+                let mut config: Vec<(&str, &str)> = vec![
+                    ("node.id", id.as_str()),
+                    ("controller.quorum.voters", voters.as_str()),
+                    ("broker.session.timeout.ms", "3000"),
+                    ("broker.heartbeat.interval.ms", "500"),
+                ];
+                config.extend_from_slice(extra);
+                BrokerProcess::launch(&dir.join(format!("node-{}", i + 1)), *p, &config)
+            })
+            .collect();
+        let mut c = Cluster { brokers };
+        for b in &mut c.brokers {
+            b.wait_ready(WAIT).unwrap();
+        }
+        c
+    }
+
+    fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .filter(|b| b.pid().is_some())
+            .map(BrokerProcess::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+async fn admin(b: &BrokerProcess) -> AdminClient<tonic::transport::Channel> {
+    AdminClient::connect(format!("http://{}", b.admin)).await.unwrap()
+}
+
+async fn describe(b: &BrokerProcess) -> Option<pb::DescribeClusterResponse> {
+    let mut a = AdminClient::connect(format!("http://{}", b.admin)).await.ok()?;
+    a.describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kafka(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4");
+    c
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32, rf: i32) -> Result<(), RDKafkaErrorCode> {
+    let admin: KafkaAdmin<DefaultClientContext> = kafka(bootstrap).create().unwrap();
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(rf));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.create_topics(&[t], &opts).await {
+        Ok(results) => results[0].clone().map(|_| ()).map_err(|(_, code)| code),
+        Err(e) => Err(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+    }
+}
+
+fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
+    d.brokers.iter().filter(|b| !b.fenced).map(|b| b.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_form_one_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[]);
+
+    // One cluster id; every broker knows all three, registered and unfenced.
+    let mut ids = Vec::new();
+    for b in &cluster.brokers {
+        let d = eventually("three registered brokers", || async {
+            describe(b).await.filter(|d| live_ids(d) == vec![1, 2, 3])
+        })
+        .await;
+        assert!(d.brokers.iter().all(|b| b.controller_voter));
+        ids.push(d.cluster_id);
+    }
+    assert!(ids.iter().all(|id| id == &ids[0] && !id.is_empty()), "{ids:?}");
+    // librdkafka sees three brokers from any one of them.
+    for b in &cluster.brokers {
+        let consumer: BaseConsumer = kafka(&b.bootstrap()).create().unwrap();
+        let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let mut seen: Vec<i32> = md.brokers().iter().map(|b| b.id()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1, 2, 3], "Metadata from {}", b.bootstrap());
+    }
+
+    // A topic created through one broker is placed on all three, whichever is the controller.
+    let controller = describe(&cluster.brokers[0]).await.unwrap().controller_id;
+    let via = cluster
+        .brokers
+        .iter()
+        .find(|b| b.kafka.port() != 0 && describe_id(b) != controller);
+    let via = via.unwrap_or(&cluster.brokers[0]);
+    create_topic(&via.bootstrap(), "spread", 6, 1).await.unwrap();
+    let topic = eventually("the topic on every broker", || async {
+        let mut last = None;
+        for b in &cluster.brokers {
+            let mut a = admin(b).await;
+            last = Some(
+                a.describe_topic(pb::DescribeTopicRequest { name: "spread".into() })
+                    .await
+                    .ok()?
+                    .into_inner(),
+            );
+        }
+        last
+    })
+    .await;
+    assert_eq!(topic.partitions, 6);
+    // Bad input: more replicas than brokers, nothing created.
+    assert_eq!(
+        create_topic(&cluster.bootstrap(), "too-wide", 1, 4).await,
+        Err(RDKafkaErrorCode::InvalidReplicationFactor)
+    );
+
+    // librdkafka finds each partition's leader and round-trips keyed records in order.
+    let producer: FutureProducer = kafka(&cluster.bootstrap()).set("acks", "all").create().unwrap();
+    for i in 0..60 {
+        let key = format!("k{}", i % 6);
+        producer
+            .send(
+                FutureRecord::to("spread")
+                    .key(&key)
+                    .payload(&format!("{i}"))
+                    .partition(i % 6),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some("spread"), Duration::from_secs(10))
+        .unwrap();
+    let mut leaders: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.leader()).collect();
+    leaders.sort_unstable();
+    leaders.dedup();
+    assert_eq!(leaders, vec![1, 2, 3], "partitions lead on every broker");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset("spread", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got: Vec<Vec<i32>> = vec![Vec::new(); 6];
+    let deadline = Instant::now() + WAIT;
+    while got.iter().map(Vec::len).sum::<usize>() < 60 {
+        assert!(Instant::now() < deadline, "consumed {got:?}");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v: i32 = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
+            got[m.partition() as usize].push(v);
+        }
+    }
+    for (p, values) in got.iter().enumerate() {
+        let expected: Vec<i32> = (0..60).filter(|i| i % 6 == p as i32).collect();
+        assert_eq!(values, &expected, "partition {p} in order");
+    }
+
+    // Whole-cluster restart keeps the cluster id, the topics and the records.
+    for b in &mut cluster.brokers {
+        b.stop();
+    }
+    for b in &mut cluster.brokers {
+        b.relaunch();
+    }
+    for b in &mut cluster.brokers {
+        b.wait_ready(WAIT).unwrap();
+    }
+    let d = eventually("the cluster back", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    assert_eq!(d.cluster_id, ids[0]);
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut count = 0;
+    let deadline = Instant::now() + WAIT;
+    while count < 60 {
+        assert!(Instant::now() < deadline, "consumed {count} after restart");
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+            count += 1;
+        }
+    }
+}
+
+fn describe_id(b: &BrokerProcess) -> i32 {
+    b.extra_value("node.id").and_then(|v| v.parse().ok()).unwrap_or(-1)
+}
+
+/// A voter whose node id is not among the voters exits with a clear error.
+#[test]
+fn a_node_id_outside_the_voters_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut b = BrokerProcess::launch(
+        &tmp.path().join("bad"),
+        [free_port(), free_port(), free_port()],
+        &[
+            ("node.id", "7"),
+            ("controller.quorum.voters", "1@127.0.0.1:1,2@127.0.0.1:2"),
+        ],
+    );
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = b.exited() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the broker should refuse to start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    assert!(
+        b.log_text().contains("not among controller.quorum.voters"),
+        "{}",
+        b.log_text()
+    );
+}
