@@ -128,6 +128,7 @@ impl Broker {
         // The admin listener serves the quorum's RPCs now, so the voters can
         // elect a controller; the first one chooses the cluster id.
         ctx.controller.wait_for_cluster_id().await?;
+        ctx.controller.register(&ctx.registration).await?;
         let mut tasks = tasks;
         tasks.push(tokio::spawn(
             ctx.controller.clone().run_lifecycle(ctx.registration.clone(), rx),

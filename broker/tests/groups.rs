@@ -709,7 +709,7 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
     rt.block_on(b.create_topic("orders", 1, &[]));
     let groups = b.broker().ctx.groups.clone();
     assert_eq!(groups.partition_for("my-group"), 12);
-    groups.ensure_offsets_topic().unwrap();
+    rt.block_on(groups.ensure_offsets_topic()).unwrap();
 
     // Where the old mapping put it: an offset of 42 for my-group in partition 36.
     let old = b.broker().ctx.replicas.get(OFFSETS_TOPIC, 36).unwrap();

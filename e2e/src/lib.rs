@@ -114,11 +114,6 @@ impl BrokerProcess {
         b
     }
 
-    /// A config override this broker was started with.
-    pub fn extra_value(&self, name: &str) -> Option<&str> {
-        self.extra.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
     /// Whether the process has exited; its status if so.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok().flatten()?;

@@ -8,7 +8,7 @@ use pb::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
 use crate::context::BrokerContext;
-use crate::controller::image::{ConfigOp, OpType};
+use crate::controller::image::{BrokerRegistration, ConfigOp, OpType};
 use crate::controller::TopicImage;
 use crate::error::Error;
 
@@ -77,28 +77,18 @@ impl Admin for AdminService {
         let c = &self.ctx;
         let image = c.controller.image();
         let voters = c.controller.voter_ids();
-        let mut brokers: Vec<pb::Broker> = image
-            .brokers
-            .values()
-            .map(|b| pb::Broker {
-                id: b.id,
-                host: b.host.clone(),
-                port: b.port,
-                rack: b.rack.clone(),
-                fenced: b.fenced,
-                controller_voter: voters.contains(&b.id),
-            })
-            .collect();
+        let as_pb = |b: &BrokerRegistration| pb::Broker {
+            id: b.id,
+            host: b.host.clone(),
+            port: b.port,
+            rack: b.rack.clone(),
+            fenced: b.fenced,
+            controller_voter: voters.contains(&b.id),
+        };
+        let mut brokers: Vec<pb::Broker> = image.brokers.values().map(as_pb).collect();
+        // Before its registration is applied, this broker still answers for itself.
         if !image.brokers.contains_key(&c.config.node_id) {
-            let b = &c.registration;
-            brokers.push(pb::Broker {
-                id: b.id,
-                host: b.host.clone(),
-                port: b.port,
-                rack: b.rack.clone(),
-                fenced: false,
-                controller_voter: voters.contains(&b.id),
-            });
+            brokers.push(as_pb(&c.registration));
         }
         Ok(Response::new(pb::DescribeClusterResponse {
             cluster_id: image.cluster_id.clone(),
@@ -139,7 +129,8 @@ impl Admin for AdminService {
         let topic = self
             .ctx
             .controller
-            .create_topic(&r.name, partitions, replication, configs, r.validate_only)
+            .create_topic(&r.name, partitions, replication, configs, None, r.validate_only)
+            .await
             .map_err(status)?;
         if r.validate_only {
             return Ok(Response::new(self.describe(&topic)));
@@ -153,7 +144,7 @@ impl Admin for AdminService {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
-        let topic = self.ctx.controller.delete_topic(&name).map_err(|e| match e {
+        let topic = self.ctx.controller.delete_topic(&name).await.map_err(|e| match e {
             Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{name}' does not exist")),
             other => status(other),
         })?;
@@ -171,6 +162,7 @@ impl Admin for AdminService {
         self.ctx
             .controller
             .create_partitions(&r.name, r.count, r.validate_only)
+            .await
             .map_err(|e| match e {
                 Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),
@@ -303,6 +295,7 @@ impl Admin for AdminService {
         self.ctx
             .controller
             .alter_topic_configs(&r.name, &ops, r.validate_only)
+            .await
             .map_err(|e| match e {
                 Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),

@@ -1,4 +1,5 @@
-//! DescribeCluster: the live brokers and the active controller.
+//! DescribeCluster: the live brokers, and this broker as the one to send
+//! admin changes to (it forwards them to the active controller).
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -20,7 +21,8 @@ pub fn describe(apis: &Apis, request: DescribeClusterRequest) -> DescribeCluster
         .collect();
     DescribeClusterResponse::default()
         .with_cluster_id(str(apis.controller.image().cluster_id.clone()))
-        .with_controller_id(BrokerId(apis.controller.active_controller().unwrap_or(node.0)))
+        // A live broker, as in Metadata: it forwards admin changes to the active controller.
+        .with_controller_id(node)
         .with_cluster_authorized_operations(authorized::when(
             request.include_cluster_authorized_operations,
             authorized::CLUSTER,

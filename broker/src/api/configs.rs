@@ -176,7 +176,7 @@ pub fn describe(apis: &Apis, request: DescribeConfigsRequest, version: i16) -> D
 }
 
 /// Applies config operations to one resource (topic or this broker).
-fn alter_resource(
+async fn alter_resource(
     apis: &Apis,
     resource_type: i8,
     name: &str,
@@ -184,10 +184,11 @@ fn alter_resource(
     validate_only: bool,
 ) -> Result<(), Error> {
     match resource_type {
-        RESOURCE_TOPIC => apis.controller.alter_topic_configs(name, ops, validate_only),
+        RESOURCE_TOPIC => apis.controller.alter_topic_configs(name, ops, validate_only).await,
         RESOURCE_BROKER if is_this_broker(apis, name) => {
             apis.controller
-                .alter_broker_configs(ops, name.is_empty(), validate_only)?;
+                .alter_broker_configs(ops, name.is_empty(), validate_only)
+                .await?;
             for op in ops
                 .iter()
                 .filter(|op| !DYNAMIC_BROKER_CONFIGS.contains(&op.name.as_str()))
@@ -214,26 +215,27 @@ fn alter_response(resource_type: i8, name: StrBytes, result: Result<(), Error>) 
     }
 }
 
-pub fn incremental_alter(apis: &Apis, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|r| {
-            let ops: Result<Vec<ConfigOp>, Error> = r
-                .configs
-                .iter()
-                .map(|c| {
-                    let op = OpType::from_code(c.config_operation).ok_or_else(|| {
-                        Error::InvalidRequest(format!("unknown config operation {}", c.config_operation))
-                    })?;
-                    Ok(ConfigOp {
-                        name: c.name.as_str().to_string(),
-                        op,
-                        value: c.value.as_ref().map(|v| v.as_str().to_string()),
-                    })
+pub async fn incremental_alter(
+    apis: &Apis,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let ops: Result<Vec<ConfigOp>, Error> = r
+            .configs
+            .iter()
+            .map(|c| {
+                let op = OpType::from_code(c.config_operation)
+                    .ok_or_else(|| Error::InvalidRequest(format!("unknown config operation {}", c.config_operation)))?;
+                Ok(ConfigOp {
+                    name: c.name.as_str().to_string(),
+                    op,
+                    value: c.value.as_ref().map(|v| v.as_str().to_string()),
                 })
-                .collect();
-            let result = ops.and_then(|ops| {
+            })
+            .collect();
+        let result = match ops {
+            Ok(ops) => {
                 alter_resource(
                     apis,
                     r.resource_type,
@@ -241,20 +243,21 @@ pub fn incremental_alter(apis: &Apis, request: IncrementalAlterConfigsRequest) -
                     &ops,
                     request.validate_only,
                 )
-            });
-            alter_response(r.resource_type, r.resource_name, result)
-        })
-        .collect();
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        responses.push(alter_response(r.resource_type, r.resource_name, result));
+    }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
 /// The legacy AlterConfigs replaces a resource's whole set of overrides.
-pub fn alter(apis: &Apis, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter(apis: &Apis, request: AlterConfigsRequest) -> AlterConfigsResponse {
     let image = apis.controller.image();
-    let responses = request
-        .resources
-        .into_iter()
-        .map(|r| {
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        {
             let name = r.resource_name.as_str();
             let current: Vec<String> = match r.resource_type {
                 RESOURCE_TOPIC => image
@@ -295,14 +298,16 @@ pub fn alter(apis: &Apis, request: AlterConfigsRequest) -> AlterConfigsResponse 
                     value: None,
                 },
             }));
-            let result = alter_resource(apis, r.resource_type, name, &ops, request.validate_only);
+            let result = alter_resource(apis, r.resource_type, name, &ops, request.validate_only).await;
             let response = alter_response(r.resource_type, r.resource_name.clone(), result);
-            kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_resource_type(response.resource_type)
-                .with_resource_name(response.resource_name)
-                .with_error_code(response.error_code)
-                .with_error_message(response.error_message)
-        })
-        .collect();
+            responses.push(
+                kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse::default()
+                    .with_resource_type(response.resource_type)
+                    .with_resource_name(response.resource_name)
+                    .with_error_code(response.error_code)
+                    .with_error_message(response.error_message),
+            );
+        }
+    }
     AlterConfigsResponse::default().with_responses(responses)
 }

@@ -15,14 +15,14 @@ use super::{str, Apis};
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let node = BrokerId(apis.node_id());
     let host = str(apis.advertised.host.clone());
     let port = apis.advertised.port as i32;
     let known_type = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
     // Group coordination lives in __consumer_offsets: create it on first lookup, as Kafka does.
     if request.key_type == KEY_TYPE_GROUP {
-        if let Err(e) = apis.groups.ensure_offsets_topic() {
+        if let Err(e) = apis.groups.ensure_offsets_topic().await {
             tracing::warn!(error = %e, "creating the offsets topic failed");
         }
     }

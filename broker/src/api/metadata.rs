@@ -12,7 +12,7 @@ use super::{authorized, str, Apis};
 use crate::controller::TopicImage;
 use crate::error::Error;
 
-pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(apis.node_id());
     // Fields are only set from the version that has them: the codec refuses others.
     let brokers: Vec<MetadataResponseBroker> = apis
@@ -28,7 +28,6 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
                 .with_rack(rack)
         })
         .collect();
-    let controller = BrokerId(apis.controller.active_controller().unwrap_or(node.0));
     let auto_create = apis.controller.effective_broker_config().auto_create_topics_enable
         && (version < 4 || request.allow_auto_topic_creation);
 
@@ -36,18 +35,21 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
         // v0: an empty list means all topics; v1+: null means all topics.
         None => all_topics(apis, version),
         Some(list) if list.is_empty() && version == 0 => all_topics(apis, version),
-        Some(list) => list
-            .into_iter()
-            .map(|t| match t.name {
-                Some(name) => describe_by_name(apis, name, auto_create, version),
-                None => match apis.controller.image().topic_by_id(t.topic_id) {
-                    Some(topic) => describe(apis, topic, version),
-                    None => MetadataResponseTopic::default()
-                        .with_topic_id(t.topic_id)
-                        .with_error_code(ResponseError::UnknownTopicId.code()),
-                },
-            })
-            .collect(),
+        Some(list) => {
+            let mut topics = Vec::with_capacity(list.len());
+            for t in list {
+                topics.push(match t.name {
+                    Some(name) => describe_by_name(apis, name, auto_create, version).await,
+                    None => match apis.controller.image().topic_by_id(t.topic_id) {
+                        Some(topic) => describe(apis, topic, version),
+                        None => MetadataResponseTopic::default()
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ResponseError::UnknownTopicId.code()),
+                    },
+                });
+            }
+            topics
+        }
     };
     let mut topics = topics;
     if version >= 8 {
@@ -67,7 +69,10 @@ pub fn handle(apis: &Apis, request: MetadataRequest, version: i16) -> MetadataRe
         response
     };
     let response = if version >= 1 {
-        response.with_controller_id(controller)
+        // As KRaft brokers do, clients are given a live broker as "controller":
+        // any broker forwards admin changes to the active controller, while a
+        // controller that just died would hold a client's request until it times out.
+        response.with_controller_id(node)
     } else {
         response
     };
@@ -87,7 +92,7 @@ fn all_topics(apis: &Apis, version: i16) -> Vec<MetadataResponseTopic> {
         .collect()
 }
 
-fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, version: i16) -> MetadataResponseTopic {
+async fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, version: i16) -> MetadataResponseTopic {
     if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
         return describe(apis, topic, version);
     }
@@ -95,7 +100,7 @@ fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, version: i1
     // (offsets.topic.num.partitions, compacted), never with topic defaults:
     // groups would otherwise map to partitions that do not exist.
     if auto_create && name.as_str() == crate::group::OFFSETS_TOPIC {
-        if let Err(e) = apis.groups.ensure_offsets_topic() {
+        if let Err(e) = apis.groups.ensure_offsets_topic().await {
             tracing::warn!(error = %e, "creating {} failed", crate::group::OFFSETS_TOPIC);
         }
         if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
@@ -105,7 +110,8 @@ fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, version: i1
     let error = if auto_create {
         match apis
             .controller
-            .create_topic(name.as_str(), -1, -1, BTreeMap::new(), false)
+            .create_topic(name.as_str(), -1, -1, BTreeMap::new(), None, false)
+            .await
         {
             Ok(topic) => {
                 tracing::info!(topic = %topic.name, partitions = topic.partitions, "auto-created topic");

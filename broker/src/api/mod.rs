@@ -136,21 +136,23 @@ impl Apis {
         }
         let response = match request {
             RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r)),
-            RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version)),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version).await),
             RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r, version)?),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(self, r, version)),
-            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(self, r, version)),
-            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(self, r, version)),
-            RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(topics::create_partitions(self, r)),
+            RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(self, r, version).await),
+            RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(self, r, version).await),
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(topics::create_partitions(self, r).await)
+            }
             RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r)),
-            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r)),
+            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r).await),
             RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(self, r, version)),
             RequestKind::IncrementalAlterConfigs(r) => {
-                ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r))
+                ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r).await)
             }
             RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(cluster::describe(self, r)),
-            RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(coordinator::find(self, r, version)),
-            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(self, r)),
+            RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(coordinator::find(self, r, version).await),
+            RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(configs::alter(self, r).await),
             RequestKind::JoinGroup(r) => {
                 ResponseKind::JoinGroup(groups::join(self, r, version, client_host, client_id).await)
             }

@@ -5,13 +5,13 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 
 use super::Apis;
 
-pub fn handle(apis: &Apis, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn handle(apis: &Apis, request: InitProducerIdRequest) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if request.transactional_id.is_some() {
         // Transactions arrive with their own issue; refuse clearly until then.
         return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
-    match apis.controller.allocate_producer_id() {
+    match apis.controller.allocate_producer_id().await {
         Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(e) => {
             tracing::error!(error = %e, "allocating a producer id failed");

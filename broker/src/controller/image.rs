@@ -265,6 +265,9 @@ impl MetadataImage {
         self.topics.values().find(|t| t.id == id)
     }
 
+    /// A new topic, its replicas placed over the live brokers, or as
+    /// `assignments` names them (then `partitions` and `replication_factor`
+    /// follow from it).
     pub fn create_topic(
         &mut self,
         broker: &BrokerConfig,
@@ -272,6 +275,7 @@ impl MetadataImage {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        assignments: Option<Vec<Vec<i32>>>,
     ) -> Result<TopicImage> {
         validate_topic_name(name)?;
         if self.topics.contains_key(name) {
@@ -284,28 +288,42 @@ impl MetadataImage {
                 "topic '{name}' collides with existing topic '{other}'"
             )));
         }
-        let partitions = if partitions == -1 {
-            broker.num_partitions
-        } else {
-            partitions
+        if let Some(given) = &assignments {
+            let registered: Vec<i32> = if self.brokers.is_empty() {
+                vec![broker.node_id]
+            } else {
+                self.brokers.keys().copied().collect()
+            };
+            placement::validate(given, &registered)?;
+        }
+        let partitions = match (&assignments, partitions) {
+            (Some(given), _) => given.len() as i32,
+            (None, -1) => broker.num_partitions,
+            (None, n) => n,
         };
         if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
             return Err(Error::InvalidPartitions(format!(
                 "number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {partitions}"
             )));
         }
-        let replication_factor = if replication_factor == -1 {
-            broker.default_replication_factor as i16
-        } else {
-            replication_factor
+        let (replication_factor, assignments) = match assignments {
+            Some(given) => (given[0].len() as i16, given),
+            None => {
+                let rf = if replication_factor == -1 {
+                    broker.default_replication_factor as i16
+                } else {
+                    replication_factor
+                };
+                let placed = placement::assign(
+                    &self.placement_candidates(broker),
+                    0,
+                    partitions,
+                    rf,
+                    placement::start_for(name),
+                )?;
+                (rf, placed)
+            }
         };
-        let assignments = placement::assign(
-            &self.placement_candidates(broker),
-            0,
-            partitions,
-            replication_factor,
-            placement::start_for(name),
-        )?;
         LogConfig::with_overrides(broker, &configs)?;
         let topic = TopicImage {
             name: name.to_string(),
@@ -358,8 +376,8 @@ impl MetadataImage {
         }
     }
 
-    pub fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
-        let candidates = self.placement_candidates_for_growth(name);
+    pub fn create_partitions(&mut self, broker: &BrokerConfig, name: &str, count: i32) -> Result<()> {
+        let candidates = self.placement_candidates(broker);
         let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
         if count < topic.partitions {
             return Err(Error::InvalidPartitions(format!(
@@ -391,27 +409,6 @@ impl MetadataImage {
         topic.assignments.extend(added);
         topic.partitions = count;
         Ok(())
-    }
-
-    /// Where added partitions may go: the unfenced brokers; before any has
-    /// registered, the brokers the topics already use.
-    fn placement_candidates_for_growth(&self, name: &str) -> Vec<placement::Candidate> {
-        if !self.brokers.is_empty() {
-            return self.placement_candidates(&BrokerConfig::default());
-        }
-        let mut ids: Vec<i32> = self
-            .topics
-            .get(name)
-            .map(|t| t.assignments.iter().flatten().copied().collect())
-            .unwrap_or_default();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter()
-            .map(|id| placement::Candidate {
-                id,
-                rack: String::new(),
-            })
-            .collect()
     }
 
     pub fn alter_topic_configs(&mut self, broker: &BrokerConfig, name: &str, ops: &[ConfigOp]) -> Result<()> {
@@ -541,36 +538,38 @@ mod tests {
             ..BrokerConfig::default()
         };
         let mut image = MetadataImage::default();
-        let t = image.create_topic(&broker, "a.b", -1, -1, BTreeMap::new()).unwrap();
+        let t = image
+            .create_topic(&broker, "a.b", -1, -1, BTreeMap::new(), None)
+            .unwrap();
         assert_eq!((t.partitions, t.replication_factor), (3, 1));
         assert!(matches!(
-            image.create_topic(&broker, "a.b", 1, 1, BTreeMap::new()),
+            image.create_topic(&broker, "a.b", 1, 1, BTreeMap::new(), None),
             Err(Error::TopicAlreadyExists(_))
         ));
         assert!(matches!(
-            image.create_topic(&broker, "a_b", 1, 1, BTreeMap::new()),
+            image.create_topic(&broker, "a_b", 1, 1, BTreeMap::new(), None),
             Err(Error::InvalidTopic(_))
         ));
         assert!(matches!(
-            image.create_topic(&broker, "c", 0, 1, BTreeMap::new()),
+            image.create_topic(&broker, "c", 0, 1, BTreeMap::new(), None),
             Err(Error::InvalidPartitions(_))
         ));
         // Counts from the network are bounded: no stall opening millions of logs.
         assert!(matches!(
-            image.create_topic(&broker, "c", MAX_PARTITIONS_PER_TOPIC + 1, 1, BTreeMap::new()),
+            image.create_topic(&broker, "c", MAX_PARTITIONS_PER_TOPIC + 1, 1, BTreeMap::new(), None),
             Err(Error::InvalidPartitions(_))
         ));
         assert!(matches!(
-            image.create_partitions("a.b", i32::MAX),
+            image.create_partitions(&broker, "a.b", i32::MAX),
             Err(Error::InvalidPartitions(_))
         ));
         assert!(matches!(
-            image.create_topic(&broker, "c", 1, 3, BTreeMap::new()),
+            image.create_topic(&broker, "c", 1, 3, BTreeMap::new(), None),
             Err(Error::InvalidReplicationFactor(_))
         ));
         let bad = BTreeMap::from([("retention.ms".to_string(), "soon".to_string())]);
         assert!(matches!(
-            image.create_topic(&broker, "c", 1, 1, bad),
+            image.create_topic(&broker, "c", 1, 1, bad, None),
             Err(Error::InvalidConfig(_))
         ));
         assert_eq!(image.topics.len(), 1);
@@ -580,13 +579,13 @@ mod tests {
     fn partitions_only_grow() {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
-        image.create_topic(&broker, "t", 2, 1, BTreeMap::new()).unwrap();
-        assert!(image.create_partitions("t", 1).is_err());
-        assert!(image.create_partitions("t", 2).is_err());
-        image.create_partitions("t", 4).unwrap();
+        image.create_topic(&broker, "t", 2, 1, BTreeMap::new(), None).unwrap();
+        assert!(image.create_partitions(&broker, "t", 1).is_err());
+        assert!(image.create_partitions(&broker, "t", 2).is_err());
+        image.create_partitions(&broker, "t", 4).unwrap();
         assert_eq!(image.topics["t"].partitions, 4);
         assert!(matches!(
-            image.create_partitions("nope", 4),
+            image.create_partitions(&broker, "nope", 4),
             Err(Error::UnknownTopicOrPartition)
         ));
     }
@@ -595,7 +594,7 @@ mod tests {
     fn incremental_config_ops() {
         let broker = BrokerConfig::default();
         let mut image = MetadataImage::default();
-        image.create_topic(&broker, "t", 1, 1, BTreeMap::new()).unwrap();
+        image.create_topic(&broker, "t", 1, 1, BTreeMap::new(), None).unwrap();
         image
             .alter_topic_configs(
                 &broker,

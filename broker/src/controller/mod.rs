@@ -57,10 +57,17 @@ pub struct Controller {
     /// The active controller runs one operation at a time, so each sees the
     /// previous one's records applied.
     write: tokio::sync::Mutex<()>,
-    producer_ids: Mutex<(i64, i64)>,
-    runtime: tokio::runtime::Handle,
-    /// On the active controller: when each broker incarnation last heartbeat.
-    heartbeats: Mutex<HashMap<(i32, uuid::Uuid), tokio::time::Instant>>,
+    /// This broker's block of producer ids: next, end.
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// On the active controller: each broker incarnation's session.
+    sessions: Mutex<HashMap<(i32, uuid::Uuid), Session>>,
+}
+
+/// A broker's session with the active controller.
+struct Session {
+    last_heartbeat: tokio::time::Instant,
+    /// The metadata log index the broker must have applied to be unfenced.
+    catch_up_to: u64,
 }
 
 /// A broker's liveness report to the active controller.
@@ -68,12 +75,15 @@ pub struct Controller {
 pub struct Heartbeat {
     pub id: i32,
     pub incarnation_id: uuid::Uuid,
+    /// The index of the last metadata log entry the broker has applied.
+    pub applied: u64,
 }
 
-/// The controller's answer: whether the broker is registered and unfenced
-/// (if not, it registers again).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The controller's answer: whether it knows this incarnation (if not, the
+/// broker registers again) and whether the broker is unfenced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartbeatReply {
+    pub registered: bool,
     pub active: bool,
 }
 
@@ -134,9 +144,8 @@ impl Controller {
             published,
             peers,
             write: tokio::sync::Mutex::new(()),
-            producer_ids: Mutex::new((0, 0)),
-            runtime: tokio::runtime::Handle::current(),
-            heartbeats: Mutex::new(HashMap::new()),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
+            sessions: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -220,7 +229,7 @@ impl Controller {
         loop {
             let outcome = match self.active_controller() {
                 Some(id) if id as NodeId == self.node_id => self.execute_local(op.clone()).await,
-                Some(id) => self.forward(id as NodeId, &op).await,
+                Some(id) => self.call_controller(id as NodeId, network::Rpc::Write, &op).await,
                 None => Err(ControllerError::NotController("no active controller yet".into())),
             };
             match outcome {
@@ -239,27 +248,22 @@ impl Controller {
         }
     }
 
-    async fn forward(
+    /// A controller RPC to node `id`; its answer carries the controller's own result.
+    async fn call_controller<Req: Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
-        leader: NodeId,
-        op: &ControllerOp,
-    ) -> std::result::Result<(OpResult, u64), ControllerError> {
+        id: NodeId,
+        rpc: network::Rpc,
+        req: &Req,
+    ) -> std::result::Result<Resp, ControllerError> {
         let addr = self
-            .node_addr(leader)
-            .ok_or_else(|| ControllerError::NotController(format!("no address for controller {leader}")))?;
-        let unreachable = |e: String| ControllerError::NotController(format!("controller {leader} at {addr}: {e}"));
-        let mut client = self
+            .node_addr(id)
+            .ok_or_else(|| ControllerError::NotController(format!("no address for controller {id}")))?;
+        let reply: std::result::Result<Resp, ControllerError> = self
             .peers
-            .client(&addr)
-            .map_err(|s| unreachable(s.message().to_string()))?;
-        let payload = fjord_proto::controller::v1::Payload {
-            json: serde_json::to_vec(op).map_err(|e| ControllerError::Storage(e.to_string()))?,
-        };
-        let reply = client
-            .write(payload)
+            .call(&addr, rpc, req, None)
             .await
-            .map_err(|s| unreachable(s.message().to_string()))?;
-        serde_json::from_slice(&reply.get_ref().json).map_err(|e| unreachable(e.to_string()))?
+            .map_err(|s| ControllerError::NotController(format!("controller {id} at {addr}: {}", s.message())))?;
+        reply
     }
 
     /// Runs an operation here, as the active controller: validates it against
@@ -288,93 +292,102 @@ impl Controller {
         }
     }
 
-    /// Blocks on a controller call from synchronous request handling (a
-    /// metadata change is rare; the worker is handed off meanwhile).
-    fn wait<T>(&self, fut: impl std::future::Future<Output = T>) -> T {
-        // Needs the multi-threaded runtime (a current-thread one cannot hand off its thread).
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(fut)),
-            Err(_) => self.runtime.block_on(fut),
-        }
-    }
-
-    pub fn create_topic(
+    pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<TopicImage> {
         if validate_only {
             let broker = self.effective_broker_config();
-            return (*self.image())
-                .clone()
-                .create_topic(&broker, name, partitions, replication_factor, configs);
+            return (*self.image()).clone().create_topic(
+                &broker,
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                assignments,
+            );
         }
         let op = ControllerOp::CreateTopic {
             name: name.to_string(),
             partitions,
             replication_factor,
             configs,
+            assignments,
         };
-        match self.wait(self.execute(op))? {
+        match self.execute(op).await? {
             OpResult::Topic(t) => Ok(t),
             other => Err(unexpected(other)),
         }
     }
 
-    pub fn delete_topic(&self, name: &str) -> Result<TopicImage> {
-        match self.wait(self.execute(ControllerOp::DeleteTopic(name.to_string())))? {
+    pub async fn delete_topic(&self, name: &str) -> Result<TopicImage> {
+        match self.execute(ControllerOp::DeleteTopic(name.to_string())).await? {
             OpResult::Topic(t) => Ok(t),
             other => Err(unexpected(other)),
         }
     }
 
-    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
+    pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
         if validate_only {
-            return (*self.image()).clone().create_partitions(name, count);
+            let broker = self.effective_broker_config();
+            return (*self.image()).clone().create_partitions(&broker, name, count);
         }
-        self.wait(self.execute(ControllerOp::CreatePartitions {
+        self.execute(ControllerOp::CreatePartitions {
             name: name.to_string(),
             count,
-        }))
+        })
+        .await
         .map(|_| ())
     }
 
-    pub fn alter_topic_configs(&self, name: &str, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
+    pub async fn alter_topic_configs(&self, name: &str, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
         if validate_only {
             let broker = self.effective_broker_config();
             return (*self.image()).clone().alter_topic_configs(&broker, name, ops);
         }
-        self.wait(self.execute(ControllerOp::AlterTopicConfigs {
+        self.execute(ControllerOp::AlterTopicConfigs {
             name: name.to_string(),
             ops: ops.to_vec(),
-        }))
+        })
+        .await
         .map(|_| ())
     }
 
-    pub fn alter_broker_configs(&self, ops: &[ConfigOp], default_entity: bool, validate_only: bool) -> Result<()> {
+    pub async fn alter_broker_configs(
+        &self,
+        ops: &[ConfigOp],
+        default_entity: bool,
+        validate_only: bool,
+    ) -> Result<()> {
         if validate_only {
             return (*self.image())
                 .clone()
                 .alter_broker_configs(&self.broker, ops, default_entity);
         }
-        self.wait(self.execute(ControllerOp::AlterBrokerConfigs {
+        self.execute(ControllerOp::AlterBrokerConfigs {
             ops: ops.to_vec(),
             default_entity,
-        }))
+        })
+        .await
         .map(|_| ())
     }
 
     /// A new producer id from this broker's block; blocks come from the
     /// controller, so ids never repeat across brokers or restarts.
-    pub fn allocate_producer_id(&self) -> Result<i64> {
-        let mut ids = self.producer_ids.lock();
+    pub async fn allocate_producer_id(&self) -> Result<i64> {
+        let mut ids = self.producer_ids.lock().await;
         if ids.0 >= ids.1 {
-            let start = match self.wait(self.execute(ControllerOp::AllocateProducerIds {
-                block: PRODUCER_ID_BLOCK,
-            }))? {
+            let start = match self
+                .execute(ControllerOp::AllocateProducerIds {
+                    block: PRODUCER_ID_BLOCK,
+                })
+                .await?
+            {
                 OpResult::ProducerIdBlock(start) => start,
                 other => return Err(unexpected(other)),
             };
@@ -385,42 +398,99 @@ impl Controller {
         Ok(id)
     }
 
-    /// On the active controller: a broker's heartbeat.
-    pub fn receive_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
+    /// On the active controller: a broker's heartbeat. A fenced broker (just
+    /// registered, or silent for a session) is unfenced once it has applied
+    /// the metadata log as far as this controller had when it first asked, so
+    /// it never leads with an image older than its own registration.
+    pub async fn receive_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
         if !self.is_active() {
             return Err(ControllerError::NotController("not the active controller".into()));
         }
-        let active = self
-            .image()
-            .brokers
-            .get(&hb.id)
-            .is_some_and(|b| b.incarnation_id == hb.incarnation_id && !b.fenced);
-        if active {
-            self.heartbeats
-                .lock()
-                .insert((hb.id, hb.incarnation_id), tokio::time::Instant::now());
+        let key = (hb.id, hb.incarnation_id);
+        let fenced = match self.image().brokers.get(&hb.id) {
+            Some(b) if b.incarnation_id == hb.incarnation_id => b.fenced,
+            _ => return Ok(HeartbeatReply::default()),
+        };
+        let caught_up = {
+            let mut sessions = self.sessions.lock();
+            let applied = *self.published.applied.borrow();
+            let session = sessions.entry(key).or_insert(Session {
+                last_heartbeat: tokio::time::Instant::now(),
+                catch_up_to: applied,
+            });
+            session.last_heartbeat = tokio::time::Instant::now();
+            hb.applied >= session.catch_up_to
+        };
+        if fenced && caught_up {
+            self.execute_local(ControllerOp::UnfenceBroker {
+                id: hb.id,
+                incarnation_id: hb.incarnation_id,
+            })
+            .await?;
         }
-        Ok(HeartbeatReply { active })
+        Ok(HeartbeatReply {
+            registered: true,
+            active: !fenced || caught_up,
+        })
     }
 
     /// The brokers to fence now: unfenced, and silent for the session timeout.
     /// A newly active controller gives every broker a full session first.
     fn expired_brokers(&self, session: Duration) -> Vec<(i32, uuid::Uuid)> {
         let now = tokio::time::Instant::now();
-        let mut seen = self.heartbeats.lock();
+        let applied = *self.published.applied.borrow();
+        let mut sessions = self.sessions.lock();
         self.image()
             .brokers
             .values()
             .filter(|b| !b.fenced)
             .map(|b| (b.id, b.incarnation_id))
-            .filter(|key| now.duration_since(*seen.entry(*key).or_insert(now)) > session)
+            .filter(|key| {
+                let s = sessions.entry(*key).or_insert(Session {
+                    last_heartbeat: now,
+                    catch_up_to: applied,
+                });
+                now.duration_since(s.last_heartbeat) > session
+            })
             .collect()
     }
 
-    /// The broker's side: registers with the active controller, then
-    /// heartbeats; registers again whenever the controller says it is not
-    /// active (fenced, or a new incarnation). On the active controller, also
-    /// fences brokers that stopped heartbeating.
+    fn heartbeat(&self, registration: &image::BrokerRegistration) -> Heartbeat {
+        Heartbeat {
+            id: registration.id,
+            incarnation_id: registration.incarnation_id,
+            applied: *self.published.applied.borrow(),
+        }
+    }
+
+    /// Registers this broker with the active controller and waits until it is
+    /// unfenced (caught up with the metadata log). Waits as long as there is
+    /// no quorum, as a Kafka broker does.
+    pub async fn register(&self, registration: &image::BrokerRegistration) -> Result<()> {
+        loop {
+            if let Err(e) = self.execute(ControllerOp::RegisterBroker(registration.clone())).await {
+                tracing::warn!(error = %e, "registering with the controller failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            loop {
+                match self.send_heartbeat(self.heartbeat(registration)).await {
+                    Ok(reply) if reply.active => {
+                        tracing::info!(node_id = registration.id, "registered with the controller and unfenced");
+                        return Ok(());
+                    }
+                    Ok(reply) if !reply.registered => break,
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = ?e, "heartbeat failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Heartbeats to the active controller and registers again when it no
+    /// longer knows this incarnation. On the active controller, also fences
+    /// brokers that stopped heartbeating.
     pub async fn run_lifecycle(
         self: Arc<Self>,
         registration: image::BrokerRegistration,
@@ -428,30 +498,24 @@ impl Controller {
     ) {
         let interval = Duration::from_millis(self.broker.broker_heartbeat_interval_ms.clamp(10, 60_000) as u64);
         let session = Duration::from_millis(self.broker.broker_session_timeout_ms.clamp(100, 3_600_000) as u64);
-        let mut registered = false;
         let mut was_active = false;
         loop {
-            if !registered {
-                match self.execute(ControllerOp::RegisterBroker(registration.clone())).await {
-                    Ok(_) => {
-                        tracing::info!(node_id = registration.id, "registered with the controller");
-                        registered = true;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                () = crate::shutdown::stopped(&mut shutdown) => return,
+            }
+            match self.send_heartbeat(self.heartbeat(&registration)).await {
+                Ok(reply) if !reply.registered => {
+                    if let Err(e) = self.execute(ControllerOp::RegisterBroker(registration.clone())).await {
+                        tracing::warn!(error = %e, "registering again with the controller failed");
                     }
-                    Err(e) => tracing::warn!(error = %e, "registering with the controller failed; retrying"),
                 }
-            } else {
-                let hb = Heartbeat {
-                    id: registration.id,
-                    incarnation_id: registration.incarnation_id,
-                };
-                match self.send_heartbeat(hb).await {
-                    Ok(reply) => registered = reply.active,
-                    Err(e) => tracing::debug!(error = ?e, "heartbeat failed"),
-                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = ?e, "heartbeat failed"),
             }
             let active = self.is_active();
             if active && !was_active {
-                self.heartbeats.lock().clear();
+                self.sessions.lock().clear();
             }
             was_active = active;
             if active {
@@ -462,34 +526,13 @@ impl Controller {
                         .await;
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                () = crate::shutdown::stopped(&mut shutdown) => return,
-            }
         }
     }
 
     async fn send_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
         match self.active_controller() {
-            Some(id) if id as NodeId == self.node_id => self.receive_heartbeat(hb),
-            Some(id) => {
-                let addr = self
-                    .node_addr(id as NodeId)
-                    .ok_or_else(|| ControllerError::NotController(format!("no address for controller {id}")))?;
-                let mut client = self
-                    .peers
-                    .client(&addr)
-                    .map_err(|s| ControllerError::NotController(s.message().to_string()))?;
-                let payload = fjord_proto::controller::v1::Payload {
-                    json: serde_json::to_vec(&hb).map_err(|e| ControllerError::Storage(e.to_string()))?,
-                };
-                let reply = client
-                    .heartbeat(payload)
-                    .await
-                    .map_err(|s| ControllerError::NotController(s.message().to_string()))?;
-                serde_json::from_slice(&reply.get_ref().json)
-                    .map_err(|e| ControllerError::NotController(e.to_string()))?
-            }
+            Some(id) if id as NodeId == self.node_id => self.receive_heartbeat(hb).await,
+            Some(id) => self.call_controller(id as NodeId, network::Rpc::Heartbeat, &hb).await,
             None => Err(ControllerError::NotController("no active controller".into())),
         }
     }
@@ -538,9 +581,20 @@ fn run(
             OpResult::Done
         }
         ControllerOp::RegisterBroker(registration) => {
+            // Fenced until its heartbeat shows it caught up with the log.
             let mut registration = registration.clone();
-            registration.fenced = false;
+            registration.fenced = true;
             image.brokers.insert(registration.id, registration);
+            OpResult::Done
+        }
+        ControllerOp::UnfenceBroker { id, incarnation_id } => {
+            if let Some(b) = image
+                .brokers
+                .get_mut(id)
+                .filter(|b| b.incarnation_id == *incarnation_id)
+            {
+                b.fenced = false;
+            }
             OpResult::Done
         }
         ControllerOp::FenceBroker { id, incarnation_id } => {
@@ -558,10 +612,18 @@ fn run(
             partitions,
             replication_factor,
             configs,
-        } => OpResult::Topic(image.create_topic(&config, name, *partitions, *replication_factor, configs.clone())?),
+            assignments,
+        } => OpResult::Topic(image.create_topic(
+            &config,
+            name,
+            *partitions,
+            *replication_factor,
+            configs.clone(),
+            assignments.clone(),
+        )?),
         ControllerOp::DeleteTopic(name) => OpResult::Topic(image.delete_topic(name)?),
         ControllerOp::CreatePartitions { name, count } => {
-            image.create_partitions(name, *count)?;
+            image.create_partitions(&config, name, *count)?;
             OpResult::Done
         }
         ControllerOp::AlterTopicConfigs { name, ops } => {

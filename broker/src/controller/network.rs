@@ -10,7 +10,7 @@ use std::time::Duration;
 use fjord_proto::controller::v1::quorum_client::QuorumClient;
 use fjord_proto::controller::v1::quorum_server::{Quorum, QuorumServer};
 use fjord_proto::controller::v1::Payload;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -36,6 +36,16 @@ fn decode<T: DeserializeOwned>(payload: &Payload) -> Result<T, Status> {
     serde_json::from_slice(&payload.json).map_err(|e| Status::invalid_argument(format!("malformed payload: {e}")))
 }
 
+/// The quorum's RPCs (`proto/controller.proto`).
+#[derive(Debug, Clone, Copy)]
+pub enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Write,
+    Heartbeat,
+}
+
 /// Channels to the other nodes, by address, shared by every Raft client and forwarder.
 #[derive(Clone, Default)]
 pub struct Peers {
@@ -43,7 +53,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn client(&self, addr: &str) -> Result<QuorumClient<Channel>, Status> {
+    fn client(&self, addr: &str) -> Result<QuorumClient<Channel>, Status> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(addr) {
             return Ok(QuorumClient::new(c.clone()));
@@ -55,6 +65,29 @@ impl Peers {
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(QuorumClient::new(channel))
+    }
+
+    /// One RPC to the node at `addr`: the request as JSON, the reply decoded.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        rpc: Rpc,
+        req: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, Status> {
+        let mut client = self.client(addr)?;
+        let mut request = Request::new(encode(req)?);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            Rpc::Write => client.write(request).await,
+            Rpc::Heartbeat => client.heartbeat(request).await,
+        }?;
+        decode(reply.get_ref())
     }
 }
 
@@ -83,27 +116,17 @@ pub struct PeerClient {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(&self, rpc: &'static str, req: &Req, timeout: Duration) -> RpcResult<Resp, E>
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, timeout: Duration) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = encode(req).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
-        let mut client = self
+        let result: Result<Resp, RaftError<NodeId, E>> = self
             .peers
-            .client(&self.addr)
+            .call(&self.addr, rpc, req, Some(timeout))
+            .await
             .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
-        let mut request = Request::new(payload);
-        request.set_timeout(timeout);
-        let reply = match rpc {
-            "append_entries" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
-        }
-        .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            decode(reply.get_ref()).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -114,7 +137,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call("append_entries", &rpc, option.hard_ttl()).await
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -122,7 +145,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call("install_snapshot", &rpc, option.hard_ttl()).await
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -130,7 +153,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 }
 
@@ -173,7 +196,7 @@ impl Quorum for QuorumService {
 
     async fn heartbeat(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let heartbeat = decode(request.get_ref())?;
-        let result = self.controller.receive_heartbeat(heartbeat);
+        let result = self.controller.receive_heartbeat(heartbeat).await;
         encode(&result).map(Response::new)
     }
 }

@@ -88,8 +88,14 @@ pub fn apply(image: &mut MetadataImage, record: &MetadataRecord) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerOp {
     SetClusterId(String),
-    /// A broker (re)registers at start: unfenced, with its listeners.
+    /// A broker (re)registers at start, with its listeners; fenced until it
+    /// has caught up with the metadata log.
     RegisterBroker(BrokerRegistration),
+    /// Its heartbeat shows it caught up.
+    UnfenceBroker {
+        id: i32,
+        incarnation_id: uuid::Uuid,
+    },
     /// Missed heartbeats or a controlled shutdown.
     FenceBroker {
         id: i32,
@@ -100,6 +106,8 @@ pub enum ControllerOp {
         partitions: i32,
         replication_factor: i16,
         configs: BTreeMap<String, String>,
+        /// Replicas per partition as the client named them.
+        assignments: Option<Vec<Vec<i32>>>,
     },
     DeleteTopic(String),
     CreatePartitions {
@@ -187,13 +195,13 @@ mod tests {
     fn records_replay_the_change() {
         let broker = BrokerConfig::default();
         let mut prev = MetadataImage::default();
-        prev.create_topic(&broker, "a", 2, 1, BTreeMap::new()).unwrap();
-        prev.create_topic(&broker, "b", 1, 1, BTreeMap::new()).unwrap();
+        prev.create_topic(&broker, "a", 2, 1, BTreeMap::new(), None).unwrap();
+        prev.create_topic(&broker, "b", 1, 1, BTreeMap::new(), None).unwrap();
         let mut next = prev.clone();
         next.cluster_id = "c".into();
         next.delete_topic("a").unwrap();
-        next.create_partitions("b", 3).unwrap();
-        next.create_topic(&broker, "c", 1, 1, BTreeMap::new()).unwrap();
+        next.create_partitions(&broker, "b", 3).unwrap();
+        next.create_topic(&broker, "c", 1, 1, BTreeMap::new(), None).unwrap();
         next.next_producer_id_block = 1000;
         next.broker_overrides.insert("log.retention.ms".into(), "1".into());
         let records = diff(&prev, &next);

@@ -284,34 +284,39 @@ impl StateMachine {
     /// `node_id`: the owner of every partition of a pre-quorum image (a
     /// single node held them all).
     pub fn open(dir: &Path, node_id: i32) -> io::Result<StateMachine> {
-        let data = match read_json::<StateMachineData>(&dir.join(SNAPSHOT_FILE))? {
-            Some(data) => data,
+        let (data, legacy) = match read_json::<StateMachineData>(&dir.join(SNAPSHOT_FILE))? {
+            Some(data) => (data, false),
             None => {
-                let mut image: MetadataImage = read_json(&dir.join(LEGACY_IMAGE_FILE))?.unwrap_or_default();
+                let legacy: Option<MetadataImage> = read_json(&dir.join(LEGACY_IMAGE_FILE))?;
+                let found = legacy.is_some();
+                let mut image = legacy.unwrap_or_default();
                 for topic in image.topics.values_mut().filter(|t| t.assignments.is_empty()) {
                     topic.assignments = vec![vec![node_id]; topic.partitions.max(0) as usize];
                 }
-                StateMachineData {
+                let data = StateMachineData {
                     image,
                     ..StateMachineData::default()
-                }
+                };
+                (data, found)
             }
         };
         let published = Arc::new(Published::new(data.image.clone()));
-        Ok(StateMachine {
+        let state = StateMachine {
             dir: dir.to_path_buf(),
             data,
             published,
-        })
+        };
+        if legacy {
+            // The pre-quorum image now lives in the snapshot.
+            state.persist()?;
+            std::fs::remove_file(dir.join(LEGACY_IMAGE_FILE))?;
+            tracing::info!("took the single-node metadata image into the metadata quorum's state");
+        }
+        Ok(state)
     }
 
     fn persist(&self) -> io::Result<()> {
-        write_json(&self.dir.join(SNAPSHOT_FILE), &self.data)?;
-        // The pre-quorum image now lives in the snapshot.
-        match std::fs::remove_file(self.dir.join(LEGACY_IMAGE_FILE)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        write_json(&self.dir.join(SNAPSHOT_FILE), &self.data)
     }
 
     fn snapshot(&self) -> io::Result<Snapshot<TypeConfig>> {
@@ -433,6 +438,29 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(records),
         }
+    }
+
+    /// A data directory from before the quorum: its image becomes the state
+    /// machine's, every partition on this node, and the old file goes.
+    #[test]
+    fn a_single_node_image_is_taken_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = serde_json::json!({
+            "cluster_id": "old-cluster",
+            "topics": {"orders": {"name": "orders", "id": uuid::Uuid::new_v4(), "partitions": 2,
+                                  "replication_factor": 1, "configs": {}}},
+            "next_producer_id_block": 3000,
+            "broker_overrides": {}
+        });
+        std::fs::write(dir.path().join(LEGACY_IMAGE_FILE), legacy.to_string()).unwrap();
+        let state = StateMachine::open(dir.path(), 7).unwrap();
+        let image = &state.data.image;
+        assert_eq!(image.cluster_id, "old-cluster");
+        assert_eq!(image.next_producer_id_block, 3000);
+        assert_eq!(image.topics["orders"].assignments, vec![vec![7], vec![7]]);
+        assert!(!dir.path().join(LEGACY_IMAGE_FILE).exists());
+        let again = StateMachine::open(dir.path(), 7).unwrap();
+        assert_eq!(&again.data.image, image, "kept in the snapshot");
     }
 
     #[test]

@@ -128,8 +128,9 @@ impl GroupCoordinator {
         partition_for(group, self.config.offsets_partitions)
     }
 
-    /// Creates `__consumer_offsets` (compacted) on first use.
-    pub fn ensure_offsets_topic(&self) -> Result<()> {
+    /// Creates `__consumer_offsets` (compacted) on first use: on a group
+    /// lookup (FindCoordinator) or a Metadata request naming it, as Kafka does.
+    pub async fn ensure_offsets_topic(&self) -> Result<()> {
         if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
             return Ok(());
         }
@@ -142,7 +143,8 @@ impl GroupCoordinator {
         ]);
         match self
             .controller
-            .create_topic(OFFSETS_TOPIC, self.config.offsets_partitions, 1, configs, false)
+            .create_topic(OFFSETS_TOPIC, self.config.offsets_partitions, 1, configs, None, false)
+            .await
         {
             Ok(_) => {
                 tracing::info!(partitions = self.config.offsets_partitions, "created {OFFSETS_TOPIC}");
@@ -287,7 +289,7 @@ impl GroupCoordinator {
         if records.is_empty() {
             return Ok(());
         }
-        self.ensure_offsets_topic()?;
+        // A client reaches a coordinator through FindCoordinator, which made the topic.
         let part = self.replicas.get(OFFSETS_TOPIC, partition)?;
         let ts = now_ms();
         let mut recs: Vec<Record> = records
@@ -356,9 +358,10 @@ impl GroupCoordinator {
                 ..Default::default()
             };
         }
-        if let Err(e) = self.ensure_offsets_topic() {
+        if !self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
+            // Not found through FindCoordinator yet: the client looks again.
             return JoinResult {
-                error: e.code(),
+                error: ResponseError::CoordinatorNotAvailable.code(),
                 generation: -1,
                 ..Default::default()
             };

@@ -15,8 +15,8 @@ use crate::log::manager::{LogManager, TopicPartition};
 
 pub struct ReplicaManager {
     logs: LogManager,
-    /// The image last applied and this broker's id: who leads what.
-    image: RwLock<(Arc<MetadataImage>, i32)>,
+    /// The image last applied: tells a partition led elsewhere from an unknown one.
+    image: RwLock<Arc<MetadataImage>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Woken on every append so delayed fetches can re-check.
     appended: Notify,
@@ -26,7 +26,7 @@ impl ReplicaManager {
     pub fn new(logs: LogManager) -> ReplicaManager {
         ReplicaManager {
             logs,
-            image: RwLock::new((Arc::new(MetadataImage::default()), -1)),
+            image: RwLock::new(Arc::new(MetadataImage::default())),
             partitions: RwLock::new(HashMap::new()),
             appended: Notify::new(),
         }
@@ -43,19 +43,22 @@ impl ReplicaManager {
     /// A partition this broker leads; NOT_LEADER_OR_FOLLOWER for one another
     /// broker leads (or none does now), UNKNOWN_TOPIC_OR_PARTITION otherwise.
     pub fn get(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
-        let (image, node) = self.image.read().clone();
-        let Some(t) = image
+        if let Some(p) = self
+            .partition(&TopicPartition::new(topic, partition))
+            .filter(|p| p.is_leading())
+        {
+            return Ok(p);
+        }
+        let image = self.image.read().clone();
+        let known = image
             .topics
             .get(topic)
-            .filter(|t| (0..t.partitions).contains(&partition))
-        else {
-            return Err(Error::UnknownTopicOrPartition);
-        };
-        if image.leader(t, partition) != Some(node) {
-            return Err(Error::NotLeaderOrFollower);
-        }
-        self.partition(&TopicPartition::new(topic, partition))
-            .ok_or(Error::UnknownTopicOrPartition)
+            .is_some_and(|t| (0..t.partitions).contains(&partition));
+        Err(if known {
+            Error::NotLeaderOrFollower
+        } else {
+            Error::UnknownTopicOrPartition
+        })
     }
 
     pub fn all(&self) -> Vec<Arc<Partition>> {
@@ -75,8 +78,9 @@ impl ReplicaManager {
     /// Brings hosted partitions in line with the image: opens new ones, drops
     /// deleted ones and hands changed topic configs to their logs.
     pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Result<()> {
-        *self.image.write() = (Arc::new(image.clone()), broker.node_id);
-        let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>)> = HashMap::new();
+        *self.image.write() = Arc::new(image.clone());
+        // Partitions this broker is a replica of: topic id, log config, whether it leads.
+        let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, bool)> = HashMap::new();
         for topic in image.topics.values() {
             let mut effective = broker.clone();
             for (k, v) in &image.broker_overrides {
@@ -85,7 +89,11 @@ impl ReplicaManager {
             let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
             // This broker keeps a log for each partition it is a replica of.
             for p in (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id)) {
-                wanted.insert(TopicPartition::new(topic.name.clone(), p), (topic.id, config.clone()));
+                let leading = image.leader(topic, p) == Some(broker.node_id);
+                wanted.insert(
+                    TopicPartition::new(topic.name.clone(), p),
+                    (topic.id, config.clone(), leading),
+                );
             }
         }
         let existing: Vec<(TopicPartition, Arc<Partition>)> = self
@@ -96,7 +104,7 @@ impl ReplicaManager {
             .collect();
         for (tp, partition) in existing {
             match wanted.get(&tp) {
-                Some((id, _)) if *id == partition.topic_id => {}
+                Some((id, _, _)) if *id == partition.topic_id => {}
                 // Still a topic, but not a replica here: stop hosting, keep the data.
                 _ if image.topic_by_id(partition.topic_id).is_some() => {
                     self.partitions.write().remove(&tp);
@@ -110,17 +118,18 @@ impl ReplicaManager {
                 }
             }
         }
-        for (tp, (id, config)) in wanted {
+        for (tp, (id, config, leading)) in wanted {
             if let Some(p) = self.partition(&tp) {
                 if *p.log.config() != *config {
                     p.log.set_config(config);
                 }
+                p.set_leading(leading);
                 continue;
             }
             let log = self.logs.get_or_create(&tp, id, config)?;
-            self.partitions
-                .write()
-                .insert(tp.clone(), Arc::new(Partition::new(tp, id, log, broker.node_id)));
+            let partition = Partition::new(tp.clone(), id, log, broker.node_id);
+            partition.set_leading(leading);
+            self.partitions.write().insert(tp, Arc::new(partition));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! high watermark follows the log end offset after every append; fetches never
 //! read past it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +23,8 @@ pub struct Partition {
     isr: Vec<i32>,
     leader_epoch: i32,
     high_watermark: AtomicI64,
+    /// Whether this broker leads the partition now (set from each metadata image).
+    leading: AtomicBool,
 }
 
 impl Partition {
@@ -37,7 +39,16 @@ impl Partition {
             isr: vec![leader],
             leader_epoch: 0,
             high_watermark: AtomicI64::new(hw),
+            leading: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
     }
 
     pub fn leader_epoch(&self) -> i32 {
