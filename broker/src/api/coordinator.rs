@@ -15,6 +15,14 @@ use super::{str, Apis};
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
+/// Groups live in `__consumer_offsets`: a group lookup, join or commit
+/// creates it (a failure shows in the coordinator's answer).
+pub(super) async fn ensure_offsets_topic(apis: &Apis) {
+    if let Err(e) = apis.groups.ensure_offsets_topic().await {
+        tracing::warn!(error = %e, "creating {} failed", crate::group::OFFSETS_TOPIC);
+    }
+}
+
 pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let node = BrokerId(apis.node_id());
     let host = str(apis.advertised.host.clone());
@@ -22,9 +30,7 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
     let known_type = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
     // Group coordination lives in __consumer_offsets: create it on first lookup, as Kafka does.
     if request.key_type == KEY_TYPE_GROUP {
-        if let Err(e) = apis.groups.ensure_offsets_topic().await {
-            tracing::warn!(error = %e, "creating the offsets topic failed");
-        }
+        ensure_offsets_topic(apis).await;
     }
     // The broker leading a group's partition of __consumer_offsets.
     let group_coordinator = |group: &str| -> Option<(BrokerId, StrBytes, i32)> {

@@ -42,6 +42,7 @@ pub async fn join(
     client_host: &str,
     client_id: &str,
 ) -> JoinGroupResponse {
+    super::coordinator::ensure_offsets_topic(apis).await;
     let req = JoinRequest {
         member_id: r.member_id.as_str().to_string(),
         instance_id: opt(&r.group_instance_id),
@@ -162,7 +163,8 @@ pub fn leave(apis: &Apis, r: LeaveGroupRequest, version: i16) -> LeaveGroupRespo
         .with_members(responses)
 }
 
-pub fn offset_commit(apis: &Apis, r: OffsetCommitRequest, version: i16) -> OffsetCommitResponse {
+pub async fn offset_commit(apis: &Apis, r: OffsetCommitRequest, version: i16) -> OffsetCommitResponse {
+    super::coordinator::ensure_offsets_topic(apis).await;
     let offsets = r
         .topics
         .iter()

@@ -100,9 +100,7 @@ async fn describe_by_name(apis: &Apis, name: TopicName, auto_create: bool, versi
     // (offsets.topic.num.partitions, compacted), never with topic defaults:
     // groups would otherwise map to partitions that do not exist.
     if auto_create && name.as_str() == crate::group::OFFSETS_TOPIC {
-        if let Err(e) = apis.groups.ensure_offsets_topic().await {
-            tracing::warn!(error = %e, "creating {} failed", crate::group::OFFSETS_TOPIC);
-        }
+        super::coordinator::ensure_offsets_topic(apis).await;
         if let Some(topic) = apis.controller.image().topics.get(name.as_str()) {
             return describe(apis, topic, version);
         }

@@ -159,7 +159,7 @@ impl Apis {
             RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync(self, r, version).await),
             RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(self, r)),
             RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(groups::leave(self, r, version)),
-            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(self, r, version)),
+            RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(groups::offset_commit(self, r, version).await),
             RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(groups::offset_fetch(self, r, version)),
             RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list(self, r, version)),
             RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe(self, r, version)),
