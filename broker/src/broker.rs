@@ -28,6 +28,10 @@ pub struct Broker {
     pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Heartbeats stop first on shutdown, so that the controlled shutdown's
+    /// fencing is not undone by one more heartbeat.
+    lifecycle_stop: watch::Sender<bool>,
+    lifecycle: JoinHandle<()>,
     _lock: std::fs::File,
 }
 
@@ -88,12 +92,22 @@ impl Broker {
             incarnation_id: uuid::Uuid::new_v4(),
             host: advertised.host.clone(),
             port: advertised.port as i32,
-            // As the other voters know it; the bound address when alone.
+            // As the other voters know it; otherwise the advertised host with
+            // the admin port (a learner is reached there), or the bound address.
             admin: config
                 .quorum_voters()?
                 .into_iter()
                 .find(|(id, _)| *id == config.node_id && !config.controller_quorum_voters.is_empty())
-                .map_or_else(|| admin_addr.to_string(), |(_, addr)| addr),
+                .map_or_else(
+                    || {
+                        if admin_addr.ip().is_unspecified() {
+                            format!("{}:{}", advertised.host, admin_addr.port())
+                        } else {
+                            admin_addr.to_string()
+                        }
+                    },
+                    |(_, addr)| addr,
+                ),
             rack: config.broker_rack.clone(),
             fenced: false,
         };
@@ -120,6 +134,7 @@ impl Broker {
                 metrics,
                 replicas.clone(),
                 groups.clone(),
+                ctx.controller.clone(),
                 rx.clone(),
             )),
             tokio::spawn(background(ctx.clone(), rx.clone())),
@@ -129,10 +144,12 @@ impl Broker {
         // elect a controller; the first one chooses the cluster id.
         ctx.controller.wait_for_cluster_id().await?;
         ctx.controller.register(&ctx.registration).await?;
-        let mut tasks = tasks;
-        tasks.push(tokio::spawn(
-            ctx.controller.clone().run_lifecycle(ctx.registration.clone(), rx),
-        ));
+        let (lifecycle_stop, lifecycle_rx) = watch::channel(false);
+        let lifecycle = tokio::spawn(
+            ctx.controller
+                .clone()
+                .run_lifecycle(ctx.registration.clone(), lifecycle_rx),
+        );
         // Serve at once; group requests answer COORDINATOR_LOAD_IN_PROGRESS until the load is done.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = groups.load() {
@@ -155,12 +172,22 @@ impl Broker {
             metrics_addr,
             shutdown,
             tasks,
+            lifecycle_stop,
+            lifecycle,
             _lock: lock,
         })
     }
 
-    /// Stops the listeners, then closes every log cleanly and writes the marker.
+    /// Controlled shutdown first (leadership moves away while the listeners
+    /// still answer), then stops the listeners, closes every log cleanly and
+    /// writes the marker.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.lifecycle_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.lifecycle).await;
+        match self.ctx.controller.controlled_shutdown(&self.ctx.registration).await {
+            Ok(()) => tracing::info!("controlled shutdown: leadership moved off this broker"),
+            Err(e) => tracing::warn!(error = %e, "controlled shutdown failed; stopping anyway"),
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;

@@ -159,6 +159,15 @@ config_struct! {
         broker_session_timeout_ms: i64 = "broker.session.timeout.ms", 9000;
         /// How often a broker heartbeats to the active controller.
         broker_heartbeat_interval_ms: i64 = "broker.heartbeat.interval.ms", 2000;
+        /// Let an out-of-sync replica lead when no in-sync one is live, losing
+        /// the records only the ISR held (topic: unclean.leader.election.enable).
+        unclean_leader_election_enable: bool = "unclean.leader.election.enable", false;
+        /// The active controller moves leadership back to preferred replicas.
+        auto_leader_rebalance_enable: bool = "auto.leader.rebalance.enable", true;
+        /// How often the active controller checks leader imbalance.
+        leader_imbalance_check_interval_seconds: i64 = "leader.imbalance.check.interval.seconds", 300;
+        /// Imbalance (share of a broker's preferred partitions led elsewhere) above which leadership moves back.
+        leader_imbalance_per_broker_percentage: i32 = "leader.imbalance.per.broker.percentage", 10;
         /// Kafka protocol listener.
         listeners: String = "listeners", "PLAINTEXT://127.0.0.1:9092".to_string();
         /// Listener given to clients in Metadata; defaults to `listeners`.
@@ -300,6 +309,8 @@ config_struct! {
         delete_retention_ms: i64 = "delete.retention.ms", DAY_MS;
         /// Minimum in-sync replicas for acks=all.
         min_insync_replicas: i32 = "min.insync.replicas", 1;
+        /// Let an out-of-sync replica lead when no in-sync one is live.
+        unclean_leader_election_enable: bool = "unclean.leader.election.enable", false;
         /// Dirty ratio above which the cleaner compacts a log.
         min_cleanable_dirty_ratio: f64 = "min.cleanable.dirty.ratio", 0.5;
         /// Minimum age of a record before it may be compacted.
@@ -329,6 +340,7 @@ impl LogConfig {
             flush_ms: broker.log_flush_interval_ms,
             delete_retention_ms: broker.log_cleaner_delete_retention_ms,
             min_insync_replicas: broker.min_insync_replicas,
+            unclean_leader_election_enable: broker.unclean_leader_election_enable,
             min_cleanable_dirty_ratio: broker.log_cleaner_min_cleanable_ratio,
             min_compaction_lag_ms: broker.log_cleaner_min_compaction_lag_ms,
             max_compaction_lag_ms: broker.log_cleaner_max_compaction_lag_ms,
@@ -354,6 +366,7 @@ impl LogConfig {
             "flush.ms" => "log.flush.interval.ms",
             "delete.retention.ms" => "log.cleaner.delete.retention.ms",
             "min.insync.replicas" => "min.insync.replicas",
+            "unclean.leader.election.enable" => "unclean.leader.election.enable",
             "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
             "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
             "max.compaction.lag.ms" => "log.cleaner.max.compaction.lag.ms",
@@ -600,6 +613,14 @@ impl BrokerConfig {
         Ok(voters)
     }
 
+    /// `process.roles` by membership of the voters: combined on a voter,
+    /// broker alone elsewhere.
+    pub fn take_roles_from_voters(&mut self) -> Result<(), ConfigError> {
+        let voter = self.quorum_voters()?.iter().any(|(id, _)| *id == self.node_id);
+        self.process_roles = if voter { "broker,controller" } else { "broker" }.to_string();
+        Ok(())
+    }
+
     pub fn is_controller(&self) -> bool {
         self.process_roles.split(',').any(|r| r.trim() == "controller")
     }
@@ -607,6 +628,15 @@ impl BrokerConfig {
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.log_dirs.split(',').next().unwrap_or("./data").trim())
     }
+}
+
+/// The ordinal of a StatefulSet pod (`demo-2` -> 2).
+pub fn pod_ordinal(pod_name: &str) -> Option<i32> {
+    let (_, ordinal) = pod_name.rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse().ok()
 }
 
 /// Reads `key=value` lines (`.properties`) or a flat TOML table (`.toml`).
@@ -654,6 +684,25 @@ pub fn parse_properties(text: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn node_id_and_roles_in_a_stateful_set() {
+        assert_eq!(pod_ordinal("demo-2"), Some(2));
+        assert_eq!(pod_ordinal("my-kafka-cluster-10"), Some(10));
+        for bad in ["demo", "demo-", "demo-x1", "demo-99999999999"] {
+            assert_eq!(pod_ordinal(bad), None, "{bad}");
+        }
+        let mut config = BrokerConfig {
+            node_id: 4,
+            controller_quorum_voters: "0@a:1,1@b:1,2@c:1".into(),
+            ..BrokerConfig::default()
+        };
+        config.take_roles_from_voters().unwrap();
+        assert!(!config.is_controller());
+        config.node_id = 1;
+        config.take_roles_from_voters().unwrap();
+        assert!(config.is_controller());
+    }
+
     use super::*;
 
     #[test]

@@ -21,6 +21,14 @@ struct Args {
     /// Shorthand for --override listeners=PLAINTEXT://ADDR.
     #[arg(long)]
     listen: Option<String>,
+    /// node.id from a StatefulSet pod's name: its ordinal (`demo-2` is node 2).
+    /// Kubernetes before 1.28 has no pod-index label to read it from.
+    #[arg(long, value_name = "POD_NAME")]
+    node_id_from_pod_name: Option<String>,
+    /// process.roles from controller.quorum.voters: broker and controller on
+    /// the voters, broker alone on every other node (one config for all pods).
+    #[arg(long)]
+    roles_from_voters: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,7 +47,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         overrides.push(("listeners".into(), format!("PLAINTEXT://{l}")));
     }
-    let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    if let Some(pod) = &args.node_id_from_pod_name {
+        let id = fjord_broker::config::pod_ordinal(pod)
+            .ok_or_else(|| anyhow::anyhow!("pod name '{pod}' does not end in a StatefulSet ordinal"))?;
+        overrides.push(("node.id".into(), id.to_string()));
+    }
+    let mut config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    if args.roles_from_voters {
+        config.take_roles_from_voters()?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let broker = Broker::start(config).await?;

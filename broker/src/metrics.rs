@@ -7,6 +7,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::controller::Controller;
 use crate::group::GroupCoordinator;
 use crate::replica::ReplicaManager;
 
@@ -36,6 +37,96 @@ pub struct Metrics {
     pub group_lag: IntGaugeVec,
     pub group_lag_sum: IntGaugeVec,
     pub group_members: IntGaugeVec,
+    pub controller: ControllerMetrics,
+}
+
+/// The metadata quorum and partition leadership as this broker sees them.
+pub struct ControllerMetrics {
+    active: IntGauge,
+    epoch: IntGauge,
+    elections: IntCounter,
+    log_end_offset: IntGauge,
+    applied_offset: IntGauge,
+    fenced_brokers: IntGauge,
+    active_brokers: IntGauge,
+    leader_count: IntGauge,
+    replica_count: IntGauge,
+    offline_partitions: IntGauge,
+    /// The Raft term last seen, to count elections between scrapes.
+    last_epoch: parking_lot::Mutex<Option<u64>>,
+}
+
+impl ControllerMetrics {
+    fn new(registry: &Registry) -> ControllerMetrics {
+        let g = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        ControllerMetrics {
+            active: g(
+                "fjord_controller_active",
+                "1 on the active controller (Kafka's ActiveControllerCount)",
+            ),
+            epoch: g("fjord_controller_epoch", "The metadata quorum's Raft term"),
+            elections: plain_counter(
+                registry,
+                "fjord_controller_elections_total",
+                "Metadata quorum elections (new Raft terms) seen by this broker since it started",
+            ),
+            log_end_offset: g(
+                "fjord_metadata_log_end_offset",
+                "Index of the last metadata log entry here",
+            ),
+            applied_offset: g(
+                "fjord_metadata_applied_offset",
+                "Index of the last metadata log entry applied to this broker's image",
+            ),
+            fenced_brokers: g("fjord_controller_fenced_brokers", "Registered brokers that are fenced"),
+            active_brokers: g(
+                "fjord_controller_active_brokers",
+                "Registered brokers that are unfenced",
+            ),
+            leader_count: g("fjord_broker_leader_count", "Partitions this broker leads"),
+            replica_count: g(
+                "fjord_broker_partition_count",
+                "Partitions this broker holds a replica of",
+            ),
+            offline_partitions: g(
+                "fjord_controller_offline_partitions",
+                "Partitions in the cluster without a leader",
+            ),
+            last_epoch: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub fn update(&self, controller: &Controller, node_id: i32) {
+        let quorum = controller.quorum_state();
+        self.active.set(i64::from(quorum.active));
+        self.epoch.set(quorum.term as i64);
+        {
+            let mut last = self.last_epoch.lock();
+            if let Some(prev) = *last {
+                self.elections.inc_by(quorum.term.saturating_sub(prev));
+            }
+            *last = Some(quorum.term);
+        }
+        self.log_end_offset.set(quorum.log_end as i64);
+        self.applied_offset.set(quorum.applied as i64);
+        let image = controller.image();
+        let fenced = image.brokers.values().filter(|b| b.fenced).count();
+        self.fenced_brokers.set(fenced as i64);
+        self.active_brokers.set((image.brokers.len() - fenced) as i64);
+        self.leader_count.set(image.leader_count(node_id) as i64);
+        self.replica_count.set(image.replica_count(node_id) as i64);
+        let offline = image
+            .topics
+            .values()
+            .flat_map(|t| &t.states)
+            .filter(|s| s.leader().is_none())
+            .count();
+        self.offline_partitions.set(offline as i64);
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -161,6 +252,7 @@ impl Metrics {
                 "Members per group and state",
                 &["group", "state"],
             ),
+            controller: ControllerMetrics::new(&registry),
             registry,
         })
     }
@@ -234,9 +326,7 @@ impl Metrics {
             self.under_min_isr
                 .with_label_values(&labels)
                 .set(i64::from(p.is_under_min_isr()));
-            // A hosted partition is led by this broker; partitions without a leader
-            // appear here once the controller assigns leaders across brokers.
-            self.offline.with_label_values(&labels).set(0);
+            self.offline.with_label_values(&labels).set(i64::from(p.is_offline()));
             self.isr_size.with_label_values(&labels).set(p.isr().len() as i64);
         }
         let mut out = Vec::new();
@@ -255,6 +345,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     replicas: Arc<ReplicaManager>,
     groups: Arc<GroupCoordinator>,
+    controller: Arc<Controller>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::routing::get;
@@ -263,9 +354,10 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let (m, r, g) = (metrics.clone(), replicas.clone(), groups.clone());
+                let (m, r, g, c) = (metrics.clone(), replicas.clone(), groups.clone(), controller.clone());
                 async move {
                     m.update_groups(&g, &r);
+                    m.controller.update(&c, c.broker_config().node_id);
                     m.render(&r)
                 }
             }),
@@ -331,13 +423,20 @@ mod tests {
         let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
         let groups = Arc::new(GroupCoordinator::new(
             GroupConfig::from_broker(&config),
-            controller,
+            controller.clone(),
             replicas.clone(),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(serve(listener, Metrics::new(), replicas, groups.clone(), rx));
+        let server = tokio::spawn(serve(
+            listener,
+            Metrics::new(),
+            replicas,
+            groups.clone(),
+            controller,
+            rx,
+        ));
         let loading = get(addr, "/readyz").await;
         assert!(loading.starts_with("HTTP/1.1 503"), "{loading}");
         assert!(loading.ends_with("loading __consumer_offsets"), "{loading}");
@@ -347,6 +446,10 @@ mod tests {
         );
         groups.load().unwrap();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        // A quorum of one: this node is the active controller.
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.contains("fjord_controller_active 1"), "{metrics}");
+        assert!(metrics.contains("fjord_controller_epoch 1"), "{metrics}");
         let _ = stop.send(true);
         server.await.unwrap();
     }

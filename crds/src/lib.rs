@@ -206,6 +206,12 @@ pub struct ClusterStatus {
     /// Each broker volume's requested size and the capacity it has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeStatus>,
+    /// Brokers 0..n-1 are the metadata quorum's voters (combined
+    /// broker and controller); the rest follow the quorum. Fixed when the
+    /// cluster is first created, as Kafka's static controller.quorum.voters:
+    /// scaling changes brokers, never the voters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_voters: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

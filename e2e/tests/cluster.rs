@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct Cluster {
     brokers: Vec<BrokerProcess>,
+    voters: String,
 }
 
 impl Cluster {
@@ -49,7 +50,7 @@ impl Cluster {
                 BrokerProcess::launch(&dir.join(format!("node-{}", i + 1)), *p, &config)
             })
             .collect();
-        let mut c = Cluster { brokers };
+        let mut c = Cluster { brokers, voters };
         for b in &mut c.brokers {
             b.wait_ready(WAIT).unwrap();
         }
@@ -103,6 +104,15 @@ async fn create_topic(bootstrap: &str, name: &str, partitions: i32, rf: i32) -> 
         Ok(results) => results[0].clone().map(|_| ()).map_err(|(_, code)| code),
         Err(e) => Err(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
     }
+}
+
+async fn describe_topic(b: &BrokerProcess, name: &str) -> Option<pb::TopicDescription> {
+    admin(b)
+        .await
+        .describe_topic(pb::DescribeTopicRequest { name: name.into() })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
@@ -283,6 +293,20 @@ async fn controller_failover_and_fencing() {
     let controller = d.controller_id;
     let killed = (controller - 1) as usize;
     let survivor = (killed + 1) % 3;
+    // Three partitions, one led by each broker.
+    create_topic(&cluster.bootstrap(), "rf3", 3, 3).await.unwrap();
+    let before = eventually("rf3 led everywhere", || async {
+        describe_topic(&cluster.brokers[survivor], "rf3")
+            .await
+            .filter(|t| t.partition_states.len() == 3 && t.partition_states.iter().all(|p| p.leader > 0))
+    })
+    .await;
+    let led_by_killed = before
+        .partition_states
+        .iter()
+        .find(|p| p.leader == controller)
+        .expect("the controller leads one partition")
+        .clone();
     let killed_at = Instant::now();
     cluster.brokers[killed].kill9();
     let bootstrap = cluster.brokers[survivor].bootstrap();
@@ -306,6 +330,32 @@ async fn controller_failover_and_fencing() {
             .filter(|d| d.brokers.iter().any(|b| b.id == controller && b.fenced))
     })
     .await;
+    // Its partition had no other in-sync replica (followers do not replicate
+    // yet): offline, the ISR keeping the broker that holds every record. The
+    // partitions of the live brokers keep their leaders and take records.
+    let during = describe_topic(&cluster.brokers[survivor], "rf3").await.unwrap();
+    let p = &during.partition_states[led_by_killed.partition as usize];
+    assert!(p.offline && p.leader == -1, "{p:?}");
+    assert_eq!(p.isr, vec![controller]);
+    assert_eq!(p.offline_replicas, vec![controller]);
+    assert!(p.leader_epoch > led_by_killed.leader_epoch);
+    let producer: FutureProducer = kafka(&cluster.brokers[survivor].bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .unwrap();
+    for q in during.partition_states.iter().filter(|q| !q.offline) {
+        producer
+            .send(
+                FutureRecord::to("rf3")
+                    .key("k")
+                    .payload("while one is down")
+                    .partition(q.partition),
+                Duration::from_secs(20),
+            )
+            .await
+            .expect("partitions of live brokers take records");
+    }
     cluster.brokers[killed].relaunch();
     cluster.brokers[killed].wait_ready(WAIT).unwrap();
     eventually("the restarted broker unfenced", || async {
@@ -320,4 +370,81 @@ async fn controller_failover_and_fencing() {
     })
     .await
     .expect("the restarted broker has the topic created while it was down");
+    // Back with every record it held: it leads its partition again, in a new epoch.
+    let after = eventually("the partition led again", || async {
+        describe_topic(&cluster.brokers[survivor], "rf3")
+            .await
+            .filter(|t| t.partition_states[led_by_killed.partition as usize].leader == controller)
+    })
+    .await;
+    assert!(after.partition_states[led_by_killed.partition as usize].leader_epoch > p.leader_epoch);
+}
+
+/// SIGTERM: the broker's controlled shutdown fences it and moves leadership
+/// off before it exits, long before its session would time out. A broker that
+/// is not a voter (process.roles=broker) follows the quorum as a learner,
+/// registers and is listed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controlled_shutdown_and_a_broker_only_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[("broker.session.timeout.ms", "60000")]);
+    let mut fourth = BrokerProcess::launch(
+        &tmp.path().join("node-4"),
+        [free_port(), free_port(), free_port()],
+        &[
+            ("node.id", "4"),
+            ("process.roles", "broker"),
+            ("controller.quorum.voters", cluster.voters.as_str()),
+        ],
+    );
+    fourth.wait_ready(WAIT).unwrap();
+    let d = eventually("four registered brokers", || async {
+        describe(&fourth).await.filter(|d| live_ids(d) == vec![1, 2, 3, 4])
+    })
+    .await;
+    let learner = d.brokers.iter().find(|b| b.id == 4).unwrap();
+    assert!(!learner.controller_voter);
+    let consumer: BaseConsumer = kafka(&fourth.bootstrap()).create().unwrap();
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        md.brokers().len(),
+        4,
+        "Metadata from the broker-only node lists all four"
+    );
+    create_topic(&fourth.bootstrap(), "spread4", 8, 1).await.unwrap();
+    let topic = eventually("spread4 led on all four", || async {
+        describe_topic(&cluster.brokers[0], "spread4").await.filter(|t| {
+            let mut leaders: Vec<i32> = t.partition_states.iter().map(|p| p.leader).collect();
+            leaders.sort_unstable();
+            leaders.dedup();
+            leaders == vec![1, 2, 3, 4]
+        })
+    })
+    .await;
+    assert_eq!(topic.partitions, 8);
+
+    // Stop a broker that is not the active controller; the session is 60 s,
+    // so only the controlled shutdown can have fenced it this soon.
+    let controller = describe(&cluster.brokers[0]).await.unwrap().controller_id;
+    let stopped = (1..=3).find(|id| *id != controller).unwrap();
+    let started = Instant::now();
+    cluster.brokers[(stopped - 1) as usize].stop();
+    let survivor = &cluster.brokers[(controller - 1) as usize];
+    let d = eventually("the stopped broker fenced", || async {
+        describe(survivor)
+            .await
+            .filter(|d| d.brokers.iter().any(|b| b.id == stopped && b.fenced))
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fenced by controlled shutdown"
+    );
+    assert_eq!(
+        d.brokers.iter().find(|b| b.id == stopped).map(|b| b.leader_count),
+        Some(0)
+    );
+    let t = describe_topic(survivor, "spread4").await.unwrap();
+    assert!(t.partition_states.iter().all(|p| p.leader != stopped), "{t:?}");
+    fourth.stop();
 }

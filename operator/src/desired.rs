@@ -95,11 +95,39 @@ fn meta(cluster: &Cluster, object_name: String) -> ObjectMeta {
     }
 }
 
+/// How many brokers (node ids 0..n-1) vote in the metadata quorum: as the
+/// status recorded it when the cluster was created, else the first
+/// `min(replicas, 3)`. Changing the voters of a running quorum by config
+/// would let the new ones elect a leader of their own, so it never changes.
+pub fn controller_voters(cluster: &Cluster) -> i32 {
+    cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.controller_voters)
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| cluster.spec.replicas.clamp(1, 3))
+}
+
+/// `controller.quorum.voters`: each voter's admin listener by its pod's
+/// stable DNS name behind the headless Service.
+pub fn quorum_voters(cluster: &Cluster) -> String {
+    let cluster_name = name(cluster);
+    let ns = cluster.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let headless = headless_service_name(&cluster_name);
+    let admin = cluster.spec.listeners.admin;
+    (0..controller_voters(cluster))
+        .map(|id| format!("{id}@{cluster_name}-{id}.{headless}.{ns}.svc:{admin}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `server.properties`: the user's config over defaults for running in a pod.
-/// Per-pod values (node id, advertised listener, rack) come from the environment.
+/// Per-pod values (node id, advertised listener, rack) come from the pod: the
+/// environment and the pod name.
 pub fn broker_properties(cluster: &Cluster) -> String {
     let l = &cluster.spec.listeners;
     let mut props = BTreeMap::from([
+        ("controller.quorum.voters".to_string(), quorum_voters(cluster)),
         ("listeners".to_string(), format!("PLAINTEXT://0.0.0.0:{}", l.kafka)),
         ("admin.listener".to_string(), format!("0.0.0.0:{}", l.admin)),
         ("metrics.listener".to_string(), format!("0.0.0.0:{}", l.metrics)),
@@ -351,8 +379,6 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
     }
     let mut env_vars = vec![
         env_field("POD_NAME", "metadata.name"),
-        // Broker ids are the StatefulSet ordinals (Kubernetes labels each pod with its index).
-        env_field("FJORD_NODE_ID", "metadata.labels['apps.kubernetes.io/pod-index']"),
         env(
             "FJORD_ADVERTISED_LISTENERS",
             &format!(
@@ -373,10 +399,15 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
     let container = Container {
         name: "broker".into(),
         image: Some(cluster.spec.image.clone().unwrap_or_else(|| default_image.to_string())),
+        // Node ids are the StatefulSet ordinals, read off the pod name (the
+        // pod-index label needs Kubernetes 1.28); the voters also control.
         command: Some(vec![
             "/usr/local/bin/fjord-broker".into(),
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--node-id-from-pod-name".into(),
+            "$(POD_NAME)".into(),
+            "--roles-from-voters".into(),
         ]),
         env: Some(env_vars),
         ports: Some(vec![
@@ -527,7 +558,7 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fjord_crds::ClusterSpec;
+    use fjord_crds::{ClusterSpec, ClusterStatus};
 
     fn cluster(spec: serde_json::Value) -> Cluster {
         let spec: ClusterSpec = serde_json::from_value(spec).unwrap();
@@ -571,7 +602,12 @@ mod tests {
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        assert!(env.contains(&"FJORD_NODE_ID"));
+        assert!(env.contains(&"POD_NAME"));
+        let command = container.command.as_ref().unwrap();
+        assert!(command
+            .windows(2)
+            .any(|w| w == ["--node-id-from-pod-name", "$(POD_NAME)"]));
+        assert!(command.contains(&"--roles-from-voters".to_string()));
         let rack = container
             .env
             .as_ref()
@@ -627,8 +663,37 @@ mod tests {
         ] {
             assert_ne!(h0, hash(&cluster(changed.clone()), "fjord:1"), "{changed}");
         }
-        // Replicas and storage do not change what one pod is.
-        assert_eq!(h0, hash(&cluster(serde_json::json!({"replicas": 5})), "fjord:1"));
+        // Replicas and storage do not change what one pod is, once the
+        // voters are recorded.
+        let mut grown = cluster(serde_json::json!({"replicas": 5}));
+        grown.status = Some(ClusterStatus {
+            controller_voters: Some(1),
+            ..ClusterStatus::default()
+        });
+        assert_eq!(h0, hash(&grown, "fjord:1"));
+    }
+
+    #[test]
+    fn the_first_brokers_vote_and_the_voters_never_change() {
+        let three = cluster(serde_json::json!({"replicas": 5}));
+        assert_eq!(controller_voters(&three), 3);
+        assert_eq!(
+            quorum_voters(&three),
+            "0@events-0.events-brokers.prod.svc:9093,1@events-1.events-brokers.prod.svc:9093,\
+             2@events-2.events-brokers.prod.svc:9093"
+        );
+        assert!(broker_properties(&three).contains("controller.quorum.voters=0@events-0."));
+        assert_eq!(controller_voters(&cluster(serde_json::json!({"replicas": 2}))), 2);
+        // Created with one broker, scaled to five: still one voter.
+        let mut scaled = cluster(serde_json::json!({"replicas": 5}));
+        scaled.status = Some(ClusterStatus {
+            controller_voters: Some(1),
+            ..ClusterStatus::default()
+        });
+        assert_eq!(quorum_voters(&scaled), "0@events-0.events-brokers.prod.svc:9093");
+        // The user's own voters win.
+        let own = cluster(serde_json::json!({"config": {"controller.quorum.voters": "0@x:1"}}));
+        assert!(broker_properties(&own).contains("controller.quorum.voters=0@x:1\n"));
     }
 
     #[test]

@@ -226,30 +226,51 @@ pub fn condition(
     }
 }
 
+/// A broker as the cluster's metadata reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredBroker {
+    pub id: i32,
+    pub fenced: bool,
+}
+
 /// Cluster conditions from what the StatefulSet and the brokers report.
+/// `registered`: the brokers the cluster's metadata knows (Err when the admin
+/// API could not be reached). Ready needs every pod ready and every expected
+/// broker (node ids 0..desired, the pod ordinals) registered and unfenced:
+/// pods that run but never joined the quorum are not one cluster.
 pub fn cluster_conditions(
     previous: &[Condition],
     desired: i32,
     ready: i32,
-    admin_reachable: Result<(), String>,
+    registered: Result<&[RegisteredBroker], String>,
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
-    let all_ready = ready >= desired && admin_reachable.is_ok();
-    let (reason, message) = match (&admin_reachable, ready >= desired) {
-        (Ok(()), true) => ("AllBrokersReady", format!("{ready}/{desired} brokers ready")),
+    let joined = registered.as_ref().map_or(0, |brokers| {
+        (0..desired)
+            .filter(|id| brokers.iter().any(|b| b.id == *id && !b.fenced))
+            .count() as i32
+    });
+    let all_ready = ready >= desired && registered.is_ok() && joined >= desired;
+    let (reason, message) = match (&registered, ready >= desired) {
+        (Ok(_), true) if joined >= desired => ("AllBrokersReady", format!("{ready}/{desired} brokers ready")),
+        (Ok(_), true) => (
+            "BrokersNotRegistered",
+            format!("{ready}/{desired} brokers ready, {joined}/{desired} registered and unfenced with the controller"),
+        ),
         (Err(e), true) => (
             "AdminUnreachable",
             format!("{ready}/{desired} brokers ready, but the admin API is unreachable: {e}"),
         ),
         (_, false) => ("BrokersStarting", format!("{ready}/{desired} brokers ready")),
     };
+    let admin_reachable = registered.map(|_| ());
     vec![
         condition(previous, "Ready", all_ready, reason, &message, generation, now.clone()),
         condition(
             previous,
             "Progressing",
-            ready < desired,
+            ready < desired || (admin_reachable.is_ok() && joined < desired),
             reason,
             &message,
             generation,
@@ -698,11 +719,12 @@ mod tests {
     fn conditions_keep_transition_times() {
         let t0 = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
         let t1 = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap());
-        let first = cluster_conditions(&[], 3, 1, Ok(()), Some(1), t0.clone());
+        let all = brokers(&[(0, false), (1, false), (2, false)]);
+        let first = cluster_conditions(&[], 3, 1, Ok(&all), Some(1), t0.clone());
         assert_eq!(first[0].status, "False");
-        let same = cluster_conditions(&first, 3, 2, Ok(()), Some(1), t1.clone());
+        let same = cluster_conditions(&first, 3, 2, Ok(&all), Some(1), t1.clone());
         assert_eq!(same[0].last_transition_time, t0, "still not ready: no transition");
-        let ready = cluster_conditions(&same, 3, 3, Ok(()), Some(1), t1.clone());
+        let ready = cluster_conditions(&same, 3, 3, Ok(&all), Some(1), t1.clone());
         assert_eq!(
             (ready[0].status.as_str(), ready[0].last_transition_time.clone()),
             ("True", t1)
@@ -710,6 +732,43 @@ mod tests {
         let degraded = cluster_conditions(&ready, 3, 3, Err("timeout".into()), Some(1), t0);
         assert_eq!(degraded[2].status, "True");
         assert_eq!(degraded[0].reason, "AdminUnreachable");
+    }
+
+    fn brokers(list: &[(i32, bool)]) -> Vec<RegisteredBroker> {
+        list.iter()
+            .map(|&(id, fenced)| RegisteredBroker { id, fenced })
+            .collect()
+    }
+
+    /// Three ready pods that form three clusters of one (each lists only
+    /// itself), or one broker fenced, are not Ready.
+    #[test]
+    fn ready_needs_every_broker_registered_and_unfenced() {
+        let t = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+        for registered in [
+            brokers(&[(0, false)]),
+            brokers(&[(0, false), (1, true), (2, false)]),
+            brokers(&[(0, false), (1, false), (7, false)]),
+        ] {
+            let c = cluster_conditions(&[], 3, 3, Ok(&registered), Some(1), t.clone());
+            assert_eq!(
+                (c[0].status.as_str(), c[0].reason.as_str()),
+                ("False", "BrokersNotRegistered")
+            );
+            assert_eq!(c[1].status, "True", "still progressing");
+        }
+        let c = cluster_conditions(
+            &[],
+            3,
+            3,
+            Ok(&brokers(&[(0, false), (1, false), (2, false), (3, true)])),
+            Some(1),
+            t,
+        );
+        assert_eq!(
+            c[0].status, "True",
+            "a fenced broker beyond the expected ones does not count"
+        );
     }
 
     proptest! {

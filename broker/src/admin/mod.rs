@@ -21,20 +21,36 @@ impl AdminService {
         AdminServer::new(AdminService { ctx })
     }
 
+    /// Every partition as the image has it (leader, epochs, ISR, offline
+    /// replicas); the log's offsets where this broker holds a replica.
     fn describe(&self, topic: &TopicImage) -> pb::TopicDescription {
-        let node = self.ctx.config.node_id;
+        let image = self.ctx.controller.image();
         let partition_states = (0..topic.partitions)
-            .filter_map(|p| self.ctx.replicas.get(&topic.name, p).ok())
-            .map(|part| pb::PartitionState {
-                partition: part.tp.partition,
-                leader: node,
-                leader_epoch: part.leader_epoch(),
-                replicas: part.replicas().to_vec(),
-                isr: part.isr().to_vec(),
-                log_start_offset: part.log.log_start_offset(),
-                log_end_offset: part.log.log_end_offset(),
-                high_watermark: part.high_watermark(),
-                size_bytes: part.log.size_bytes() as i64,
+            .map(|p| {
+                let replicas = topic.replicas(p).to_vec();
+                let state = topic.state(p);
+                let isr = state.map(|s| s.isr.clone()).unwrap_or_default();
+                let leader = state.and_then(|s| s.leader());
+                let local = self
+                    .ctx
+                    .replicas
+                    .partition(&crate::log::manager::TopicPartition::new(topic.name.clone(), p));
+                pb::PartitionState {
+                    partition: p,
+                    leader: leader.unwrap_or(-1),
+                    leader_epoch: state.map_or(-1, |s| s.leader_epoch),
+                    partition_epoch: state.map_or(-1, |s| s.partition_epoch),
+                    offline_replicas: replicas.iter().copied().filter(|r| !image.is_live(*r)).collect(),
+                    under_replicated: isr.len() < replicas.len(),
+                    offline: leader.is_none(),
+                    hosted_here: local.is_some(),
+                    log_start_offset: local.as_ref().map_or(-1, |l| l.log.log_start_offset()),
+                    log_end_offset: local.as_ref().map_or(-1, |l| l.log.log_end_offset()),
+                    high_watermark: local.as_ref().map_or(-1, |l| l.high_watermark()),
+                    size_bytes: local.as_ref().map_or(-1, |l| l.log.size_bytes() as i64),
+                    replicas,
+                    isr,
+                }
             })
             .collect();
         let effective_configs = self
@@ -84,6 +100,8 @@ impl Admin for AdminService {
             rack: b.rack.clone(),
             fenced: b.fenced,
             controller_voter: voters.contains(&b.id),
+            leader_count: image.leader_count(b.id) as i32,
+            replica_count: image.replica_count(b.id) as i32,
         };
         let mut brokers: Vec<pb::Broker> = image.brokers.values().map(as_pb).collect();
         // Before its registration is applied, this broker still answers for itself.

@@ -137,12 +137,12 @@ fn describe(apis: &Apis, topic: &TopicImage, version: i16) -> MetadataResponseTo
     let partitions = (0..topic.partitions)
         .map(|p| {
             let replicas = topic.replicas(p);
-            let leader = image.leader(topic, p);
-            // Until followers replicate, the leader is the whole ISR.
-            let isr: Vec<BrokerId> = leader.into_iter().map(BrokerId).collect();
+            let state = topic.state(p);
+            let leader = state.and_then(|s| s.leader());
+            let isr: Vec<BrokerId> = state.map_or(vec![], |s| s.isr.iter().map(|id| BrokerId(*id)).collect());
             let offline: Vec<BrokerId> = replicas
                 .iter()
-                .filter(|id| image.brokers.get(id).is_some_and(|b| b.fenced))
+                .filter(|id| !image.is_live(**id))
                 .map(|id| BrokerId(*id))
                 .collect();
             let partition = MetadataResponsePartition::default()
@@ -161,7 +161,7 @@ fn describe(apis: &Apis, topic: &TopicImage, version: i16) -> MetadataResponseTo
                 partition
             };
             if version >= 7 {
-                partition.with_leader_epoch(0)
+                partition.with_leader_epoch(state.map_or(-1, |s| s.leader_epoch))
             } else {
                 partition
             }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::leadership::{self, Election, PartitionState};
 use super::placement;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
@@ -29,6 +30,7 @@ pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
     "compression.type",
     "message.max.bytes",
     "min.insync.replicas",
+    "unclean.leader.election.enable",
 ];
 
 /// Kafka's dynamic broker configs that Fjord accepts and stores but does not
@@ -54,7 +56,6 @@ pub const KAFKA_DYNAMIC_BROKER_CONFIGS_NOT_ACTED_ON: &[&str] = &[
     "log.cleaner.min.compaction.lag.ms",
     "log.cleaner.max.compaction.lag.ms",
     "log.preallocate",
-    "unclean.leader.election.enable",
     "leader.replication.throttled.rate",
     "follower.replication.throttled.rate",
     "replica.alter.log.dirs.io.max.bytes.per.second",
@@ -128,6 +129,9 @@ pub struct TopicImage {
     /// Replicas of each partition, by index; the first is the preferred leader.
     #[serde(default)]
     pub assignments: Vec<Vec<i32>>,
+    /// Leader, epochs and ISR of each partition, by index.
+    #[serde(default)]
+    pub states: Vec<PartitionState>,
 }
 
 impl TopicImage {
@@ -137,6 +141,10 @@ impl TopicImage {
             .ok()
             .and_then(|p| self.assignments.get(p))
             .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn state(&self, partition: i32) -> Option<&PartitionState> {
+        usize::try_from(partition).ok().and_then(|p| self.states.get(p))
     }
 }
 
@@ -325,6 +333,10 @@ impl MetadataImage {
             }
         };
         LogConfig::with_overrides(broker, &configs)?;
+        let states = assignments
+            .iter()
+            .map(|replicas| PartitionState::initial(replicas, |id| self.is_live(id)))
+            .collect();
         let topic = TopicImage {
             name: name.to_string(),
             id: Uuid::new_v4(),
@@ -332,6 +344,7 @@ impl MetadataImage {
             replication_factor,
             configs,
             assignments,
+            states,
         };
         self.topics.insert(name.to_string(), topic.clone());
         Ok(topic)
@@ -362,22 +375,125 @@ impl MetadataImage {
         live
     }
 
-    /// The partition's leader: its preferred replica while that broker is
-    /// registered and unfenced. Until replication keeps followers in sync the
-    /// ISR is the leader alone, so no other replica may take over (a fenced
-    /// leader's partitions are offline until it returns).
+    /// The partition's leader, as the controller last elected it.
     pub fn leader(&self, topic: &TopicImage, partition: i32) -> Option<i32> {
-        let first = *topic.replicas(partition).first()?;
-        match self.brokers.get(&first) {
-            Some(b) if !b.fenced => Some(first),
-            Some(_) => None,
-            // Not registered yet (the first moments of a quorum): its own node leads it.
-            None => self.brokers.is_empty().then_some(first),
+        topic.state(partition)?.leader()
+    }
+
+    /// How many partitions broker `id` leads now.
+    pub fn leader_count(&self, id: i32) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.states)
+            .filter(|s| s.leader == id)
+            .count()
+    }
+
+    /// How many partitions broker `id` holds a replica of.
+    pub fn replica_count(&self, id: i32) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| &t.assignments)
+            .filter(|r| r.contains(&id))
+            .count()
+    }
+
+    /// Whether a broker may lead or be in sync: registered and unfenced.
+    /// Before any broker has registered (a quorum's first moments, or an image
+    /// from a single node), every replica counts as live.
+    pub fn is_live(&self, id: i32) -> bool {
+        match self.brokers.get(&id) {
+            Some(b) => !b.fenced,
+            None => self.brokers.is_empty(),
+        }
+    }
+
+    /// Runs an election on every partition (after brokers were fenced or
+    /// unfenced, or to restore preferred leaders). `unclean` is the broker
+    /// default of unclean.leader.election.enable; topics may override it.
+    /// Answers how many partitions changed.
+    pub fn elect_leaders(
+        &mut self,
+        broker: &BrokerConfig,
+        election: Election,
+        only: Option<&[(String, i32)]>,
+    ) -> usize {
+        let live: std::collections::BTreeSet<i32> = self.brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
+        let anyone = self.brokers.is_empty();
+        let is_live = |id: i32| anyone || live.contains(&id);
+        let mut changed = 0;
+        for topic in self.topics.values_mut() {
+            let unclean = LogConfig::with_overrides(broker, &topic.configs)
+                .map_or(broker.unclean_leader_election_enable, |c| {
+                    c.unclean_leader_election_enable
+                });
+            for p in 0..topic.partitions {
+                if only.is_some_and(|only| !only.iter().any(|(t, q)| *t == topic.name && *q == p)) {
+                    continue;
+                }
+                let (Some(replicas), Some(state)) = (topic.assignments.get(p as usize), topic.states.get(p as usize))
+                else {
+                    continue;
+                };
+                if let Some(next) = leadership::elect(replicas, state, is_live, unclean, election) {
+                    topic.states[p as usize] = next;
+                    changed += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The partitions whose preferred leader should lead again: those of every
+    /// broker whose leader imbalance is above `percent` (Kafka's
+    /// leader.imbalance.per.broker.percentage), where that broker is live and
+    /// in sync.
+    pub fn preferred_leader_moves(&self, percent: i32) -> Vec<(String, i32)> {
+        // Per preferred broker: partitions it is preferred for, of those it
+        // leads, and the ones it could take back.
+        #[derive(Default)]
+        struct Preferred {
+            of: usize,
+            leading: usize,
+            movable: Vec<(String, i32)>,
+        }
+        let mut per_broker: BTreeMap<i32, Preferred> = BTreeMap::new();
+        for topic in self.topics.values() {
+            for p in 0..topic.partitions {
+                let (Some(&preferred), Some(state)) = (topic.replicas(p).first(), topic.state(p)) else {
+                    continue;
+                };
+                let entry = per_broker.entry(preferred).or_default();
+                entry.of += 1;
+                if state.leader == preferred {
+                    entry.leading += 1;
+                } else if self.is_live(preferred) && state.isr.contains(&preferred) {
+                    entry.movable.push((topic.name.clone(), p));
+                }
+            }
+        }
+        per_broker
+            .into_values()
+            .filter(|b| leadership::imbalance_percent(b.of, b.leading) > percent.max(0) as usize)
+            .flat_map(|b| b.movable)
+            .collect()
+    }
+
+    /// Fills in partition states an older image lacks: each partition led by
+    /// its first replica, which is its ISR.
+    pub fn fill_partition_states(&mut self) {
+        for topic in self.topics.values_mut() {
+            let from = topic.states.len();
+            for p in from..topic.assignments.len() {
+                let state = PartitionState::initial(&topic.assignments[p], |_| true);
+                topic.states.push(state);
+            }
         }
     }
 
     pub fn create_partitions(&mut self, broker: &BrokerConfig, name: &str, count: i32) -> Result<()> {
         let candidates = self.placement_candidates(broker);
+        let live: Vec<i32> = candidates.iter().map(|c| c.id).collect();
         let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
         if count < topic.partitions {
             return Err(Error::InvalidPartitions(format!(
@@ -406,6 +522,11 @@ impl MetadataImage {
             rf,
             placement::start_for(name),
         )?;
+        topic.states.extend(
+            added
+                .iter()
+                .map(|replicas| PartitionState::initial(replicas, |id| live.contains(&id))),
+        );
         topic.assignments.extend(added);
         topic.partitions = count;
         Ok(())
@@ -573,6 +694,67 @@ mod tests {
             Err(Error::InvalidConfig(_))
         ));
         assert_eq!(image.topics.len(), 1);
+    }
+
+    fn registered(id: i32) -> BrokerRegistration {
+        BrokerRegistration {
+            id,
+            incarnation_id: Uuid::new_v4(),
+            host: "127.0.0.1".into(),
+            port: 9092,
+            admin: String::new(),
+            rack: String::new(),
+            fenced: false,
+        }
+    }
+
+    /// Fencing a leader elects from the ISR; the preferred replica takes its
+    /// partitions back once it is live and in sync and the imbalance is high.
+    #[test]
+    fn elections_follow_liveness_and_preference() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        for id in [1, 2, 3] {
+            image.brokers.insert(id, registered(id));
+        }
+        image
+            .create_topic(&broker, "t", 2, 2, BTreeMap::new(), Some(vec![vec![1, 2], vec![2, 1]]))
+            .unwrap();
+        assert_eq!(image.leader(&image.topics["t"], 0), Some(1));
+        // As replication will: both replicas in sync.
+        for s in &mut image.topics.get_mut("t").unwrap().states {
+            s.isr = vec![1, 2];
+        }
+        image.brokers.get_mut(&1).unwrap().fenced = true;
+        assert_eq!(
+            image.elect_leaders(&broker, Election::Failover, None),
+            2,
+            "p0 moves, p1 shrinks"
+        );
+        let t = &image.topics["t"];
+        assert_eq!(
+            (t.states[0].leader, t.states[0].leader_epoch, t.states[0].isr.clone()),
+            (2, 1, vec![2])
+        );
+        assert_eq!((image.leader_count(2), image.leader_count(1)), (2, 0));
+        // Back and (as replication will report) in sync again: preferred election.
+        image.brokers.get_mut(&1).unwrap().fenced = false;
+        assert!(
+            image.preferred_leader_moves(10).is_empty(),
+            "out of sync: nothing to move"
+        );
+        for s in &mut image.topics.get_mut("t").unwrap().states {
+            s.isr = vec![2, 1];
+        }
+        assert_eq!(image.preferred_leader_moves(10), vec![("t".to_string(), 0)]);
+        assert!(
+            image.preferred_leader_moves(100).is_empty(),
+            "within the allowed imbalance"
+        );
+        let moves = image.preferred_leader_moves(10);
+        assert_eq!(image.elect_leaders(&broker, Election::Preferred, Some(&moves)), 1);
+        assert_eq!(image.leader(&image.topics["t"], 0), Some(1));
+        assert_eq!(image.topics["t"].states[0].leader_epoch, 2);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! controller forwards the operation to it. A single node is a quorum of one.
 
 pub mod image;
+pub mod leadership;
 pub mod network;
 pub mod placement;
 pub mod records;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
 pub use image::{ConfigOp, MetadataImage, TopicImage};
+use leadership::Election;
 use network::{NetworkFactory, Peers};
 pub use records::{ControllerError, ControllerOp, OpResult};
 use store::{LogStore, NodeId, Published, RecordBatch, StateMachine};
@@ -61,6 +63,15 @@ pub struct Controller {
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// On the active controller: each broker incarnation's session.
     sessions: Mutex<HashMap<(i32, uuid::Uuid), Session>>,
+}
+
+/// The metadata quorum as one node sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct QuorumState {
+    pub active: bool,
+    pub term: u64,
+    pub log_end: u64,
+    pub applied: u64,
 }
 
 /// A broker's session with the active controller.
@@ -185,6 +196,18 @@ impl Controller {
         live
     }
 
+    /// The quorum as this node sees it, for metrics.
+    pub fn quorum_state(&self) -> QuorumState {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        QuorumState {
+            active: m.state == ServerState::Leader && m.current_leader == Some(self.node_id),
+            term: m.current_term,
+            log_end: m.last_log_index.unwrap_or(0),
+            applied: *self.published.applied.borrow(),
+        }
+    }
+
     pub fn voter_ids(&self) -> Vec<i32> {
         self.voters.keys().map(|id| *id as i32).collect()
     }
@@ -192,6 +215,11 @@ impl Controller {
     /// Waits until the quorum has a cluster id (the first active controller
     /// sets it), proposing it when this node leads and there is none yet.
     pub async fn wait_for_cluster_id(&self) -> Result<()> {
+        // A broker that is not a voter receives the log only once it has
+        // registered (as a learner); its registration waits for the id.
+        if !self.voters.contains_key(&self.node_id) {
+            return Ok(());
+        }
         loop {
             if !self.image().cluster_id.is_empty() {
                 return Ok(());
@@ -229,8 +257,7 @@ impl Controller {
         loop {
             let outcome = match self.active_controller() {
                 Some(id) if id as NodeId == self.node_id => self.execute_local(op.clone()).await,
-                Some(id) => self.call_controller(id as NodeId, network::Rpc::Write, &op).await,
-                None => Err(ControllerError::NotController("no active controller yet".into())),
+                _ => self.to_controller(network::Rpc::Write, &op).await,
             };
             match outcome {
                 Ok((result, index)) => {
@@ -246,6 +273,54 @@ impl Controller {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A controller RPC to the active controller. A broker that is not a
+    /// voter does not know it before it follows the log (it is added as a
+    /// learner when it registers), so it asks each voter in turn.
+    async fn to_controller<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        rpc: network::Rpc,
+        req: &Req,
+    ) -> std::result::Result<Resp, ControllerError> {
+        if let Some(id) = self.active_controller() {
+            return self.call_controller(id as NodeId, rpc, req).await;
+        }
+        if self.voters.contains_key(&self.node_id) {
+            return Err(ControllerError::NotController("no active controller yet".into()));
+        }
+        for id in self.voters.keys() {
+            match self.call_controller(*id, rpc, req).await {
+                Err(ControllerError::NotController(_)) => continue,
+                answer => return answer,
+            }
+        }
+        Err(ControllerError::NotController(
+            "no voter is the active controller".into(),
+        ))
+    }
+
+    /// On the active controller: a broker that is not a voter follows the
+    /// metadata log as a Raft learner (it never votes).
+    async fn add_learner(&self, registration: &image::BrokerRegistration) -> std::result::Result<(), ControllerError> {
+        let id = registration.id as NodeId;
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some_and(|n| n.addr == registration.admin);
+        if known || self.voters.contains_key(&id) {
+            return Ok(());
+        }
+        tracing::info!(broker = id, admin = %registration.admin, "adding a broker to the metadata quorum as a learner");
+        self.raft
+            .add_learner(id, BasicNode::new(registration.admin.clone()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| ControllerError::NotController(e.to_string()))
     }
 
     /// A controller RPC to node `id`; its answer carries the controller's own result.
@@ -271,6 +346,9 @@ impl Controller {
     /// result and the log index that holds it.
     pub async fn execute_local(&self, op: ControllerOp) -> std::result::Result<(OpResult, u64), ControllerError> {
         let _one_at_a_time = self.write.lock().await;
+        if let ControllerOp::RegisterBroker(registration) = &op {
+            self.add_learner(registration).await?;
+        }
         // Our image must hold everything committed before we judge the operation.
         self.raft
             .ensure_linearizable()
@@ -498,6 +576,9 @@ impl Controller {
     ) {
         let interval = Duration::from_millis(self.broker.broker_heartbeat_interval_ms.clamp(10, 60_000) as u64);
         let session = Duration::from_millis(self.broker.broker_session_timeout_ms.clamp(100, 3_600_000) as u64);
+        let imbalance_check =
+            Duration::from_secs(self.broker.leader_imbalance_check_interval_seconds.clamp(1, 86_400) as u64);
+        let mut last_imbalance_check = tokio::time::Instant::now();
         let mut was_active = false;
         loop {
             tokio::select! {
@@ -525,15 +606,60 @@ impl Controller {
                         .execute_local(ControllerOp::FenceBroker { id, incarnation_id })
                         .await;
                 }
+                if last_imbalance_check.elapsed() >= imbalance_check {
+                    last_imbalance_check = tokio::time::Instant::now();
+                    self.rebalance_leaders().await;
+                }
             }
+        }
+    }
+
+    /// Controlled shutdown (on SIGTERM, before the listeners close): the
+    /// controller fences this broker and elects new leaders for what it led,
+    /// so clients move while this broker still answers them. A partition whose
+    /// ISR is this broker alone goes offline until it returns, as in Kafka.
+    pub async fn controlled_shutdown(&self, registration: &image::BrokerRegistration) -> Result<()> {
+        // Bounded: without a quorum (the last voters stopping) nobody can
+        // move anything, and the broker must still stop.
+        let timeout = Duration::from_millis(self.broker.broker_session_timeout_ms.clamp(100, 5_000) as u64);
+        let op = ControllerOp::FenceBroker {
+            id: registration.id,
+            incarnation_id: registration.incarnation_id,
+        };
+        match tokio::time::timeout(timeout, self.execute(op)).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(Error::NotController(format!(
+                "no active controller answered within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// On the active controller: moves leadership back to preferred replicas
+    /// where a broker's leader imbalance is above the configured share.
+    async fn rebalance_leaders(&self) {
+        if !self.broker.auto_leader_rebalance_enable {
+            return;
+        }
+        let percent = self.effective_broker_config().leader_imbalance_per_broker_percentage;
+        if self.image().preferred_leader_moves(percent).is_empty() {
+            return;
+        }
+        match self
+            .execute_local(ControllerOp::ElectPreferredLeaders { partitions: None })
+            .await
+        {
+            Ok((OpResult::Elected(n), _)) if n > 0 => {
+                tracing::info!(partitions = n, "moved leadership back to preferred replicas");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = ?e, "preferred leader election failed"),
         }
     }
 
     async fn send_heartbeat(&self, hb: Heartbeat) -> std::result::Result<HeartbeatReply, ControllerError> {
         match self.active_controller() {
             Some(id) if id as NodeId == self.node_id => self.receive_heartbeat(hb).await,
-            Some(id) => self.call_controller(id as NodeId, network::Rpc::Heartbeat, &hb).await,
-            None => Err(ControllerError::NotController("no active controller".into())),
+            _ => self.to_controller(network::Rpc::Heartbeat, &hb).await,
         }
     }
 
@@ -585,6 +711,8 @@ fn run(
             let mut registration = registration.clone();
             registration.fenced = true;
             image.brokers.insert(registration.id, registration);
+            // A new incarnation replaces a live one: its partitions move now.
+            image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
         }
         ControllerOp::UnfenceBroker { id, incarnation_id } => {
@@ -595,6 +723,8 @@ fn run(
             {
                 b.fenced = false;
             }
+            // Offline partitions whose last in-sync replica is back lead again.
+            image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
         }
         ControllerOp::FenceBroker { id, incarnation_id } => {
@@ -605,7 +735,15 @@ fn run(
             {
                 b.fenced = true;
             }
+            image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
+        }
+        ControllerOp::ElectPreferredLeaders { partitions } => {
+            let moves = match partitions {
+                Some(named) => named.clone(),
+                None => image.preferred_leader_moves(config.leader_imbalance_per_broker_percentage),
+            };
+            OpResult::Elected(image.elect_leaders(&config, Election::Preferred, Some(&moves)))
         }
         ControllerOp::CreateTopic {
             name,

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::image::{BrokerRegistration, ConfigOp, MetadataImage, TopicImage};
+use super::leadership::PartitionState;
 use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,12 @@ pub enum MetadataRecord {
     Broker(BrokerRegistration),
     /// A topic created or changed (partitions, configs).
     Topic(TopicImage),
+    /// One partition's leader, epochs or ISR changed (the rest of its topic did not).
+    PartitionChange {
+        topic: String,
+        partition: i32,
+        state: PartitionState,
+    },
     RemoveTopic(String),
     BrokerOverrides {
         overrides: BTreeMap<String, String>,
@@ -45,8 +52,21 @@ pub fn diff(prev: &MetadataImage, next: &MetadataImage) -> Vec<MetadataRecord> {
         records.push(MetadataRecord::RemoveTopic(name.clone()));
     }
     for (name, topic) in &next.topics {
-        if prev.topics.get(name) != Some(topic) {
-            records.push(MetadataRecord::Topic(topic.clone()));
+        match prev.topics.get(name) {
+            Some(old) if old == topic => {}
+            // Only leadership moved: a record per partition, not the whole topic.
+            Some(old) if same_but_states(old, topic) => {
+                for (p, state) in topic.states.iter().enumerate() {
+                    if old.states.get(p) != Some(state) {
+                        records.push(MetadataRecord::PartitionChange {
+                            topic: name.clone(),
+                            partition: p as i32,
+                            state: state.clone(),
+                        });
+                    }
+                }
+            }
+            _ => records.push(MetadataRecord::Topic(topic.clone())),
         }
     }
     if prev.broker_overrides != next.broker_overrides
@@ -63,6 +83,16 @@ pub fn diff(prev: &MetadataImage, next: &MetadataImage) -> Vec<MetadataRecord> {
     records
 }
 
+fn same_but_states(a: &TopicImage, b: &TopicImage) -> bool {
+    a.states.len() == b.states.len()
+        && a.name == b.name
+        && a.id == b.id
+        && a.partitions == b.partitions
+        && a.replication_factor == b.replication_factor
+        && a.configs == b.configs
+        && a.assignments == b.assignments
+}
+
 pub fn apply(image: &mut MetadataImage, record: &MetadataRecord) {
     match record {
         MetadataRecord::ClusterId(id) => image.cluster_id = id.clone(),
@@ -71,6 +101,19 @@ pub fn apply(image: &mut MetadataImage, record: &MetadataRecord) {
         }
         MetadataRecord::Topic(topic) => {
             image.topics.insert(topic.name.clone(), topic.clone());
+        }
+        MetadataRecord::PartitionChange {
+            topic,
+            partition,
+            state,
+        } => {
+            if let Some(slot) = image
+                .topics
+                .get_mut(topic)
+                .and_then(|t| t.states.get_mut(usize::try_from(*partition).ok()?))
+            {
+                *slot = state.clone();
+            }
         }
         MetadataRecord::RemoveTopic(name) => {
             image.topics.remove(name);
@@ -96,10 +139,16 @@ pub enum ControllerOp {
         id: i32,
         incarnation_id: uuid::Uuid,
     },
-    /// Missed heartbeats or a controlled shutdown.
+    /// Missed heartbeats or a controlled shutdown: its partitions get new
+    /// leaders from their ISR.
     FenceBroker {
         id: i32,
         incarnation_id: uuid::Uuid,
+    },
+    /// Preferred replicas lead again where they are live and in sync: the
+    /// named partitions, or all that auto.leader.rebalance finds imbalanced.
+    ElectPreferredLeaders {
+        partitions: Option<Vec<(String, i32)>>,
     },
     CreateTopic {
         name: String,
@@ -132,6 +181,8 @@ pub enum ControllerOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     Done,
+    /// How many partitions an election changed.
+    Elected(usize),
     Topic(TopicImage),
     ProducerIdBlock(i64),
 }
@@ -203,6 +254,7 @@ mod tests {
         next.create_partitions(&broker, "b", 3).unwrap();
         next.create_topic(&broker, "c", 1, 1, BTreeMap::new(), None).unwrap();
         next.next_producer_id_block = 1000;
+        next.topics.get_mut("b").unwrap().states[0].leader_epoch = 9;
         next.broker_overrides.insert("log.retention.ms".into(), "1".into());
         let records = diff(&prev, &next);
         let mut replayed = prev.clone();
@@ -216,5 +268,27 @@ mod tests {
         }
         assert_eq!(replayed, next);
         assert!(diff(&next, &next).is_empty());
+    }
+
+    #[test]
+    fn a_leadership_change_is_one_record_per_partition() {
+        let broker = BrokerConfig::default();
+        let mut prev = MetadataImage::default();
+        prev.create_topic(&broker, "t", 50, 1, BTreeMap::new(), None).unwrap();
+        let mut next = prev.clone();
+        next.topics.get_mut("t").unwrap().states[7].leader = -1;
+        let records = diff(&prev, &next);
+        assert!(matches!(
+            &records[..],
+            [MetadataRecord::PartitionChange { partition: 7, .. }]
+        ));
+        let mut replayed = prev.clone();
+        apply(&mut replayed, &records[0]);
+        assert_eq!(replayed, next);
+        // A change for a partition that no longer exists is ignored.
+        let mut gone = prev.clone();
+        gone.delete_topic("t").unwrap();
+        apply(&mut gone, &records[0]);
+        assert!(gone.topics.is_empty());
     }
 }

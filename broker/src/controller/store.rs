@@ -300,6 +300,9 @@ impl StateMachine {
                 (data, found)
             }
         };
+        let mut data = data;
+        // Images from before partition states: each partition led by its first replica.
+        data.image.fill_partition_states();
         let published = Arc::new(Published::new(data.image.clone()));
         let state = StateMachine {
             dir: dir.to_path_buf(),
@@ -403,10 +406,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> StorageResult<()> {
         let data: StateMachineData = serde_json::from_slice(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io_err(e)))?;
+        let mut image = data.image;
+        image.fill_partition_states();
         self.data = StateMachineData {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
-            image: data.image,
+            image,
         };
         self.persist()
             .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
@@ -458,6 +463,8 @@ mod tests {
         assert_eq!(image.cluster_id, "old-cluster");
         assert_eq!(image.next_producer_id_block, 3000);
         assert_eq!(image.topics["orders"].assignments, vec![vec![7], vec![7]]);
+        let state = &image.topics["orders"].states[1];
+        assert_eq!((state.leader, state.leader_epoch, state.isr.clone()), (7, 0, vec![7]));
         assert!(!dir.path().join(LEGACY_IMAGE_FILE).exists());
         let again = StateMachine::open(dir.path(), 7).unwrap();
         assert_eq!(&again.data.image, image, "kept in the snapshot");

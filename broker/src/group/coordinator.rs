@@ -128,6 +128,21 @@ impl GroupCoordinator {
         partition_for(group, self.config.offsets_partitions)
     }
 
+    /// Why this broker cannot serve `group` now: its groups are still loading
+    /// (COORDINATOR_LOAD_IN_PROGRESS), or another broker leads the group's
+    /// partition of `__consumer_offsets` (NOT_COORDINATOR: the client looks
+    /// the coordinator up again). Before that topic exists, any broker may
+    /// answer (the join creates it).
+    fn unavailable(&self, group_id: &str) -> Option<i16> {
+        if !self.is_loaded() {
+            return Some(load_in_progress());
+        }
+        match self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) {
+            Ok(_) | Err(Error::UnknownTopicOrPartition) => None,
+            Err(_) => Some(ResponseError::NotCoordinator.code()),
+        }
+    }
+
     /// Creates `__consumer_offsets` (compacted) on first use: on a group
     /// lookup (FindCoordinator) or a Metadata request naming it, as Kafka does.
     pub async fn ensure_offsets_topic(&self) -> Result<()> {
@@ -343,9 +358,9 @@ impl GroupCoordinator {
     }
 
     pub async fn join(&self, group_id: &str, req: JoinRequest) -> JoinResult {
-        if !self.is_loaded() {
+        if let Some(error) = self.unavailable(group_id) {
             return JoinResult {
-                error: load_in_progress(),
+                error,
                 generation: -1,
                 member_id: req.member_id,
                 ..Default::default()
@@ -381,9 +396,9 @@ impl GroupCoordinator {
     }
 
     pub async fn sync(&self, group_id: &str, req: SyncRequest) -> SyncResult {
-        if !self.is_loaded() {
+        if let Some(error) = self.unavailable(group_id) {
             return SyncResult {
-                error: load_in_progress(),
+                error,
                 ..Default::default()
             };
         }
@@ -405,8 +420,8 @@ impl GroupCoordinator {
     }
 
     pub fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
-        if !self.is_loaded() {
-            return load_in_progress();
+        if let Some(error) = self.unavailable(group_id) {
+            return error;
         }
         let mut groups = self.groups.lock();
         match groups.get_mut(group_id) {
@@ -417,8 +432,8 @@ impl GroupCoordinator {
 
     /// Returns the group-level error and one code per member.
     pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> (i16, Vec<i16>) {
-        if !self.is_loaded() {
-            return (load_in_progress(), vec![]);
+        if let Some(error) = self.unavailable(group_id) {
+            return (error, vec![]);
         }
         if !self.groups.lock().contains_key(group_id) {
             return (0, vec![ResponseError::UnknownMemberId.code(); members.len()]);
@@ -454,8 +469,8 @@ impl GroupCoordinator {
         let fail_all = |code: i16, offsets: Vec<CommitRequest>| {
             offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect()
         };
-        if !self.is_loaded() {
-            return fail_all(load_in_progress(), offsets);
+        if let Some(error) = self.unavailable(group_id) {
+            return fail_all(error, offsets);
         }
         if !valid_group_id(group_id) {
             return fail_all(ResponseError::InvalidGroupId.code(), offsets);
@@ -531,8 +546,8 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: Option<Vec<(String, i32)>>,
     ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
-        if !self.is_loaded() {
-            return Err(load_in_progress());
+        if let Some(error) = self.unavailable(group_id) {
+            return Err(error);
         }
         let cache = self.offsets.lock();
         let group = cache.get(group_id);
@@ -576,8 +591,8 @@ impl GroupCoordinator {
     }
 
     pub fn describe(&self, group_id: &str) -> Result<GroupDescription, i16> {
-        if !self.is_loaded() {
-            return Err(load_in_progress());
+        if let Some(error) = self.unavailable(group_id) {
+            return Err(error);
         }
         let groups = self.groups.lock();
         let Some(g) = groups.get(group_id) else {
@@ -626,8 +641,8 @@ impl GroupCoordinator {
 
     /// Deletes empty groups and their offsets (tombstones in the log).
     pub fn delete_group(&self, group_id: &str) -> i16 {
-        if !self.is_loaded() {
-            return load_in_progress();
+        if let Some(error) = self.unavailable(group_id) {
+            return error;
         }
         let mut groups = self.groups.lock();
         match groups.get(group_id) {
@@ -660,8 +675,8 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: Vec<(String, i32)>,
     ) -> Result<Vec<(String, i32, i16)>, i16> {
-        if !self.is_loaded() {
-            return Err(load_in_progress());
+        if let Some(error) = self.unavailable(group_id) {
+            return Err(error);
         }
         let subscribed = {
             let groups = self.groups.lock();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
+use super::partition::Leadership;
 use super::Partition;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::controller::MetadataImage;
@@ -79,8 +80,8 @@ impl ReplicaManager {
     /// deleted ones and hands changed topic configs to their logs.
     pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Result<()> {
         *self.image.write() = Arc::new(image.clone());
-        // Partitions this broker is a replica of: topic id, log config, whether it leads.
-        let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, bool)> = HashMap::new();
+        // Partitions this broker is a replica of: topic id, log config, leadership.
+        let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, Leadership)> = HashMap::new();
         for topic in image.topics.values() {
             let mut effective = broker.clone();
             for (k, v) in &image.broker_overrides {
@@ -89,10 +90,17 @@ impl ReplicaManager {
             let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
             // This broker keeps a log for each partition it is a replica of.
             for p in (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id)) {
-                let leading = image.leader(topic, p) == Some(broker.node_id);
+                let state = topic.state(p);
+                let leadership = Leadership {
+                    leading: image.leader(topic, p) == Some(broker.node_id),
+                    leader: image.leader(topic, p).unwrap_or(-1),
+                    leader_epoch: state.map_or(0, |s| s.leader_epoch),
+                    replicas: topic.replicas(p).to_vec(),
+                    isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
+                };
                 wanted.insert(
                     TopicPartition::new(topic.name.clone(), p),
-                    (topic.id, config.clone(), leading),
+                    (topic.id, config.clone(), leadership),
                 );
             }
         }
@@ -118,17 +126,17 @@ impl ReplicaManager {
                 }
             }
         }
-        for (tp, (id, config, leading)) in wanted {
+        for (tp, (id, config, leadership)) in wanted {
             if let Some(p) = self.partition(&tp) {
                 if *p.log.config() != *config {
                     p.log.set_config(config);
                 }
-                p.set_leading(leading);
+                p.set_leadership(leadership);
                 continue;
             }
             let log = self.logs.get_or_create(&tp, id, config)?;
-            let partition = Partition::new(tp.clone(), id, log, broker.node_id);
-            partition.set_leading(leading);
+            let partition = Partition::new(tp.clone(), id, log);
+            partition.set_leadership(leadership);
             self.partitions.write().insert(tp, Arc::new(partition));
         }
         Ok(())

@@ -1,14 +1,16 @@
-//! One partition this broker leads: its log, replica set and ISR, leader
-//! epoch and high watermark.
+//! One partition this broker holds a replica of: its log, and as the
+//! controller last set them its replica set, ISR, leader epoch and whether
+//! this broker leads it; and the high watermark.
 //!
-//! On a single node the replica set and the ISR are this broker alone, so the
-//! high watermark follows the log end offset after every append; fetches never
+//! Until followers replicate, the ISR is the leader alone, so the high
+//! watermark follows the log end offset after every append; fetches never
 //! read past it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -19,56 +21,76 @@ pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
     pub log: Arc<Log>,
-    replicas: Vec<i32>,
-    isr: Vec<i32>,
-    leader_epoch: i32,
+    leadership: RwLock<Leadership>,
     high_watermark: AtomicI64,
-    /// Whether this broker leads the partition now (set from each metadata image).
-    leading: AtomicBool,
+}
+
+/// The partition's replicas, ISR and leader epoch as the controller last set
+/// them, and whether this broker leads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub leading: bool,
+    /// -1 when the partition is offline.
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
 }
 
 impl Partition {
-    /// A partition led by `leader`, the only replica until replication arrives.
-    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>, leader: i32) -> Partition {
+    /// A partition not led here until [`Partition::set_leadership`] says so.
+    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>) -> Partition {
         let hw = log.log_end_offset();
         Partition {
             tp,
             topic_id,
             log,
-            replicas: vec![leader],
-            isr: vec![leader],
-            leader_epoch: 0,
+            leadership: RwLock::new(Leadership::default()),
             high_watermark: AtomicI64::new(hw),
-            leading: AtomicBool::new(false),
         }
     }
 
     pub fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Acquire)
+        self.leadership.read().leading
     }
 
-    pub fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::Release);
+    pub fn set_leadership(&self, leadership: Leadership) {
+        let mut current = self.leadership.write();
+        if *current != leadership {
+            if leadership.leading && !current.leading {
+                tracing::info!(tp = %self.tp, leader_epoch = leadership.leader_epoch, "leading");
+            } else if current.leading && !leadership.leading {
+                tracing::info!(tp = %self.tp, "no longer leading");
+            }
+            *current = leadership;
+        }
     }
 
+    /// The epoch stamped into batches appended as leader.
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        self.leadership.read().leader_epoch
     }
 
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    pub fn replicas(&self) -> &[i32] {
-        &self.replicas
+    pub fn replicas(&self) -> Vec<i32> {
+        self.leadership.read().replicas.clone()
     }
 
-    pub fn isr(&self) -> &[i32] {
-        &self.isr
+    pub fn isr(&self) -> Vec<i32> {
+        self.leadership.read().isr.clone()
+    }
+
+    /// No leader anywhere: no in-sync replica is live.
+    pub fn is_offline(&self) -> bool {
+        self.leadership.read().leader < 0
     }
 
     pub fn is_under_replicated(&self) -> bool {
-        self.isr.len() < self.replicas.len()
+        let l = self.leadership.read();
+        l.isr.len() < l.replicas.len()
     }
 
     /// Fewer in-sync replicas than the topic's `min.insync.replicas`: acks=all
@@ -81,22 +103,23 @@ impl Partition {
     /// The topic's min.insync.replicas, when the ISR is smaller than it.
     fn min_isr_not_met(&self) -> Option<i32> {
         let min = self.log.config().min_insync_replicas;
-        ((self.isr.len() as i64) < i64::from(min)).then_some(min)
+        ((self.leadership.read().isr.len() as i64) < i64::from(min)).then_some(min)
     }
 
     /// Appends as leader (`acks` as in the Produce request). With the ISR being
     /// this broker, the write is committed at once (acks=all behaves as acks=1
     /// on one node, unless min.insync.replicas asks for more replicas).
     pub fn append(&self, records: &Bytes, acks: i16) -> Result<AppendInfo> {
+        let (isr, leader_epoch) = {
+            let l = self.leadership.read();
+            (l.isr.len(), l.leader_epoch)
+        };
         if acks == -1 {
             if let Some(min) = self.min_isr_not_met() {
-                return Err(Error::NotEnoughReplicas {
-                    isr: self.isr.len(),
-                    min,
-                });
+                return Err(Error::NotEnoughReplicas { isr, min });
             }
         }
-        let info = self.log.append_as_leader(records, self.leader_epoch)?;
+        let info = self.log.append_as_leader(records, leader_epoch)?;
         self.high_watermark.fetch_max(info.last_offset + 1, Ordering::AcqRel);
         Ok(info)
     }

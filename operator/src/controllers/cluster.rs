@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use super::{key, now, paused, write_status, Timer, MANAGER};
 use crate::plan::{
-    cluster_conditions, next_pod_to_restart, rack_condition, volume_condition, volumes_to_expand, PodState, VolumeState,
+    cluster_conditions, next_pod_to_restart, rack_condition, volume_condition, volumes_to_expand, PodState,
+    RegisteredBroker, VolumeState,
 };
 use crate::{admin, desired, Context, Error};
 
@@ -148,11 +149,20 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
+    let registered: Result<Vec<RegisteredBroker>, String> = described.as_ref().map_err(Clone::clone).map(|d| {
+        d.brokers
+            .iter()
+            .map(|b| RegisteredBroker {
+                id: b.id,
+                fenced: b.fenced,
+            })
+            .collect()
+    });
     let mut conditions = cluster_conditions(
         &previous,
         cluster.spec.replicas,
         ready,
-        described.as_ref().map(|_| ()).map_err(Clone::clone),
+        registered.as_deref().map_err(Clone::clone),
         cluster.metadata.generation,
         now(),
     );
@@ -180,6 +190,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         observed_generation: cluster.metadata.generation,
         conditions,
         ready_brokers: ready,
+        controller_voters: Some(desired::controller_voters(&cluster)),
         brokers: described
             .as_ref()
             .map(|d| {
