@@ -216,7 +216,30 @@ async fn three_brokers_form_one_cluster() {
         assert_eq!(values, &expected, "partition {p} in order");
     }
 
-    // Whole-cluster restart keeps the cluster id, the topics and the records.
+    // A topic config and the group's committed offsets, to survive the restart.
+    admin(&cluster.brokers[2])
+        .await
+        .alter_topic_configs(pb::AlterTopicConfigsRequest {
+            name: "spread".into(),
+            ops: vec![pb::ConfigOp {
+                name: "retention.ms".into(),
+                op: 0,
+                value: Some("86400000".into()),
+            }],
+            validate_only: false,
+        })
+        .await
+        .unwrap();
+    let mut committed = TopicPartitionList::new();
+    for p in 0..6 {
+        committed.add_partition_offset("spread", p, Offset::Offset(10)).unwrap();
+    }
+    consumer
+        .commit(&committed, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    drop(consumer);
+
+    // Whole-cluster restart keeps the cluster id, topics, configs, committed offsets and records.
     for b in &mut cluster.brokers {
         b.stop();
     }
@@ -233,11 +256,22 @@ async fn three_brokers_form_one_cluster() {
     })
     .await;
     assert_eq!(d.cluster_id, ids[0]);
+    let t = describe_topic(&cluster.brokers[0], "spread").await.unwrap();
+    assert_eq!(t.configs.get("retention.ms").map(String::as_str), Some("86400000"));
     let consumer: BaseConsumer = kafka(&cluster.bootstrap())
         .set("group.id", "reader")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
+    let offsets = eventually("the committed offsets after the restart", || async {
+        consumer
+            .committed_offsets(committed.clone(), Duration::from_secs(5))
+            .ok()
+    })
+    .await;
+    for e in offsets.elements() {
+        assert_eq!(e.offset(), Offset::Offset(10), "{e:?}");
+    }
     consumer.assign(&tpl).unwrap();
     let mut count = 0;
     let deadline = Instant::now() + WAIT;

@@ -14,6 +14,9 @@ pub mod placement;
 pub mod records;
 pub mod store;
 
+#[cfg(test)]
+mod quorum_tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::path::Path;
@@ -103,6 +106,19 @@ impl Controller {
     /// voter whose log is empty proposes the configured voters as the first
     /// membership (every voter proposing the same one is safe).
     pub async fn start(data_dir: &Path, broker: BrokerConfig) -> Result<Arc<Controller>> {
+        let peers = Peers::default();
+        let network = NetworkFactory { peers: peers.clone() };
+        Controller::start_with(data_dir, broker, network, peers).await
+    }
+
+    /// [`Controller::start`] over a given Raft transport (tests partition an
+    /// in-process one); `peers` still carries forwarded writes and heartbeats.
+    async fn start_with<N: openraft::RaftNetworkFactory<TypeConfig>>(
+        data_dir: &Path,
+        broker: BrokerConfig,
+        network: N,
+        peers: Peers,
+    ) -> Result<Arc<Controller>> {
         let dir = data_dir.join(METADATA_DIR);
         let voters: BTreeMap<NodeId, BasicNode> = broker
             .quorum_voters()?
@@ -131,16 +147,9 @@ impl Controller {
         }
         .validate()
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
-        let peers = Peers::default();
-        let raft = Raft::new(
-            node_id,
-            Arc::new(config),
-            NetworkFactory { peers: peers.clone() },
-            log,
-            state,
-        )
-        .await
-        .map_err(|e| Error::Storage(std::io::Error::other(e.to_string())))?;
+        let raft = Raft::new(node_id, Arc::new(config), network, log, state)
+            .await
+            .map_err(|e| Error::Storage(std::io::Error::other(e.to_string())))?;
         if fresh && broker.is_controller() {
             match raft.initialize(voters.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -554,6 +563,10 @@ impl Controller {
             loop {
                 match self.send_heartbeat(self.heartbeat(registration)).await {
                     Ok(reply) if reply.active => {
+                        // The controller has unfenced us; wait until our own image
+                        // says so too, so that what runs next (loading the groups
+                        // of the partitions we lead) sees our leadership.
+                        self.wait_for_own_unfencing(registration).await;
                         tracing::info!(node_id = registration.id, "registered with the controller and unfenced");
                         return Ok(());
                     }
@@ -563,6 +576,26 @@ impl Controller {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+
+    async fn wait_for_own_unfencing(&self, registration: &image::BrokerRegistration) {
+        let mut applied = self.published.applied.subscribe();
+        let unfenced = |image: &MetadataImage| {
+            image
+                .brokers
+                .get(&registration.id)
+                .is_some_and(|b| b.incarnation_id == registration.incarnation_id && !b.fenced)
+        };
+        let wait = async {
+            while !unfenced(&self.image()) {
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(15), wait).await.is_err() {
+            tracing::warn!("the unfencing record has not reached this broker's image yet");
         }
     }
 

@@ -487,6 +487,14 @@ impl GroupCoordinator {
             return fail_all(code, offsets);
         }
         let ts = now_ms();
+        // Any partition the cluster has may be committed, wherever it is led.
+        let image = self.controller.image();
+        let exists = |topic: &str, partition: i32| {
+            image
+                .topics
+                .get(topic)
+                .is_some_and(|t| (0..t.partitions).contains(&partition))
+        };
         let mut results = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
         let mut accepted = Vec::new();
@@ -494,7 +502,7 @@ impl GroupCoordinator {
             let metadata = o.metadata.unwrap_or_default();
             let code = if metadata.len() > self.config.offset_metadata_max_bytes.min(i16::MAX as usize) {
                 ResponseError::OffsetMetadataTooLarge.code()
-            } else if self.replicas.get(&o.topic, o.partition).is_err() {
+            } else if !exists(&o.topic, o.partition) {
                 ResponseError::UnknownTopicOrPartition.code()
             } else {
                 0

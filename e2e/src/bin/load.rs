@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use fjord_e2e::{cpu_seconds, BrokerProcess};
+use fjord_e2e::{cpu_seconds, free_port, BrokerProcess};
 use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -52,17 +52,27 @@ struct Args {
     /// Consumes with librdkafka's default settings per partition count (the median is printed).
     #[arg(long, default_value_t = 3)]
     default_consume_runs: usize,
+    /// Also run three brokers as one cluster (3 partitions, one leader each).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cluster: bool,
 }
 
 fn client_config(broker: &BrokerProcess) -> ClientConfig {
+    bootstrap_config(&broker.bootstrap())
+}
+
+fn bootstrap_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", broker.bootstrap())
-        .set("broker.address.family", "v4");
+    c.set("bootstrap.servers", bootstrap).set("broker.address.family", "v4");
     c
 }
 
 async fn create_topic(broker: &BrokerProcess, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config(broker).create().unwrap();
+    create_topic_at(&broker.bootstrap(), name, partitions).await;
+}
+
+async fn create_topic_at(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = bootstrap_config(bootstrap).create().unwrap();
     let created = admin
         .create_topics(
             &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
@@ -458,6 +468,63 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     let base = client_config(broker);
     create_topic(broker, &topic, partitions).await;
 
+    let pid = broker.pid().unwrap();
+    let produced = tokio::task::block_in_place(|| produce_load(&base, &topic, partitions, records, size, &[pid]));
+    let fetches0 = fetch_stats(broker);
+    let consumed = tokio::task::block_in_place(|| consume_load(&base, &topic, partitions, records, &[pid]));
+    let fetches1 = fetch_stats(broker);
+    let (fetches, fetch_secs) = (fetches1.0 - fetches0.0, fetches1.1 - fetches0.1);
+    let consumer: BaseConsumer = base.clone().set("group.id", "fjord-load").create().unwrap();
+    let h = produced.histogram;
+    let bytes = (records * size) as f64;
+    let got_bytes = consumed.bytes as f64;
+    let end: Vec<i64> = (0..partitions)
+        .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
+        .collect();
+    let (raw_fetch_mbs, raw_fetch_cpu_per_gb) = raw_fetch(broker, &topic, partitions, &end, fetch_max_bytes).await;
+    Run {
+        partitions,
+        produce_mbs: mb(bytes) / produced.elapsed,
+        produce_rps: records as f64 / produced.elapsed,
+        p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+        produce_cpu_per_gb: produced.broker_cpu / (bytes / 1e9),
+        produce_client_cpu_per_gb: produced.client_cpu / (bytes / 1e9),
+        consume_client_cpu_per_gb: consumed.client_cpu / (got_bytes / 1e9),
+        fetches,
+        fetch_mb: mb(got_bytes) / fetches.max(1.0),
+        fetch_broker_ms: 1000.0 * fetch_secs / fetches.max(1.0),
+        consume_mbs: mb(got_bytes) / consumed.elapsed,
+        consume_rps: records as f64 / consumed.elapsed,
+        consume_cpu_per_gb: consumed.broker_cpu / (got_bytes / 1e9),
+        raw_fetch_mbs,
+        raw_fetch_cpu_per_gb,
+    }
+}
+
+/// A produce of `records` spread over the partitions, as fast as librdkafka
+/// goes with acks=1: elapsed seconds, delivery latencies, CPU-seconds of the
+/// brokers (`pids`) and of this client.
+struct Produced {
+    elapsed: f64,
+    histogram: Histogram<u64>,
+    broker_cpu: f64,
+    client_cpu: f64,
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p).unwrap_or(0.0)).sum()
+}
+
+fn produce_load(
+    base: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    records: usize,
+    size: usize,
+    pids: &[u32],
+) -> Produced {
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let errors = Arc::new(Mutex::new(0u64));
     let context = LatencyContext {
@@ -474,13 +541,12 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         .create_with_context(context)
         .unwrap();
     let payload = vec![b'p'; size];
-    let pid = broker.pid().unwrap();
     let me = std::process::id();
-    let cpu0 = cpu_seconds(pid).unwrap();
-    let client_cpu0 = cpu_seconds(me).unwrap();
+    let cpu0 = cpu_of(pids);
+    let client_cpu0 = cpu_of(&[me]);
     let start = Instant::now();
     for i in 0..records {
-        let mut record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(&topic, Box::new(Instant::now()))
+        let mut record = BaseRecord::<(), [u8], Box<Instant>>::with_opaque_to(topic, Box::new(Instant::now()))
             .payload(&payload[..])
             .partition((i % partitions as usize) as i32);
         loop {
@@ -496,12 +562,25 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     }
     producer.flush(Duration::from_secs(120)).unwrap();
     let elapsed = start.elapsed().as_secs_f64();
-    let produce_cpu = cpu_seconds(pid).unwrap() - cpu0;
-    let produce_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
     assert_eq!(*errors.lock().unwrap(), 0, "delivery errors");
-    let bytes = (records * size) as f64;
-    let h = histogram.lock().unwrap().clone();
+    let histogram = histogram.lock().unwrap().clone();
+    Produced {
+        elapsed,
+        histogram,
+        broker_cpu: cpu_of(pids) - cpu0,
+        client_cpu: cpu_of(&[me]) - client_cpu0,
+    }
+}
 
+/// One consumer reading every partition from the start, with large fetches.
+struct Consumed {
+    elapsed: f64,
+    bytes: usize,
+    broker_cpu: f64,
+    client_cpu: f64,
+}
+
+fn consume_load(base: &ClientConfig, topic: &str, partitions: i32, records: usize, pids: &[u32]) -> Consumed {
     let consumer: BaseConsumer = base
         .clone()
         .set("group.id", "fjord-load")
@@ -512,51 +591,88 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
-    let fetches0 = fetch_stats(broker);
-    let cpu0 = cpu_seconds(pid).unwrap();
-    let client_cpu0 = cpu_seconds(me).unwrap();
+    let me = std::process::id();
+    let cpu0 = cpu_of(pids);
+    let client_cpu0 = cpu_of(&[me]);
     let start = Instant::now();
-    let (mut got, mut got_bytes) = (0usize, 0usize);
+    let (mut got, mut bytes) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(300);
     while got < records && Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             got += 1;
-            got_bytes += m.payload().map_or(0, <[u8]>::len);
+            bytes += m.payload().map_or(0, <[u8]>::len);
         }
     }
-    let consume_elapsed = start.elapsed().as_secs_f64();
-    let consume_cpu = cpu_seconds(pid).unwrap() - cpu0;
-    let consume_client_cpu = cpu_seconds(me).unwrap() - client_cpu0;
-    let fetches1 = fetch_stats(broker);
-    let (fetches, fetch_secs) = (fetches1.0 - fetches0.0, fetches1.1 - fetches0.1);
+    let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(got, records, "consumed every record");
-    let end: Vec<i64> = (0..partitions)
-        .map(|p| consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1)
-        .collect();
-    let (raw_fetch_mbs, raw_fetch_cpu_per_gb) = raw_fetch(broker, &topic, partitions, &end, fetch_max_bytes).await;
-    Run {
-        partitions,
-        produce_mbs: mb(bytes) / elapsed,
-        produce_rps: records as f64 / elapsed,
-        p50_ms: h.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
-        produce_cpu_per_gb: produce_cpu / (bytes / 1e9),
-        produce_client_cpu_per_gb: produce_client_cpu / (bytes / 1e9),
-        consume_client_cpu_per_gb: consume_client_cpu / (got_bytes as f64 / 1e9),
-        fetches,
-        fetch_mb: mb(got_bytes as f64) / fetches.max(1.0),
-        fetch_broker_ms: 1000.0 * fetch_secs / fetches.max(1.0),
-        consume_mbs: mb(got_bytes as f64) / consume_elapsed,
-        consume_rps: got as f64 / consume_elapsed,
-        consume_cpu_per_gb: consume_cpu / (got_bytes as f64 / 1e9),
-        raw_fetch_mbs,
-        raw_fetch_cpu_per_gb,
+    Consumed {
+        elapsed,
+        bytes,
+        broker_cpu: cpu_of(pids) - cpu0,
+        client_cpu: cpu_of(&[me]) - client_cpu0,
     }
+}
+
+/// Three brokers in combined mode on this machine, one topic of three RF 1
+/// partitions with one leader on each: produce and consume as the
+/// single-broker runs do. On two shared cores this shows what the cluster
+/// machinery costs, not scale-out. Also answers the idle cluster's CPU-s/s.
+async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Consumed, f64) {
+    let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p[1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut brokers: Vec<BrokerProcess> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = (i + 1).to_string();
+            BrokerProcess::launch(
+                &dir.join(format!("cluster-{id}")),
+                *p,
+                &[("node.id", id.as_str()), ("controller.quorum.voters", voters.as_str())],
+            )
+        })
+        .collect();
+    for b in &mut brokers {
+        b.wait_ready(Duration::from_secs(60)).unwrap();
+    }
+    let bootstrap = brokers
+        .iter()
+        .map(BrokerProcess::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+    create_topic_at(&bootstrap, "load-cluster", 3).await;
+    let base = bootstrap_config(&bootstrap);
+    // Every broker leads one partition before the clock starts.
+    let probe: BaseConsumer = base.clone().create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = probe
+            .fetch_metadata(Some("load-cluster"), Duration::from_secs(5))
+            .unwrap();
+        let mut leaders: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.leader()).collect();
+        leaders.sort_unstable();
+        if leaders == [1, 2, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "leaders {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pids: Vec<u32> = brokers.iter().filter_map(BrokerProcess::pid).collect();
+    let produced = tokio::task::block_in_place(|| produce_load(&base, "load-cluster", 3, records, size, &pids));
+    let idle0 = cpu_of(&pids);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = (cpu_of(&pids) - idle0) / 2.0;
+    let consumed = tokio::task::block_in_place(|| consume_load(&base, "load-cluster", 3, records, &pids));
+    (produced, consumed, idle)
 }
 
 #[tokio::main]
@@ -583,6 +699,7 @@ async fn main() {
         "{:>4} | {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} | {:>10} {:>10} {:>9}",
         "parts", "prod MB/s", "rec/s", "p50 ms", "p99 ms", "p999 ms", "CPU-s/GB", "cons MB/s", "rec/s", "CPU-s/GB"
     );
+    let mut single_three = None;
     for partitions in args
         .partitions
         .split(',')
@@ -597,6 +714,9 @@ async fn main() {
             args.raw_fetch_max_bytes,
         )
         .await;
+        if partitions == 3 {
+            single_three = Some((r.produce_mbs, r.consume_mbs));
+        }
         println!(
             "{:>5} | {:>10.1} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} | {:>10.1} {:>10.0} {:>9.2}",
             r.partitions,
@@ -668,6 +788,25 @@ async fn main() {
             args.latency_rate
         );
         drop(broker);
+    }
+    if args.cluster {
+        let (produced, consumed, idle) = cluster_run(tmp.path(), args.records, args.record_size).await;
+        let bytes = (args.records * args.record_size) as f64;
+        let produce = mb(bytes) / produced.elapsed;
+        let consume = mb(consumed.bytes as f64) / consumed.elapsed;
+        let single = single_three.unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "3 brokers (combined mode, 3 partitions RF 1, one leader each, same 2 cores): produce {produce:.1} MB/s \
+             ({:.0}% of one broker's 3-partition run, {:.0} MB/s), consume {consume:.1} MB/s ({:.0}% of {:.0} MB/s); \
+             brokers' CPU-s/GB produce {:.2}, consume {:.2}; idle cluster {:.3} CPU-s/s",
+            100.0 * produce / single.0,
+            single.0,
+            100.0 * consume / single.1,
+            single.1,
+            produced.broker_cpu / (bytes / 1e9),
+            consumed.broker_cpu / (consumed.bytes as f64 / 1e9),
+            idle
+        );
     }
     if args.group_records > 0 {
         let broker = BrokerProcess::start(
