@@ -122,12 +122,7 @@ impl Broker {
         });
         let (shutdown, rx) = watch::channel(false);
         let metrics_addr = metrics_listener.local_addr()?;
-        let tasks = vec![
-            tokio::spawn(crate::network::serve(
-                kafka,
-                Arc::new(Apis::new(ctx.clone())),
-                rx.clone(),
-            )),
+        let mut tasks = vec![
             tokio::spawn(crate::admin::serve(admin, ctx.clone(), rx.clone())),
             tokio::spawn(crate::metrics::serve(
                 metrics_listener,
@@ -144,6 +139,14 @@ impl Broker {
         // elect a controller; the first one chooses the cluster id.
         ctx.controller.wait_for_cluster_id().await?;
         ctx.controller.register(&ctx.registration).await?;
+        // Clients are served once this broker is unfenced with a current image
+        // (as a Kafka broker enters RUNNING); until then connections wait in
+        // the bound listener's backlog.
+        tasks.push(tokio::spawn(crate::network::serve(
+            kafka,
+            Arc::new(Apis::new(ctx.clone())),
+            rx.clone(),
+        )));
         let (lifecycle_stop, lifecycle_rx) = watch::channel(false);
         let lifecycle = tokio::spawn(
             ctx.controller
@@ -211,7 +214,15 @@ async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<boo
     );
     loop {
         tokio::select! {
-            _ = tick.tick() => ctx.groups.tick(),
+            _ = tick.tick() => {
+                let groups = ctx.groups.clone();
+                // Loading a newly led partition reads its log: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    groups.follow_leadership();
+                    groups.tick();
+                })
+                .await;
+            }
             _ = expiry.tick() => {
                 let n = ctx.groups.expire_offsets();
                 if n > 0 {

@@ -51,11 +51,25 @@ pub fn in_ci() -> bool {
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the broker to take).
+///
+/// Taken below the kernel's ephemeral range (32768 up): a port the kernel
+/// handed out for bind(0) can meanwhile become the source port of some
+/// outgoing connection (brokers dial each other), and the broker then fails
+/// to bind it. Each process walks its own stretch of 10000..32000, so
+/// parallel tests and test binaries do not pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() * 1_009) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 below the ephemeral range")
 }
 
 pub struct BrokerProcess {

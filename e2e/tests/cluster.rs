@@ -115,6 +115,72 @@ async fn describe_topic(b: &BrokerProcess, name: &str) -> Option<pb::TopicDescri
         .map(|r| r.into_inner())
 }
 
+/// One Produce v10 request, encoded and answered with kafka-protocol's
+/// codecs over a plain connection (librdkafka acts on KIP-951 hints without
+/// showing them).
+async fn raw_produce_v10(addr: &str, topic: &str, partition: i32) -> kafka_protocol::messages::ProduceResponse {
+    use bytes::{Buf, BufMut, BytesMut};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(bytes::Bytes::from_static(b"hint")),
+        headers: Default::default(),
+    };
+    let mut records = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut records, [&record], &options).unwrap();
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records.freeze()))])]);
+    let version = 10;
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7);
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, ApiKey::Produce.request_header_version(version))
+        .unwrap();
+    request.encode(&mut body, version).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await.unwrap();
+    let mut buf = bytes::Bytes::from(buf);
+    let header = ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let response = ProduceResponse::decode(&mut buf, version).unwrap();
+    assert!(!buf.has_remaining());
+    response
+}
+
 fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
     d.brokers.iter().filter(|b| !b.fenced).map(|b| b.id).collect()
 }
@@ -169,6 +235,41 @@ async fn three_brokers_form_one_cluster() {
         create_topic(&cluster.bootstrap(), "too-wide", 1, 4).await,
         Err(RDKafkaErrorCode::InvalidReplicationFactor)
     );
+
+    // Explicit replica assignments, on create and on growth; bad ones refused, nothing changed.
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&cluster.bootstrap()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for bad in [&[&[1, 1][..]][..], &[&[1, 9][..]][..]] {
+        let t = NewTopic::new("placed", 1, TopicReplication::Variable(bad));
+        let result = kadmin.create_topics(&[t], &opts).await.unwrap();
+        assert_eq!(
+            result[0].clone().map_err(|(_, code)| code),
+            Err(RDKafkaErrorCode::InvalidReplicaAssignment),
+            "{bad:?}"
+        );
+    }
+    let t = NewTopic::new("placed", 1, TopicReplication::Variable(&[&[2, 1]]));
+    kadmin.create_topics(&[t], &opts).await.unwrap()[0].clone().unwrap();
+    let grow = rdkafka::admin::NewPartitions::new("placed", 3).assign(&[&[3, 1], &[3, 3]]);
+    let result = kadmin.create_partitions(&[grow], &opts).await.unwrap();
+    assert_eq!(
+        result[0].clone().map_err(|(_, code)| code),
+        Err(RDKafkaErrorCode::InvalidReplicaAssignment)
+    );
+    let grow = rdkafka::admin::NewPartitions::new("placed", 3).assign(&[&[3, 1], &[1, 3]]);
+    kadmin.create_partitions(&[grow], &opts).await.unwrap()[0]
+        .clone()
+        .unwrap();
+    let placed = eventually("placed grown", || async {
+        describe_topic(&cluster.brokers[0], "placed")
+            .await
+            .filter(|t| t.partitions == 3)
+    })
+    .await;
+    let replicas: Vec<Vec<i32>> = placed.partition_states.iter().map(|p| p.replicas.clone()).collect();
+    assert_eq!(replicas, vec![vec![2, 1], vec![3, 1], vec![1, 3]]);
+    let leaders: Vec<i32> = placed.partition_states.iter().map(|p| p.leader).collect();
+    assert_eq!(leaders, vec![2, 3, 1], "preferred replicas lead");
 
     // librdkafka finds each partition's leader and round-trips keyed records in order.
     let producer: FutureProducer = kafka(&cluster.bootstrap()).set("acks", "all").create().unwrap();
@@ -238,6 +339,33 @@ async fn three_brokers_form_one_cluster() {
         .commit(&committed, rdkafka::consumer::CommitMode::Sync)
         .unwrap();
     drop(consumer);
+    // The admin API answers for the group from any broker: forwarded to its
+    // coordinator, with log end offsets from each partition's leader.
+    for b in &cluster.brokers {
+        let mut a = admin(b).await;
+        let g = a
+            .describe_group(pb::DescribeGroupRequest {
+                group_id: "reader".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut ends: Vec<(i32, i64, i64)> = g
+            .offsets
+            .iter()
+            .map(|o| (o.partition, o.committed_offset, o.log_end_offset))
+            .collect();
+        ends.sort_unstable();
+        assert_eq!(
+            ends,
+            (0..6).map(|p| (p, 10, 10)).collect::<Vec<_>>(),
+            "from broker {}",
+            b.admin
+        );
+        assert_eq!(g.total_lag, 0);
+        let listed = a.list_groups(pb::ListGroupsRequest {}).await.unwrap().into_inner();
+        assert!(listed.groups.iter().any(|g| g.group_id == "reader"), "{listed:?}");
+    }
 
     // Whole-cluster restart keeps the cluster id, topics, configs, committed offsets and records.
     for b in &mut cluster.brokers {
@@ -341,6 +469,22 @@ async fn controller_failover_and_fencing() {
         .find(|p| p.leader == controller)
         .expect("the controller leads one partition")
         .clone();
+    // A produce to a broker that does not lead the partition says where the
+    // leader is (KIP-951): its id, epoch and listener.
+    let elsewhere = (killed + 1) % 3;
+    let response = raw_produce_v10(&cluster.brokers[elsewhere].bootstrap(), "rf3", led_by_killed.partition).await;
+    let p = &response.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, kafka_protocol::ResponseError::NotLeaderOrFollower.code());
+    assert_eq!(
+        (p.current_leader.leader_id.0, p.current_leader.leader_epoch),
+        (controller, led_by_killed.leader_epoch)
+    );
+    let endpoint = &response.node_endpoints[0];
+    assert_eq!(
+        format!("{}:{}", endpoint.host.as_str(), endpoint.port),
+        cluster.brokers[killed].bootstrap()
+    );
+
     let killed_at = Instant::now();
     cluster.brokers[killed].kill9();
     let bootstrap = cluster.brokers[survivor].bootstrap();

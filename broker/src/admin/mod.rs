@@ -84,6 +84,33 @@ fn status(e: Error) -> Status {
     e.to_status()
 }
 
+/// Set on admin calls one broker makes to another on a client's behalf.
+const FORWARDED: &str = "x-fjord-forwarded";
+
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
+fn forward<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+async fn peer(addr: &str) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(30));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("broker at {addr}: {e}")))?;
+    Ok(pb::admin_client::AdminClient::new(channel))
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn describe_cluster(
@@ -179,7 +206,7 @@ impl Admin for AdminService {
         let r = request.into_inner();
         self.ctx
             .controller
-            .create_partitions(&r.name, r.count, r.validate_only)
+            .create_partitions(&r.name, r.count, None, r.validate_only)
             .await
             .map_err(|e| match e {
                 Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
@@ -188,37 +215,34 @@ impl Admin for AdminService {
         Ok(Response::new(self.describe_by_name(&r.name)?))
     }
 
-    async fn list_groups(&self, _: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let groups = self
-            .ctx
-            .groups
-            .list()
-            .map_err(|code| Status::unavailable(format!("group coordinator not ready (error {code})")))?;
-        let members: std::collections::HashMap<String, usize> = self
-            .ctx
-            .groups
-            .member_counts()
-            .into_iter()
-            .map(|(g, n, _)| (g, n))
-            .collect();
-        Ok(Response::new(pb::ListGroupsResponse {
-            groups: groups
-                .into_iter()
-                .map(|(group_id, protocol_type, state)| pb::GroupSummary {
-                    members: members.get(&group_id).copied().unwrap_or(0) as i32,
-                    group_id,
-                    state: state.to_string(),
-                    protocol_type,
-                })
-                .collect(),
-        }))
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let mut listed = self.local_groups()?;
+        // Each broker coordinates some groups: ask the others too (once).
+        if !forwarded(&request) {
+            for addr in self.other_brokers() {
+                let mut peer = peer(&addr).await?;
+                let theirs = peer.list_groups(forward(pb::ListGroupsRequest {})).await?.into_inner();
+                listed.extend(theirs.groups);
+            }
+            listed.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+            listed.dedup_by(|a, b| a.group_id == b.group_id);
+        }
+        Ok(Response::new(pb::ListGroupsResponse { groups: listed }))
     }
 
     async fn describe_group(
         &self,
         request: Request<pb::DescribeGroupRequest>,
     ) -> Result<Response<pb::GroupDescription>, Status> {
-        Ok(Response::new(self.group_description(&request.into_inner().group_id)?))
+        if let Some(addr) = self.coordinator_elsewhere(&request, &request.get_ref().group_id) {
+            return peer(&addr).await?.describe_group(forward(request.into_inner())).await;
+        }
+        Ok(Response::new(
+            self.group_description(&request.into_inner().group_id).await?,
+        ))
     }
 
     async fn reset_group_offsets(
@@ -227,6 +251,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GroupDescription>, Status> {
         use crate::group::coordinator::CommitRequest;
         use pb::reset_group_offsets_request::To;
+        if let Some(addr) = self.coordinator_elsewhere(&request, &request.get_ref().group_id) {
+            return peer(&addr)
+                .await?
+                .reset_group_offsets(forward(request.into_inner()))
+                .await;
+        }
         let r = request.into_inner();
         let to = To::try_from(r.to).map_err(|_| Status::invalid_argument(format!("unknown reset target {}", r.to)))?;
         let d = self
@@ -246,33 +276,53 @@ impl Admin for AdminService {
             ));
         }
         let image = self.ctx.controller.image();
-        let mut commits = Vec::new();
+        let mut wanted = Vec::new();
         for topic in &r.topics {
             let t = image
                 .topics
                 .get(topic)
                 .ok_or_else(|| Status::not_found(format!("topic '{topic}' does not exist")))?;
-            for p in 0..t.partitions {
-                let part = self.ctx.replicas.get(topic, p).map_err(status)?;
-                let (start, end) = (part.log.log_start_offset(), part.high_watermark());
-                let offset = match to {
-                    To::Earliest => start,
-                    To::Latest => end,
-                    To::Offset => r.value.clamp(start, end),
-                    To::Timestamp => part
-                        .log
-                        .offset_for_timestamp(r.value)
-                        .map_err(status)?
-                        .map_or(end, |(o, _)| o),
-                };
-                commits.push(CommitRequest {
-                    topic: topic.clone(),
-                    partition: p,
-                    offset,
-                    leader_epoch: -1,
-                    metadata: None,
-                });
-            }
+            wanted.extend((0..t.partitions).map(|p| (topic.clone(), p)));
+        }
+        let elsewhere: Vec<(String, i32)> = wanted
+            .iter()
+            .filter(|(t, p)| self.ctx.replicas.get(t, *p).is_err())
+            .cloned()
+            .collect();
+        let remote = self.remote_offsets(&elsewhere).await;
+        let mut commits = Vec::new();
+        for (topic, p) in wanted {
+            let local = self.ctx.replicas.get(&topic, p).ok();
+            let (start, end) = match (&local, remote.get(&(topic.clone(), p))) {
+                (Some(part), _) => (part.log.log_start_offset(), part.high_watermark()),
+                (None, Some(offsets)) => *offsets,
+                (None, None) => {
+                    return Err(Status::unavailable(format!("{topic}-{p} has no leader that answers")));
+                }
+            };
+            let offset = match (to, &local) {
+                (To::Earliest, _) => start,
+                (To::Latest, _) => end,
+                (To::Offset, _) => r.value.clamp(start, end),
+                (To::Timestamp, Some(part)) => part
+                    .log
+                    .offset_for_timestamp(r.value)
+                    .map_err(status)?
+                    .map_or(end, |(o, _)| o),
+                (To::Timestamp, None) => {
+                    return Err(Status::failed_precondition(format!(
+                        "a timestamp reset needs {topic}-{p}'s time index, on another broker; \
+                             reset by offset or use Kafka's tools (ListOffsets) for now"
+                    )));
+                }
+            };
+            commits.push(CommitRequest {
+                topic: topic.clone(),
+                partition: p,
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            });
         }
         for (topic, partition, code) in self.ctx.groups.commit(&r.group_id, "", None, -1, commits) {
             if code == 0 {
@@ -289,7 +339,7 @@ impl Admin for AdminService {
             });
         }
         tracing::info!(group = %r.group_id, to = ?to, topics = ?r.topics, "reset group offsets (admin)");
-        Ok(Response::new(self.group_description(&r.group_id)?))
+        Ok(Response::new(self.group_description(&r.group_id).await?))
     }
 
     async fn alter_topic_configs(
@@ -323,7 +373,92 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
-    fn group_description(&self, group_id: &str) -> Result<pb::GroupDescription, Status> {
+    /// This broker's groups (those it coordinates).
+    fn local_groups(&self) -> Result<Vec<pb::GroupSummary>, Status> {
+        let groups = self
+            .ctx
+            .groups
+            .list()
+            .map_err(|code| Status::unavailable(format!("group coordinator not ready (error {code})")))?;
+        let members: std::collections::HashMap<String, usize> = self
+            .ctx
+            .groups
+            .member_counts()
+            .into_iter()
+            .map(|(g, n, _)| (g, n))
+            .collect();
+        Ok(groups
+            .into_iter()
+            .map(|(group_id, protocol_type, state)| pb::GroupSummary {
+                members: members.get(&group_id).copied().unwrap_or(0) as i32,
+                group_id,
+                state: state.to_string(),
+                protocol_type,
+            })
+            .collect())
+    }
+
+    /// The admin address of the broker coordinating `group_id` (the leader of
+    /// its `__consumer_offsets` partition) when that is another broker and
+    /// the request was not already forwarded (stale images on two brokers
+    /// must not bounce it back and forth).
+    fn coordinator_elsewhere<T>(&self, request: &Request<T>, group_id: &str) -> Option<String> {
+        if forwarded(request) {
+            return None;
+        }
+        let image = self.ctx.controller.image();
+        let topic = image.topics.get(crate::group::OFFSETS_TOPIC)?;
+        let leader = image.leader(topic, self.ctx.groups.partition_for(group_id))?;
+        if leader == self.ctx.config.node_id {
+            return None;
+        }
+        image.brokers.get(&leader).map(|b| b.admin.clone())
+    }
+
+    /// The admin addresses of the other live brokers.
+    fn other_brokers(&self) -> Vec<String> {
+        let image = self.ctx.controller.image();
+        image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced && b.id != self.ctx.config.node_id)
+            .map(|b| b.admin.clone())
+            .collect()
+    }
+
+    /// Log start offsets and high watermarks of partitions this broker does
+    /// not lead, from their leaders.
+    async fn remote_offsets(&self, wanted: &[(String, i32)]) -> BTreeMap<(String, i32), (i64, i64)> {
+        let image = self.ctx.controller.image();
+        let mut by_leader: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (topic, partition) in wanted {
+            let Some(t) = image.topics.get(topic) else { continue };
+            let Some(leader) = image.leader(t, *partition) else {
+                continue;
+            };
+            if let Some(b) = image.brokers.get(&leader).filter(|_| leader != self.ctx.config.node_id) {
+                by_leader.entry(b.admin.clone()).or_default().insert(topic.clone());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (addr, topics) in by_leader {
+            let Ok(mut client) = peer(&addr).await else { continue };
+            for topic in topics {
+                let Ok(d) = client
+                    .describe_topic(pb::DescribeTopicRequest { name: topic.clone() })
+                    .await
+                else {
+                    continue;
+                };
+                for p in d.into_inner().partition_states.into_iter().filter(|p| p.hosted_here) {
+                    out.insert((topic.clone(), p.partition), (p.log_start_offset, p.high_watermark));
+                }
+            }
+        }
+        out
+    }
+
+    async fn group_description(&self, group_id: &str) -> Result<pb::GroupDescription, Status> {
         let groups = &self.ctx.groups;
         let d = groups
             .describe(group_id)
@@ -331,16 +466,20 @@ impl AdminService {
         let committed = groups
             .fetch_offsets(group_id, None)
             .map_err(|code| Status::unavailable(format!("error {code}")))?;
+        let elsewhere: Vec<(String, i32)> = committed
+            .iter()
+            .filter(|(t, p, _)| self.ctx.replicas.get(t, *p).is_err())
+            .map(|(t, p, _)| (t.clone(), *p))
+            .collect();
+        let remote = self.remote_offsets(&elsewhere).await;
         let offsets: Vec<pb::PartitionOffset> = committed
             .into_iter()
             .filter_map(|(topic, partition, c)| {
                 let c = c?;
-                let end = self
-                    .ctx
-                    .replicas
-                    .get(&topic, partition)
-                    .map(|p| p.high_watermark())
-                    .unwrap_or(-1);
+                let end = match self.ctx.replicas.get(&topic, partition) {
+                    Ok(p) => p.high_watermark(),
+                    Err(_) => remote.get(&(topic.clone(), partition)).map_or(-1, |o| o.1),
+                };
                 Some(pb::PartitionOffset {
                     lag: if end >= 0 { (end - c.offset).max(0) } else { 0 },
                     topic,

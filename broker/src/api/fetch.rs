@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use tokio::time::Instant;
 
@@ -44,6 +45,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
     let mut remaining = (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
     let mut total = 0usize;
     let mut errors = false;
+    let mut hinted = std::collections::BTreeSet::new();
     let mut responses = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         // v13+ names topics by id.
@@ -99,12 +101,28 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                         Error::OffsetOutOfRange { start, end, .. } => (*end, *start),
                         _ => (-1, -1),
                     };
-                    data.with_error_code(e.code())
+                    let code = e.code();
+                    let data = data
+                        .with_error_code(code)
                         .with_high_watermark(hw)
                         .with_last_stable_offset(hw)
                         .with_log_start_offset(if version >= 5 { start } else { -1 })
                         // Kafka sends an empty record set, never null: librdkafka rejects -1.
-                        .with_records(Some(bytes::Bytes::new()))
+                        .with_records(Some(bytes::Bytes::new()));
+                    // KIP-951: where the leader is now.
+                    match name.as_deref().and_then(|n| super::leader_hint(&image, n, p.partition)) {
+                        Some((leader, epoch)) if version >= 12 && code == ResponseError::NotLeaderOrFollower.code() => {
+                            if leader >= 0 {
+                                hinted.insert(leader);
+                            }
+                            data.with_current_leader(
+                                LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(leader))
+                                    .with_leader_epoch(epoch),
+                            )
+                        }
+                        _ => data,
+                    }
                 }
             };
             partitions.push(data);
@@ -116,7 +134,24 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             response.with_topic(TopicName(str(topic.topic.as_str())))
         });
     }
-    let response = FetchResponse::default().with_responses(responses).with_session_id(0);
+    let endpoints = if version >= 16 {
+        super::hinted_endpoints(&image, &hinted)
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(str(host))
+                    .with_port(port)
+                    .with_rack(rack.map(str))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let response = FetchResponse::default()
+        .with_responses(responses)
+        .with_session_id(0)
+        .with_node_endpoints(endpoints);
     (response, files, total, errors)
 }
 

@@ -73,6 +73,32 @@ impl std::ops::Deref for Apis {
     }
 }
 
+/// KIP-951: a partition's current leader and leader epoch, sent with
+/// NOT_LEADER_OR_FOLLOWER so clients go there without a Metadata round trip.
+pub(crate) fn leader_hint(image: &crate::controller::MetadataImage, topic: &str, partition: i32) -> Option<(i32, i32)> {
+    let state = image.topics.get(topic)?.state(partition)?;
+    Some((state.leader, state.leader_epoch))
+}
+
+/// The listener of each broker named in leader hints (KIP-951 NodeEndpoints).
+pub(crate) fn hinted_endpoints(
+    image: &crate::controller::MetadataImage,
+    leaders: &std::collections::BTreeSet<i32>,
+) -> Vec<(i32, String, i32, Option<String>)> {
+    leaders
+        .iter()
+        .filter_map(|id| image.brokers.get(id))
+        .map(|b| {
+            (
+                b.id,
+                b.host.clone(),
+                b.port,
+                (!b.rack.is_empty()).then(|| b.rack.clone()),
+            )
+        })
+        .collect()
+}
+
 pub fn str(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }

@@ -1,9 +1,10 @@
 //! Produce: validate and append each partition's record set; answer per partition.
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::{str, Apis};
 use crate::error::Error;
@@ -20,6 +21,8 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
         None
     };
     let mut appended = false;
+    let image = apis.controller.image();
+    let mut hinted = std::collections::BTreeSet::new();
     let responses = request
         .topic_data
         .into_iter()
@@ -66,12 +69,27 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                                 .produce_errors
                                 .with_label_values(&[&name, &code_name])
                                 .inc();
-                            response
+                            let response = response
                                 .with_error_code(code)
                                 .with_base_offset(-1)
                                 .with_log_append_time_ms(-1)
                                 .with_error_message((version >= 8).then(|| str(message)))
-                                .with_record_errors(if version >= 8 { record_errors } else { Vec::new() })
+                                .with_record_errors(if version >= 8 { record_errors } else { Vec::new() });
+                            match super::leader_hint(&image, &name, p.index) {
+                                Some((leader, epoch))
+                                    if version >= 10 && code == ResponseError::NotLeaderOrFollower.code() =>
+                                {
+                                    if leader >= 0 {
+                                        hinted.insert(leader);
+                                    }
+                                    response.with_current_leader(
+                                        LeaderIdAndEpoch::default()
+                                            .with_leader_id(BrokerId(leader))
+                                            .with_leader_epoch(epoch),
+                                    )
+                                }
+                                _ => response,
+                            }
                         }
                     }
                 })
@@ -84,7 +102,21 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
     if appended {
         apis.replicas.notify_appended();
     }
-    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    let endpoints = super::hinted_endpoints(&image, &hinted)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str(host))
+                .with_port(port)
+                .with_rack(rack.map(str))
+        })
+        .collect();
+    (acks != 0).then(|| {
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(if version >= 10 { endpoints } else { Vec::new() })
+    })
 }
 
 /// Produce v3+ carries exactly one v2 batch per partition, as Kafka's

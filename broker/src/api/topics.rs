@@ -180,9 +180,13 @@ pub async fn create_partitions(apis: &Apis, request: CreatePartitionsRequest) ->
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let assignments = t
+            .assignments
+            .as_ref()
+            .map(|a| a.iter().map(|p| p.broker_ids.iter().map(|id| id.0).collect()).collect());
         let grown = apis
             .controller
-            .create_partitions(t.name.as_str(), t.count, request.validate_only)
+            .create_partitions(t.name.as_str(), t.count, assignments, request.validate_only)
             .await;
         results.push(match grown {
             Ok(()) => result,

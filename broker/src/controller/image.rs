@@ -492,6 +492,24 @@ impl MetadataImage {
     }
 
     pub fn create_partitions(&mut self, broker: &BrokerConfig, name: &str, count: i32) -> Result<()> {
+        self.create_partitions_with(broker, name, count, None)
+    }
+
+    /// CreatePartitions, the new partitions' replicas placed over the live
+    /// brokers or as `assignments` names them (one list per new partition, as
+    /// many replicas as the topic's partitions have).
+    pub fn create_partitions_with(
+        &mut self,
+        broker: &BrokerConfig,
+        name: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+    ) -> Result<()> {
+        let registered: Vec<i32> = if self.brokers.is_empty() {
+            vec![broker.node_id]
+        } else {
+            self.brokers.keys().copied().collect()
+        };
         let candidates = self.placement_candidates(broker);
         let live: Vec<i32> = candidates.iter().map(|c| c.id).collect();
         let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
@@ -515,13 +533,32 @@ impl MetadataImage {
             .assignments
             .first()
             .map_or(topic.replication_factor, |r| r.len() as i16);
-        let added = placement::assign(
-            &candidates,
-            topic.partitions,
-            count - topic.partitions,
-            rf,
-            placement::start_for(name),
-        )?;
+        let added = match assignments {
+            Some(given) => {
+                let adding = (count - topic.partitions) as usize;
+                if given.len() != adding {
+                    return Err(Error::InvalidReplicaAssignment(format!(
+                        "increasing the partitions by {adding} needs {adding} assignments, got {}",
+                        given.len()
+                    )));
+                }
+                placement::validate(&given, &registered)?;
+                if given[0].len() != rf as usize {
+                    return Err(Error::InvalidReplicaAssignment(format!(
+                        "the topic's partitions have {rf} replicas, the assignments {}",
+                        given[0].len()
+                    )));
+                }
+                given
+            }
+            None => placement::assign(
+                &candidates,
+                topic.partitions,
+                count - topic.partitions,
+                rf,
+                placement::start_for(name),
+            )?,
+        };
         topic.states.extend(
             added
                 .iter()
@@ -755,6 +792,37 @@ mod tests {
         assert_eq!(image.elect_leaders(&broker, Election::Preferred, Some(&moves)), 1);
         assert_eq!(image.leader(&image.topics["t"], 0), Some(1));
         assert_eq!(image.topics["t"].states[0].leader_epoch, 2);
+    }
+
+    #[test]
+    fn create_partitions_honours_and_checks_assignments() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        for id in [1, 2, 3] {
+            image.brokers.insert(id, registered(id));
+        }
+        image.create_topic(&broker, "t", 1, 2, BTreeMap::new(), None).unwrap();
+        for bad in [
+            vec![vec![1, 2]],                   // one assignment for two new partitions
+            vec![vec![1, 2], vec![3, 3]],       // a broker twice
+            vec![vec![1, 2], vec![3, 9]],       // an unknown broker
+            vec![vec![1, 2, 3], vec![3, 2, 1]], // three replicas on a topic of two
+        ] {
+            assert!(
+                matches!(
+                    image.create_partitions_with(&broker, "t", 3, Some(bad.clone())),
+                    Err(Error::InvalidReplicaAssignment(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(image.topics["t"].partitions, 1, "nothing changed");
+        image
+            .create_partitions_with(&broker, "t", 3, Some(vec![vec![3, 1], vec![2, 3]]))
+            .unwrap();
+        let t = &image.topics["t"];
+        assert_eq!(t.assignments[1..], [vec![3, 1], vec![2, 3]]);
+        assert_eq!((t.states[1].leader, t.states[2].leader), (3, 2));
     }
 
     #[test]

@@ -419,14 +419,23 @@ impl Controller {
         }
     }
 
-    pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<()> {
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> Result<()> {
         if validate_only {
             let broker = self.effective_broker_config();
-            return (*self.image()).clone().create_partitions(&broker, name, count);
+            return (*self.image())
+                .clone()
+                .create_partitions_with(&broker, name, count, assignments);
         }
         self.execute(ControllerOp::CreatePartitions {
             name: name.to_string(),
             count,
+            assignments,
         })
         .await
         .map(|_| ())
@@ -793,8 +802,12 @@ fn run(
             assignments.clone(),
         )?),
         ControllerOp::DeleteTopic(name) => OpResult::Topic(image.delete_topic(name)?),
-        ControllerOp::CreatePartitions { name, count } => {
-            image.create_partitions(&config, name, *count)?;
+        ControllerOp::CreatePartitions {
+            name,
+            count,
+            assignments,
+        } => {
+            image.create_partitions_with(&config, name, *count, assignments.clone())?;
             OpResult::Done
         }
         ControllerOp::AlterTopicConfigs { name, ops } => {

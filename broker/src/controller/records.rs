@@ -162,6 +162,9 @@ pub enum ControllerOp {
     CreatePartitions {
         name: String,
         count: i32,
+        /// Replicas per new partition as the client named them.
+        #[serde(default)]
+        assignments: Option<Vec<Vec<i32>>>,
     },
     AlterTopicConfigs {
         name: String,

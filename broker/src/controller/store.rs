@@ -96,6 +96,17 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>>
     }
 }
 
+/// Runs blocking file work (writes and fsyncs) without stalling the async
+/// worker openraft's storage task runs on: `block_in_place` hands that
+/// worker's other tasks to the rest of the pool. Order is kept, as the
+/// storage calls are sequential.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     write_atomically(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
 }
@@ -175,7 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let mut inner = self.inner.lock();
-        write_json(&inner.dir.join(VOTE_FILE), vote).map_err(|e| StorageIOError::write_vote(io_err(e)))?;
+        blocking(|| write_json(&inner.dir.join(VOTE_FILE), vote)).map_err(|e| StorageIOError::write_vote(io_err(e)))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -196,7 +207,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             data.extend_from_slice(&frame(&e).map_err(|e| StorageIOError::write_logs(io_err(e)))?);
             appended.push(e);
         }
-        let written = inner.file.write_all(&data).and_then(|()| inner.file.sync_data());
+        let written = blocking(|| inner.file.write_all(&data).and_then(|()| inner.file.sync_data()));
         if let Err(e) = &written {
             tracing::error!(error = %e, "appending to the metadata log failed");
         }
@@ -213,17 +224,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let mut inner = self.inner.lock();
         inner.entries.split_off(&log_id.index);
-        inner.rewrite().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        blocking(|| inner.rewrite()).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         let mut inner = self.inner.lock();
-        write_json(&inner.dir.join(PURGED_FILE), &log_id).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        blocking(|| write_json(&inner.dir.join(PURGED_FILE), &log_id))
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         inner.purged = Some(log_id);
         let kept = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = kept;
-        inner.rewrite().map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        blocking(|| inner.rewrite()).map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         Ok(())
     }
 }
@@ -380,8 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             responses.push(super::Applied(entry.log_id.index));
         }
-        self.persist()
-            .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
+        blocking(|| self.persist()).map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
         if changed {
             self.published.publish(self.data.image.clone());
         }
@@ -413,8 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             membership: meta.last_membership.clone(),
             image,
         };
-        self.persist()
-            .map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
+        blocking(|| self.persist()).map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
         self.published.publish(self.data.image.clone());
         if let Some(last) = self.data.last_applied {
             self.published.applied.send_replace(last.index);

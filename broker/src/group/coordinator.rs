@@ -96,6 +96,10 @@ pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     offsets: Mutex<OffsetCache>,
     loaded: AtomicBool,
+    /// The `__consumer_offsets` partitions whose groups are in the cache:
+    /// those this broker led when it last looked. A partition it comes to
+    /// lead is loaded then; one it stops leading is dropped from the cache.
+    partitions: Mutex<std::collections::BTreeSet<i32>>,
 }
 
 /// Kafka refuses an empty group id; one longer than a record's i16 string
@@ -117,6 +121,7 @@ impl GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             offsets: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
+            partitions: Mutex::new(Default::default()),
         }
     }
 
@@ -137,7 +142,15 @@ impl GroupCoordinator {
         if !self.is_loaded() {
             return Some(load_in_progress());
         }
-        match self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) {
+        let p = self.partition_for(group_id);
+        match self.replicas.get(OFFSETS_TOPIC, p) {
+            Ok(_)
+                if !self.partitions.lock().contains(&p)
+                    && self.controller.image().topics.contains_key(OFFSETS_TOPIC) =>
+            {
+                // Just came to lead it: its groups load on the next tick.
+                Some(load_in_progress())
+            }
             Ok(_) | Err(Error::UnknownTopicOrPartition) => None,
             Err(_) => Some(ResponseError::NotCoordinator.code()),
         }
@@ -163,6 +176,9 @@ impl GroupCoordinator {
         {
             Ok(_) => {
                 tracing::info!(partitions = self.config.offsets_partitions, "created {OFFSETS_TOPIC}");
+                // Its partitions led here are empty: take them at once rather
+                // than answering COORDINATOR_LOAD_IN_PROGRESS until the next tick.
+                self.follow_leadership();
                 Ok(())
             }
             Err(Error::TopicAlreadyExists(_)) => Ok(()),
@@ -180,50 +196,21 @@ impl GroupCoordinator {
         let mut strays = GroupsAndOffsets::default();
         let mut stray_keys: HashMap<(i32, Bytes), bool> = HashMap::new();
         let mut records_read = 0usize;
+        let mut led = Vec::new();
         if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
             for p in 0..self.config.offsets_partitions {
-                let Ok(part) = self.replicas.get(OFFSETS_TOPIC, p) else {
+                if self.replicas.get(OFFSETS_TOPIC, p).is_err() {
                     continue;
-                };
-                let mut next = part.log.log_start_offset();
-                let end = part.high_watermark();
-                while next < end {
-                    let read = part.read(next, 4 << 20, true)?;
-                    if read.records.is_empty() {
-                        break;
-                    }
-                    for (at, h) in batch::complete_batches(&read.records) {
-                        next = h.next_offset();
-                        if h.is_control() {
-                            continue;
-                        }
-                        let mut one = read.records.slice(at..at + h.total_size());
-                        let set = match RecordBatchDecoder::decode(&mut one) {
-                            Ok(set) => set,
-                            Err(e) => {
-                                tracing::warn!(partition = p, offset = h.base_offset(), error = %e, "skipping undecodable batch");
-                                continue;
-                            }
-                        };
-                        for r in set.records {
-                            records_read += 1;
-                            let Some(raw_key) = r.key else { continue };
-                            let key = match RecordKey::decode(raw_key.clone()) {
-                                Ok(k) => k,
-                                Err(e) => {
-                                    tracing::warn!(partition = p, error = %e, "skipping record");
-                                    continue;
-                                }
-                            };
-                            if self.partition_for(key.group()) == p {
-                                home.apply(key, r.value);
-                            } else {
-                                stray_keys.insert((p, raw_key), r.value.is_some());
-                                strays.apply(key, r.value);
-                            }
-                        }
-                    }
                 }
+                led.push(p);
+                records_read += self.read_partition(p, |key, raw_key, value| {
+                    if self.partition_for(key.group()) == p {
+                        home.apply(key, value);
+                    } else {
+                        stray_keys.insert((p, raw_key), value.is_some());
+                        strays.apply(key, value);
+                    }
+                })?;
             }
         }
         let moved = home.merge_strays(strays);
@@ -243,6 +230,7 @@ impl GroupCoordinator {
         }
         *self.offsets.lock() = offsets;
         drop(cache);
+        *self.partitions.lock() = led.into_iter().collect();
         self.loaded.store(true, Ordering::Release);
         tracing::info!(
             records = records_read,
@@ -250,6 +238,103 @@ impl GroupCoordinator {
             "group coordinator loaded"
         );
         Ok(())
+    }
+
+    /// Reads one partition of `__consumer_offsets` up to its high watermark,
+    /// handing each record's key, raw key and value to `f`; answers the
+    /// number of records read.
+    fn read_partition(&self, p: i32, mut f: impl FnMut(RecordKey, Bytes, Option<Bytes>)) -> Result<usize> {
+        let part = self.replicas.get(OFFSETS_TOPIC, p)?;
+        let mut read_count = 0;
+        let mut next = part.log.log_start_offset();
+        let end = part.high_watermark();
+        while next < end {
+            let read = part.read(next, 4 << 20, true)?;
+            if read.records.is_empty() {
+                break;
+            }
+            for (at, h) in batch::complete_batches(&read.records) {
+                next = h.next_offset();
+                if h.is_control() {
+                    continue;
+                }
+                let mut one = read.records.slice(at..at + h.total_size());
+                let set = match RecordBatchDecoder::decode(&mut one) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        tracing::warn!(partition = p, offset = h.base_offset(), error = %e, "skipping undecodable batch");
+                        continue;
+                    }
+                };
+                for r in set.records {
+                    read_count += 1;
+                    let Some(raw_key) = r.key else { continue };
+                    match RecordKey::decode(raw_key.clone()) {
+                        Ok(key) => f(key, raw_key, r.value),
+                        Err(e) => tracing::warn!(partition = p, error = %e, "skipping record"),
+                    }
+                }
+            }
+        }
+        Ok(read_count)
+    }
+
+    /// Follows leadership of `__consumer_offsets`: loads the groups of a
+    /// partition this broker has come to lead, and drops those of one it no
+    /// longer leads (their members find the new coordinator). Called a few
+    /// times a second; cheap when nothing moved.
+    pub fn follow_leadership(&self) {
+        if !self.is_loaded() {
+            return;
+        }
+        let led: std::collections::BTreeSet<i32> = (0..self.config.offsets_partitions)
+            .filter(|p| self.replicas.get(OFFSETS_TOPIC, *p).is_ok())
+            .collect();
+        let known = self.partitions.lock().clone();
+        if led == known {
+            return;
+        }
+        for p in known.difference(&led) {
+            let mut groups = self.groups.lock();
+            groups.retain(|id, _| self.partition_for(id) != *p);
+            self.offsets.lock().retain(|id, _| self.partition_for(id) != *p);
+            self.partitions.lock().remove(p);
+            tracing::info!(
+                partition = p,
+                "no longer coordinator for the groups of {OFFSETS_TOPIC}-{p}"
+            );
+        }
+        for p in led.difference(&known) {
+            let mut state = GroupsAndOffsets::default();
+            let started = Instant::now();
+            let read = self.read_partition(*p, |key, _, value| {
+                // Records of groups that live elsewhere were moved by the first load.
+                if self.partition_for(key.group()) == *p {
+                    state.apply(key, value);
+                }
+            });
+            match read {
+                Ok(records) => {
+                    let now = Instant::now();
+                    let mut groups = self.groups.lock();
+                    groups.retain(|id, _| self.partition_for(id) != *p);
+                    for (id, v) in state.groups {
+                        groups.insert(id.clone(), Group::from_value(&id, v, now));
+                    }
+                    let mut offsets = self.offsets.lock();
+                    offsets.retain(|id, _| self.partition_for(id) != *p);
+                    offsets.extend(state.offsets);
+                    self.partitions.lock().insert(*p);
+                    tracing::info!(
+                        partition = p,
+                        records,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "became coordinator for the groups of {OFFSETS_TOPIC}-{p}"
+                    );
+                }
+                Err(e) => tracing::warn!(partition = p, error = %e, "loading groups failed; retrying"),
+            }
+        }
     }
 
     /// Writes the state of groups found outside their partition into it,
@@ -908,5 +993,86 @@ impl GroupsAndOffsets {
             }
         }
         moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::image::BrokerRegistration;
+    use crate::controller::ControllerOp;
+    use crate::log::manager::LogManager;
+
+    fn registration() -> BrokerRegistration {
+        BrokerRegistration {
+            id: 0,
+            incarnation_id: uuid::Uuid::new_v4(),
+            host: "127.0.0.1".into(),
+            port: 9092,
+            admin: "127.0.0.1:9093".into(),
+            rack: String::new(),
+            fenced: false,
+        }
+    }
+
+    /// The coordinator follows leadership of `__consumer_offsets`: when its
+    /// partitions go offline (this broker fenced) the groups leave the cache
+    /// and requests get NOT_COORDINATOR; when it leads them again they are
+    /// read back from the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_follow_the_leadership_of_their_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig {
+            admin_listener: "127.0.0.1:0".into(),
+            offsets_topic_num_partitions: 3,
+            ..BrokerConfig::default()
+        };
+        let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
+        controller.wait_for_cluster_id().await.unwrap();
+        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
+        {
+            let (replicas, config) = (replicas.clone(), config.clone());
+            controller
+                .subscribe(Box::new(move |image| replicas.apply(image, &config)))
+                .unwrap();
+        }
+        let first = registration();
+        controller.register(&first).await.unwrap();
+        let groups = GroupCoordinator::new(GroupConfig::from_broker(&config), controller.clone(), replicas.clone());
+        groups.load().unwrap();
+        groups.ensure_offsets_topic().await.unwrap();
+        let commit = |offset| CommitRequest {
+            topic: OFFSETS_TOPIC.into(),
+            partition: 0,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        let results = groups.commit("g", "", None, -1, vec![commit(42)]);
+        assert_eq!(results[0].2, 0);
+
+        controller
+            .execute(ControllerOp::FenceBroker {
+                id: 0,
+                incarnation_id: first.incarnation_id,
+            })
+            .await
+            .unwrap();
+        groups.follow_leadership();
+        assert_eq!(
+            groups.fetch_offsets("g", None).err(),
+            Some(ResponseError::NotCoordinator.code())
+        );
+        assert!(groups.offsets.lock().is_empty(), "dropped from the cache");
+
+        controller.register(&registration()).await.unwrap();
+        groups.follow_leadership();
+        let fetched = groups.fetch_offsets("g", None).unwrap();
+        assert_eq!(
+            fetched[0].2.as_ref().map(|c| c.offset),
+            Some(42),
+            "read back from the log"
+        );
+        controller.shutdown().await;
     }
 }
