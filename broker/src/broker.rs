@@ -142,6 +142,20 @@ impl Broker {
         // Clients are served once this broker is unfenced with a current image
         // (as a Kafka broker enters RUNNING); until then connections wait in
         // the bound listener's backlog.
+        // Followers fetch from their leaders; leaders keep their ISRs.
+        tasks.push(tokio::spawn(crate::replica::fetcher::run(
+            config.node_id,
+            replicas.clone(),
+            ctx.controller.clone(),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::replica::isr::run(
+            replicas.clone(),
+            ctx.controller.clone(),
+            config.replica_lag_time_max_ms,
+            (ctx.metrics.isr_shrinks.clone(), ctx.metrics.isr_expands.clone()),
+            rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::network::serve(
             kafka,
             Arc::new(Apis::new(ctx.clone())),

@@ -159,6 +159,8 @@ config_struct! {
         broker_session_timeout_ms: i64 = "broker.session.timeout.ms", 9000;
         /// How often a broker heartbeats to the active controller.
         broker_heartbeat_interval_ms: i64 = "broker.heartbeat.interval.ms", 2000;
+        /// A follower that has not caught up with its leader's log end for this long leaves the ISR.
+        replica_lag_time_max_ms: i64 = "replica.lag.time.max.ms", 30_000;
         /// Let an out-of-sync replica lead when no in-sync one is live, losing
         /// the records only the ISR held (topic: unclean.leader.election.enable).
         unclean_leader_election_enable: bool = "unclean.leader.election.enable", false;

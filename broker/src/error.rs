@@ -37,6 +37,10 @@ pub enum Error {
     NotLeaderOrFollower,
     #[error("not the active controller: {0}")]
     NotController(String),
+    #[error("fenced leader epoch: {0}")]
+    FencedLeaderEpoch(String),
+    #[error("stale partition epoch: {0}")]
+    InvalidUpdateVersion(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("invalid request: {0}")]
@@ -118,6 +122,8 @@ impl Error {
             Error::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             Error::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             Error::NotController(_) => ResponseError::NotController,
+            Error::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+            Error::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
             Error::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,

@@ -485,6 +485,26 @@ async fn controller_failover_and_fencing() {
         cluster.brokers[killed].bootstrap()
     );
 
+    // Acknowledged by all three replicas before the kill.
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    for i in 0..30 {
+        producer
+            .send(
+                FutureRecord::to("rf3")
+                    .key("k")
+                    .payload(&format!("before-{i}"))
+                    .partition(i % 3),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("acks=all before the kill");
+    }
+
     let killed_at = Instant::now();
     cluster.brokers[killed].kill9();
     let bootstrap = cluster.brokers[survivor].bootstrap();
@@ -508,31 +528,32 @@ async fn controller_failover_and_fencing() {
             .filter(|d| d.brokers.iter().any(|b| b.id == controller && b.fenced))
     })
     .await;
-    // Its partition had no other in-sync replica (followers do not replicate
-    // yet): offline, the ISR keeping the broker that holds every record. The
-    // partitions of the live brokers keep their leaders and take records.
-    let during = describe_topic(&cluster.brokers[survivor], "rf3").await.unwrap();
-    let p = &during.partition_states[led_by_killed.partition as usize];
-    assert!(p.offline && p.leader == -1, "{p:?}");
-    assert_eq!(p.isr, vec![controller]);
-    assert_eq!(p.offline_replicas, vec![controller]);
+    // Its partition has a new leader from the ISR, in a new epoch, and the
+    // killed broker out of the ISR; clients carry on with acks=all on every
+    // partition, the records acknowledged before the kill all there.
+    let during = eventually("a new leader from the ISR", || async {
+        describe_topic(&cluster.brokers[survivor], "rf3").await.filter(|t| {
+            let p = &t.partition_states[led_by_killed.partition as usize];
+            p.leader > 0 && p.leader != controller && !p.isr.contains(&controller)
+        })
+    })
+    .await;
+    let p = during.partition_states[led_by_killed.partition as usize].clone();
+    assert!(led_by_killed.isr.contains(&p.leader), "{p:?} from {led_by_killed:?}");
     assert!(p.leader_epoch > led_by_killed.leader_epoch);
-    let producer: FutureProducer = kafka(&cluster.brokers[survivor].bootstrap())
-        .set("acks", "all")
-        .set("message.timeout.ms", "20000")
-        .create()
-        .unwrap();
-    for q in during.partition_states.iter().filter(|q| !q.offline) {
+    assert_eq!(p.offline_replicas, vec![controller]);
+    assert!(!p.offline && p.under_replicated);
+    for q in 0..3 {
         producer
             .send(
                 FutureRecord::to("rf3")
                     .key("k")
                     .payload("while one is down")
-                    .partition(q.partition),
+                    .partition(q),
                 Duration::from_secs(20),
             )
             .await
-            .expect("partitions of live brokers take records");
+            .expect("every partition takes records with a broker down");
     }
     cluster.brokers[killed].relaunch();
     cluster.brokers[killed].wait_ready(WAIT).unwrap();
@@ -548,14 +569,36 @@ async fn controller_failover_and_fencing() {
     })
     .await
     .expect("the restarted broker has the topic created while it was down");
-    // Back with every record it held: it leads its partition again, in a new epoch.
-    let after = eventually("the partition led again", || async {
+    // Back: it follows the new leader and rejoins the ISR; every partition
+    // holds all 33 acknowledged records, read from their leaders.
+    eventually("the restarted broker back in every ISR", || async {
         describe_topic(&cluster.brokers[survivor], "rf3")
             .await
-            .filter(|t| t.partition_states[led_by_killed.partition as usize].leader == controller)
+            .filter(|t| t.partition_states.iter().all(|p| p.isr.len() == 3))
     })
     .await;
-    assert!(after.partition_states[led_by_killed.partition as usize].leader_epoch > p.leader_epoch);
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "after-failover")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for q in 0..3 {
+        tpl.add_partition_offset("rf3", q, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut values = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while values.len() < 33 {
+        assert!(Instant::now() < deadline, "read {values:?}");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            values.push(String::from_utf8_lossy(m.payload().unwrap()).to_string());
+        }
+    }
+    for i in 0..30 {
+        assert!(values.contains(&format!("before-{i}")), "before-{i} lost: {values:?}");
+    }
 }
 
 /// SIGTERM: the broker's controlled shutdown fences it and moves leadership

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData};
+use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use tokio::time::Instant;
 
@@ -47,6 +50,15 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
     let mut errors = false;
     let mut hinted = std::collections::BTreeSet::new();
     let mut responses = Vec::with_capacity(request.topics.len());
+    // A follower's fetch (replica id set): it reads up to the log end offset,
+    // and its fetch offset tells the leader how far its log is.
+    let replica = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+    let now = crate::log::segment::now_ms();
+    let mut hw_moved = false;
     for topic in &request.topics {
         // v13+ names topics by id.
         let name: Option<String> = if version >= 13 {
@@ -60,11 +72,29 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                 .with_partition_index(p.partition)
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_aborted_transactions((request.isolation_level == READ_COMMITTED).then(Vec::new));
+            // A follower whose last batch is from an older epoch than ours:
+            // where that epoch ends here, if its log holds more of it.
+            if let (true, Some(name)) = (replica >= 0, &name) {
+                if let Some((epoch, end, hw)) = diverging(apis, name, p) {
+                    partitions.push(
+                        data.with_high_watermark(hw)
+                            .with_last_stable_offset(hw)
+                            .with_diverging_epoch(EpochEndOffset::default().with_epoch(epoch).with_end_offset(end))
+                            .with_records(Some(bytes::Bytes::new())),
+                    );
+                    continue;
+                }
+            }
             let result = match &name {
                 None => Err(Error::UnknownTopicId),
                 Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-                    let info = part.read_slice(p.fetch_offset, limit, total == 0)?;
+                    let info = if replica >= 0 {
+                        hw_moved |= part.record_follower_fetch(replica, p.fetch_offset, now);
+                        part.read_slice_for_follower(p.fetch_offset, limit)?
+                    } else {
+                        part.read_slice(p.fetch_offset, limit, total == 0)?
+                    };
                     Ok((info, part.high_watermark()))
                 }),
             };
@@ -134,6 +164,10 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             response.with_topic(TopicName(str(topic.topic.as_str())))
         });
     }
+    if hw_moved {
+        // Consumers waiting at the old high watermark may read now.
+        apis.replicas.notify_appended();
+    }
     let endpoints = if version >= 16 {
         super::hinted_endpoints(&image, &hinted)
             .into_iter()
@@ -153,6 +187,22 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
         .with_session_id(0)
         .with_node_endpoints(endpoints);
     (response, files, total, errors)
+}
+
+/// For a follower's fetch: `(epoch, end offset, high watermark)` when its
+/// last fetched epoch ends earlier in this leader's log than its fetch offset
+/// (or this log never had that epoch), so it must cut its tail (KIP-101).
+fn diverging(apis: &Apis, topic: &str, p: &FetchPartition) -> Option<(i32, i64, i64)> {
+    let part = apis.replicas.get(topic, p.partition).ok()?;
+    if p.last_fetched_epoch < 0 || p.last_fetched_epoch >= part.leader_epoch() {
+        return None;
+    }
+    let (epoch, end) = match part.log.end_offset_for_epoch(p.last_fetched_epoch).ok()? {
+        // Nothing that old here: all of the follower's log diverges.
+        (-1, _) => (-1, part.log.log_start_offset()),
+        found => found,
+    };
+    (epoch != p.last_fetched_epoch || end < p.fetch_offset).then(|| (epoch, end, part.high_watermark()))
 }
 
 /// Counts bytes served per topic (records are not parsed on the way out).

@@ -163,7 +163,7 @@ impl Apis {
         let response = match request {
             RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(r)),
             RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(self, r, version).await),
-            RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r, version)?),
+            RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(self, r, version).await?),
             RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(self, r, version)),
             RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(topics::create_topics(self, r, version).await),
             RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(topics::delete_topics(self, r, version).await),

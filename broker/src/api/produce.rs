@@ -10,9 +10,16 @@ use super::{str, Apis};
 use crate::error::Error;
 use crate::log::AppendInfo;
 
-/// Returns `None` for acks=0: the client expects no response.
-pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+/// Returns `None` for acks=0: the client expects no response. With acks=all
+/// the answer waits (without holding a thread) until the high watermark
+/// passes each partition's batch, or `timeout_ms` (REQUEST_TIMED_OUT; or
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR fell below
+/// min.insync.replicas meanwhile).
+pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
     let acks = request.acks;
+    let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
+    // Appended partitions whose acks=all answer waits: (topic, partition) -> (partition, last offset).
+    let mut pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64)> = Vec::new();
     let request_error = if !matches!(acks, -1..=1) {
         Some(Error::InvalidRequiredAcks(acks))
     } else if request.transactional_id.is_some() {
@@ -42,7 +49,13 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
                         }
                         (None, Some(records)) => one_batch(&records)
                             .and_then(|()| apis.replicas.get(&name, p.index))
-                            .and_then(|part| part.append(&records, acks))
+                            .and_then(|part| {
+                                let info = part.append(&records, acks)?;
+                                if acks == -1 && part.high_watermark() <= info.last_offset {
+                                    pending.push((name.clone(), p.index, part, info.last_offset));
+                                }
+                                Ok(info)
+                            })
                             .map_err(|e| {
                                 record_errors = record_errors_of(&e);
                                 e.to_string_and_code()
@@ -101,6 +114,32 @@ pub fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<Prod
         .collect();
     if appended {
         apis.replicas.notify_appended();
+    }
+    let mut responses: Vec<TopicProduceResponse> = responses;
+    if !pending.is_empty() {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (topic, index, part, last) in pending {
+            if tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last))
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            let code = if part.is_under_min_isr() {
+                ResponseError::NotEnoughReplicasAfterAppend
+            } else {
+                ResponseError::RequestTimedOut
+            };
+            tracing::debug!(%topic, partition = index, ?code, "acks=all not met in time");
+            if let Some(r) = responses
+                .iter_mut()
+                .filter(|t| t.name.as_str() == topic)
+                .flat_map(|t| t.partition_responses.iter_mut())
+                .find(|r| r.index == index && r.error_code == 0)
+            {
+                r.error_code = code.code();
+            }
+        }
     }
     let endpoints = super::hinted_endpoints(&image, &hinted)
         .into_iter()

@@ -380,6 +380,58 @@ impl MetadataImage {
         topic.state(partition)?.leader()
     }
 
+    /// AlterPartition: the leader's new ISR for a partition, when it names
+    /// the current leader and epochs, keeps the leader, and adds only live
+    /// replicas.
+    pub fn alter_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: &[i32],
+    ) -> Result<PartitionState> {
+        let live: Vec<i32> = self.brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
+        let anyone = self.brokers.is_empty();
+        let t = self.topics.get_mut(topic).ok_or(Error::UnknownTopicOrPartition)?;
+        let replicas = t.replicas(partition).to_vec();
+        let state = usize::try_from(partition)
+            .ok()
+            .and_then(|p| t.states.get_mut(p))
+            .ok_or(Error::UnknownTopicOrPartition)?;
+        if state.leader != leader || state.leader_epoch != leader_epoch {
+            return Err(Error::FencedLeaderEpoch(format!(
+                "{topic}-{partition}: leader {leader} epoch {leader_epoch} is not the current leader {} epoch {}",
+                state.leader, state.leader_epoch
+            )));
+        }
+        if state.partition_epoch != partition_epoch {
+            return Err(Error::InvalidUpdateVersion(format!(
+                "{topic}-{partition}: partition epoch {partition_epoch} is not the current {}",
+                state.partition_epoch
+            )));
+        }
+        if !isr.contains(&leader) || isr.iter().any(|r| !replicas.contains(r)) {
+            return Err(Error::InvalidRequest(format!(
+                "{topic}-{partition}: ISR {isr:?} must hold the leader and only replicas {replicas:?}"
+            )));
+        }
+        if let Some(r) = isr
+            .iter()
+            .find(|r| !(state.isr.contains(r) || anyone || live.contains(r)))
+        {
+            return Err(Error::InvalidRequest(format!(
+                "{topic}-{partition}: broker {r} is fenced and cannot join the ISR"
+            )));
+        }
+        if state.isr != isr {
+            state.isr = isr.to_vec();
+            state.partition_epoch += 1;
+        }
+        Ok(state.clone())
+    }
+
     /// How many partitions broker `id` leads now.
     pub fn leader_count(&self, id: i32) -> usize {
         self.topics
@@ -485,7 +537,7 @@ impl MetadataImage {
         for topic in self.topics.values_mut() {
             let from = topic.states.len();
             for p in from..topic.assignments.len() {
-                let state = PartitionState::initial(&topic.assignments[p], |_| true);
+                let state = PartitionState::legacy(&topic.assignments[p]);
                 topic.states.push(state);
             }
         }
@@ -792,6 +844,50 @@ mod tests {
         assert_eq!(image.elect_leaders(&broker, Election::Preferred, Some(&moves)), 1);
         assert_eq!(image.leader(&image.topics["t"], 0), Some(1));
         assert_eq!(image.topics["t"].states[0].leader_epoch, 2);
+    }
+
+    /// AlterPartition takes the leader's ISR only with the current epochs:
+    /// a stale leader cannot overwrite a newer ISR; fenced brokers cannot join.
+    #[test]
+    fn alter_partition_checks_epochs_and_members() {
+        let broker = BrokerConfig::default();
+        let mut image = MetadataImage::default();
+        for id in [1, 2, 3] {
+            image.brokers.insert(id, registered(id));
+        }
+        image.create_topic(&broker, "t", 1, 3, BTreeMap::new(), None).unwrap();
+        let s = image.topics["t"].states[0].clone();
+        assert_eq!(s.isr.len(), 3, "a new partition's live replicas are all in sync");
+        let leader = s.leader;
+        let shrunk: Vec<i32> = vec![leader];
+        let next = image.alter_partition("t", 0, leader, 0, 0, &shrunk).unwrap();
+        assert_eq!(
+            (next.isr.clone(), next.partition_epoch, next.leader_epoch),
+            (shrunk.clone(), 1, 0)
+        );
+        // The same request again is stale now.
+        assert!(matches!(
+            image.alter_partition("t", 0, leader, 0, 0, &s.isr),
+            Err(Error::InvalidUpdateVersion(_))
+        ));
+        assert!(matches!(
+            image.alter_partition("t", 0, leader, 7, 1, &s.isr),
+            Err(Error::FencedLeaderEpoch(_))
+        ));
+        let other = s.isr.iter().copied().find(|r| *r != leader).unwrap();
+        image.brokers.get_mut(&other).unwrap().fenced = true;
+        assert!(matches!(
+            image.alter_partition("t", 0, leader, 0, 1, &[leader, other]),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(
+            matches!(
+                image.alter_partition("t", 0, leader, 0, 1, &[other]),
+                Err(Error::InvalidRequest(_))
+            ),
+            "the leader stays in its ISR"
+        );
+        assert_eq!(image.topics["t"].states[0].isr, shrunk, "nothing changed");
     }
 
     #[test]

@@ -21,24 +21,36 @@ pub struct PartitionState {
     /// Bumped with every change of this state (leader or ISR), so that a stale
     /// ISR change can be told from a current one.
     pub partition_epoch: i32,
-    /// The in-sync replicas. Until followers replicate (they do not yet), the
-    /// ISR is the leader alone.
+    /// The in-sync replicas: the leader and the followers caught up with it.
     pub isr: Vec<i32>,
 }
 
 impl PartitionState {
-    /// A new partition: led by its first live replica, which is its whole ISR.
+    /// A new partition: led by its first live replica; every live replica is
+    /// in sync (all their logs are empty).
     pub fn initial(replicas: &[i32], live: impl Fn(i32) -> bool) -> PartitionState {
         let leader = replicas.iter().copied().find(|r| live(*r)).unwrap_or(NO_LEADER);
+        let isr: Vec<i32> = replicas.iter().copied().filter(|r| live(*r)).collect();
         PartitionState {
             leader,
             leader_epoch: 0,
             partition_epoch: 0,
-            isr: if leader == NO_LEADER {
+            isr: if isr.is_empty() {
                 replicas.first().copied().into_iter().collect()
             } else {
-                vec![leader]
+                isr
             },
+        }
+    }
+
+    /// A partition of an image from before partition states: led by its
+    /// first replica, which held all its records, alone in sync.
+    pub fn legacy(replicas: &[i32]) -> PartitionState {
+        PartitionState {
+            leader: replicas.first().copied().unwrap_or(NO_LEADER),
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: replicas.first().copied().into_iter().collect(),
         }
     }
 
@@ -218,7 +230,7 @@ mod tests {
                         prop_assert!(next.isr.contains(&next.leader));
                     }
                     prop_assert!(!next.isr.is_empty());
-                    // Without replication nobody out of sync joins the ISR.
+                    // An election never adds to the ISR: only followers catching up do.
                     prop_assert!(next.isr.iter().all(|b| s.isr.contains(b)));
                     s = next;
                 }

@@ -780,6 +780,17 @@ fn run(
             image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
         }
+        ControllerOp::AlterPartition {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        } => {
+            image.alter_partition(topic, *partition, *leader, *leader_epoch, *partition_epoch, isr)?;
+            OpResult::Done
+        }
         ControllerOp::ElectPreferredLeaders { partitions } => {
             let moves = match partitions {
                 Some(named) => named.clone(),

@@ -145,6 +145,17 @@ pub enum ControllerOp {
         id: i32,
         incarnation_id: uuid::Uuid,
     },
+    /// A leader's change of its partition's ISR (Kafka's AlterPartition),
+    /// refused unless it names the current leader, leader epoch and
+    /// partition epoch: a stale leader cannot overwrite a newer ISR.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
     /// Preferred replicas lead again where they are live and in sync: the
     /// named partitions, or all that auto.leader.rebalance finds imbalanced.
     ElectPreferredLeaders {
@@ -203,6 +214,8 @@ pub enum ControllerError {
     InvalidRequest(String),
     UnknownTopicOrPartition,
     NotController(String),
+    FencedLeaderEpoch(String),
+    InvalidUpdateVersion(String),
     Storage(String),
 }
 
@@ -218,6 +231,8 @@ impl From<Error> for ControllerError {
             Error::InvalidRequest(m) => ControllerError::InvalidRequest(m),
             Error::UnknownTopicOrPartition => ControllerError::UnknownTopicOrPartition,
             Error::NotController(m) => ControllerError::NotController(m),
+            Error::FencedLeaderEpoch(m) => ControllerError::FencedLeaderEpoch(m),
+            Error::InvalidUpdateVersion(m) => ControllerError::InvalidUpdateVersion(m),
             other => ControllerError::Storage(other.to_string()),
         }
     }
@@ -235,6 +250,8 @@ impl From<ControllerError> for Error {
             ControllerError::InvalidRequest(m) => Error::InvalidRequest(m),
             ControllerError::UnknownTopicOrPartition => Error::UnknownTopicOrPartition,
             ControllerError::NotController(m) => Error::NotController(m),
+            ControllerError::FencedLeaderEpoch(m) => Error::FencedLeaderEpoch(m),
+            ControllerError::InvalidUpdateVersion(m) => Error::InvalidUpdateVersion(m),
             ControllerError::Storage(m) => Error::Storage(std::io::Error::other(m)),
         }
     }

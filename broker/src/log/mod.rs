@@ -88,6 +88,29 @@ fn io_err(e: std::io::Error) -> Error {
     Error::Storage(e)
 }
 
+/// Producer state as of `next_offset`: the latest snapshot at or below it
+/// (newer ones are dropped), then the batches after it replayed.
+fn rebuild_producers(
+    dir: &Path,
+    segments: &[Segment],
+    log_start_offset: i64,
+    next_offset: i64,
+) -> Result<ProducerStateManager> {
+    let (mut producers, snapshot_offset) = ProducerStateManager::load_latest(dir, next_offset)?;
+    let replay_from = snapshot_offset.max(log_start_offset);
+    let start = segments
+        .partition_point(|s| s.base_offset <= replay_from)
+        .saturating_sub(1);
+    for seg in &segments[start..] {
+        seg.for_each_header(replay_from, |h| {
+            if h.base_offset() >= replay_from {
+                producers.replay(h)
+            }
+        })?;
+    }
+    Ok(producers)
+}
+
 impl Log {
     /// Opens the log in `dir`, creating it when new. `recover_from` is the
     /// recovery point when the last shutdown was not clean: segments from the
@@ -168,18 +191,7 @@ impl Log {
             .unwrap_or(first_base)
             .clamp(first_base, next_offset);
 
-        let (mut producers, snapshot_offset) = ProducerStateManager::load_latest(dir, next_offset)?;
-        let replay_from = snapshot_offset.max(log_start_offset);
-        let start = segments
-            .partition_point(|s| s.base_offset <= replay_from)
-            .saturating_sub(1);
-        for seg in &segments[start..] {
-            seg.for_each_header(replay_from, |h| {
-                if h.base_offset() >= replay_from {
-                    producers.replay(h)
-                }
-            })?;
-        }
+        let producers = rebuild_producers(dir, &segments, log_start_offset, next_offset)?;
 
         Ok(Log {
             dir: dir.to_path_buf(),
@@ -389,6 +401,172 @@ impl Log {
             bytes: total as u64,
             duplicate: false,
         })
+    }
+
+    /// Appends batches as the leader stored them (a follower's fetch): offsets,
+    /// leader epochs and timestamps kept, nothing recompressed. Batches the
+    /// log already holds (a fetch that overlapped) are skipped; a gap is an
+    /// error, never papered over.
+    pub fn append_as_follower(&self, records: &Bytes) -> Result<AppendInfo> {
+        let config = self.config();
+        let batches = batch::split_batches(records)?;
+        let mut st = self.state.write();
+        let mut expected = st.next_offset;
+        let mut out = Vec::with_capacity(batches.len());
+        let mut headers = Vec::with_capacity(batches.len());
+        let mut max_timestamp = -1;
+        for b in &batches {
+            let h = batch::validate(b)?;
+            if h.last_offset() < expected {
+                continue;
+            }
+            if h.base_offset() != expected {
+                return Err(Error::CorruptMessage(format!(
+                    "replicated batch at offset {} does not follow the log end offset {expected}",
+                    h.base_offset()
+                )));
+            }
+            expected = h.last_offset() + 1;
+            max_timestamp = max_timestamp.max(h.max_timestamp());
+            let body = b.slice(HEADER_SIZE..);
+            out.push(OutgoingBatch {
+                header: PatchedHeader::from_batch(b),
+                body,
+            });
+            headers.push(h);
+        }
+        if out.is_empty() {
+            return Ok(AppendInfo {
+                first_offset: st.next_offset,
+                last_offset: st.next_offset - 1,
+                log_append_time: -1,
+                log_start_offset: st.log_start_offset,
+                records: 0,
+                bytes: 0,
+                duplicate: true,
+            });
+        }
+        let total: usize = out.iter().map(OutgoingBatch::size).sum();
+        let timestamp = if max_timestamp >= 0 { max_timestamp } else { now_ms() };
+        self.maybe_roll(&mut st, total, timestamp, &config)?;
+        st.active().append(&out).map_err(io_err)?;
+        let mut count = 0u64;
+        for h in &headers {
+            st.producers.replay(h);
+            count += h.records_count() as u64;
+        }
+        let first_offset = st.next_offset;
+        st.next_offset = expected;
+        st.unflushed_messages += count as i64;
+        if st.unflushed_messages >= config.flush_messages {
+            Self::flush_locked(&mut st)?;
+        }
+        Ok(AppendInfo {
+            first_offset,
+            last_offset: expected - 1,
+            log_append_time: -1,
+            log_start_offset: st.log_start_offset,
+            records: count,
+            bytes: total as u64,
+            duplicate: false,
+        })
+    }
+
+    /// The leader epoch of the last batch; -1 for an empty log.
+    pub fn last_epoch(&self) -> Result<i32> {
+        let st = self.state.read();
+        for seg in st.segments.iter().rev() {
+            if seg.next_offset() <= seg.base_offset {
+                continue;
+            }
+            let mut last = -1;
+            seg.for_each_header(seg.next_offset() - 1, |h| last = h.partition_leader_epoch())?;
+            return Ok(last);
+        }
+        Ok(-1)
+    }
+
+    /// Kafka's endOffsetForEpoch (KIP-101/279): the largest leader epoch at
+    /// or below `epoch` that this log holds, and the offset where the next
+    /// epoch begins (the log end offset for the last one). (-1, -1) when the
+    /// log holds no epoch that old. Epochs never decrease along a log, so
+    /// whole segments are skipped by their first batch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64)> {
+        let st = self.state.read();
+        let first_epoch = |seg: &Segment| -> Result<Option<i32>> {
+            let mut first = None;
+            seg.for_each_header_until(seg.base_offset, |h| {
+                first = Some(h.partition_leader_epoch());
+                false
+            })?;
+            Ok(first)
+        };
+        let mut found = -1;
+        for (i, seg) in st.segments.iter().enumerate() {
+            if let Some(next) = st.segments.get(i + 1) {
+                if let Some(e) = first_epoch(next)? {
+                    if e <= epoch {
+                        found = e;
+                        continue;
+                    }
+                }
+            }
+            let mut end = None;
+            seg.for_each_header_until(seg.base_offset, |h| {
+                let e = h.partition_leader_epoch();
+                if e > epoch {
+                    end = Some(h.base_offset());
+                    false
+                } else {
+                    found = e;
+                    true
+                }
+            })?;
+            if let Some(end) = end {
+                return Ok(if found < 0 { (-1, -1) } else { (found, end) });
+            }
+        }
+        Ok(if found < 0 { (-1, -1) } else { (found, st.next_offset) })
+    }
+
+    /// Drops every record at or past `offset` (Kafka's truncateTo): a replica
+    /// that follows a new leader cuts what that leader may not have. Indexes
+    /// and producer state are rebuilt for what stays.
+    pub fn truncate_to(&self, offset: i64) -> Result<()> {
+        let _exclusive = self.cleaner_lock.lock();
+        let config = self.config();
+        let index_bytes = config.segment_index_bytes as usize;
+        let mut st = self.state.write();
+        if offset >= st.next_offset {
+            return Ok(());
+        }
+        let offset = offset.max(0);
+        tracing::info!(dir = %self.dir.display(), from = st.next_offset, to = offset, "truncating the log");
+        while st.segments.len() > 1 && st.active().base_offset >= offset {
+            let gone = st.segments.pop().expect("more than one segment");
+            gone.delete()?;
+            st.active().on_become_active(index_bytes)?;
+        }
+        if st.active().base_offset > offset {
+            // Below the only segment: start over empty at `offset`.
+            let gone = st.segments.pop().expect("one segment");
+            gone.delete()?;
+            let interval = config.index_interval_bytes.max(0) as u32;
+            st.segments
+                .push(Segment::open(&self.dir, offset, interval, Some(index_bytes))?);
+            st.log_start_offset = offset;
+        } else {
+            st.active().truncate_to(offset)?;
+        }
+        let next = {
+            let active = st.active();
+            active.next_offset().max(active.base_offset)
+        };
+        st.next_offset = next;
+        st.recovery_point = st.recovery_point.min(next);
+        st.log_start_offset = st.log_start_offset.min(next);
+        st.producers = rebuild_producers(&self.dir, &st.segments, st.log_start_offset, next)?;
+        Ok(())
     }
 
     fn maybe_roll(

@@ -163,7 +163,18 @@ impl Segment {
     /// Scans every batch, checking length and CRC; rebuilds both indexes and
     /// truncates the file at the first torn or corrupt batch. `on_batch` sees
     /// each valid batch (producer state is rebuilt from it). Returns the bytes cut.
-    pub fn recover(&mut self, mut on_batch: impl FnMut(&BatchHeader)) -> io::Result<u64> {
+    pub fn recover(&mut self, on_batch: impl FnMut(&BatchHeader)) -> io::Result<u64> {
+        self.rebuild(i64::MAX, on_batch)
+    }
+
+    /// Cuts the segment before the first batch at or past `offset` (a
+    /// replica dropping a tail its leader does not have), rebuilding the
+    /// indexes from what stays. Returns the bytes cut.
+    pub fn truncate_to(&mut self, offset: i64) -> io::Result<u64> {
+        self.rebuild(offset, |_| {})
+    }
+
+    fn rebuild(&mut self, stop_at: i64, mut on_batch: impl FnMut(&BatchHeader)) -> io::Result<u64> {
         self.offset_index.reset();
         self.time_index.reset();
         self.bytes_since_last_index_entry = 0;
@@ -174,6 +185,7 @@ impl Segment {
         let mut corrupt: Option<String> = None;
         let mut entries: Vec<(u32, i64, i64, i64, u32)> = Vec::new();
         let stop = self.scan(0, |pos, bytes| match batch::validate(bytes) {
+            Ok(h) if h.base_offset() >= stop_at => false,
             Ok(h) => {
                 on_batch(&h);
                 entries.push((
@@ -196,7 +208,10 @@ impl Segment {
             self.next_offset = last + 1;
         }
         let cut = u64::from(self.size - valid_end);
-        if cut > 0 {
+        if cut > 0 && stop_at != i64::MAX {
+            self.file.set_len(u64::from(valid_end))?;
+            self.size = valid_end;
+        } else if cut > 0 {
             let reason = corrupt.or(match stop {
                 ScanStop::Invalid { reason, .. } => Some(reason),
                 ScanStop::End => None,
@@ -482,6 +497,16 @@ impl Segment {
     }
 
     /// Calls `f` for every batch header from `from_offset` on (replays producer state).
+    /// Like [`Segment::for_each_header`], stopping when `f` returns false.
+    pub fn for_each_header_until(&self, from_offset: i64, mut f: impl FnMut(&BatchHeader) -> bool) -> io::Result<()> {
+        let start = match self.translate_offset(from_offset)? {
+            Some((pos, _)) => pos,
+            None => return Ok(()),
+        };
+        self.scan(start, |_, b| BatchHeader::parse(b).map_or(true, |h| f(&h)))?;
+        Ok(())
+    }
+
     pub fn for_each_header(&self, from_offset: i64, mut f: impl FnMut(&BatchHeader)) -> io::Result<()> {
         let start = match self.translate_offset(from_offset)? {
             Some((pos, _)) => pos,

@@ -343,3 +343,100 @@ fn max_timestamp_names_the_record_holding_it_at_or_past_the_log_start() {
     log.delete_records_before(3, log.log_end_offset()).unwrap();
     assert_eq!(log.max_timestamp_offset().unwrap(), (4, 250));
 }
+
+/// A follower stores the leader's batches byte for byte: same offsets, same
+/// leader epochs; an overlapping fetch is skipped, a gap refused.
+#[test]
+fn a_follower_appends_the_leaders_batches_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Log::open(&dir.path().join("leader"), config(2000), None, None).unwrap();
+    for i in 0..20 {
+        let refs: Vec<Vec<u8>> = values(3, &format!("b{i}"));
+        let refs: Vec<&[u8]> = refs.iter().map(|v| v.as_slice()).collect();
+        leader.append_as_leader(&encode_batch(0, &refs, 1000 + i), 7).unwrap();
+    }
+    let follower = Log::open(&dir.path().join("follower"), config(2000), None, None).unwrap();
+    // As a fetcher does: chunk after chunk (a read stops at a segment's end).
+    let mut chunks = Vec::new();
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let chunk = leader
+            .read(follower.log_end_offset(), 1 << 20, i64::MAX, true)
+            .unwrap()
+            .records;
+        let info = follower.append_as_follower(&chunk).unwrap();
+        assert!(!info.duplicate);
+        chunks.push(chunk);
+    }
+    assert_eq!(follower.log_end_offset(), 60);
+    let mut at = 0;
+    for chunk in &chunks {
+        let copied = follower.read(at, chunk.len(), i64::MAX, true).unwrap().records;
+        assert_eq!(&copied, chunk, "byte for byte");
+        assert!(batch::complete_batches(&copied).all(|(_, h)| h.partition_leader_epoch() == 7));
+        at = batch::complete_batches(chunk).last().unwrap().1.next_offset();
+    }
+    // The same fetch again changes nothing.
+    assert!(follower.append_as_follower(&chunks[0]).unwrap().duplicate);
+    assert_eq!(follower.log_end_offset(), 60);
+    // A gap is refused.
+    let later = leader.read(30, 1 << 20, i64::MAX, true).unwrap().records;
+    let gap = Log::open(&dir.path().join("gap"), config(2000), None, None).unwrap();
+    assert!(matches!(gap.append_as_follower(&later), Err(Error::CorruptMessage(_))));
+    assert_eq!(gap.log_end_offset(), 0);
+}
+
+/// Truncation drops a divergent tail across segments; appends and producer
+/// state carry on from the cut, and it survives a reopen.
+#[test]
+fn truncate_to_drops_the_tail_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(2000), None, None).unwrap();
+    for i in 0..50 {
+        append(&log, &values(3, &format!("b{i}")), 1000 + i);
+    }
+    let segments = log.segment_count();
+    assert!(segments > 5);
+    log.truncate_to(60).unwrap();
+    assert_eq!(log.log_end_offset(), 60);
+    assert!(log.segment_count() < segments);
+    assert_eq!(read_offsets(&log, 0), (0..60).collect::<Vec<_>>());
+    let info = append(&log, &values(2, "after"), 5000);
+    assert_eq!((info.first_offset, info.last_offset), (60, 61));
+    // Truncating past the end, or to it, is nothing.
+    log.truncate_to(1000).unwrap();
+    assert_eq!(log.log_end_offset(), 62);
+    log.close().unwrap();
+    let reopened = Log::open(dir.path(), config(2000), None, None).unwrap();
+    assert_eq!(read_offsets(&reopened, 0), (0..62).collect::<Vec<_>>());
+    // To zero: empty, and appends start over at 0.
+    reopened.truncate_to(0).unwrap();
+    assert_eq!((reopened.log_start_offset(), reopened.log_end_offset()), (0, 0));
+    assert_eq!(append(&reopened, &values(1, "z"), 6000).first_offset, 0);
+}
+
+/// Leader epochs along a log: the last one, and where each ends (KIP-101).
+#[test]
+fn end_offsets_for_epochs_follow_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(2000), None, None).unwrap();
+    assert_eq!(log.last_epoch().unwrap(), -1);
+    assert_eq!(log.end_offset_for_epoch(0).unwrap(), (-1, -1));
+    // Epoch 2 for offsets 0..30, epoch 5 for 30..60, epoch 6 for 60..90; small segments.
+    for (epoch, from) in [(2, 0), (5, 10), (6, 20)] {
+        for i in from..from + 10 {
+            let vals = values(3, &format!("b{i}"));
+            let refs: Vec<&[u8]> = vals.iter().map(|v| v.as_slice()).collect();
+            log.append_as_leader(&encode_batch(0, &refs, 1000 + i), epoch).unwrap();
+        }
+    }
+    assert!(log.segment_count() > 3);
+    assert_eq!(log.last_epoch().unwrap(), 6);
+    assert_eq!(log.end_offset_for_epoch(1).unwrap(), (-1, -1));
+    assert_eq!(log.end_offset_for_epoch(2).unwrap(), (2, 30));
+    assert_eq!(log.end_offset_for_epoch(3).unwrap(), (2, 30), "an epoch it never had");
+    assert_eq!(log.end_offset_for_epoch(5).unwrap(), (5, 60));
+    assert_eq!(log.end_offset_for_epoch(6).unwrap(), (6, 90));
+    assert_eq!(log.end_offset_for_epoch(9).unwrap(), (6, 90));
+    log.truncate_to(45).unwrap();
+    assert_eq!(log.last_epoch().unwrap(), 5);
+}

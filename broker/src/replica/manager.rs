@@ -95,6 +95,7 @@ impl ReplicaManager {
                     leading: image.leader(topic, p) == Some(broker.node_id),
                     leader: image.leader(topic, p).unwrap_or(-1),
                     leader_epoch: state.map_or(0, |s| s.leader_epoch),
+                    partition_epoch: state.map_or(0, |s| s.partition_epoch),
                     replicas: topic.replicas(p).to_vec(),
                     isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
                 };

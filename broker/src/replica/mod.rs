@@ -1,6 +1,9 @@
-//! Partitions (leader state, high watermark) and the replica manager that
-//! routes produce and fetch to them.
+//! Partitions (leader state, high watermark), the replica manager that
+//! routes produce and fetch to them, the followers' fetchers and the
+//! leader's ISR upkeep.
 
+pub mod fetcher;
+pub mod isr;
 pub mod manager;
 pub mod partition;
 

@@ -2,15 +2,17 @@
 //! controller last set them its replica set, ISR, leader epoch and whether
 //! this broker leads it; and the high watermark.
 //!
-//! Until followers replicate, the ISR is the leader alone, so the high
-//! watermark follows the log end offset after every append; fetches never
-//! read past it.
+//! As leader it tracks each follower's log end offset (the offset of its
+//! last fetch) and when it last caught up; the high watermark is the lowest
+//! log end offset in the ISR and never moves back. Consumers never read past
+//! it; acks=all produces wait for it (`hw_changes`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -23,6 +25,19 @@ pub struct Partition {
     pub log: Arc<Log>,
     leadership: RwLock<Leadership>,
     high_watermark: AtomicI64,
+    /// Each follower's fetch progress, while this broker leads.
+    followers: Mutex<HashMap<i32, FollowerState>>,
+    /// Every move of the high watermark, for acks=all waiters.
+    hw_changes: tokio::sync::watch::Sender<i64>,
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerState {
+    /// The offset of its last fetch: everything below it is in its log.
+    pub log_end_offset: i64,
+    /// When its fetch last reached the leader's log end offset (ms).
+    pub last_caught_up_ms: i64,
 }
 
 /// The partition's replicas, ISR and leader epoch as the controller last set
@@ -33,6 +48,7 @@ pub struct Leadership {
     /// -1 when the partition is offline.
     pub leader: i32,
     pub leader_epoch: i32,
+    pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
 }
@@ -47,6 +63,8 @@ impl Partition {
             log,
             leadership: RwLock::new(Leadership::default()),
             high_watermark: AtomicI64::new(hw),
+            followers: Mutex::new(HashMap::new()),
+            hw_changes: tokio::sync::watch::channel(hw).0,
         }
     }
 
@@ -57,13 +75,96 @@ impl Partition {
     pub fn set_leadership(&self, leadership: Leadership) {
         let mut current = self.leadership.write();
         if *current != leadership {
-            if leadership.leading && !current.leading {
+            if leadership.leading && (!current.leading || leadership.leader_epoch != current.leader_epoch) {
                 tracing::info!(tp = %self.tp, leader_epoch = leadership.leader_epoch, "leading");
+                // A new term: followers prove their progress afresh; until
+                // then they count as caught up now (as Kafka's leader does).
+                let now = crate::log::segment::now_ms();
+                let mut followers = self.followers.lock();
+                followers.clear();
+                for r in leadership.replicas.iter().filter(|r| **r != leadership.leader) {
+                    followers.insert(
+                        *r,
+                        FollowerState {
+                            log_end_offset: -1,
+                            last_caught_up_ms: now,
+                        },
+                    );
+                }
             } else if current.leading && !leadership.leading {
                 tracing::info!(tp = %self.tp, "no longer leading");
             }
             *current = leadership;
         }
+        drop(current);
+        self.maybe_advance_high_watermark();
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.read().clone()
+    }
+
+    /// As leader: a follower fetched at `fetch_offset` (its log end offset).
+    /// Answers whether the high watermark moved.
+    pub fn record_follower_fetch(&self, replica: i32, fetch_offset: i64, now_ms: i64) -> bool {
+        {
+            let leo = self.log.log_end_offset();
+            let mut followers = self.followers.lock();
+            let Some(f) = followers.get_mut(&replica) else {
+                return false;
+            };
+            f.log_end_offset = fetch_offset;
+            if fetch_offset >= leo {
+                f.last_caught_up_ms = now_ms;
+            }
+        }
+        self.maybe_advance_high_watermark()
+    }
+
+    pub fn followers(&self) -> HashMap<i32, FollowerState> {
+        self.followers.lock().clone()
+    }
+
+    /// As leader: the high watermark is the lowest log end offset in the
+    /// ISR (this broker's included). It only moves forward.
+    fn maybe_advance_high_watermark(&self) -> bool {
+        let l = self.leadership.read();
+        if !l.leading {
+            return false;
+        }
+        let mut hw = self.log.log_end_offset();
+        {
+            let followers = self.followers.lock();
+            for r in l.isr.iter().filter(|r| **r != l.leader) {
+                hw = hw.min(followers.get(r).map_or(-1, |f| f.log_end_offset));
+            }
+        }
+        drop(l);
+        self.set_high_watermark(hw)
+    }
+
+    /// Moves the high watermark forward to `hw` (never back). As follower it
+    /// is the leader's, bounded by this log's end.
+    pub fn set_high_watermark(&self, hw: i64) -> bool {
+        let previous = self.high_watermark.fetch_max(hw, Ordering::AcqRel);
+        if hw > previous {
+            self.hw_changes.send_replace(hw);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A follower that truncated its log takes its high watermark down with it.
+    pub fn reset_high_watermark(&self, hw: i64) {
+        self.high_watermark.store(hw, Ordering::Release);
+        self.hw_changes.send_replace(hw);
+    }
+
+    /// Resolves once the high watermark passes `offset` (acks=all).
+    pub async fn wait_for_high_watermark(&self, offset: i64) {
+        let mut rx = self.hw_changes.subscribe();
+        let _ = rx.wait_for(|hw| *hw > offset).await;
     }
 
     /// The epoch stamped into batches appended as leader.
@@ -106,9 +207,9 @@ impl Partition {
         ((self.leadership.read().isr.len() as i64) < i64::from(min)).then_some(min)
     }
 
-    /// Appends as leader (`acks` as in the Produce request). With the ISR being
-    /// this broker, the write is committed at once (acks=all behaves as acks=1
-    /// on one node, unless min.insync.replicas asks for more replicas).
+    /// Appends as leader (`acks` as in the Produce request). Below
+    /// min.insync.replicas an acks=all produce is refused before appending.
+    /// The high watermark moves at once when the ISR is this broker alone.
     pub fn append(&self, records: &Bytes, acks: i16) -> Result<AppendInfo> {
         let (isr, leader_epoch) = {
             let l = self.leadership.read();
@@ -120,7 +221,7 @@ impl Partition {
             }
         }
         let info = self.log.append_as_leader(records, leader_epoch)?;
-        self.high_watermark.fetch_max(info.last_offset + 1, Ordering::AcqRel);
+        self.maybe_advance_high_watermark();
         Ok(info)
     }
 
@@ -131,6 +232,11 @@ impl Partition {
     /// The file region a fetch serves (zero-copy path).
     pub fn read_slice(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<SliceInfo> {
         self.log.read_slice(offset, max_bytes, self.high_watermark(), min_one)
+    }
+
+    /// What a follower fetches: up to the log end offset, not the high watermark.
+    pub fn read_slice_for_follower(&self, offset: i64, max_bytes: usize) -> Result<SliceInfo> {
+        self.log.read_slice(offset, max_bytes, self.log.log_end_offset(), true)
     }
 
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {

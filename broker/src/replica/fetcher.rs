@@ -1,0 +1,271 @@
+//! Followers: one fetcher per leader broker, multiplexing every partition
+//! this broker follows from it over one connection, with the Kafka Fetch API
+//! (replica id set, so the leader serves up to its log end and learns each
+//! follower's progress from its fetch offset). Batches are stored exactly as
+//! the leader sent them.
+//!
+//! Divergence (KIP-101/KIP-595): every fetch names the epoch of the
+//! follower's last batch; when the leader's log ends that epoch earlier, it
+//! answers with the diverging epoch's end offset and the follower cuts its
+//! log there before fetching again. So a returning broker never keeps records
+//! the new leader does not have at the same offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::{Partition, ReplicaManager};
+use crate::controller::Controller;
+
+/// Fetch v12: topics by name, the follower's last fetched epoch, and the
+/// leader's diverging epoch in the answer.
+const FETCH_VERSION: i16 = 12;
+const MAX_WAIT_MS: i32 = 500;
+const PARTITION_MAX_BYTES: i32 = 1 << 20;
+const MAX_BYTES: i32 = 16 << 20;
+/// A response larger than this from a leader is refused (hostile or broken peer).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Keeps one fetcher task per leader this broker follows partitions from.
+pub async fn run(
+    node_id: i32,
+    replicas: Arc<ReplicaManager>,
+    controller: Arc<Controller>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut fetchers: HashMap<i32, JoinHandle<()>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = crate::shutdown::stopped(&mut shutdown) => {
+                for (_, f) in fetchers {
+                    f.abort();
+                }
+                return;
+            }
+        }
+        fetchers.retain(|_, f| !f.is_finished());
+        for leader in followed_leaders(node_id, &replicas) {
+            fetchers
+                .entry(leader)
+                .or_insert_with(|| tokio::spawn(fetch_from(node_id, leader, replicas.clone(), controller.clone())));
+        }
+    }
+}
+
+/// The partitions this broker follows from `leader` (all leaders when `None`).
+fn followed(node_id: i32, replicas: &ReplicaManager, leader: Option<i32>) -> Vec<Arc<Partition>> {
+    replicas
+        .all()
+        .into_iter()
+        .filter(|p| {
+            let l = p.leadership();
+            !l.leading && l.leader >= 0 && l.leader != node_id && leader.is_none_or(|x| x == l.leader)
+        })
+        .collect()
+}
+
+fn followed_leaders(node_id: i32, replicas: &ReplicaManager) -> std::collections::BTreeSet<i32> {
+    followed(node_id, replicas, None)
+        .iter()
+        .map(|p| p.leadership().leader)
+        .collect()
+}
+
+/// One leader's fetcher: runs while this broker follows anything from it.
+async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, controller: Arc<Controller>) {
+    let mut conn: Option<TcpStream> = None;
+    let mut correlation = 0;
+    loop {
+        let parts = followed(node_id, &replicas, Some(leader));
+        if parts.is_empty() {
+            return;
+        }
+        let Some(addr) = controller
+            .image()
+            .brokers
+            .get(&leader)
+            .map(|b| format!("{}:{}", b.host, b.port))
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let request = fetch_request(node_id, &parts);
+        correlation += 1;
+        let answer = async {
+            if conn.is_none() {
+                conn = Some(TcpStream::connect(&addr).await?);
+            }
+            let stream = conn.as_mut().expect("connected");
+            exchange(stream, correlation, &request).await
+        };
+        let response = match tokio::time::timeout(Duration::from_secs(30), answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(leader, %addr, error = %e, "replica fetch failed");
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        let mut backoff = false;
+        for topic in response.responses {
+            for data in topic.partitions {
+                let Some(part) = parts
+                    .iter()
+                    .find(|p| p.tp.topic == topic.topic.as_str() && p.tp.partition == data.partition_index)
+                else {
+                    continue;
+                };
+                if let Err(e) = apply(part, data).await {
+                    tracing::warn!(tp = %part.tp, leader, error = %e, "replicating from the leader");
+                    backoff = true;
+                }
+            }
+        }
+        if backoff {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn fetch_request(node_id: i32, parts: &[Arc<Partition>]) -> FetchRequest {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for p in parts {
+        let last_epoch = p.log.last_epoch().unwrap_or(-1);
+        let partition = FetchPartition::default()
+            .with_partition(p.tp.partition)
+            .with_current_leader_epoch(p.leader_epoch())
+            .with_fetch_offset(p.log.log_end_offset())
+            .with_last_fetched_epoch(last_epoch)
+            .with_log_start_offset(p.log.log_start_offset())
+            .with_partition_max_bytes(PARTITION_MAX_BYTES);
+        match topics.iter_mut().find(|t| t.topic.as_str() == p.tp.topic) {
+            Some(t) => t.partitions.push(partition),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(p.tp.topic.clone())))
+                    .with_partitions(vec![partition]),
+            ),
+        }
+    }
+    FetchRequest::default()
+        .with_replica_id(BrokerId(node_id))
+        .with_max_wait_ms(MAX_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(MAX_BYTES)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(topics)
+}
+
+/// One partition of the leader's answer: append, cut a divergent tail, or
+/// follow the leader's high watermark.
+async fn apply(
+    part: &Arc<Partition>,
+    data: kafka_protocol::messages::fetch_response::PartitionData,
+) -> crate::error::Result<()> {
+    let error = ResponseError::try_from_code(data.error_code);
+    let leo = part.log.log_end_offset();
+    if error == Some(ResponseError::OffsetOutOfRange) {
+        // Past the leader's end: an unreplicated tail from an older epoch.
+        if data.high_watermark >= 0 && leo > data.high_watermark {
+            truncate(part, data.high_watermark).await?;
+        }
+        return Ok(());
+    }
+    if data.error_code != 0 {
+        return Err(crate::error::Error::NotLeaderOrFollower);
+    }
+    if data.diverging_epoch.end_offset >= 0 || data.diverging_epoch.epoch >= 0 {
+        let to = if data.diverging_epoch.end_offset >= 0 {
+            data.diverging_epoch.end_offset.min(leo)
+        } else {
+            0
+        };
+        tracing::info!(
+            tp = %part.tp,
+            epoch = data.diverging_epoch.epoch,
+            end_offset = data.diverging_epoch.end_offset,
+            "the leader's log diverges from ours: cutting the tail"
+        );
+        return truncate(part, to).await;
+    }
+    if let Some(records) = data.records.filter(|r| !r.is_empty()) {
+        let p = part.clone();
+        tokio::task::spawn_blocking(move || p.log.append_as_follower(&records))
+            .await
+            .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+    }
+    part.set_high_watermark(data.high_watermark.min(part.log.log_end_offset()));
+    Ok(())
+}
+
+async fn truncate(part: &Arc<Partition>, to: i64) -> crate::error::Result<()> {
+    let p = part.clone();
+    tokio::task::spawn_blocking(move || p.log.truncate_to(to))
+        .await
+        .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+    let leo = part.log.log_end_offset();
+    if part.high_watermark() > leo {
+        part.reset_high_watermark(leo);
+    }
+    Ok(())
+}
+
+/// One request and its response over the Kafka wire format.
+async fn exchange(stream: &mut TcpStream, correlation: i32, request: &FetchRequest) -> std::io::Result<FetchResponse> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(FETCH_VERSION)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("fjord-replica-fetcher")));
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, ApiKey::Fetch.request_header_version(FETCH_VERSION))
+        .map_err(|e| bad(e.to_string()))?;
+    request
+        .encode(&mut body, FETCH_VERSION)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut frame = BytesMut::with_capacity(body.len() + 4);
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await?;
+    let len = stream.read_i32().await?;
+    let len = usize::try_from(len).map_err(|_| bad(format!("negative frame size {len}")))?;
+    if len > MAX_RESPONSE_BYTES {
+        return Err(bad(format!("response of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    let mut buf = Bytes::from(buf);
+    let header = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(FETCH_VERSION))
+        .map_err(|e| bad(e.to_string()))?;
+    if header.correlation_id != correlation {
+        return Err(bad(format!(
+            "correlation id {} for {correlation}",
+            header.correlation_id
+        )));
+    }
+    let response = FetchResponse::decode(&mut buf, FETCH_VERSION).map_err(|e| bad(e.to_string()))?;
+    if buf.has_remaining() {
+        return Err(bad(format!("{} bytes after the response", buf.remaining())));
+    }
+    Ok(response)
+}

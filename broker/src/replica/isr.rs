@@ -1,0 +1,135 @@
+//! The leader's side of the ISR: which followers are in sync, as a pure
+//! function of what their fetches showed, and the loop that asks the
+//! controller to change the ISR (AlterPartition) when that differs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::partition::{FollowerState, Leadership};
+use super::ReplicaManager;
+use crate::controller::{Controller, ControllerOp};
+
+/// The ISR the leader wants: a follower stays while it caught up with the
+/// leader's log end within `lag_max_ms` (replica.lag.time.max.ms), and joins
+/// once its log reaches the high watermark. Replica order is kept.
+pub fn desired_isr(
+    leadership: &Leadership,
+    followers: &HashMap<i32, FollowerState>,
+    high_watermark: i64,
+    now_ms: i64,
+    lag_max_ms: i64,
+) -> Vec<i32> {
+    leadership
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| {
+            if *r == leadership.leader {
+                return true;
+            }
+            let in_sync = leadership.isr.contains(r);
+            match followers.get(r) {
+                Some(f) if in_sync => now_ms - f.last_caught_up_ms <= lag_max_ms,
+                Some(f) => f.log_end_offset >= 0 && f.log_end_offset >= high_watermark,
+                None => in_sync,
+            }
+        })
+        .collect()
+}
+
+/// Every `interval`, for each partition this broker leads, sends the
+/// controller the ISR its followers have earned. Counts shrinks and expands.
+pub async fn run(
+    replicas: Arc<ReplicaManager>,
+    controller: Arc<Controller>,
+    lag_max_ms: i64,
+    counters: (prometheus::IntCounter, prometheus::IntCounter),
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (shrinks, expands) = counters;
+    let interval = Duration::from_millis((lag_max_ms / 4).clamp(100, 1000) as u64);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            () = crate::shutdown::stopped(&mut shutdown) => return,
+        }
+        for part in replicas.all() {
+            let l = part.leadership();
+            if !l.leading {
+                continue;
+            }
+            let now = crate::log::segment::now_ms();
+            let isr = desired_isr(&l, &part.followers(), part.high_watermark(), now, lag_max_ms);
+            if isr == l.isr {
+                continue;
+            }
+            let op = ControllerOp::AlterPartition {
+                topic: part.tp.topic.clone(),
+                partition: part.tp.partition,
+                leader: l.leader,
+                leader_epoch: l.leader_epoch,
+                partition_epoch: l.partition_epoch,
+                isr: isr.clone(),
+            };
+            match controller.execute(op).await {
+                Ok(_) => {
+                    let left = l.isr.iter().filter(|r| !isr.contains(r)).count();
+                    let joined = isr.iter().filter(|r| !l.isr.contains(r)).count();
+                    shrinks.inc_by(left as u64);
+                    expands.inc_by(joined as u64);
+                    tracing::info!(tp = %part.tp, from = ?l.isr, to = ?isr, "ISR changed");
+                }
+                // A newer state is on its way; the next round uses it.
+                Err(e) => tracing::debug!(tp = %part.tp, error = %e, "ISR change refused"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leadership(isr: &[i32]) -> Leadership {
+        Leadership {
+            leading: true,
+            leader: 1,
+            leader_epoch: 3,
+            partition_epoch: 4,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+        }
+    }
+
+    fn follower(leo: i64, caught_up: i64) -> FollowerState {
+        FollowerState {
+            log_end_offset: leo,
+            last_caught_up_ms: caught_up,
+        }
+    }
+
+    #[test]
+    fn lagging_followers_leave_and_caught_up_ones_join() {
+        let followers = HashMap::from([(2, follower(100, 1_000)), (3, follower(40, 0))]);
+        // 3 has not caught up for 31 s: out. 2 is fine.
+        assert_eq!(
+            desired_isr(&leadership(&[1, 2, 3]), &followers, 40, 31_000, 30_000),
+            vec![1, 2]
+        );
+        // 3 out of the ISR reaches the high watermark: back in, in replica order.
+        let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(100, 0))]);
+        assert_eq!(
+            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            vec![1, 2, 3]
+        );
+        // Short of it: stays out. A follower that never fetched: stays out.
+        let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(99, 0))]);
+        assert_eq!(
+            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            vec![1, 2]
+        );
+        let followers = HashMap::from([(2, follower(-1, 31_000))]);
+        assert_eq!(desired_isr(&leadership(&[1]), &followers, 0, 31_000, 30_000), vec![1]);
+    }
+}
