@@ -669,3 +669,137 @@ async fn controlled_shutdown_and_a_broker_only_node() {
     assert!(t.partition_states.iter().all(|p| p.leader != stopped), "{t:?}");
     fourth.stop();
 }
+
+/// Kafka's promise under fire: an idempotent acks=all producer writes to six
+/// RF 3 partitions (min.insync.replicas=2) without pause while brokers are
+/// killed with SIGKILL and restarted one after another. Every acknowledged
+/// record is there afterwards, once, in order per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_broker_kills_under_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&cluster.bootstrap()).create().unwrap();
+    let topic = NewTopic::new("durable", 6, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+
+    let acked: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); 6]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    let writers: Vec<_> = (0..6)
+        .map(|p| {
+            let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                let mut failures = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let payload = format!("{p}-{i}");
+                    let sent = producer
+                        .send(
+                            FutureRecord::to("durable").key("k").payload(&payload).partition(p),
+                            Duration::from_secs(120),
+                        )
+                        .await;
+                    match sent {
+                        Ok(_) => acked.lock().unwrap()[p as usize].push(i),
+                        Err((e, _)) => {
+                            failures += 1;
+                            eprintln!("partition {p}: record {i} not acknowledged: {e}");
+                        }
+                    }
+                    i += 1;
+                }
+                failures
+            })
+        })
+        .collect();
+    let total = |acked: &Arc<Mutex<Vec<Vec<u64>>>>| acked.lock().unwrap().iter().map(Vec::len).sum::<usize>();
+    let wait_for_more = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let target = total(&acked) + n;
+            let deadline = Instant::now() + WAIT;
+            while total(&acked) < target {
+                assert!(Instant::now() < deadline, "acks stalled at {}", total(&acked));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for_more(300).await;
+    // Kill each broker in turn under load; the others carry on and it returns.
+    for victim in [0usize, 1, 2] {
+        cluster.brokers[victim].kill9();
+        wait_for_more(300).await;
+        cluster.brokers[victim].relaunch();
+        cluster.brokers[victim].wait_ready(WAIT).unwrap();
+        eventually("every ISR whole again", || async {
+            describe_topic(&cluster.brokers[(victim + 1) % 3], "durable")
+                .await
+                .filter(|t| t.partition_states.iter().all(|p| p.isr.len() == 3))
+        })
+        .await;
+        wait_for_more(100).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let failures = w.await.unwrap();
+        assert_eq!(
+            failures, 0,
+            "records not acknowledged (the producer should retry through failovers)"
+        );
+    }
+    let acked = acked.lock().unwrap().clone();
+    println!(
+        "acks=all under three SIGKILLs: {} records acknowledged",
+        acked.iter().map(Vec::len).sum::<usize>()
+    );
+
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "durable-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset("durable", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut read: Vec<Vec<u64>> = vec![Vec::new(); 6];
+    let want: usize = acked.iter().map(Vec::len).sum();
+    let deadline = Instant::now() + WAIT;
+    while read.iter().map(Vec::len).sum::<usize>() < want {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {want}",
+            read.iter().map(Vec::len).sum::<usize>()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
+            let (p, i) = text.split_once('-').unwrap();
+            assert_eq!(p.parse::<i32>().unwrap(), m.partition());
+            read[m.partition() as usize].push(i.parse().unwrap());
+        }
+    }
+    for p in 0..6 {
+        assert_eq!(
+            read[p], acked[p],
+            "partition {p}: every acknowledged record, once, in order"
+        );
+    }
+}
