@@ -248,6 +248,8 @@ config_struct! {
         group_max_size: i32 = "group.max.size", i32::MAX;
         /// Partitions of __consumer_offsets (fixed once created).
         offsets_topic_num_partitions: i32 = "offsets.topic.num.partitions", 50;
+        /// Replicas of each __consumer_offsets partition (at most the live brokers when it is created).
+        offsets_topic_replication_factor: i32 = "offsets.topic.replication.factor", 3;
         /// Segment size of __consumer_offsets, small so it compacts often.
         offsets_topic_segment_bytes: i32 = "offsets.topic.segment.bytes", 104_857_600;
         /// Offsets of a group that stays empty this long are deleted.

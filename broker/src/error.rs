@@ -39,6 +39,8 @@ pub enum Error {
     NotController(String),
     #[error("fenced leader epoch: {0}")]
     FencedLeaderEpoch(String),
+    #[error("leader epoch {0} is newer than this broker knows")]
+    UnknownLeaderEpoch(i32),
     #[error("stale partition epoch: {0}")]
     InvalidUpdateVersion(String),
     #[error("invalid config: {0}")]
@@ -123,6 +125,7 @@ impl Error {
             Error::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             Error::NotController(_) => ResponseError::NotController,
             Error::FencedLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+            Error::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
             Error::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
             Error::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,

@@ -667,6 +667,43 @@ async fn controlled_shutdown_and_a_broker_only_node() {
     );
     let t = describe_topic(survivor, "spread4").await.unwrap();
     assert!(t.partition_states.iter().all(|p| p.leader != stopped), "{t:?}");
+
+    // min.insync.replicas=2 with one of two replicas down: acks=all is
+    // refused with NOT_ENOUGH_REPLICAS (nothing appended), acks=1 is taken.
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&survivor.bootstrap()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let placed = [controller, stopped];
+    let assignment = [&placed[..]];
+    let topic = NewTopic::new("min2", 1, TopicReplication::Variable(&assignment)).set("min.insync.replicas", "2");
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+    let strict: FutureProducer = kafka(&survivor.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "3000")
+        .create()
+        .unwrap();
+    let refused = strict
+        .send(FutureRecord::to("min2").key("k").payload("x"), Duration::from_secs(10))
+        .await;
+    // librdkafka retries NOT_ENOUGH_REPLICAS (retriable) until its timeout;
+    // the broker counts each refusal.
+    assert!(refused.is_err());
+    let (_, metrics) = fjord_e2e::http_get(survivor.metrics, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fjord_produce_errors_total{error=\"19\",topic=\"min2\"}")),
+        "NOT_ENOUGH_REPLICAS (19) counted"
+    );
+    let relaxed: FutureProducer = kafka(&survivor.bootstrap()).set("acks", "1").create().unwrap();
+    relaxed
+        .send(FutureRecord::to("min2").key("k").payload("y"), Duration::from_secs(10))
+        .await
+        .expect("acks=1 does not need the ISR");
+    let t = describe_topic(survivor, "min2").await.unwrap();
+    assert_eq!(
+        t.partition_states[0].log_end_offset, 1,
+        "the refused record was never appended"
+    );
     fourth.stop();
 }
 

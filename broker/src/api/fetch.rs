@@ -88,6 +88,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             let result = match &name {
                 None => Err(Error::UnknownTopicId),
                 Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
+                    part.check_leader_epoch(p.current_leader_epoch)?;
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
                     let info = if replica >= 0 {
                         hw_moved |= part.record_follower_fetch(replica, p.fetch_offset, now);

@@ -40,6 +40,7 @@ pub fn handle(apis: &Apis, request: ListOffsetsRequest, version: i16) -> ListOff
                         .replicas
                         .get(topic.name.as_str(), p.partition_index)
                         .and_then(|part| {
+                            part.check_leader_epoch(p.current_leader_epoch)?;
                             let (offset, timestamp) = lookup(&part, p.timestamp)?;
                             Ok((offset, timestamp, part.leader_epoch()))
                         });

@@ -31,6 +31,7 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub struct GroupConfig {
     pub limits: GroupLimits,
     pub offsets_partitions: i32,
+    pub offsets_replication_factor: i16,
     pub offsets_segment_bytes: i32,
     pub offsets_retention: Duration,
     pub offsets_retention_check: Duration,
@@ -48,6 +49,7 @@ impl GroupConfig {
                 max_size: c.group_max_size.max(1) as usize,
             },
             offsets_partitions: c.offsets_topic_num_partitions.max(1),
+            offsets_replication_factor: c.offsets_topic_replication_factor.clamp(1, i16::MAX.into()) as i16,
             offsets_segment_bytes: c.offsets_topic_segment_bytes,
             offsets_retention: ms(c.offsets_retention_minutes.saturating_mul(60_000)),
             offsets_retention_check: ms(c.offsets_retention_check_interval_ms),
@@ -169,9 +171,20 @@ impl GroupCoordinator {
                 self.config.offsets_segment_bytes.to_string(),
             ),
         ]);
+        // Replicated like any topic, so committed offsets outlive a broker;
+        // never more replicas than live brokers (a single node gets one).
+        let live = self
+            .controller
+            .image()
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .count()
+            .max(1);
+        let rf = self.config.offsets_replication_factor.min(live as i16);
         match self
             .controller
-            .create_topic(OFFSETS_TOPIC, self.config.offsets_partitions, 1, configs, None, false)
+            .create_topic(OFFSETS_TOPIC, self.config.offsets_partitions, rf, configs, None, false)
             .await
         {
             Ok(_) => {

@@ -172,6 +172,22 @@ impl Partition {
         self.leadership.read().leader_epoch
     }
 
+    /// KIP-320: a client (or follower) naming the leader epoch it believes
+    /// current learns when it is behind (FENCED_LEADER_EPOCH: refresh
+    /// metadata, the log may have been truncated) or ahead of this broker
+    /// (UNKNOWN_LEADER_EPOCH: retry). -1 skips the check.
+    pub fn check_leader_epoch(&self, requested: i32) -> Result<()> {
+        let current = self.leader_epoch();
+        match requested {
+            r if r < 0 || r == current => Ok(()),
+            r if r < current => Err(Error::FencedLeaderEpoch(format!(
+                "{}: epoch {r} is older than the leader's {current}",
+                self.tp
+            ))),
+            r => Err(Error::UnknownLeaderEpoch(r)),
+        }
+    }
+
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark.load(Ordering::Acquire)
     }
