@@ -210,6 +210,7 @@ impl Broker {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         self.ctx.controller.shutdown().await;
+        self.ctx.replicas.checkpoint_high_watermarks()?;
         self.ctx.replicas.logs().shutdown()?;
         tracing::info!("broker stopped cleanly");
         Ok(())
@@ -287,7 +288,11 @@ async fn background(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
                 let _ = tokio::task::spawn_blocking(move || replicas.logs().clean_all(dedupe)).await;
             }
             _ = checkpoint.tick() => {
-                let result = tokio::task::spawn_blocking(move || replicas.logs().checkpoint()).await;
+                let result = tokio::task::spawn_blocking(move || {
+                    replicas.logs().checkpoint()?;
+                    replicas.checkpoint_high_watermarks()
+                })
+                .await;
                 if let Ok(Err(e)) = result {
                     tracing::warn!(error = %e, "writing checkpoints failed");
                 }

@@ -115,16 +115,52 @@ async fn describe_topic(b: &BrokerProcess, name: &str) -> Option<pb::TopicDescri
         .map(|r| r.into_inner())
 }
 
-/// One Produce v10 request, encoded and answered with kafka-protocol's
-/// codecs over a plain connection (librdkafka acts on KIP-951 hints without
-/// showing them).
-async fn raw_produce_v10(addr: &str, topic: &str, partition: i32) -> kafka_protocol::messages::ProduceResponse {
+/// One request encoded and answered with kafka-protocol's codecs over a
+/// plain connection (librdkafka acts on KIP-951 hints without showing them,
+/// and has no ElectLeaders).
+async fn raw_request<Req: kafka_protocol::protocol::Encodable, Resp: kafka_protocol::protocol::Decodable>(
+    addr: &str,
+    api_key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    request: &Req,
+) -> Resp {
     use bytes::{Buf, BufMut, BytesMut};
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7);
+    let mut body = BytesMut::new();
+    header
+        .encode(&mut body, api_key.request_header_version(version))
+        .unwrap();
+    request.encode(&mut body, version).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut frame = BytesMut::new();
+    frame.put_i32(body.len() as i32);
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await.unwrap();
+    let len = stream.read_i32().await.unwrap();
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf).await.unwrap();
+    let mut buf = bytes::Bytes::from(buf);
+    let header = ResponseHeader::decode(&mut buf, api_key.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let response = Resp::decode(&mut buf, version).unwrap();
+    assert!(!buf.has_remaining());
+    response
+}
+
+/// One record produced with Produce v10.
+async fn raw_produce_v10(addr: &str, topic: &str, partition: i32) -> kafka_protocol::messages::ProduceResponse {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     let record = Record {
         transactional: false,
@@ -155,30 +191,7 @@ async fn raw_produce_v10(addr: &str, topic: &str, partition: i32) -> kafka_proto
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(partition)
                 .with_records(Some(records.freeze()))])]);
-    let version = 10;
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7);
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, ApiKey::Produce.request_header_version(version))
-        .unwrap();
-    request.encode(&mut body, version).unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut frame = BytesMut::new();
-    frame.put_i32(body.len() as i32);
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await.unwrap();
-    let len = stream.read_i32().await.unwrap();
-    let mut buf = vec![0u8; len as usize];
-    stream.read_exact(&mut buf).await.unwrap();
-    let mut buf = bytes::Bytes::from(buf);
-    let header = ResponseHeader::decode(&mut buf, ApiKey::Produce.response_header_version(version)).unwrap();
-    assert_eq!(header.correlation_id, 7);
-    let response = ProduceResponse::decode(&mut buf, version).unwrap();
-    assert!(!buf.has_remaining());
-    response
+    raw_request(addr, ApiKey::Produce, 10, &request).await
 }
 
 fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
@@ -599,6 +612,40 @@ async fn controller_failover_and_fencing() {
     for i in 0..30 {
         assert!(values.contains(&format!("before-{i}")), "before-{i} lost: {values:?}");
     }
+
+    // Kafka's preferred leader election (ElectLeaders): the returned broker,
+    // first replica and in sync again, leads its partition once more.
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse, TopicName};
+    let request = ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_timeout_ms(10_000)
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_static_str("rf3")))
+            .with_partitions(vec![0, 1, 2])]));
+    let response: ElectLeadersResponse = raw_request(
+        &cluster.brokers[survivor].bootstrap(),
+        ApiKey::ElectLeaders,
+        2,
+        &request,
+    )
+    .await;
+    let codes: Vec<(i32, i16)> = response.replica_election_results[0]
+        .partition_result
+        .iter()
+        .map(|r| (r.partition_id, r.error_code))
+        .collect();
+    let not_needed = kafka_protocol::ResponseError::ElectionNotNeeded.code();
+    for (partition, code) in &codes {
+        let expected = if *partition == led_by_killed.partition {
+            0
+        } else {
+            not_needed
+        };
+        assert_eq!(*code, expected, "partition {partition}: {codes:?}");
+    }
+    let t = describe_topic(&cluster.brokers[survivor], "rf3").await.unwrap();
+    assert_eq!(t.partition_states[led_by_killed.partition as usize].leader, controller);
 }
 
 /// SIGTERM: the broker's controlled shutdown fences it and moves leadership

@@ -6,6 +6,7 @@ mod authorized;
 mod cluster;
 mod configs;
 mod coordinator;
+mod elect_leaders;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -53,6 +54,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -191,6 +193,7 @@ impl Apis {
             RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(groups::describe(self, r, version)),
             RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete(self, r)),
             RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(self, r)),
+            RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(elect_leaders::handle(self, r).await),
             other => {
                 // Unreachable: parse_request refuses APIs we do not advertise.
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");

@@ -12,7 +12,11 @@ use super::Partition;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::controller::MetadataImage;
 use crate::error::{Error, Result};
-use crate::log::manager::{LogManager, TopicPartition};
+use crate::log::manager::{read_checkpoint, write_checkpoint, LogManager, TopicPartition};
+
+/// Kafka's file of each partition's high watermark, so a restarted broker
+/// does not expose records that were never committed.
+pub const HIGH_WATERMARK_CHECKPOINT: &str = "replication-offset-checkpoint";
 
 pub struct ReplicaManager {
     logs: LogManager,
@@ -21,11 +25,18 @@ pub struct ReplicaManager {
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Woken on every append so delayed fetches can re-check.
     appended: Notify,
+    /// High watermarks from the checkpoint, taken by partitions as they open.
+    restored_hw: parking_lot::Mutex<HashMap<TopicPartition, i64>>,
 }
 
 impl ReplicaManager {
     pub fn new(logs: LogManager) -> ReplicaManager {
+        let restored = read_checkpoint(&logs.dir().join(HIGH_WATERMARK_CHECKPOINT)).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "unreadable high watermark checkpoint; partitions start at their log end");
+            HashMap::new()
+        });
         ReplicaManager {
+            restored_hw: parking_lot::Mutex::new(restored),
             logs,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             partitions: RwLock::new(HashMap::new()),
@@ -66,6 +77,17 @@ impl ReplicaManager {
         let mut v: Vec<_> = self.partitions.read().values().cloned().collect();
         v.sort_by(|a, b| a.tp.cmp(&b.tp));
         v
+    }
+
+    /// Writes every hosted partition's high watermark (periodically and at shutdown).
+    pub fn checkpoint_high_watermarks(&self) -> Result<()> {
+        let entries = self
+            .all()
+            .into_iter()
+            .map(|p| (p.tp.clone(), p.high_watermark()))
+            .collect();
+        write_checkpoint(&self.logs.dir().join(HIGH_WATERMARK_CHECKPOINT), &entries)?;
+        Ok(())
     }
 
     pub fn notify_appended(&self) {
@@ -136,10 +158,74 @@ impl ReplicaManager {
                 continue;
             }
             let log = self.logs.get_or_create(&tp, id, config)?;
-            let partition = Partition::new(tp.clone(), id, log);
+            let hw = self.restored_hw.lock().remove(&tp);
+            let partition = Partition::new(tp.clone(), id, log, hw);
             partition.set_leadership(leadership);
             self.partitions.write().insert(tp, Arc::new(partition));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::controller::leadership::PartitionState;
+    use crate::controller::TopicImage;
+    use crate::log::batch::tests::encode_batch;
+
+    fn image(topic_id: uuid::Uuid, leader: i32, isr: Vec<i32>) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        image.topics.insert(
+            "t".into(),
+            TopicImage {
+                name: "t".into(),
+                id: topic_id,
+                partitions: 1,
+                replication_factor: 2,
+                configs: BTreeMap::new(),
+                assignments: vec![vec![1, 0]],
+                states: vec![PartitionState {
+                    leader,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                    isr,
+                }],
+            },
+        );
+        image
+    }
+
+    /// A restarted replica exposes only what was committed (its checkpointed
+    /// high watermark), not its whole log; as sole ISR leader, all of it.
+    #[test]
+    fn a_restarted_replica_starts_at_its_checkpointed_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = BrokerConfig::default();
+        let tp = TopicPartition::new("t", 0);
+        let id = uuid::Uuid::new_v4();
+        let logs = LogManager::open(dir.path()).unwrap();
+        let log = logs
+            .get_or_create(&tp, id, Arc::new(LogConfig::defaults_from(&broker)))
+            .unwrap();
+        for i in 0..10 {
+            log.append_as_leader(&encode_batch(0, &[b"v"], 1000 + i), 0).unwrap();
+        }
+        write_checkpoint(
+            &dir.path().join(HIGH_WATERMARK_CHECKPOINT),
+            &BTreeMap::from([(tp.clone(), 3)]),
+        )
+        .unwrap();
+        let replicas = ReplicaManager::new(logs);
+        replicas.apply(&image(id, 1, vec![1, 0]), &broker).unwrap();
+        let part = replicas.partition(&tp).unwrap();
+        assert_eq!((part.high_watermark(), part.log.log_end_offset()), (3, 10));
+        replicas.apply(&image(id, 0, vec![0]), &broker).unwrap();
+        assert_eq!(part.high_watermark(), 10, "the only in-sync replica commits its log");
+        replicas.checkpoint_high_watermarks().unwrap();
+        let written = read_checkpoint(&dir.path().join(HIGH_WATERMARK_CHECKPOINT)).unwrap();
+        assert_eq!(written[&tp], 10);
     }
 }

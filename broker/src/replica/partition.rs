@@ -55,8 +55,11 @@ pub struct Leadership {
 
 impl Partition {
     /// A partition not led here until [`Partition::set_leadership`] says so.
-    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>) -> Partition {
-        let hw = log.log_end_offset();
+    /// `checkpointed`: its high watermark as last written (none: the log end,
+    /// as a log from before replication had everything committed).
+    pub fn new(tp: TopicPartition, topic_id: Uuid, log: Arc<Log>, checkpointed: Option<i64>) -> Partition {
+        let leo = log.log_end_offset();
+        let hw = checkpointed.map_or(leo, |hw| hw.clamp(log.log_start_offset(), leo));
         Partition {
             tp,
             topic_id,
