@@ -210,6 +210,13 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                         offset_delete_request::OffsetDeleteRequestPartition::default().with_partition_index(0),
                     ])]),
         ),
+        ApiKey::ElectLeaders => RequestKind::ElectLeaders(
+            ElectLeadersRequest::default()
+                .with_election_type(0)
+                .with_topic_partitions(Some(vec![elect_leaders_request::TopicPartitions::default()
+                    .with_topic(name("sweep"))
+                    .with_partitions(vec![0])])),
+        ),
         other => panic!("no sweep request for {other:?}"),
     }
 }

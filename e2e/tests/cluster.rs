@@ -194,6 +194,50 @@ async fn raw_produce_v10(addr: &str, topic: &str, partition: i32) -> kafka_proto
     raw_request(addr, ApiKey::Produce, 10, &request).await
 }
 
+/// A replica's whole log: its segment files in offset order, concatenated.
+fn log_bytes(data_dir: &Path, topic: &str, partition: i32) -> Vec<u8> {
+    let dir = data_dir.join(format!("{topic}-{partition}"));
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    segments.iter().flat_map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Waits until every replica of every partition has the same log end, then
+/// checks the three logs are byte-identical.
+async fn assert_replicas_identical(cluster: &Cluster, topic: &str, partitions: i32) {
+    eventually("every replica at the same log end", || async {
+        let mut ends = Vec::new();
+        for b in &cluster.brokers {
+            let t = describe_topic(b, topic).await?;
+            ends.push(
+                t.partition_states
+                    .iter()
+                    .map(|p| (p.log_end_offset, p.isr.len()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        (ends.iter().all(|e| e == &ends[0]) && ends[0].iter().all(|(_, isr)| *isr == 3)).then_some(())
+    })
+    .await;
+    for p in 0..partitions {
+        let logs: Vec<Vec<u8>> = cluster
+            .brokers
+            .iter()
+            .map(|b| log_bytes(&b.data_dir, topic, p))
+            .collect();
+        assert!(!logs[0].is_empty());
+        assert!(
+            logs.iter().all(|l| l == &logs[0]),
+            "{topic}-{p}: replica logs differ ({:?} bytes)",
+            logs.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+}
+
 fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
     d.brokers.iter().filter(|b| !b.fenced).map(|b| b.id).collect()
 }
@@ -764,7 +808,14 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
     use std::sync::{Arc, Mutex};
 
     let tmp = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::launch(tmp.path(), &[]);
+    // Followers fall out of the ISR after 1 s behind; brokers are fenced after 6 s.
+    let mut cluster = Cluster::launch(
+        tmp.path(),
+        &[
+            ("replica.lag.time.max.ms", "1000"),
+            ("broker.session.timeout.ms", "6000"),
+        ],
+    );
     eventually("three registered brokers", || async {
         describe(&cluster.brokers[0])
             .await
@@ -827,7 +878,26 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
     wait_for_more(300).await;
     // Kill each broker in turn under load; the others carry on and it returns.
     for victim in [0usize, 1, 2] {
+        let before: Vec<usize> = acked.lock().unwrap().iter().map(Vec::len).collect();
+        let killed_at = Instant::now();
         cluster.brokers[victim].kill9();
+        // Failover: until every partition took a record again.
+        let deadline = Instant::now() + WAIT;
+        while acked
+            .lock()
+            .unwrap()
+            .iter()
+            .zip(&before)
+            .any(|(now, then)| now.len() <= *then)
+        {
+            assert!(Instant::now() < deadline, "a partition took nothing after the kill");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!(
+            "failover: broker {} SIGKILLed, every partition acknowledged again after {:?}",
+            victim + 1,
+            killed_at.elapsed()
+        );
         wait_for_more(300).await;
         cluster.brokers[victim].relaunch();
         cluster.brokers[victim].wait_ready(WAIT).unwrap();
@@ -839,6 +909,35 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
         .await;
         wait_for_more(100).await;
     }
+    // A follower paused past replica.lag.time.max.ms (but not its session)
+    // leaves the ISRs it follows in, and returns to them once resumed.
+    let paused = 1usize;
+    cluster.brokers[paused].pause();
+    let watcher = &cluster.brokers[(paused + 1) % 3];
+    let shrunk = eventually("the paused follower out of an ISR", || async {
+        describe_topic(watcher, "durable").await.filter(|t| {
+            t.partition_states
+                .iter()
+                .any(|p| !p.isr.contains(&((paused + 1) as i32)))
+        })
+    })
+    .await;
+    cluster.brokers[paused].resume();
+    println!(
+        "ISR shrink while paused: {:?}",
+        shrunk
+            .partition_states
+            .iter()
+            .map(|p| p.isr.clone())
+            .collect::<Vec<_>>()
+    );
+    eventually("the resumed follower back in every ISR", || async {
+        describe_topic(watcher, "durable")
+            .await
+            .filter(|t| t.partition_states.iter().all(|p| p.isr.len() == 3))
+    })
+    .await;
+    wait_for_more(100).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let failures = w.await.unwrap();
@@ -886,4 +985,115 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
             "partition {p}: every acknowledged record, once, in order"
         );
     }
+    assert_replicas_identical(&cluster, "durable", 6).await;
+}
+
+/// Divergence: the leader appends records no follower fetched (they are
+/// paused), then dies. A follower takes over and takes writes; the old leader
+/// returns, cuts its unreplicated tail at the new leader's epoch boundary and
+/// ends byte-identical to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_leader_cuts_its_divergent_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    create_topic(&cluster.bootstrap(), "diverge", 1, 3).await.unwrap();
+    let all: FutureProducer = kafka(&cluster.bootstrap()).set("acks", "all").create().unwrap();
+    for i in 0..10 {
+        all.send(
+            FutureRecord::to("diverge").key("k").payload(&format!("acked-{i}")),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    }
+    let t = describe_topic(&cluster.brokers[0], "diverge").await.unwrap();
+    let (leader, epoch) = (t.partition_states[0].leader, t.partition_states[0].leader_epoch);
+    let leader_ix = (leader - 1) as usize;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader_ix).collect();
+    for f in &followers {
+        cluster.brokers[*f].pause();
+    }
+    // acks=1: on the leader alone.
+    let one: FutureProducer = kafka(&cluster.brokers[leader_ix].bootstrap())
+        .set("acks", "1")
+        .create()
+        .unwrap();
+    for i in 0..5 {
+        one.send(
+            FutureRecord::to("diverge")
+                .key("k")
+                .payload(&format!("unreplicated-{i}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    cluster.brokers[leader_ix].kill9();
+    for f in &followers {
+        cluster.brokers[*f].resume();
+    }
+    let survivor = &cluster.brokers[followers[0]];
+    let t = eventually("a new leader", || async {
+        describe_topic(survivor, "diverge")
+            .await
+            .filter(|t| t.partition_states[0].leader > 0 && t.partition_states[0].leader != leader)
+    })
+    .await;
+    assert!(t.partition_states[0].leader_epoch > epoch);
+    let others: FutureProducer = kafka(&survivor.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    for i in 0..5 {
+        others
+            .send(
+                FutureRecord::to("diverge").key("k").payload(&format!("new-{i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    cluster.brokers[leader_ix].relaunch();
+    cluster.brokers[leader_ix].wait_ready(WAIT).unwrap();
+    assert_replicas_identical(&cluster, "diverge", 1).await;
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "diverge-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("diverge", 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut values = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while values.len() < 15 {
+        assert!(Instant::now() < deadline, "read {values:?}");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            values.push(String::from_utf8_lossy(m.unwrap().payload().unwrap()).to_string());
+        }
+    }
+    // A follower may have received the first unreplicated record in a fetch
+    // answered just before it paused; whatever the new leader had stays, the
+    // rest of the old leader's tail is gone everywhere (the logs are equal).
+    let kept = values.iter().filter(|v| v.starts_with("unreplicated-")).count();
+    assert!(kept < 5, "the old leader's tail was cut: {values:?}");
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!("acked-{i}"))
+        .chain((0..kept).map(|i| format!("unreplicated-{i}")))
+        .chain((0..5).map(|i| format!("new-{i}")))
+        .collect();
+    while values.len() < expected.len() {
+        assert!(Instant::now() < deadline, "read {values:?}");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            values.push(String::from_utf8_lossy(m.unwrap().payload().unwrap()).to_string());
+        }
+    }
+    assert_eq!(values, expected);
 }
