@@ -469,7 +469,7 @@ async fn run(broker: &BrokerProcess, partitions: i32, records: usize, size: usiz
     create_topic(broker, &topic, partitions).await;
 
     let pid = broker.pid().unwrap();
-    let produced = tokio::task::block_in_place(|| produce_load(&base, &topic, partitions, records, size, &[pid]));
+    let produced = tokio::task::block_in_place(|| produce_load(&base, &topic, partitions, records, size, &[pid], "1"));
     let fetches0 = fetch_stats(broker);
     let consumed = tokio::task::block_in_place(|| consume_load(&base, &topic, partitions, records, &[pid]));
     let fetches1 = fetch_stats(broker);
@@ -524,6 +524,7 @@ fn produce_load(
     records: usize,
     size: usize,
     pids: &[u32],
+    acks: &str,
 ) -> Produced {
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let errors = Arc::new(Mutex::new(0u64));
@@ -533,7 +534,7 @@ fn produce_load(
     };
     let producer: ThreadedProducer<LatencyContext> = base
         .clone()
-        .set("acks", "1")
+        .set("acks", acks)
         .set("linger.ms", "5")
         .set("batch.size", "1048576")
         .set("queue.buffering.max.kbytes", "262144")
@@ -621,7 +622,7 @@ fn consume_load(base: &ClientConfig, topic: &str, partitions: i32, records: usiz
 /// partitions with one leader on each: produce and consume as the
 /// single-broker runs do. On two shared cores this shows what the cluster
 /// machinery costs, not scale-out. Also answers the idle cluster's CPU-s/s.
-async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Consumed, f64) {
+async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Consumed, f64, Produced) {
     let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
     let voters = ports
         .iter()
@@ -667,12 +668,31 @@ async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Cons
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pids: Vec<u32> = brokers.iter().filter_map(BrokerProcess::pid).collect();
-    let produced = tokio::task::block_in_place(|| produce_load(&base, "load-cluster", 3, records, size, &pids));
+    let produced = tokio::task::block_in_place(|| produce_load(&base, "load-cluster", 3, records, size, &pids, "1"));
     let idle0 = cpu_of(&pids);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = (cpu_of(&pids) - idle0) / 2.0;
     let consumed = tokio::task::block_in_place(|| consume_load(&base, "load-cluster", 3, records, &pids));
-    (produced, consumed, idle)
+    // Replicated: RF 3, acks=all, six partitions (two led by each broker).
+    let admin: AdminClient<DefaultClientContext> = base.create().unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new("load-rf3", 6, TopicReplication::Fixed(3)).set("min.insync.replicas", "2")],
+            &AdminOptions::new(),
+        )
+        .await;
+    created.unwrap()[0].as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = probe.fetch_metadata(Some("load-rf3"), Duration::from_secs(5)).unwrap();
+        if md.topics()[0].partitions().len() == 6 && md.topics()[0].partitions().iter().all(|p| p.isr().len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "load-rf3 not in sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replicated = tokio::task::block_in_place(|| produce_load(&base, "load-rf3", 6, records, size, &pids, "all"));
+    (produced, consumed, idle, replicated)
 }
 
 #[tokio::main]
@@ -700,6 +720,7 @@ async fn main() {
         "parts", "prod MB/s", "rec/s", "p50 ms", "p99 ms", "p999 ms", "CPU-s/GB", "cons MB/s", "rec/s", "CPU-s/GB"
     );
     let mut single_three = None;
+    let mut single_one: Option<f64> = None;
     for partitions in args
         .partitions
         .split(',')
@@ -716,6 +737,9 @@ async fn main() {
         .await;
         if partitions == 3 {
             single_three = Some((r.produce_mbs, r.consume_mbs));
+        }
+        if partitions == 1 {
+            single_one = Some(r.produce_mbs);
         }
         println!(
             "{:>5} | {:>10.1} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>9.2} | {:>10.1} {:>10.0} {:>9.2}",
@@ -790,7 +814,7 @@ async fn main() {
         drop(broker);
     }
     if args.cluster {
-        let (produced, consumed, idle) = cluster_run(tmp.path(), args.records, args.record_size).await;
+        let (produced, consumed, idle, replicated) = cluster_run(tmp.path(), args.records, args.record_size).await;
         let bytes = (args.records * args.record_size) as f64;
         let produce = mb(bytes) / produced.elapsed;
         let consume = mb(consumed.bytes as f64) / consumed.elapsed;
@@ -806,6 +830,20 @@ async fn main() {
             produced.broker_cpu / (bytes / 1e9),
             consumed.broker_cpu / (consumed.bytes as f64 / 1e9),
             idle
+        );
+        let rf3 = mb(bytes) / replicated.elapsed;
+        let h = &replicated.histogram;
+        println!(
+            "3 brokers, RF 3, acks=all, 6 partitions: produce {rf3:.1} MB/s ({:.0}% of one broker's 1-partition acks=1 run, \
+             {:.0} MB/s; {:.0}% of the RF 1 three-broker run), p50 {:.2} ms, p99 {:.2} ms at saturation; \
+             brokers' CPU-s/GB ingested {:.2} in all, {:.2} per copy",
+            100.0 * rf3 / single_one.unwrap_or(f64::NAN),
+            single_one.unwrap_or(f64::NAN),
+            100.0 * rf3 / produce,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            replicated.broker_cpu / (bytes / 1e9),
+            replicated.broker_cpu / (bytes / 1e9) / 3.0
         );
     }
     if args.group_records > 0 {
