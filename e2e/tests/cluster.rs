@@ -1097,3 +1097,129 @@ async fn a_returning_leader_cuts_its_divergent_tail() {
     }
     assert_eq!(values, expected);
 }
+
+/// A group of three librdkafka consumers keeps consuming while the broker
+/// coordinating the group (leader of its `__consumer_offsets` partition) is
+/// SIGKILLed: the new leader of that partition loads the group from the
+/// replicated log, every record is consumed, and no committed offset goes
+/// backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_survives_its_coordinator_dying() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[("group.initial.rebalance.delay.ms", "0")]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    create_topic(&cluster.bootstrap(), "work", 6, 3).await.unwrap();
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let produce = |from: usize, to: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in from..to {
+                producer
+                    .send(
+                        FutureRecord::to("work").key(&format!("k{i}")).payload(&format!("{i}")),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    produce(0, 300).await;
+
+    let seen: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let bootstrap = cluster.bootstrap();
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            let (seen, stop, bootstrap) = (seen.clone(), stop.clone(), bootstrap.clone());
+            std::thread::spawn(move || {
+                let consumer: BaseConsumer = kafka(&bootstrap)
+                    .set("group.id", "survivors")
+                    .set("auto.offset.reset", "earliest")
+                    .set("auto.commit.interval.ms", "200")
+                    .set("session.timeout.ms", "10000")
+                    .create()
+                    .unwrap();
+                consumer.subscribe(&["work"]).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        let v: usize = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
+                        seen.lock().unwrap().insert(v);
+                    }
+                }
+                consumer.unsubscribe();
+            })
+        })
+        .collect();
+    let wait_seen = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while seen.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "consumed {}", seen.lock().unwrap().len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_seen(300).await;
+    let admins: Vec<std::net::SocketAddr> = cluster.brokers.iter().map(|b| b.admin).collect();
+    let committed = |b: usize| {
+        let addr = admins[b];
+        async move {
+            let mut a = AdminClient::connect(format!("http://{addr}")).await.ok()?;
+            let g = a
+                .describe_group(pb::DescribeGroupRequest {
+                    group_id: "survivors".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let offsets: Vec<(i32, i64)> = g.offsets.iter().map(|o| (o.partition, o.committed_offset)).collect();
+            (offsets.len() == 6).then_some(offsets)
+        }
+    };
+    let before = eventually("offsets committed for all six partitions", || committed(0)).await;
+
+    // The coordinator, as FindCoordinator names it.
+    let found: FindCoordinatorResponse = raw_request(
+        &cluster.brokers[0].bootstrap(),
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(kafka_protocol::protocol::StrBytes::from_static_str("survivors")),
+    )
+    .await;
+    let coordinator = (found.node_id.0 - 1) as usize;
+    cluster.brokers[coordinator].kill9();
+    produce(300, 600).await;
+    wait_seen(600).await;
+    let survivor = (coordinator + 1) % 3;
+    let after = eventually("offsets past the kill", || async {
+        committed(survivor).await.filter(|after| {
+            let sum: i64 = after.iter().map(|(_, o)| o).sum();
+            sum >= 600
+        })
+    })
+    .await;
+    for ((p, b), (_, a)) in before.iter().zip(&after) {
+        assert!(a >= b, "partition {p}: committed offset went back from {b} to {a}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for m in members {
+        m.join().unwrap();
+    }
+}
