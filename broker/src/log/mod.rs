@@ -61,6 +61,9 @@ struct LogState {
     unflushed_messages: i64,
     last_flush_ms: i64,
     producers: ProducerStateManager,
+    /// The leader epoch of the last batch, once known (a follower names it
+    /// in every fetch, so it is kept rather than read back from the file).
+    last_epoch: Option<i32>,
 }
 
 impl LogState {
@@ -206,6 +209,7 @@ impl Log {
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 producers,
+                last_epoch: None,
             }),
         })
     }
@@ -388,6 +392,7 @@ impl Log {
         }
         let first_offset = st.next_offset;
         st.next_offset = offset;
+        st.last_epoch = Some(leader_epoch);
         st.unflushed_messages += count as i64;
         if st.unflushed_messages >= config.flush_messages {
             Self::flush_locked(&mut st)?;
@@ -457,6 +462,7 @@ impl Log {
         }
         let first_offset = st.next_offset;
         st.next_offset = expected;
+        st.last_epoch = headers.last().map(|h| h.partition_leader_epoch());
         st.unflushed_messages += count as i64;
         if st.unflushed_messages >= config.flush_messages {
             Self::flush_locked(&mut st)?;
@@ -474,16 +480,16 @@ impl Log {
 
     /// The leader epoch of the last batch; -1 for an empty log.
     pub fn last_epoch(&self) -> Result<i32> {
-        let st = self.state.read();
-        for seg in st.segments.iter().rev() {
-            if seg.next_offset() <= seg.base_offset {
-                continue;
-            }
-            let mut last = -1;
-            seg.for_each_header(seg.next_offset() - 1, |h| last = h.partition_leader_epoch())?;
-            return Ok(last);
+        if let Some(epoch) = self.state.read().last_epoch {
+            return Ok(epoch);
         }
-        Ok(-1)
+        let mut st = self.state.write();
+        let mut last = -1;
+        if let Some(seg) = st.segments.iter().rev().find(|s| s.next_offset() > s.base_offset) {
+            seg.for_each_header(seg.next_offset() - 1, |h| last = h.partition_leader_epoch())?;
+        }
+        st.last_epoch = Some(last);
+        Ok(last)
     }
 
     /// Kafka's endOffsetForEpoch (KIP-101/279): the largest leader epoch at
@@ -566,6 +572,7 @@ impl Log {
         st.recovery_point = st.recovery_point.min(next);
         st.log_start_offset = st.log_start_offset.min(next);
         st.producers = rebuild_producers(&self.dir, &st.segments, st.log_start_offset, next)?;
+        st.last_epoch = None;
         Ok(())
     }
 
