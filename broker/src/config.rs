@@ -256,6 +256,8 @@ config_struct! {
         offsets_retention_minutes: i64 = "offsets.retention.minutes", 10_080;
         /// How often expired offsets are looked for.
         offsets_retention_check_interval_ms: i64 = "offsets.retention.check.interval.ms", 600_000;
+        /// How long an offset commit waits for the __consumer_offsets ISR before COORDINATOR_NOT_AVAILABLE.
+        offsets_commit_timeout_ms: i64 = "offsets.commit.timeout.ms", 5000;
         /// Largest metadata string stored with a committed offset.
         offset_metadata_max_bytes: i32 = "offset.metadata.max.bytes", 4096;
         /// Idempotent producer state is forgotten after this long without a batch.

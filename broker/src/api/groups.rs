@@ -178,13 +178,16 @@ pub async fn offset_commit(apis: &Apis, r: OffsetCommitRequest, version: i16) ->
             })
         })
         .collect();
-    let results = apis.groups.commit(
-        r.group_id.as_str(),
-        r.member_id.as_str(),
-        r.group_instance_id.as_ref().map(|s| s.as_str()),
-        r.generation_id_or_member_epoch,
-        offsets,
-    );
+    let results = apis
+        .groups
+        .commit_replicated(
+            r.group_id.as_str(),
+            r.member_id.as_str(),
+            r.group_instance_id.as_ref().map(|s| s.as_str()),
+            r.generation_id_or_member_epoch,
+            offsets,
+        )
+        .await;
     let topics = by_topic(results)
         .into_iter()
         .map(|(t, ps)| {

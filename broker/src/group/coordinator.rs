@@ -36,6 +36,8 @@ pub struct GroupConfig {
     pub offsets_retention: Duration,
     pub offsets_retention_check: Duration,
     pub offset_metadata_max_bytes: usize,
+    /// How long a commit waits for the ISR (offsets.commit.timeout.ms).
+    pub offsets_commit_timeout: Duration,
 }
 
 impl GroupConfig {
@@ -54,6 +56,7 @@ impl GroupConfig {
             offsets_retention: ms(c.offsets_retention_minutes.saturating_mul(60_000)),
             offsets_retention_check: ms(c.offsets_retention_check_interval_ms),
             offset_metadata_max_bytes: c.offset_metadata_max_bytes.max(0) as usize,
+            offsets_commit_timeout: ms(c.offsets_commit_timeout_ms),
         }
     }
 }
@@ -554,6 +557,41 @@ impl GroupCoordinator {
             g.tick(now, &self.config.limits);
             self.persist_group(g, now);
         }
+    }
+
+    /// OffsetCommit as Kafka answers it: once the offsets are replicated to
+    /// the ISR of the group's `__consumer_offsets` partition (its high
+    /// watermark passed them), or COORDINATOR_NOT_AVAILABLE (retriable)
+    /// after `offsets.commit.timeout.ms`, so an answered commit survives the
+    /// coordinator's death.
+    pub async fn commit_replicated(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<CommitRequest>,
+    ) -> Vec<(String, i32, i16)> {
+        let mut results = self.commit(group_id, member_id, instance_id, generation, offsets);
+        if !results.iter().any(|r| r.2 == 0) {
+            return results;
+        }
+        let Ok(part) = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) else {
+            return results;
+        };
+        // Our records are at or below the log end now.
+        let appended = part.log.log_end_offset() - 1;
+        let replicated = tokio::time::timeout(
+            self.config.offsets_commit_timeout,
+            part.wait_for_high_watermark(appended),
+        );
+        if replicated.await.is_err() {
+            tracing::warn!(group = group_id, "offset commit not replicated in time");
+            for r in results.iter_mut().filter(|r| r.2 == 0) {
+                r.2 = ResponseError::CoordinatorNotAvailable.code();
+            }
+        }
+        results
     }
 
     pub fn commit(
