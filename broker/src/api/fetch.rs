@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
@@ -141,17 +140,16 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                         // Kafka sends an empty record set, never null: librdkafka rejects -1.
                         .with_records(Some(bytes::Bytes::new()));
                     // KIP-951: where the leader is now.
-                    match name.as_deref().and_then(|n| super::leader_hint(&image, n, p.partition)) {
-                        Some((leader, epoch)) if version >= 12 && code == ResponseError::NotLeaderOrFollower.code() => {
-                            if leader >= 0 {
-                                hinted.insert(leader);
-                            }
-                            data.with_current_leader(
-                                LeaderIdAndEpoch::default()
-                                    .with_leader_id(BrokerId(leader))
-                                    .with_leader_epoch(epoch),
-                            )
-                        }
+                    let hint = name
+                        .as_deref()
+                        .filter(|_| version >= 12)
+                        .and_then(|n| super::leader_hint(&image, n, p.partition, code, &mut hinted));
+                    match hint {
+                        Some((leader, epoch)) => data.with_current_leader(
+                            LeaderIdAndEpoch::default()
+                                .with_leader_id(BrokerId(leader))
+                                .with_leader_epoch(epoch),
+                        ),
                         _ => data,
                     }
                 }

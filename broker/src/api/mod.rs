@@ -75,10 +75,23 @@ impl std::ops::Deref for Apis {
     }
 }
 
-/// KIP-951: a partition's current leader and leader epoch, sent with
-/// NOT_LEADER_OR_FOLLOWER so clients go there without a Metadata round trip.
-pub(crate) fn leader_hint(image: &crate::controller::MetadataImage, topic: &str, partition: i32) -> Option<(i32, i32)> {
+/// KIP-951: with a NOT_LEADER_OR_FOLLOWER answer (`code`), the partition's
+/// current leader and leader epoch, so clients go there without a Metadata
+/// round trip; a known leader joins `hinted`, the response's node endpoints.
+pub(crate) fn leader_hint(
+    image: &crate::controller::MetadataImage,
+    topic: &str,
+    partition: i32,
+    code: i16,
+    hinted: &mut std::collections::BTreeSet<i32>,
+) -> Option<(i32, i32)> {
+    if code != kafka_protocol::error::ResponseError::NotLeaderOrFollower.code() {
+        return None;
+    }
     let state = image.topics.get(topic)?.state(partition)?;
+    if state.leader >= 0 {
+        hinted.insert(state.leader);
+    }
     Some((state.leader, state.leader_epoch))
 }
 

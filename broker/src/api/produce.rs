@@ -28,7 +28,6 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
         None
     };
     let mut appended = false;
-    let image = apis.controller.image();
     let mut hinted = std::collections::BTreeSet::new();
     let responses = request
         .topic_data
@@ -88,19 +87,18 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                                 .with_log_append_time_ms(-1)
                                 .with_error_message((version >= 8).then(|| str(message)))
                                 .with_record_errors(if version >= 8 { record_errors } else { Vec::new() });
-                            match super::leader_hint(&image, &name, p.index) {
-                                Some((leader, epoch))
-                                    if version >= 10 && code == ResponseError::NotLeaderOrFollower.code() =>
-                                {
-                                    if leader >= 0 {
-                                        hinted.insert(leader);
-                                    }
-                                    response.with_current_leader(
-                                        LeaderIdAndEpoch::default()
-                                            .with_leader_id(BrokerId(leader))
-                                            .with_leader_epoch(epoch),
-                                    )
-                                }
+                            // Only on this error path is the image needed.
+                            let hint = (version >= 10)
+                                .then(|| {
+                                    super::leader_hint(&apis.controller.image(), &name, p.index, code, &mut hinted)
+                                })
+                                .flatten();
+                            match hint {
+                                Some((leader, epoch)) => response.with_current_leader(
+                                    LeaderIdAndEpoch::default()
+                                        .with_leader_id(BrokerId(leader))
+                                        .with_leader_epoch(epoch),
+                                ),
                                 _ => response,
                             }
                         }
@@ -141,7 +139,12 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
             }
         }
     }
-    let endpoints = super::hinted_endpoints(&image, &hinted)
+    let endpoints = if hinted.is_empty() {
+        Vec::new()
+    } else {
+        super::hinted_endpoints(&apis.controller.image(), &hinted)
+    };
+    let endpoints = endpoints
         .into_iter()
         .map(|(id, host, port, rack)| {
             NodeEndpoint::default()

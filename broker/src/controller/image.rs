@@ -473,6 +473,8 @@ impl MetadataImage {
         let live: std::collections::BTreeSet<i32> = self.brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
         let anyone = self.brokers.is_empty();
         let is_live = |id: i32| anyone || live.contains(&id);
+        let only: Option<std::collections::BTreeSet<(&str, i32)>> =
+            only.map(|only| only.iter().map(|(t, p)| (t.as_str(), *p)).collect());
         let mut changed = 0;
         for topic in self.topics.values_mut() {
             let unclean = LogConfig::with_overrides(broker, &topic.configs)
@@ -480,7 +482,10 @@ impl MetadataImage {
                     c.unclean_leader_election_enable
                 });
             for p in 0..topic.partitions {
-                if only.is_some_and(|only| !only.iter().any(|(t, q)| *t == topic.name && *q == p)) {
+                if only
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&(topic.name.as_str(), p)))
+                {
                     continue;
                 }
                 let (Some(replicas), Some(state)) = (topic.assignments.get(p as usize), topic.states.get(p as usize))

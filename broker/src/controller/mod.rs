@@ -757,26 +757,17 @@ fn run(
             image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
         }
-        ControllerOp::UnfenceBroker { id, incarnation_id } => {
+        ControllerOp::UnfenceBroker { id, incarnation_id } | ControllerOp::FenceBroker { id, incarnation_id } => {
+            let fenced = matches!(op, ControllerOp::FenceBroker { .. });
             if let Some(b) = image
                 .brokers
                 .get_mut(id)
                 .filter(|b| b.incarnation_id == *incarnation_id)
             {
-                b.fenced = false;
+                b.fenced = fenced;
             }
-            // Offline partitions whose last in-sync replica is back lead again.
-            image.elect_leaders(&config, Election::Failover, None);
-            OpResult::Done
-        }
-        ControllerOp::FenceBroker { id, incarnation_id } => {
-            if let Some(b) = image
-                .brokers
-                .get_mut(id)
-                .filter(|b| b.incarnation_id == *incarnation_id)
-            {
-                b.fenced = true;
-            }
+            // A fenced broker's partitions move; offline partitions whose
+            // last in-sync replica is back lead again.
             image.elect_leaders(&config, Election::Failover, None);
             OpResult::Done
         }

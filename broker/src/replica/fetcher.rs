@@ -64,22 +64,11 @@ pub async fn run(
     }
 }
 
-/// The partitions this broker follows from `leader` (all leaders when `None`).
-fn followed(node_id: i32, replicas: &ReplicaManager, leader: Option<i32>) -> Vec<Arc<Partition>> {
-    replicas
-        .all()
-        .into_iter()
-        .filter(|p| {
-            let l = p.leadership();
-            !l.leading && l.leader >= 0 && l.leader != node_id && leader.is_none_or(|x| x == l.leader)
-        })
-        .collect()
-}
-
 fn followed_leaders(node_id: i32, replicas: &ReplicaManager) -> std::collections::BTreeSet<i32> {
-    followed(node_id, replicas, None)
-        .iter()
-        .map(|p| p.leadership().leader)
+    replicas
+        .followed(node_id)
+        .into_iter()
+        .map(|(leader, _)| leader)
         .collect()
 }
 
@@ -88,7 +77,12 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
     let mut conn: Option<TcpStream> = None;
     let mut correlation = 0;
     loop {
-        let parts = followed(node_id, &replicas, Some(leader));
+        let parts: Vec<Arc<Partition>> = replicas
+            .followed(node_id)
+            .into_iter()
+            .filter(|(l, _)| *l == leader)
+            .map(|(_, p)| p)
+            .collect();
         if parts.is_empty() {
             return;
         }

@@ -103,6 +103,11 @@ impl Partition {
         self.maybe_advance_high_watermark();
     }
 
+    /// The partition's leader as last set (-1: offline).
+    pub fn leader(&self) -> i32 {
+        self.leadership.read().leader
+    }
+
     pub fn leadership(&self) -> Leadership {
         self.leadership.read().clone()
     }
@@ -136,7 +141,9 @@ impl Partition {
             return false;
         }
         let mut hw = self.log.log_end_offset();
-        {
+        // The ISR being this broker alone (RF 1, the usual single node): no
+        // follower to wait for, so the append path takes no further lock.
+        if l.isr.iter().any(|r| *r != l.leader) {
             let followers = self.followers.lock();
             for r in l.isr.iter().filter(|r| **r != l.leader) {
                 hw = hw.min(followers.get(r).map_or(-1, |f| f.log_end_offset));
@@ -222,8 +229,7 @@ impl Partition {
 
     /// The topic's min.insync.replicas, when the ISR is smaller than it.
     fn min_isr_not_met(&self) -> Option<i32> {
-        let min = self.log.config().min_insync_replicas;
-        ((self.leadership.read().isr.len() as i64) < i64::from(min)).then_some(min)
+        below_min_isr(self.leadership.read().isr.len(), &self.log)
     }
 
     /// Appends as leader (`acks` as in the Produce request). Below
@@ -235,7 +241,7 @@ impl Partition {
             (l.isr.len(), l.leader_epoch)
         };
         if acks == -1 {
-            if let Some(min) = self.min_isr_not_met() {
+            if let Some(min) = below_min_isr(isr, &self.log) {
                 return Err(Error::NotEnoughReplicas { isr, min });
             }
         }
@@ -261,4 +267,10 @@ impl Partition {
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
         self.log.delete_records_before(offset, self.high_watermark())
     }
+}
+
+/// The topic's min.insync.replicas, when an ISR of `isr` replicas is smaller.
+fn below_min_isr(isr: usize, log: &Log) -> Option<i32> {
+    let min = log.config().min_insync_replicas;
+    ((isr as i64) < i64::from(min)).then_some(min)
 }
