@@ -217,6 +217,21 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                     .with_topic(name("sweep"))
                     .with_partitions(vec![0])])),
         ),
+        ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochRequest::default().with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name("sweep"))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(if v >= 2 { 0 } else { -1 })
+                            .with_leader_epoch(0),
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(7)
+                            .with_leader_epoch(0),
+                    ]),
+            ]),
+        ),
         other => panic!("no sweep request for {other:?}"),
     }
 }
@@ -258,6 +273,12 @@ async fn every_advertised_version_answers() {
                     assert_ne!(ps[3].error_code, 0);
                 }
                 (ResponseKind::ApiVersions(r), _) => assert!(r.api_keys.len() >= 20),
+                (ResponseKind::OffsetForLeaderEpoch(r), _) => {
+                    let ps = &r.topics[0].partitions;
+                    let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log.log_end_offset();
+                    assert_eq!((ps[0].error_code, ps[0].end_offset), (0, leo), "epoch 0 ends at the log end: v{v}");
+                    assert_eq!(ps[1].error_code, ResponseError::UnknownTopicOrPartition.code());
+                }
                 (ResponseKind::JoinGroup(r), _) => {
                     let expected = if v >= 4 {
                         ResponseError::MemberIdRequired.code()

@@ -196,12 +196,12 @@ fn diverging(apis: &Apis, topic: &str, p: &FetchPartition) -> Option<(i32, i64, 
     if p.last_fetched_epoch < 0 || p.last_fetched_epoch >= part.leader_epoch() {
         return None;
     }
-    let (epoch, end) = match part.log.end_offset_for_epoch(p.last_fetched_epoch).ok()? {
-        // Nothing that old here: all of the follower's log diverges.
+    let (epoch, end) = match part.log.end_offset_for_epoch(p.last_fetched_epoch) {
+        // No epoch here at all: all of the follower's log diverges.
         (-1, _) => (-1, part.log.log_start_offset()),
         found => found,
     };
-    (epoch != p.last_fetched_epoch || end < p.fetch_offset).then(|| (epoch, end, part.high_watermark()))
+    (epoch < p.last_fetched_epoch || end < p.fetch_offset).then(|| (epoch, end, part.high_watermark()))
 }
 
 /// Counts bytes served per topic (records are not parsed on the way out).

@@ -11,6 +11,7 @@ mod fetch;
 mod groups;
 mod list_offsets;
 mod metadata;
+mod offsets_for_leader_epoch;
 mod produce;
 mod producer_id;
 mod records;
@@ -55,6 +56,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 0, 4),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -207,6 +209,9 @@ impl Apis {
             RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete(self, r)),
             RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(self, r)),
             RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(elect_leaders::handle(self, r).await),
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(offsets_for_leader_epoch::handle(self, r))
+            }
             other => {
                 // Unreachable: parse_request refuses APIs we do not advertise.
                 tracing::warn!(request = ?std::mem::discriminant(&other), "no handler for request");

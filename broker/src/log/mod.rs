@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cleaner;
+pub mod epoch;
 pub mod index;
 pub mod manager;
 pub mod record;
@@ -19,6 +20,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
+use epoch::{EpochEntry, LeaderEpochCache};
 pub use segment::FileSlice;
 use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
 
@@ -61,9 +63,9 @@ struct LogState {
     unflushed_messages: i64,
     last_flush_ms: i64,
     producers: ProducerStateManager,
-    /// The leader epoch of the last batch, once known (a follower names it
-    /// in every fetch, so it is kept rather than read back from the file).
-    last_epoch: Option<i32>,
+    /// Where each leader epoch starts (a follower names the latest in every
+    /// fetch; leaders answer divergence from it).
+    epochs: LeaderEpochCache,
 }
 
 impl LogState {
@@ -89,6 +91,37 @@ pub struct Log {
 
 fn io_err(e: std::io::Error) -> Error {
     Error::Storage(e)
+}
+
+/// Where each leader epoch starts along `segments`, read from batch headers
+/// (a log from before the checkpoint, or one whose checkpoint was lost).
+/// Epochs never decrease along a log, so a segment whose successor starts
+/// in the same epoch holds only that epoch and is not scanned.
+fn epochs_in(segments: &[Segment]) -> Result<Vec<EpochEntry>> {
+    let first_epoch = |seg: &Segment| -> Result<Option<i32>> {
+        let mut first = None;
+        seg.for_each_header_until(seg.base_offset, |h| {
+            first = Some(h.partition_leader_epoch());
+            false
+        })?;
+        Ok(first)
+    };
+    let mut entries: Vec<EpochEntry> = Vec::new();
+    let mut note = |epoch: i32, start_offset: i64| {
+        if epoch >= 0 && entries.last().map_or(true, |e| epoch > e.epoch) {
+            entries.push(EpochEntry { epoch, start_offset });
+        }
+    };
+    let firsts = segments.iter().map(first_epoch).collect::<Result<Vec<_>>>()?;
+    for (i, seg) in segments.iter().enumerate() {
+        let Some(first) = firsts[i] else { continue };
+        if firsts.get(i + 1).copied().flatten() == Some(first) {
+            note(first, seg.base_offset);
+            continue;
+        }
+        seg.for_each_header(seg.base_offset, |h| note(h.partition_leader_epoch(), h.base_offset()))?;
+    }
+    Ok(entries)
 }
 
 /// Producer state as of `next_offset`: the latest snapshot at or below it
@@ -195,6 +228,13 @@ impl Log {
             .clamp(first_base, next_offset);
 
         let producers = rebuild_producers(dir, &segments, log_start_offset, next_offset)?;
+        let mut epochs = match LeaderEpochCache::load(dir) {
+            Some(cache) => cache,
+            None => LeaderEpochCache::rebuilt(dir, epochs_in(&segments)?)?,
+        };
+        // Entries past a torn tail, or below the log start, no longer hold.
+        epochs.truncate_from_end(next_offset)?;
+        epochs.truncate_from_start(log_start_offset)?;
 
         Ok(Log {
             dir: dir.to_path_buf(),
@@ -209,7 +249,7 @@ impl Log {
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 producers,
-                last_epoch: None,
+                epochs,
             }),
         })
     }
@@ -386,13 +426,16 @@ impl Log {
             out.push(OutgoingBatch { header, body });
             offset = last_offset + 1;
         }
+        let first_offset = st.next_offset;
+        if let Err(e) = st.epochs.assign(leader_epoch, first_offset) {
+            restore(&mut st, producer_backup);
+            return Err(io_err(e));
+        }
         if let Err(e) = st.active().append(&out) {
             restore(&mut st, producer_backup);
             return Err(io_err(e));
         }
-        let first_offset = st.next_offset;
         st.next_offset = offset;
-        st.last_epoch = Some(leader_epoch);
         st.unflushed_messages += count as i64;
         if st.unflushed_messages >= config.flush_messages {
             Self::flush_locked(&mut st)?;
@@ -454,6 +497,11 @@ impl Log {
         let total: usize = out.iter().map(OutgoingBatch::size).sum();
         let timestamp = if max_timestamp >= 0 { max_timestamp } else { now_ms() };
         self.maybe_roll(&mut st, total, timestamp, &config)?;
+        // Epochs first: a crash between the two leaves a checkpoint entry past
+        // the log end, which the next open cuts, never a missing one.
+        for h in &headers {
+            st.epochs.assign(h.partition_leader_epoch(), h.base_offset())?;
+        }
         st.active().append(&out).map_err(io_err)?;
         let mut count = 0u64;
         for h in &headers {
@@ -462,7 +510,6 @@ impl Log {
         }
         let first_offset = st.next_offset;
         st.next_offset = expected;
-        st.last_epoch = headers.last().map(|h| h.partition_leader_epoch());
         st.unflushed_messages += count as i64;
         if st.unflushed_messages >= config.flush_messages {
             Self::flush_locked(&mut st)?;
@@ -479,60 +526,19 @@ impl Log {
     }
 
     /// The leader epoch of the last batch; -1 for an empty log.
-    pub fn last_epoch(&self) -> Result<i32> {
-        if let Some(epoch) = self.state.read().last_epoch {
-            return Ok(epoch);
-        }
-        let mut st = self.state.write();
-        let mut last = -1;
-        if let Some(seg) = st.segments.iter().rev().find(|s| s.next_offset() > s.base_offset) {
-            seg.for_each_header(seg.next_offset() - 1, |h| last = h.partition_leader_epoch())?;
-        }
-        st.last_epoch = Some(last);
-        Ok(last)
+    pub fn last_epoch(&self) -> i32 {
+        self.state.read().epochs.latest_epoch().unwrap_or(-1)
     }
 
-    /// Kafka's endOffsetForEpoch (KIP-101/279): the largest leader epoch at
-    /// or below `epoch` that this log holds, and the offset where the next
-    /// epoch begins (the log end offset for the last one). (-1, -1) when the
-    /// log holds no epoch that old. Epochs never decrease along a log, so
-    /// whole segments are skipped by their first batch.
-    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64)> {
+    /// Kafka's endOffsetForEpoch (KIP-101/279): see [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         let st = self.state.read();
-        let first_epoch = |seg: &Segment| -> Result<Option<i32>> {
-            let mut first = None;
-            seg.for_each_header_until(seg.base_offset, |h| {
-                first = Some(h.partition_leader_epoch());
-                false
-            })?;
-            Ok(first)
-        };
-        let mut found = -1;
-        for (i, seg) in st.segments.iter().enumerate() {
-            if let Some(next) = st.segments.get(i + 1) {
-                if let Some(e) = first_epoch(next)? {
-                    if e <= epoch {
-                        found = e;
-                        continue;
-                    }
-                }
-            }
-            let mut end = None;
-            seg.for_each_header_until(seg.base_offset, |h| {
-                let e = h.partition_leader_epoch();
-                if e > epoch {
-                    end = Some(h.base_offset());
-                    false
-                } else {
-                    found = e;
-                    true
-                }
-            })?;
-            if let Some(end) = end {
-                return Ok(if found < 0 { (-1, -1) } else { (found, end) });
-            }
-        }
-        Ok(if found < 0 { (-1, -1) } else { (found, st.next_offset) })
+        st.epochs.end_offset_for(epoch, st.next_offset)
+    }
+
+    /// Each leader epoch in this log and where it starts.
+    pub fn epoch_entries(&self) -> Vec<EpochEntry> {
+        self.state.read().epochs.entries().to_vec()
     }
 
     /// Drops every record at or past `offset` (Kafka's truncateTo): a replica
@@ -572,7 +578,9 @@ impl Log {
         st.recovery_point = st.recovery_point.min(next);
         st.log_start_offset = st.log_start_offset.min(next);
         st.producers = rebuild_producers(&self.dir, &st.segments, st.log_start_offset, next)?;
-        st.last_epoch = None;
+        st.epochs.truncate_from_end(next)?;
+        let start = st.log_start_offset;
+        st.epochs.truncate_from_start(start)?;
         Ok(())
     }
 
@@ -798,6 +806,8 @@ impl Log {
         let removed: Vec<Segment> = st.segments.drain(..n).collect();
         let new_start = st.segments[0].base_offset;
         st.log_start_offset = st.log_start_offset.max(new_start);
+        let start = st.log_start_offset;
+        st.epochs.truncate_from_start(start)?;
         for seg in removed {
             tracing::info!(segment = %seg.log_path().display(), "deleting segment by retention");
             seg.delete()?;
@@ -819,6 +829,8 @@ impl Log {
                 });
             }
             st.log_start_offset = st.log_start_offset.max(target);
+            let start = st.log_start_offset;
+            st.epochs.truncate_from_start(start)?;
         }
         self.delete_old_segments()?;
         Ok(self.log_start_offset())

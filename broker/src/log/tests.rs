@@ -419,8 +419,8 @@ fn truncate_to_drops_the_tail_and_appends_continue() {
 fn end_offsets_for_epochs_follow_the_batches() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config(2000), None, None).unwrap();
-    assert_eq!(log.last_epoch().unwrap(), -1);
-    assert_eq!(log.end_offset_for_epoch(0).unwrap(), (-1, -1));
+    assert_eq!(log.last_epoch(), -1);
+    assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
     // Epoch 2 for offsets 0..30, epoch 5 for 30..60, epoch 6 for 60..90; small segments.
     for (epoch, from) in [(2, 0), (5, 10), (6, 20)] {
         for i in from..from + 10 {
@@ -430,13 +430,34 @@ fn end_offsets_for_epochs_follow_the_batches() {
         }
     }
     assert!(log.segment_count() > 3);
-    assert_eq!(log.last_epoch().unwrap(), 6);
-    assert_eq!(log.end_offset_for_epoch(1).unwrap(), (-1, -1));
-    assert_eq!(log.end_offset_for_epoch(2).unwrap(), (2, 30));
-    assert_eq!(log.end_offset_for_epoch(3).unwrap(), (2, 30), "an epoch it never had");
-    assert_eq!(log.end_offset_for_epoch(5).unwrap(), (5, 60));
-    assert_eq!(log.end_offset_for_epoch(6).unwrap(), (6, 90));
-    assert_eq!(log.end_offset_for_epoch(9).unwrap(), (6, 90));
+    assert_eq!(log.last_epoch(), 6);
+    let answers = |log: &Log| [1, 2, 3, 5, 6, 9].map(|e| log.end_offset_for_epoch(e));
+    let expected = [(1, 0), (2, 30), (2, 30), (5, 60), (6, 90), (-1, -1)];
+    assert_eq!(answers(&log), expected);
     log.truncate_to(45).unwrap();
-    assert_eq!(log.last_epoch().unwrap(), 5);
+    assert_eq!(log.last_epoch(), 5);
+    assert_eq!(log.end_offset_for_epoch(5), (5, 45));
+
+    // The checkpoint survives a restart; without it the log rebuilds the
+    // same epochs from its batches; a torn tail cuts what it names.
+    drop(log);
+    let reopened = Log::open(dir.path(), config(2000), Some(0), None).unwrap();
+    let epochs = reopened.epoch_entries();
+    assert_eq!(epochs.iter().map(|e| (e.epoch, e.start_offset)).collect::<Vec<_>>(), [(2, 0), (5, 30)]);
+    for i in 0..5 {
+        let vals = values(3, &format!("c{i}"));
+        let refs: Vec<&[u8]> = vals.iter().map(|v| v.as_slice()).collect();
+        reopened.append_as_leader(&encode_batch(0, &refs, 3000 + i), 8).unwrap();
+    }
+    let before = reopened.epoch_entries();
+    reopened.close().unwrap();
+    drop(reopened);
+    std::fs::remove_file(dir.path().join(epoch::LEADER_EPOCH_CHECKPOINT)).unwrap();
+    let rebuilt = Log::open(dir.path(), config(2000), None, None).unwrap();
+    assert_eq!(rebuilt.epoch_entries(), before);
+    assert_eq!(rebuilt.end_offset_for_epoch(5), (5, 45));
+    assert_eq!(rebuilt.end_offset_for_epoch(8), (8, 60));
+    // Retention moves the first epoch's start with the log start.
+    rebuilt.delete_records_before(33, 60).unwrap();
+    assert_eq!(rebuilt.epoch_entries()[0].start_offset, rebuilt.log_start_offset());
 }

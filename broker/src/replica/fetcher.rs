@@ -141,7 +141,7 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
 fn fetch_request(node_id: i32, parts: &[Arc<Partition>]) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
     for p in parts {
-        let last_epoch = p.log.last_epoch().unwrap_or(-1);
+        let last_epoch = p.log.last_epoch();
         let partition = FetchPartition::default()
             .with_partition(p.tp.partition)
             .with_current_leader_epoch(p.leader_epoch())
