@@ -43,6 +43,8 @@ pub enum Error {
     UnknownLeaderEpoch(i32),
     #[error("stale partition epoch: {0}")]
     InvalidUpdateVersion(String),
+    #[error("no reassignment in progress: {0}")]
+    NoReassignmentInProgress(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("invalid request: {0}")]
@@ -128,6 +130,7 @@ impl Error {
             Error::UnknownLeaderEpoch(_) => ResponseError::UnknownLeaderEpoch,
             Error::InvalidUpdateVersion(_) => ResponseError::InvalidUpdateVersion,
             Error::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+            Error::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
             Error::InvalidConfig(_) => ResponseError::InvalidConfig,
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
@@ -164,7 +167,10 @@ impl Error {
             Error::TopicAlreadyExists(_) => Code::AlreadyExists,
             Error::Storage(_) => Code::Internal,
             Error::NotEnoughReplicas { .. } => Code::Unavailable,
-            Error::InvalidPartitions(_) | Error::InvalidReplicationFactor(_) => Code::FailedPrecondition,
+            Error::InvalidPartitions(_)
+            | Error::InvalidReplicationFactor(_)
+            | Error::InvalidReplicaAssignment(_)
+            | Error::NoReassignmentInProgress(_) => Code::FailedPrecondition,
             _ => Code::InvalidArgument,
         };
         tonic::Status::new(code, self.to_string())

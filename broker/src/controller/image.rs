@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::leadership::{self, Election, PartitionState};
 use super::placement;
+use super::reassignment::Reassignment;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
 
@@ -132,6 +133,9 @@ pub struct TopicImage {
     /// Leader, epochs and ISR of each partition, by index.
     #[serde(default)]
     pub states: Vec<PartitionState>,
+    /// Reassignments in progress, by partition.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<i32, Reassignment>,
 }
 
 impl TopicImage {
@@ -345,6 +349,7 @@ impl MetadataImage {
             configs,
             assignments,
             states,
+            reassigning: BTreeMap::new(),
         };
         self.topics.insert(name.to_string(), topic.clone());
         Ok(topic)

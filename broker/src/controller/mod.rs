@@ -11,6 +11,7 @@ pub mod image;
 pub mod leadership;
 pub mod network;
 pub mod placement;
+pub mod reassignment;
 pub mod records;
 pub mod store;
 
@@ -473,6 +474,33 @@ impl Controller {
         .map(|_| ())
     }
 
+    /// AlterPartitionReassignments: per change (topic, partition, target or
+    /// `None` to cancel), whether the controller took it.
+    pub async fn alter_reassignments(
+        &self,
+        changes: Vec<(String, i32, Option<Vec<i32>>)>,
+        allow_rf_change: bool,
+    ) -> Result<Vec<Result<()>>> {
+        match self
+            .execute(ControllerOp::AlterReassignments {
+                changes,
+                allow_rf_change,
+            })
+            .await?
+        {
+            OpResult::Reassigned(results) => Ok(results.into_iter().map(|r| r.map_err(Error::from)).collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts moving every replica off broker `id`; answers how many partitions move.
+    pub async fn drain_broker(&self, id: i32) -> Result<usize> {
+        match self.execute(ControllerOp::DrainBroker { id }).await? {
+            OpResult::Moved(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A new producer id from this broker's block; blocks come from the
     /// controller, so ids never repeat across brokers or restarts.
     pub async fn allocate_producer_id(&self) -> Result<i64> {
@@ -780,6 +808,7 @@ fn run(
             isr,
         } => {
             image.alter_partition(topic, *partition, *leader, *leader_epoch, *partition_epoch, isr)?;
+            image.maybe_complete_reassignment(topic, *partition);
             OpResult::Done
         }
         ControllerOp::ElectPreferredLeaders { partitions } => {
@@ -819,6 +848,30 @@ fn run(
         ControllerOp::AlterBrokerConfigs { ops, default_entity } => {
             image.alter_broker_configs(broker, ops, *default_entity)?;
             OpResult::Done
+        }
+        ControllerOp::AlterReassignments {
+            changes,
+            allow_rf_change,
+        } => OpResult::Reassigned(
+            changes
+                .iter()
+                .map(|(topic, partition, target)| {
+                    image
+                        .alter_reassignment(topic, *partition, target.as_deref(), *allow_rf_change)
+                        .map_err(ControllerError::from)
+                })
+                .collect(),
+        ),
+        ControllerOp::DrainBroker { id } => {
+            if !image.brokers.contains_key(id) {
+                return Err(Error::InvalidReplicaAssignment(format!("broker {id} is not registered")).into());
+            }
+            let plan = image.drain_plan(*id)?;
+            let moved = plan.len();
+            for (topic, partition, target) in plan {
+                image.alter_reassignment(&topic, partition, Some(&target), false)?;
+            }
+            OpResult::Moved(moved)
         }
         ControllerOp::AllocateProducerIds { block } => {
             let start = image.next_producer_id_block;

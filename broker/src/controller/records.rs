@@ -91,6 +91,7 @@ fn same_but_states(a: &TopicImage, b: &TopicImage) -> bool {
         && a.replication_factor == b.replication_factor
         && a.configs == b.configs
         && a.assignments == b.assignments
+        && a.reassigning == b.reassigning
 }
 
 pub fn apply(image: &mut MetadataImage, record: &MetadataRecord) {
@@ -185,6 +186,16 @@ pub enum ControllerOp {
         ops: Vec<ConfigOp>,
         default_entity: bool,
     },
+    /// AlterPartitionReassignments: per partition, a target to move to, or
+    /// `None` to cancel the reassignment in progress.
+    AlterReassignments {
+        changes: Vec<(String, i32, Option<Vec<i32>>)>,
+        allow_rf_change: bool,
+    },
+    /// Reassigns every replica of one broker to others.
+    DrainBroker {
+        id: i32,
+    },
     /// Reserves a block of producer ids; answers its first id.
     AllocateProducerIds {
         block: i64,
@@ -199,6 +210,10 @@ pub enum OpResult {
     Elected(usize),
     Topic(TopicImage),
     ProducerIdBlock(i64),
+    /// How many partitions a drain started moving.
+    Moved(usize),
+    /// Per change asked, in order: whether it was taken.
+    Reassigned(Vec<std::result::Result<(), ControllerError>>),
 }
 
 /// The errors a controller operation can answer, in a form that crosses the
@@ -216,6 +231,7 @@ pub enum ControllerError {
     NotController(String),
     FencedLeaderEpoch(String),
     InvalidUpdateVersion(String),
+    NoReassignmentInProgress(String),
     Storage(String),
 }
 
@@ -233,6 +249,7 @@ impl From<Error> for ControllerError {
             Error::NotController(m) => ControllerError::NotController(m),
             Error::FencedLeaderEpoch(m) => ControllerError::FencedLeaderEpoch(m),
             Error::InvalidUpdateVersion(m) => ControllerError::InvalidUpdateVersion(m),
+            Error::NoReassignmentInProgress(m) => ControllerError::NoReassignmentInProgress(m),
             other => ControllerError::Storage(other.to_string()),
         }
     }
@@ -252,6 +269,7 @@ impl From<ControllerError> for Error {
             ControllerError::NotController(m) => Error::NotController(m),
             ControllerError::FencedLeaderEpoch(m) => Error::FencedLeaderEpoch(m),
             ControllerError::InvalidUpdateVersion(m) => Error::InvalidUpdateVersion(m),
+            ControllerError::NoReassignmentInProgress(m) => Error::NoReassignmentInProgress(m),
             ControllerError::Storage(m) => Error::Storage(std::io::Error::other(m)),
         }
     }

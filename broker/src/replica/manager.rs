@@ -206,6 +206,7 @@ mod tests {
                     partition_epoch: 1,
                     isr,
                 }],
+                reassigning: BTreeMap::new(),
             },
         );
         image
