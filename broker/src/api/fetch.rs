@@ -91,7 +91,16 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
                     let info = if replica >= 0 {
                         hw_moved |= part.record_follower_fetch(replica, p.fetch_offset, now);
-                        part.read_slice_for_follower(p.fetch_offset, limit)?
+                        if part.is_throttled_for(replica) {
+                            // A reassignment's new replica: within the replication throttle.
+                            let throttle = apis.replicas.throttle();
+                            let limit = if throttle.exhausted(now) { 0 } else { limit };
+                            let info = part.read_slice_for_follower(p.fetch_offset, limit)?;
+                            throttle.record(info.slice.as_ref().map_or(0, |s| s.len), now);
+                            info
+                        } else {
+                            part.read_slice_for_follower(p.fetch_offset, limit)?
+                        }
                     } else {
                         part.read_slice(p.fetch_offset, limit, total == 0)?
                     };

@@ -584,6 +584,34 @@ impl Log {
         Ok(())
     }
 
+    /// Drops the whole log and starts it empty at `offset` (Kafka's
+    /// truncateFullyAndStartAt): a follower behind its leader's log start.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
+        let _exclusive = self.cleaner_lock.lock();
+        let config = self.config();
+        let mut st = self.state.write();
+        tracing::info!(dir = %self.dir.display(), from = st.next_offset, to = offset, "starting the log over");
+        for seg in st.segments.drain(..) {
+            seg.delete()?;
+        }
+        let interval = config.index_interval_bytes.max(0) as u32;
+        st.segments.push(Segment::open(
+            &self.dir,
+            offset,
+            interval,
+            Some(config.segment_index_bytes as usize),
+        )?);
+        st.log_start_offset = offset;
+        st.next_offset = offset;
+        st.recovery_point = offset;
+        st.roll_flush_pending = None;
+        // Nothing before `offset` is here: no producer or epoch history either.
+        ProducerStateManager::clean_snapshots(&self.dir, 0)?;
+        st.producers = ProducerStateManager::default();
+        st.epochs.truncate_from_end(i64::MIN)?;
+        Ok(())
+    }
+
     fn maybe_roll(
         &self,
         st: &mut LogState,

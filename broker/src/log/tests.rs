@@ -461,3 +461,24 @@ fn end_offsets_for_epochs_follow_the_batches() {
     rebuilt.delete_records_before(33, 60).unwrap();
     assert_eq!(rebuilt.epoch_entries()[0].start_offset, rebuilt.log_start_offset());
 }
+
+/// A follower behind its leader's log start drops its log and starts over
+/// empty there; what it then replicates survives a restart.
+#[test]
+fn truncate_fully_starts_the_log_over_at_an_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(2000), None, None).unwrap();
+    for i in 0..30 {
+        log.append_as_leader(&encode_batch(0, &[b"old"], 1000 + i), 1).unwrap();
+    }
+    log.truncate_fully_and_start_at(500).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
+    assert_eq!((log.last_epoch(), log.producer_count()), (-1, 0));
+    assert!(log.read(0, 1 << 20, 1000, true).is_err(), "nothing below the new start");
+    log.append_as_follower(&encode_batch(500, &[b"new", b"new"], 5000)).unwrap();
+    assert_eq!(log.log_end_offset(), 502);
+    log.close().unwrap();
+    drop(log);
+    let reopened = Log::open(dir.path(), config(2000), None, None).unwrap();
+    assert_eq!(read_offsets(&reopened, 500), vec![500, 501]);
+}

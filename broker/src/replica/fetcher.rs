@@ -177,8 +177,17 @@ async fn apply(
     let error = ResponseError::try_from_code(data.error_code);
     let leo = part.log.log_end_offset();
     if error == Some(ResponseError::OffsetOutOfRange) {
-        // Past the leader's end: an unreplicated tail from an older epoch.
-        if data.high_watermark >= 0 && leo > data.high_watermark {
+        if data.log_start_offset > leo {
+            // Behind the leader's log start (a new replica, or one away
+            // past retention): start over empty where the leader's log starts.
+            let (p, start) = (part.clone(), data.log_start_offset);
+            tracing::info!(tp = %part.tp, start, "behind the leader's log start: starting over there");
+            tokio::task::spawn_blocking(move || p.log.truncate_fully_and_start_at(start))
+                .await
+                .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+            part.reset_high_watermark(start);
+        } else if data.high_watermark >= 0 && leo > data.high_watermark {
+            // Past the leader's end: an unreplicated tail from an older epoch.
             truncate(part, data.high_watermark).await?;
         }
         return Ok(());

@@ -99,6 +99,7 @@ mod tests {
             partition_epoch: 4,
             replicas: vec![1, 2, 3],
             isr: isr.to_vec(),
+            adding: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use parking_lot::RwLock;
 use tokio::sync::Notify;
 
 use super::partition::Leadership;
+use super::throttle::ReplicationThrottle;
 use super::Partition;
 use crate::config::{BrokerConfig, LogConfig};
 use crate::controller::MetadataImage;
@@ -27,6 +28,8 @@ pub struct ReplicaManager {
     appended: Notify,
     /// High watermarks from the checkpoint, taken by partitions as they open.
     restored_hw: parking_lot::Mutex<HashMap<TopicPartition, i64>>,
+    /// Bytes per second served to replicas a reassignment adds.
+    throttle: ReplicationThrottle,
 }
 
 impl ReplicaManager {
@@ -41,7 +44,12 @@ impl ReplicaManager {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             partitions: RwLock::new(HashMap::new()),
             appended: Notify::new(),
+            throttle: ReplicationThrottle::default(),
         }
+    }
+
+    pub fn throttle(&self) -> &ReplicationThrottle {
+        &self.throttle
     }
 
     pub fn logs(&self) -> &LogManager {
@@ -116,11 +124,12 @@ impl ReplicaManager {
         *self.image.write() = Arc::new(image.clone());
         // Partitions this broker is a replica of: topic id, log config, leadership.
         let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, Leadership)> = HashMap::new();
+        let mut effective = broker.clone();
+        for (k, v) in &image.broker_overrides {
+            let _ = effective.set(k, v);
+        }
+        self.throttle.set_rate(effective.leader_replication_throttled_rate);
         for topic in image.topics.values() {
-            let mut effective = broker.clone();
-            for (k, v) in &image.broker_overrides {
-                let _ = effective.set(k, v);
-            }
             let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
             // This broker keeps a log for each partition it is a replica of.
             for p in (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id)) {
@@ -133,6 +142,7 @@ impl ReplicaManager {
                     partition_epoch: state.map_or(0, |s| s.partition_epoch),
                     replicas: topic.replicas(p).to_vec(),
                     isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
+                    adding: topic.reassigning.get(&p).map(|r| r.adding()).unwrap_or_default(),
                 };
                 wanted.insert(
                     TopicPartition::new(topic.name.clone(), p),
@@ -149,16 +159,18 @@ impl ReplicaManager {
         for (tp, partition) in existing {
             match wanted.get(&tp) {
                 Some((id, _, _)) if *id == partition.topic_id => {}
-                // Still a topic, but not a replica here: stop hosting, keep the data.
-                _ if image.topic_by_id(partition.topic_id).is_some() => {
-                    self.partitions.write().remove(&tp);
-                    tracing::info!(%tp, "no longer a replica here; the log stays on disk");
-                }
+                // Deleted, or reassigned away from this broker (Kafka's
+                // StopReplica with delete): the replica and its log go.
                 _ => {
+                    let why = if image.topic_by_id(partition.topic_id).is_some() {
+                        "no longer a replica here"
+                    } else {
+                        "topic deleted"
+                    };
                     self.partitions.write().remove(&tp);
                     drop(partition);
                     self.logs.delete(&tp)?;
-                    tracing::info!(%tp, "deleted partition");
+                    tracing::info!(%tp, why, "deleted partition");
                 }
             }
         }

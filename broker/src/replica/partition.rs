@@ -51,6 +51,8 @@ pub struct Leadership {
     pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// Replicas a reassignment is adding (their fetches are throttled).
+    pub adding: Vec<i32>,
 }
 
 impl Partition {
@@ -96,6 +98,17 @@ impl Partition {
                 }
             } else if current.leading && !leadership.leading {
                 tracing::info!(tp = %self.tp, "no longer leading");
+            } else if leadership.leading && leadership.replicas != current.replicas {
+                // A reassignment added or dropped replicas within the term.
+                let now = crate::log::segment::now_ms();
+                let mut followers = self.followers.lock();
+                followers.retain(|r, _| leadership.replicas.contains(r));
+                for r in leadership.replicas.iter().filter(|r| **r != leadership.leader) {
+                    followers.entry(*r).or_insert(FollowerState {
+                        log_end_offset: -1,
+                        last_caught_up_ms: now,
+                    });
+                }
             }
             *current = leadership;
         }
@@ -210,6 +223,13 @@ impl Partition {
         self.leadership.read().isr.clone()
     }
 
+    /// Whether `replica`'s fetches fall under the replication throttle: a
+    /// reassignment is adding it and it is not in sync yet.
+    pub fn is_throttled_for(&self, replica: i32) -> bool {
+        let l = self.leadership.read();
+        l.adding.contains(&replica) && !l.isr.contains(&replica)
+    }
+
     /// No leader anywhere: no in-sync replica is live.
     pub fn is_offline(&self) -> bool {
         self.leadership.read().leader < 0
@@ -259,9 +279,11 @@ impl Partition {
         self.log.read_slice(offset, max_bytes, self.high_watermark(), min_one)
     }
 
-    /// What a follower fetches: up to the log end offset, not the high watermark.
+    /// What a follower fetches: up to the log end offset, not the high
+    /// watermark; at least one batch unless `max_bytes` is 0 (throttled).
     pub fn read_slice_for_follower(&self, offset: i64, max_bytes: usize) -> Result<SliceInfo> {
-        self.log.read_slice(offset, max_bytes, self.log.log_end_offset(), true)
+        self.log
+            .read_slice(offset, max_bytes, self.log.log_end_offset(), max_bytes > 0)
     }
 
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
