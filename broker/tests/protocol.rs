@@ -232,6 +232,21 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                     ]),
             ]),
         ),
+        ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsRequest::default()
+                .with_allow_replication_factor_change(true)
+                .with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(name("sweep"))
+                    .with_partitions(vec![
+                        // Cancel, with nothing in progress.
+                        alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_partition_index(0)
+                            .with_replicas(None),
+                    ])]),
+        ),
+        ApiKey::ListPartitionReassignments => {
+            RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default().with_topics(None))
+        }
         other => panic!("no sweep request for {other:?}"),
     }
 }
@@ -273,6 +288,11 @@ async fn every_advertised_version_answers() {
                     assert_ne!(ps[3].error_code, 0);
                 }
                 (ResponseKind::ApiVersions(r), _) => assert!(r.api_keys.len() >= 20),
+                (ResponseKind::AlterPartitionReassignments(r), _) => assert_eq!(
+                    r.responses[0].partitions[0].error_code,
+                    ResponseError::NoReassignmentInProgress.code()
+                ),
+                (ResponseKind::ListPartitionReassignments(r), _) => assert!(r.topics.is_empty()),
                 (ResponseKind::OffsetForLeaderEpoch(r), _) => {
                     let ps = &r.topics[0].partitions;
                     let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log.log_end_offset();

@@ -35,7 +35,10 @@ impl AdminService {
                     .ctx
                     .replicas
                     .partition(&crate::log::manager::TopicPartition::new(topic.name.clone(), p));
+                let moving = topic.reassigning.get(&p);
                 pb::PartitionState {
+                    adding_replicas: moving.map(|r| r.adding()).unwrap_or_default(),
+                    removing_replicas: moving.map(|r| r.removing()).unwrap_or_default(),
                     partition: p,
                     leader: leader.unwrap_or(-1),
                     leader_epoch: state.map_or(-1, |s| s.leader_epoch),
@@ -369,6 +372,68 @@ impl Admin for AdminService {
                 other => status(other),
             })?;
         Ok(Response::new(self.describe_by_name(&r.name)?))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<pb::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::AlterPartitionReassignmentsResponse>, Status> {
+        let asked = request.into_inner().reassignments;
+        let changes = asked
+            .iter()
+            .map(|r| {
+                let target = (!r.cancel).then(|| r.target_replicas.clone());
+                (r.topic.clone(), r.partition, target)
+            })
+            .collect();
+        let outcomes = self
+            .ctx
+            .controller
+            .alter_reassignments(changes, true)
+            .await
+            .map_err(status)?;
+        let results = asked
+            .into_iter()
+            .zip(outcomes)
+            .map(|(r, outcome)| pb::ReassignmentResult {
+                error: outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                topic: r.topic,
+                partition: r.partition,
+            })
+            .collect();
+        Ok(Response::new(pb::AlterPartitionReassignmentsResponse { results }))
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        _: Request<pb::ListPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::ListPartitionReassignmentsResponse>, Status> {
+        let image = self.ctx.controller.image();
+        let reassignments = image
+            .reassignments()
+            .into_iter()
+            .map(|(topic, partition, r)| pb::OngoingReassignment {
+                topic: topic.to_string(),
+                partition,
+                replicas: r.replicas(),
+                adding_replicas: r.adding(),
+                removing_replicas: r.removing(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListPartitionReassignmentsResponse { reassignments }))
+    }
+
+    async fn drain_broker(
+        &self,
+        request: Request<pb::DrainBrokerRequest>,
+    ) -> Result<Response<pb::DrainBrokerResponse>, Status> {
+        let id = request.into_inner().broker_id;
+        let moving = self.ctx.controller.drain_broker(id).await.map_err(status)?;
+        tracing::info!(broker = id, partitions = moving, "draining broker (admin)");
+        Ok(Response::new(pb::DrainBrokerResponse {
+            partitions_moving: moving as i32,
+            replica_count: self.ctx.controller.image().replica_count(id) as i32,
+        }))
     }
 }
 

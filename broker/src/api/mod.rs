@@ -14,6 +14,7 @@ mod metadata;
 mod offsets_for_leader_epoch;
 mod produce;
 mod producer_id;
+mod reassignments;
 mod records;
 mod topics;
 
@@ -57,6 +58,8 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 0, 4),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -209,6 +212,12 @@ impl Apis {
             RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(groups::delete(self, r)),
             RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(groups::offset_delete(self, r)),
             RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(elect_leaders::handle(self, r).await),
+            RequestKind::AlterPartitionReassignments(r) => {
+                ResponseKind::AlterPartitionReassignments(reassignments::alter(self, r, version).await)
+            }
+            RequestKind::ListPartitionReassignments(r) => {
+                ResponseKind::ListPartitionReassignments(reassignments::list(self, r))
+            }
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(offsets_for_leader_epoch::handle(self, r))
             }
