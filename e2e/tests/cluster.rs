@@ -1223,3 +1223,259 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
         m.join().unwrap();
     }
 }
+
+/// Kafka's AlterPartitionReassignments for one partition (`None` cancels).
+async fn reassign(addr: &str, topic: &str, partition: i32, target: Option<&[i32]>) -> i16 {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+    use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, TopicName};
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(kafka_protocol::protocol::StrBytes::from_string(topic.into())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(target.map(|t| t.iter().map(|b| BrokerId(*b)).collect()))])]);
+    let response: AlterPartitionReassignmentsResponse =
+        raw_request(addr, ApiKey::AlterPartitionReassignments, 0, &request).await;
+    assert_eq!(response.error_code, 0);
+    response.responses[0].partitions[0].error_code
+}
+
+/// Kafka's ListPartitionReassignments: (topic, partition, replicas, adding, removing).
+async fn reassignments(addr: &str) -> Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)> {
+    use kafka_protocol::messages::{ApiKey, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+    let response: ListPartitionReassignmentsResponse = raw_request(
+        addr,
+        ApiKey::ListPartitionReassignments,
+        0,
+        &ListPartitionReassignmentsRequest::default().with_timeout_ms(10_000),
+    )
+    .await;
+    let ids = |v: &[kafka_protocol::messages::BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    response
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    ids(&p.replicas),
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The bytes of a partition's segment files on one broker (0 when it holds none).
+fn replica_bytes(data_dir: &Path, topic: &str, partition: i32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(format!("{topic}-{partition}"))) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Reassignment as Kafka's tools drive it: a partition moves from brokers
+/// {1,2,3} to {2,3,4} while an idempotent acks=all producer writes to it, and
+/// every acknowledged record is there afterwards on the new replicas,
+/// byte-identical; broker 1 drops its copy. A drain then moves every replica
+/// off broker 2 until it hosts nothing. With leader.replication.throttled.rate
+/// set, a new replica copies no faster than the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassignment_drain_and_throttle() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::launch(tmp.path(), &[("replica.lag.time.max.ms", "5000")]);
+    let mut fourth = BrokerProcess::launch(
+        &tmp.path().join("node-4"),
+        [free_port(), free_port(), free_port()],
+        &[
+            ("node.id", "4"),
+            ("process.roles", "broker"),
+            ("controller.quorum.voters", cluster.voters.as_str()),
+        ],
+    );
+    fourth.wait_ready(WAIT).unwrap();
+    eventually("four registered brokers", || async {
+        describe(&fourth).await.filter(|d| live_ids(d) == vec![1, 2, 3, 4])
+    })
+    .await;
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&cluster.bootstrap()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let placed = [1, 2, 3];
+    let assignment = [&placed[..]];
+    let topic = NewTopic::new("moving", 1, TopicReplication::Variable(&assignment)).set("min.insync.replicas", "2");
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer: FutureProducer = kafka(&format!("{},{}", cluster.bootstrap(), fourth.bootstrap()))
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    let writer = {
+        let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("{i:08}{}", "x".repeat(500));
+                let sent = producer
+                    .send(
+                        FutureRecord::to("moving").key("k").payload(&payload).partition(0),
+                        Duration::from_secs(60),
+                    )
+                    .await;
+                if sent.is_ok() {
+                    acked.lock().unwrap().push(i);
+                }
+                i += 1;
+            }
+        })
+    };
+    let acked_count = |acked: &Arc<Mutex<Vec<u64>>>| acked.lock().unwrap().len();
+    let wait_for_acks = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while acked_count(&acked) < n {
+                assert!(Instant::now() < deadline, "acks stalled at {}", acked_count(&acked));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for_acks(500).await;
+
+    // Move {1,2,3} -> {2,3,4} under load, through Kafka's API on any broker.
+    let addr = fourth.bootstrap();
+    assert_eq!(reassign(&addr, "moving", 0, None).await, 85, "nothing to cancel yet");
+    assert_eq!(reassign(&addr, "moving", 0, Some(&[2, 3, 9])).await, 39, "unknown broker 9");
+    assert_eq!(reassign(&addr, "moving", 0, Some(&[2, 3, 4])).await, 0);
+    let ongoing = reassignments(&addr).await;
+    println!("reassignments in progress: {ongoing:?}");
+    if let Some((_, _, replicas, adding, removing)) = ongoing.first() {
+        assert_eq!((replicas, adding, removing), (&vec![2, 3, 4, 1], &vec![4], &vec![1]));
+    }
+    let moved = eventually("moving-0 on {2,3,4}, all in sync", || async {
+        describe_topic(&cluster.brokers[1], "moving").await.filter(|t| {
+            let p = &t.partition_states[0];
+            p.replicas == vec![2, 3, 4] && p.isr.len() == 3 && p.adding_replicas.is_empty()
+        })
+    })
+    .await;
+    assert!(reassignments(&addr).await.is_empty());
+    println!("reassigned: {:?}", moved.partition_states[0]);
+    eventually("broker 1 dropped its copy", || async {
+        (!cluster.brokers[0].data_dir.join("moving-0").exists()).then_some(())
+    })
+    .await;
+    let at_move = acked_count(&acked);
+    wait_for_acks(at_move + 300).await;
+
+    // Drain broker 2: its replica goes to broker 1, the only one free.
+    let mut a = admin(&cluster.brokers[2]).await;
+    let drain = a
+        .drain_broker(pb::DrainBrokerRequest { broker_id: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(drain.partitions_moving >= 1, "{drain:?}");
+    let d = eventually("broker 2 hosts nothing", || async {
+        describe(&cluster.brokers[2])
+            .await
+            .filter(|d| d.brokers.iter().any(|b| b.id == 2 && b.replica_count == 0))
+    })
+    .await;
+    println!("after the drain: {:?}", d.brokers);
+    let drained = describe_topic(&cluster.brokers[2], "moving").await.unwrap();
+    assert_eq!(drained.partition_states[0].replicas, vec![1, 3, 4]);
+    let at_drain = acked_count(&acked);
+    wait_for_acks(at_drain + 300).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "moving-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("moving", 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut read: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while read.len() < acked.len() {
+        assert!(Instant::now() < deadline, "read {} of {}", read.len(), acked.len());
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            read.push(std::str::from_utf8(&m.payload().unwrap()[..8]).unwrap().parse().unwrap());
+        }
+    }
+    // Sent records the producer gave up on are absent; every acknowledged one is there once, in order.
+    let read_acked: Vec<u64> = read.iter().copied().filter(|i| acked.binary_search(i).is_ok()).collect();
+    assert_eq!(read_acked, acked, "every acknowledged record, once, in order");
+    println!("reassigned and drained under load: {} records acknowledged", acked.len());
+    let holders = [&cluster.brokers[0], &cluster.brokers[2], &fourth];
+    eventually("the three replicas at one log end", || async {
+        let mut ends = Vec::new();
+        for b in holders {
+            ends.push(describe_topic(b, "moving").await?.partition_states[0].log_end_offset);
+        }
+        (ends.iter().all(|e| *e == ends[0] && *e > 0)).then_some(())
+    })
+    .await;
+    let logs: Vec<Vec<u8>> = holders.iter().map(|b| log_bytes(&b.data_dir, "moving", 0)).collect();
+    assert!(logs.iter().all(|l| l == &logs[0]), "replica logs differ");
+
+    // The throttle: 4 MB on broker 3 alone, copied to broker 4 at 512 KB/s.
+    let placed = [3];
+    let assignment = [&placed[..]];
+    let topic = NewTopic::new("bulk", 1, TopicReplication::Variable(&assignment));
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+    let bulk: FutureProducer = kafka(&cluster.bootstrap()).set("acks", "1").create().unwrap();
+    let value = vec![b'b'; 1024];
+    let sends: Vec<_> = (0..4096)
+        .map(|_| bulk.send(FutureRecord::<(), _>::to("bulk").payload(&value).partition(0), Duration::from_secs(30)))
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    let size = replica_bytes(&cluster.brokers[2].data_dir, "bulk", 0);
+    let rate = 512 * 1024u64;
+    let rate_text = rate.to_string();
+    let throttle = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Broker(3))
+        .set("leader.replication.throttled.rate", &rate_text);
+    let altered = kadmin.alter_configs(&[throttle], &opts).await.unwrap();
+    assert!(altered[0].is_ok(), "{altered:?}");
+    let started = Instant::now();
+    assert_eq!(reassign(&addr, "bulk", 0, Some(&[3, 4])).await, 0);
+    eventually("bulk-0 copied to broker 4", || async {
+        describe_topic(&cluster.brokers[0], "bulk")
+            .await
+            .filter(|t| t.partition_states[0].isr == vec![3, 4] && t.partition_states[0].adding_replicas.is_empty())
+    })
+    .await;
+    let took = started.elapsed().as_secs_f64();
+    let copied = replica_bytes(&fourth.data_dir, "bulk", 0);
+    println!(
+        "throttled copy: {copied} bytes in {took:.1} s = {:.0} KB/s at a {} KB/s throttle",
+        copied as f64 / took / 1024.0,
+        rate / 1024
+    );
+    assert!(copied >= size, "copied {copied} of {size}");
+    // One second of burst and one fetch (1 MiB) above the rate at most.
+    let fastest = (size.saturating_sub(rate + (1 << 20))) as f64 / rate as f64;
+    assert!(took >= fastest, "copied {size} bytes in {took:.1} s; the throttle allows no less than {fastest:.1} s");
+    fourth.stop();
+}

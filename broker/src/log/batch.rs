@@ -221,6 +221,21 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, BatchError> {
     Ok(out)
 }
 
+/// How many bytes at the front of a fetched record set are whole batches. A
+/// fetch may end inside a batch (the leader's byte limit cut it there, as
+/// Kafka's does); that batch comes whole with the next fetch. A length that
+/// is not a batch's is left to [`split_batches`] to refuse.
+pub fn whole_batches_len(records: &[u8]) -> usize {
+    let mut pos = 0;
+    loop {
+        match total_size(&records[pos..]) {
+            Ok(size) if pos + size <= records.len() => pos += size,
+            Err(BatchError::InvalidLength(_)) => return records.len(),
+            _ => return pos,
+        }
+    }
+}
+
 /// Walks whole batches in a buffer, stopping at the first incomplete one.
 pub fn complete_batches(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader<'_>)> + '_ {
     let mut pos = 0;

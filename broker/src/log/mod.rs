@@ -457,7 +457,8 @@ impl Log {
     /// error, never papered over.
     pub fn append_as_follower(&self, records: &Bytes) -> Result<AppendInfo> {
         let config = self.config();
-        let batches = batch::split_batches(records)?;
+        let whole = batch::whole_batches_len(records);
+        let batches = batch::split_batches(&records.slice(..whole))?;
         let mut st = self.state.write();
         let mut expected = st.next_offset;
         let mut out = Vec::with_capacity(batches.len());

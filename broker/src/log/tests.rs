@@ -477,8 +477,14 @@ fn truncate_fully_starts_the_log_over_at_an_offset() {
     assert!(log.read(0, 1 << 20, 1000, true).is_err(), "nothing below the new start");
     log.append_as_follower(&encode_batch(500, &[b"new", b"new"], 5000)).unwrap();
     assert_eq!(log.log_end_offset(), 502);
+    // A fetch cut inside its last batch: the whole ones are taken, the rest comes again.
+    let mut cut = encode_batch(502, &[b"a"], 5001).to_vec();
+    let next = encode_batch(503, &[b"b"], 5002);
+    cut.extend_from_slice(&next[..next.len() - 3]);
+    assert_eq!(log.append_as_follower(&Bytes::from(cut)).unwrap().records, 1);
+    assert_eq!(log.log_end_offset(), 503);
     log.close().unwrap();
     drop(log);
     let reopened = Log::open(dir.path(), config(2000), None, None).unwrap();
-    assert_eq!(read_offsets(&reopened, 500), vec![500, 501]);
+    assert_eq!(read_offsets(&reopened, 500), vec![500, 501, 502]);
 }
