@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod blocking;
 pub mod broker;
 pub mod config;
 pub mod context;

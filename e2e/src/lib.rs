@@ -2,6 +2,7 @@
 //! loopback ports, stop cleanly, kill -9, SIGSTOP/SIGCONT, restart on the same data.
 
 pub mod prometheus;
+pub mod replica_proxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

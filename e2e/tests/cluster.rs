@@ -29,6 +29,12 @@ struct Cluster {
 impl Cluster {
     fn launch(dir: &Path, extra: &[(&str, &str)]) -> Cluster {
         let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+        Self::launch_on(dir, &ports, &[], extra)
+    }
+
+    /// On the given ports; broker `i` advertises `advertised[i]` to clients
+    /// and followers when given (a proxy in front of it).
+    fn launch_on(dir: &Path, ports: &[[u16; 3]], advertised: &[u16], extra: &[(&str, &str)]) -> Cluster {
         let voters: Vec<String> = ports
             .iter()
             .enumerate()
@@ -40,12 +46,16 @@ impl Cluster {
             .enumerate()
             .map(|(i, p)| {
                 let id = (i + 1).to_string();
+                let listener = advertised.get(i).map(|port| format!("PLAINTEXT://127.0.0.1:{port}"));
                 let mut config: Vec<(&str, &str)> = vec![
                     ("node.id", id.as_str()),
                     ("controller.quorum.voters", voters.as_str()),
                     ("broker.session.timeout.ms", "3000"),
                     ("broker.heartbeat.interval.ms", "500"),
                 ];
+                if let Some(l) = &listener {
+                    config.push(("advertised.listeners", l.as_str()));
+                }
                 config.extend_from_slice(extra);
                 BrokerProcess::launch(&dir.join(format!("node-{}", i + 1)), *p, &config)
             })
@@ -1478,4 +1488,153 @@ async fn reassignment_drain_and_throttle() {
     let fastest = (size.saturating_sub(rate + (1 << 20))) as f64 / rate as f64;
     assert!(took >= fastest, "copied {size} bytes in {took:.1} s; the throttle allows no less than {fastest:.1} s");
     fourth.stop();
+}
+
+/// A follower cut off from its leaders (a proxy in front of every broker
+/// drops its fetch connections) falls out of the ISRs past
+/// replica.lag.time.max.ms while an acks=all producer carries on with the
+/// other two replicas, and returns to every ISR once the network heals.
+/// Nothing acknowledged is lost and the replicas end byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use fjord_e2e::replica_proxy::ReplicaProxy;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+    let proxy_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut proxies = Vec::new();
+    for (p, port) in ports.iter().zip(&proxy_ports) {
+        proxies.push(ReplicaProxy::start(*port, std::net::SocketAddr::from(([127, 0, 0, 1], p[0]))).await);
+    }
+    let cluster = Cluster::launch_on(tmp.path(), &ports, &proxy_ports, &[("replica.lag.time.max.ms", "2000")]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&cluster.bootstrap()).create().unwrap();
+    let topic = NewTopic::new("cut", 3, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+
+    let acked: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); 3]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|p| {
+            let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let payload = format!("{p}-{i}");
+                    let record = FutureRecord::to("cut").key("k").payload(&payload).partition(p);
+                    if producer.send(record, Duration::from_secs(60)).await.is_ok() {
+                        acked.lock().unwrap()[p as usize].push(i);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let total = |acked: &Arc<Mutex<Vec<Vec<u64>>>>| acked.lock().unwrap().iter().map(Vec::len).sum::<usize>();
+    let wait_for_more = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let target = total(&acked) + n;
+            let deadline = Instant::now() + WAIT;
+            while total(&acked) < target {
+                assert!(Instant::now() < deadline, "acks stalled at {}", total(&acked));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for_more(300).await;
+
+    let victim = 3;
+    let cut_at = Instant::now();
+    for p in &proxies {
+        p.cut_replica(victim);
+    }
+    let shrunk = eventually("the cut follower out of the ISRs it follows in", || async {
+        describe_topic(&cluster.brokers[0], "cut").await.filter(|t| {
+            t.partition_states
+                .iter()
+                .filter(|p| p.leader != victim)
+                .all(|p| !p.isr.contains(&victim) && p.isr.len() == 2)
+        })
+    })
+    .await;
+    println!(
+        "follower {victim} cut off: out of the ISRs after {:?}: {:?}",
+        cut_at.elapsed(),
+        shrunk.partition_states.iter().map(|p| (p.leader, p.isr.clone())).collect::<Vec<_>>()
+    );
+    wait_for_more(300).await;
+    let healed_at = Instant::now();
+    for p in &proxies {
+        p.heal();
+    }
+    eventually("the follower back in every ISR", || async {
+        describe_topic(&cluster.brokers[0], "cut")
+            .await
+            .filter(|t| t.partition_states.iter().all(|p| p.isr.len() == 3))
+    })
+    .await;
+    println!("healed: back in every ISR after {:?}", healed_at.elapsed());
+    let leader_metrics: String = (0..3)
+        .filter_map(|i| fjord_e2e::http_get(cluster.brokers[i].metrics, "/metrics").map(|(_, m)| m))
+        .collect();
+    let counter = |name: &str| -> f64 {
+        leader_metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(counter("fjord_isr_shrinks_total") >= 1.0 && counter("fjord_isr_expands_total") >= 1.0);
+    wait_for_more(100).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "cut-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("cut", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let want: usize = acked.iter().map(Vec::len).sum();
+    let mut read: Vec<Vec<u64>> = vec![Vec::new(); 3];
+    let deadline = Instant::now() + WAIT;
+    while read.iter().map(Vec::len).sum::<usize>() < want {
+        assert!(Instant::now() < deadline, "read {} of {want}", read.iter().map(Vec::len).sum::<usize>());
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
+            let (_, i) = text.split_once('-').unwrap();
+            read[m.partition() as usize].push(i.parse().unwrap());
+        }
+    }
+    for p in 0..3 {
+        let kept: Vec<u64> = read[p].iter().copied().filter(|i| acked[p].binary_search(i).is_ok()).collect();
+        assert_eq!(kept, acked[p], "partition {p}: every acknowledged record, once, in order");
+    }
+    println!("cut and healed under load: {want} records acknowledged");
+    assert_replicas_identical(&cluster, "cut", 3).await;
 }

@@ -3,6 +3,7 @@
 //! `max.partition.fetch.bytes` (the first non-empty partition always gets at
 //! least one batch, KIP-74, so large records are never stuck).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::FetchPartition;
@@ -10,6 +11,7 @@ use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{str, Apis};
@@ -22,26 +24,31 @@ pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> (FetchR
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.max(0) as usize;
+    // A delayed fetch (Kafka's purgatory, by key): woken only by the
+    // partitions it reads, registered with each before it is read so that
+    // nothing arriving in between is missed.
+    let waker = Arc::new(Notify::new());
     loop {
-        // Register for the wake-up before reading so an append in between is not missed.
-        let notified = apis.replicas.appended().notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let (response, files, bytes, errors) = read_all(apis, &request, version);
+        let (response, files, bytes, errors) = read_all(apis, &request, version, Some(&waker));
         if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
             account(apis, &response);
             return (response, files);
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        if tokio::time::timeout_at(deadline, waker.notified()).await.is_err() {
             // Timed out: one last read so data that just arrived is not left behind.
-            let (response, files, _, _) = read_all(apis, &request, version);
+            let (response, files, _, _) = read_all(apis, &request, version, None);
             account(apis, &response);
             return (response, files);
         }
     }
 }
 
-fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse, FileRecords, usize, bool) {
+fn read_all(
+    apis: &Apis,
+    request: &FetchRequest,
+    version: i16,
+    waker: Option<&Arc<Notify>>,
+) -> (FetchResponse, FileRecords, usize, bool) {
     let mut files = FileRecords::default();
     let image = apis.controller.image();
     let mut remaining = (request.max_bytes.max(0) as usize).min(apis.config.fetch_max_bytes.max(0) as usize);
@@ -57,8 +64,7 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
         request.replica_id.0
     };
     let now = crate::log::segment::now_ms();
-    let mut hw_moved = false;
-    for topic in &request.topics {
+        for topic in &request.topics {
         // v13+ names topics by id.
         let name: Option<String> = if version >= 13 {
             image.topic_by_id(topic.topic_id).map(|t| t.name.clone())
@@ -75,6 +81,8 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
             // where that epoch ends here, if its log holds more of it.
             if let (true, Some(name)) = (replica >= 0, &name) {
                 if let Some((epoch, end, hw)) = diverging(apis, name, p) {
+                    // Answered at once: the follower must cut its log before fetching on.
+                    errors = true;
                     partitions.push(
                         data.with_high_watermark(hw)
                             .with_last_stable_offset(hw)
@@ -88,9 +96,14 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
                 None => Err(Error::UnknownTopicId),
                 Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
                     part.check_leader_epoch(p.current_leader_epoch)?;
+                    match waker {
+                        Some(w) if replica >= 0 => part.watch_appends(w),
+                        Some(w) => part.watch_high_watermark(w),
+                        None => {}
+                    }
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
                     let info = if replica >= 0 {
-                        hw_moved |= part.record_follower_fetch(replica, p.fetch_offset, now);
+                        part.record_follower_fetch(replica, p.fetch_offset, now);
                         if part.is_throttled_for(replica) {
                             // A reassignment's new replica: within the replication throttle.
                             let throttle = apis.replicas.throttle();
@@ -171,10 +184,6 @@ fn read_all(apis: &Apis, request: &FetchRequest, version: i16) -> (FetchResponse
         } else {
             response.with_topic(TopicName(str(topic.topic.as_str())))
         });
-    }
-    if hw_moved {
-        // Consumers waiting at the old high watermark may read now.
-        apis.replicas.notify_appended();
     }
     let endpoints = if version >= 16 {
         super::hinted_endpoints(&image, &hinted)

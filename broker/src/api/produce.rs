@@ -27,8 +27,9 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
     } else {
         None
     };
-    let mut appended = false;
     let mut hinted = std::collections::BTreeSet::new();
+    // Partitions whose flush.messages came due: answered once on disk.
+    let mut durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64)> = Vec::new();
     let responses = request
         .topic_data
         .into_iter()
@@ -49,7 +50,11 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                         (None, Some(records)) => one_batch(&records)
                             .and_then(|()| apis.replicas.get(&name, p.index))
                             .and_then(|part| {
-                                let info = part.append(&records, acks)?;
+                                // Disk work: the worker hands its other tasks on meanwhile.
+                                let info = crate::blocking::blocking(|| part.append(&records, acks))?;
+                                if info.flush_due {
+                                    durable.push((part.clone(), info.last_offset + 1));
+                                }
                                 if acks == -1 && part.high_watermark() <= info.last_offset {
                                     pending.push((name.clone(), p.index, part, info.last_offset));
                                 }
@@ -63,7 +68,6 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                     let response = PartitionProduceResponse::default().with_index(p.index);
                     match result {
                         Ok(info) => {
-                            appended |= !info.duplicate;
                             record_metrics(apis, &name, &info);
                             let response = response
                                 .with_base_offset(info.first_offset)
@@ -110,10 +114,21 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    if appended {
-        apis.replicas.notify_appended();
-    }
     let mut responses: Vec<TopicProduceResponse> = responses;
+    for (part, offset) in durable {
+        if let Err(e) = part.make_durable(offset).await {
+            tracing::error!(tp = %part.tp, error = %e, "flush failed");
+            let code = e.code();
+            if let Some(r) = responses
+                .iter_mut()
+                .filter(|t| t.name.as_str() == part.tp.topic)
+                .flat_map(|t| t.partition_responses.iter_mut())
+                .find(|r| r.index == part.tp.partition && r.error_code == 0)
+            {
+                r.error_code = code;
+            }
+        }
+    }
     if !pending.is_empty() {
         let deadline = tokio::time::Instant::now() + timeout;
         for (topic, index, part, last) in pending {

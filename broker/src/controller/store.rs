@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::image::MetadataImage;
 use super::records::{self, MetadataRecord};
 use super::TypeConfig;
+use crate::blocking::blocking;
 use crate::log::manager::write_atomically;
 
 pub type NodeId = u64;
@@ -93,17 +94,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>>
             .map_err(|e| io::Error::other(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-/// Runs blocking file work (writes and fsyncs) without stalling the async
-/// worker openraft's storage task runs on: `block_in_place` hands that
-/// worker's other tasks to the rest of the pool. Order is kept, as the
-/// storage calls are sequential.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
 

@@ -35,6 +35,9 @@ pub struct AppendInfo {
     pub records: u64,
     pub bytes: u64,
     pub duplicate: bool,
+    /// `flush.messages` reached: the caller makes the log durable through
+    /// this append ([`Log::flush_through_end`]) before answering for it.
+    pub flush_due: bool,
 }
 
 /// What a fetch serves from one partition: a file region, not yet read.
@@ -388,6 +391,7 @@ impl Log {
                             records: 0,
                             bytes: 0,
                             duplicate: true,
+                            flush_due: false,
                         });
                     }
                     Err(e) => {
@@ -437,9 +441,6 @@ impl Log {
         }
         st.next_offset = offset;
         st.unflushed_messages += count as i64;
-        if st.unflushed_messages >= config.flush_messages {
-            Self::flush_locked(&mut st)?;
-        }
         Ok(AppendInfo {
             first_offset,
             last_offset: offset - 1,
@@ -448,6 +449,7 @@ impl Log {
             records: count,
             bytes: total as u64,
             duplicate: false,
+            flush_due: st.unflushed_messages >= config.flush_messages,
         })
     }
 
@@ -493,6 +495,7 @@ impl Log {
                 records: 0,
                 bytes: 0,
                 duplicate: true,
+                flush_due: false,
             });
         }
         let total: usize = out.iter().map(OutgoingBatch::size).sum();
@@ -512,9 +515,6 @@ impl Log {
         let first_offset = st.next_offset;
         st.next_offset = expected;
         st.unflushed_messages += count as i64;
-        if st.unflushed_messages >= config.flush_messages {
-            Self::flush_locked(&mut st)?;
-        }
         Ok(AppendInfo {
             first_offset,
             last_offset: expected - 1,
@@ -523,6 +523,7 @@ impl Log {
             records: count,
             bytes: total as u64,
             duplicate: false,
+            flush_due: st.unflushed_messages >= config.flush_messages,
         })
     }
 
@@ -878,6 +879,39 @@ impl Log {
 
     pub fn flush(&self) -> Result<()> {
         Self::flush_locked(&mut self.state.write())
+    }
+
+    /// A group commit: fsyncs everything appended so far without holding
+    /// the log's lock, so appends go on meanwhile and the next flush covers
+    /// them all. Answers the offset below which the log is now durable.
+    /// Only the active segment's data needs syncing here: a crash rescans
+    /// the segment holding the recovery point, rebuilding its indexes.
+    pub fn flush_through_end(&self) -> Result<i64> {
+        let (end, active, rolled) = {
+            let st = self.state.read();
+            if st.recovery_point >= st.next_offset {
+                return Ok(st.recovery_point);
+            }
+            let last = st.segments.len() - 1;
+            let rolled: Vec<_> = st.segments[st.segment_for(st.recovery_point)..last]
+                .iter()
+                .map(Segment::files_to_flush)
+                .collect();
+            (st.next_offset, st.segments[last].files_to_flush(), rolled)
+        };
+        for f in &rolled {
+            f.sync()?;
+        }
+        active.sync_log()?;
+        let mut st = self.state.write();
+        if end > st.recovery_point {
+            st.recovery_point = end;
+        }
+        if st.next_offset == end {
+            st.unflushed_messages = 0;
+        }
+        st.last_flush_ms = now_ms();
+        Ok(st.recovery_point)
     }
 
     /// Flushes when unflushed data is older than `flush.ms`.

@@ -544,6 +544,11 @@ pub struct SegmentFiles {
 }
 
 impl SegmentFiles {
+    /// fsync of the log's data alone.
+    pub fn sync_log(&self) -> io::Result<()> {
+        self.log.sync_data()
+    }
+
     /// fsync of the log and of both indexes (fsync writes back pages dirtied
     /// through the index mmaps too). A file removed meanwhile (retention, the
     /// cleaner) needs no flush.

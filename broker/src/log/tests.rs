@@ -488,3 +488,28 @@ fn truncate_fully_starts_the_log_over_at_an_offset() {
     let reopened = Log::open(dir.path(), config(2000), None, None).unwrap();
     assert_eq!(read_offsets(&reopened, 500), vec![500, 501, 502]);
 }
+
+/// flush.messages as a group commit: the append says a flush is due rather
+/// than fsyncing under the log's lock; one flush then covers every append
+/// before it, across a roll, and moves the recovery point to the log end.
+#[test]
+fn flush_messages_asks_for_a_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let durable = Arc::new(LogConfig {
+        flush_messages: 1,
+        ..(*config(2000)).clone()
+    });
+    let log = Log::open(dir.path(), durable, None, None).unwrap();
+    let mut due = 0;
+    for i in 0..40 {
+        due += usize::from(append(&log, &values(3, &format!("d{i}")), 1000 + i).flush_due);
+    }
+    assert_eq!(due, 40);
+    assert!(log.segment_count() > 1);
+    assert_eq!(log.recovery_point(), 0, "nothing fsynced inline");
+    assert_eq!(log.flush_through_end().unwrap(), 120);
+    assert_eq!(log.recovery_point(), 120);
+    assert_eq!(log.flush_through_end().unwrap(), 120, "nothing new: no fsync");
+    let lazy = Log::open(&dir.path().join("lazy"), config(2000), None, None).unwrap();
+    assert!(!append(&lazy, &values(3, "l"), 1000).flush_due, "the default never flushes");
+}

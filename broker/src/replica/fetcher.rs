@@ -211,7 +211,13 @@ async fn apply(
     }
     if let Some(records) = data.records.filter(|r| !r.is_empty()) {
         let p = part.clone();
-        tokio::task::spawn_blocking(move || p.log.append_as_follower(&records))
+        tokio::task::spawn_blocking(move || {
+            let info = p.log.append_as_follower(&records)?;
+            if info.flush_due {
+                p.log.flush_through_end()?;
+            }
+            Ok::<_, crate::error::Error>(info)
+        })
             .await
             .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
     }

@@ -12,7 +12,8 @@ use crate::controller::{Controller, ControllerOp};
 
 /// The ISR the leader wants: a follower stays while it caught up with the
 /// leader's log end within `lag_max_ms` (replica.lag.time.max.ms), and joins
-/// once its log reaches the high watermark. Replica order is kept.
+/// once its log reaches the high watermark (now, or at its last fetch).
+/// Replica order is kept.
 pub fn desired_isr(
     leadership: &Leadership,
     followers: &HashMap<i32, FollowerState>,
@@ -31,7 +32,7 @@ pub fn desired_isr(
             let in_sync = leadership.isr.contains(r);
             match followers.get(r) {
                 Some(f) if in_sync => now_ms - f.last_caught_up_ms <= lag_max_ms,
-                Some(f) => f.log_end_offset >= 0 && f.log_end_offset >= high_watermark,
+                Some(f) => f.log_end_offset >= 0 && (f.reached_high_watermark || f.log_end_offset >= high_watermark),
                 None => in_sync,
             }
         })
@@ -107,6 +108,7 @@ mod tests {
         FollowerState {
             log_end_offset: leo,
             last_caught_up_ms: caught_up,
+            reached_high_watermark: false,
         }
     }
 
@@ -129,6 +131,17 @@ mod tests {
         assert_eq!(
             desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
             vec![1, 2]
+        );
+        // Short of it now, but its last fetch reached the high watermark of
+        // that moment (produce moved it on since): in.
+        let reached = FollowerState {
+            reached_high_watermark: true,
+            ..follower(99, 0)
+        };
+        let followers = HashMap::from([(2, follower(100, 31_000)), (3, reached)]);
+        assert_eq!(
+            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            vec![1, 2, 3]
         );
         let followers = HashMap::from([(2, follower(-1, 31_000))]);
         assert_eq!(desired_isr(&leadership(&[1]), &followers, 0, 31_000, 30_000), vec![1]);

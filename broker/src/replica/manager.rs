@@ -1,11 +1,10 @@
 //! The replica manager: which partitions this broker hosts, kept in step
-//! with the metadata image, and the wake-up used by long-poll fetches.
+//! with the metadata image.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use tokio::sync::Notify;
 
 use super::partition::Leadership;
 use super::throttle::ReplicationThrottle;
@@ -24,8 +23,6 @@ pub struct ReplicaManager {
     /// The image last applied: tells a partition led elsewhere from an unknown one.
     image: RwLock<Arc<MetadataImage>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
-    /// Woken on every append so delayed fetches can re-check.
-    appended: Notify,
     /// High watermarks from the checkpoint, taken by partitions as they open.
     restored_hw: parking_lot::Mutex<HashMap<TopicPartition, i64>>,
     /// Bytes per second served to replicas a reassignment adds.
@@ -43,7 +40,6 @@ impl ReplicaManager {
             logs,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             partitions: RwLock::new(HashMap::new()),
-            appended: Notify::new(),
             throttle: ReplicationThrottle::default(),
         }
     }
@@ -108,14 +104,6 @@ impl ReplicaManager {
             .collect();
         write_checkpoint(&self.logs.dir().join(HIGH_WATERMARK_CHECKPOINT), &entries)?;
         Ok(())
-    }
-
-    pub fn notify_appended(&self) {
-        self.appended.notify_waiters();
-    }
-
-    pub fn appended(&self) -> &Notify {
-        &self.appended
     }
 
     /// Brings hosted partitions in line with the image: opens new ones, drops

@@ -6,10 +6,14 @@
 //! last fetch) and when it last caught up; the high watermark is the lowest
 //! log end offset in the ISR and never moves back. Consumers never read past
 //! it; acks=all produces wait for it (`hw_changes`).
+//!
+//! Long-poll fetches wait here by key, as in Kafka's fetch purgatory: a
+//! follower's fetch on the partition's appends, a consumer's on its high
+//! watermark. Only the partitions a fetch names wake it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -29,6 +33,35 @@ pub struct Partition {
     followers: Mutex<HashMap<i32, FollowerState>>,
     /// Every move of the high watermark, for acks=all waiters.
     hw_changes: tokio::sync::watch::Sender<i64>,
+    /// Delayed fetches woken by the next append (followers') ...
+    append_watchers: Watchers,
+    /// ... and by the next move of the high watermark (consumers').
+    hw_watchers: Watchers,
+    /// One group commit at a time; the ones waiting behind it share the next.
+    flush_turn: tokio::sync::Mutex<()>,
+}
+
+/// Waiting fetches, each woken once (it registers again if it waits on).
+#[derive(Default)]
+struct Watchers(Mutex<Vec<Weak<tokio::sync::Notify>>>);
+
+impl Watchers {
+    fn add(&self, waiter: &Arc<tokio::sync::Notify>) {
+        let mut list = self.0.lock();
+        // Fetches that ended without a wake-up leave dead entries behind.
+        if list.len() >= 64 {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(waiter));
+    }
+
+    fn wake(&self) {
+        let waiting = std::mem::take(&mut *self.0.lock());
+        for w in waiting.iter().filter_map(Weak::upgrade) {
+            // A stored permit: a fetch that registered but is not waiting yet still sees it.
+            w.notify_one();
+        }
+    }
 }
 
 /// What the leader knows of one follower.
@@ -38,6 +71,10 @@ pub struct FollowerState {
     pub log_end_offset: i64,
     /// When its fetch last reached the leader's log end offset (ms).
     pub last_caught_up_ms: i64,
+    /// Whether its last fetch reached the high watermark of that moment
+    /// (Kafka's test for joining the ISR, made at each fetch: under steady
+    /// produce the high watermark moves on before a later check).
+    pub reached_high_watermark: bool,
 }
 
 /// The partition's replicas, ISR and leader epoch as the controller last set
@@ -70,7 +107,20 @@ impl Partition {
             high_watermark: AtomicI64::new(hw),
             followers: Mutex::new(HashMap::new()),
             hw_changes: tokio::sync::watch::channel(hw).0,
+            append_watchers: Watchers::default(),
+            hw_watchers: Watchers::default(),
+            flush_turn: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Wakes `waiter` at this partition's next append (a follower's fetch).
+    pub fn watch_appends(&self, waiter: &Arc<tokio::sync::Notify>) {
+        self.append_watchers.add(waiter);
+    }
+
+    /// Wakes `waiter` when the high watermark next moves (a consumer's fetch).
+    pub fn watch_high_watermark(&self, waiter: &Arc<tokio::sync::Notify>) {
+        self.hw_watchers.add(waiter);
     }
 
     pub fn is_leading(&self) -> bool {
@@ -93,6 +143,7 @@ impl Partition {
                         FollowerState {
                             log_end_offset: -1,
                             last_caught_up_ms: now,
+                            reached_high_watermark: false,
                         },
                     );
                 }
@@ -107,6 +158,7 @@ impl Partition {
                     followers.entry(*r).or_insert(FollowerState {
                         log_end_offset: -1,
                         last_caught_up_ms: now,
+                        reached_high_watermark: false,
                     });
                 }
             }
@@ -135,6 +187,7 @@ impl Partition {
                 return false;
             };
             f.log_end_offset = fetch_offset;
+            f.reached_high_watermark = fetch_offset >= self.high_watermark();
             if fetch_offset >= leo {
                 f.last_caught_up_ms = now_ms;
             }
@@ -172,6 +225,7 @@ impl Partition {
         let previous = self.high_watermark.fetch_max(hw, Ordering::AcqRel);
         if hw > previous {
             self.hw_changes.send_replace(hw);
+            self.hw_watchers.wake();
             true
         } else {
             false
@@ -182,6 +236,7 @@ impl Partition {
     pub fn reset_high_watermark(&self, hw: i64) {
         self.high_watermark.store(hw, Ordering::Release);
         self.hw_changes.send_replace(hw);
+        self.hw_watchers.wake();
     }
 
     /// Resolves once the high watermark passes `offset` (acks=all).
@@ -266,8 +321,29 @@ impl Partition {
             }
         }
         let info = self.log.append_as_leader(records, leader_epoch)?;
+        if !info.duplicate {
+            self.append_watchers.wake();
+        }
         self.maybe_advance_high_watermark();
         Ok(info)
+    }
+
+    /// Resolves once everything below `offset` is on disk (flush.messages):
+    /// a group commit. One fsync runs at a time off the async workers, and
+    /// it covers every batch appended before it started, so the requests
+    /// queued behind one fsync share the next instead of one each.
+    pub async fn make_durable(&self, offset: i64) -> Result<()> {
+        while self.log.recovery_point() < offset {
+            let _turn = self.flush_turn.lock().await;
+            if self.log.recovery_point() >= offset {
+                break;
+            }
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.flush_through_end())
+                .await
+                .map_err(|e| Error::Storage(std::io::Error::other(e)))??;
+        }
+        Ok(())
     }
 
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadInfo> {

@@ -116,6 +116,9 @@ struct Baselines {
     /// 127.0.0.1 TCP connection into a reused 1 MiB buffer: the most any
     /// broker serving Fetch from the page cache can move to a local consumer.
     loopback_sendfile: f64,
+    /// 1 MiB writes each followed by fdatasync(2): what a log that makes
+    /// every MiB durable before acknowledging it can ingest at best.
+    fdatasync_per_mib: f64,
 }
 
 fn baselines(dir: &Path, bytes: usize) -> Baselines {
@@ -166,10 +169,21 @@ fn baselines(dir: &Path, bytes: usize) -> Baselines {
     let loopback_sendfile = mb(bytes as f64) / start.elapsed().as_secs_f64();
     sender.join().unwrap();
     std::fs::remove_file(&path).unwrap();
+    let synced = (bytes / chunk.len()).min(512);
+    let mut f = std::fs::File::create(&path).unwrap();
+    let start = Instant::now();
+    for _ in 0..synced {
+        f.write_all(&chunk).unwrap();
+        f.sync_data().unwrap();
+    }
+    let fdatasync_per_mib = mb((synced * chunk.len()) as f64) / start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
     Baselines {
         disk_write,
         cache_read,
         loopback_sendfile,
+        fdatasync_per_mib,
     }
 }
 
@@ -189,8 +203,43 @@ fn fetch_stats(broker: &BrokerProcess) -> (f64, f64) {
     )
 }
 
-/// Delivery latency at a fixed rate: p50, p99, p999 in ms.
-fn latency_run(broker: &BrokerProcess, topic: &str, rate: usize, seconds: u64, size: usize) -> (f64, f64, f64) {
+/// Delivery latency at a fixed rate: p50, p99, p999 in ms. With
+/// `with_consumer`, a second client tails the topic meanwhile, so its
+/// long-poll fetches are served beside the produces.
+fn latency_run(
+    broker: &BrokerProcess,
+    topic: &str,
+    rate: usize,
+    seconds: u64,
+    size: usize,
+    with_consumer: bool,
+) -> (f64, f64, f64) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tail = with_consumer.then(|| {
+        let consumer: BaseConsumer = client_config(broker)
+            .set("group.id", "fjord-load-tail")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_or(1, |m| m.topics()[0].partitions().len() as i32);
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut got = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                    got += 1;
+                }
+            }
+            got
+        })
+    });
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));
     let errors = Arc::new(Mutex::new(0u64));
     let context = LatencyContext {
@@ -218,6 +267,10 @@ fn latency_run(broker: &BrokerProcess, topic: &str, rate: usize, seconds: u64, s
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     assert_eq!(*errors.lock().unwrap(), 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = tail {
+        assert!(t.join().unwrap() > 0, "the second client read what was produced");
+    }
     let h = histogram.lock().unwrap();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     (ms(0.5), ms(0.99), ms(0.999))
@@ -712,8 +765,8 @@ async fn main() {
     let machine = baselines(tmp.path(), baseline_bytes);
     println!(
         "machine: buffered sequential write {:.0} MB/s, page-cache read {:.0} MB/s, \
-         page cache -> loopback TCP with sendfile {:.0} MB/s",
-        machine.disk_write, machine.cache_read, machine.loopback_sendfile
+         page cache -> loopback TCP with sendfile {:.0} MB/s, 1 MiB write + fdatasync {:.0} MB/s",
+        machine.disk_write, machine.cache_read, machine.loopback_sendfile, machine.fdatasync_per_mib
     );
     println!(
         "{:>4} | {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} | {:>10} {:>10} {:>9}",
@@ -806,10 +859,48 @@ async fn main() {
             args.latency_rate,
             args.latency_seconds,
             args.record_size,
+            false,
         );
         println!(
             "      delivery latency at {} rec/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms (the table's latencies are at saturation)",
             args.latency_rate
+        );
+        let (p50, p99, p999) = latency_run(
+            &broker,
+            &format!("load-{partitions}"),
+            args.latency_rate,
+            args.latency_seconds,
+            args.record_size,
+            true,
+        );
+        println!(
+            "      the same while a second client tails the topic: p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms"
+        );
+        drop(broker);
+    }
+    {
+        // Durable ingest: flush.messages=1, every produce answered once on disk.
+        let broker = BrokerProcess::start(&tmp.path().join("data-durable"), &[]);
+        let admin: AdminClient<DefaultClientContext> = client_config(&broker).create().unwrap();
+        let topic = NewTopic::new("durable", 1, TopicReplication::Fixed(1)).set("flush.messages", "1");
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        admin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+        let pids: Vec<u32> = broker.pid().into_iter().collect();
+        let records = (args.records / 2).max(1);
+        let produced = tokio::task::block_in_place(|| {
+            produce_load(&client_config(&broker), "durable", 1, records, args.record_size, &pids, "1")
+        });
+        let bytes = (records * args.record_size) as f64;
+        let mbs = mb(bytes) / produced.elapsed;
+        let h = &produced.histogram;
+        println!(
+            "durable (flush.messages=1, group commit), 1 partition: produce {mbs:.1} MB/s, p50 {:.2} ms, p99 {:.2} ms \
+             at saturation, {:.2} broker CPU-s/GB; {:.0}% of the machine's 1 MiB write + fdatasync loop ({:.0} MB/s)",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            produced.broker_cpu / (bytes / 1e9),
+            100.0 * mbs / machine.fdatasync_per_mib,
+            machine.fdatasync_per_mib
         );
         drop(broker);
     }
