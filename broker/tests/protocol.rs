@@ -217,8 +217,8 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                     .with_topic(name("sweep"))
                     .with_partitions(vec![0])])),
         ),
-        ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
-            OffsetForLeaderEpochRequest::default().with_topics(vec![
+        ApiKey::OffsetForLeaderEpoch => {
+            RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default().with_topics(vec![
                 offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
                     .with_topic(name("sweep"))
                     .with_partitions(vec![
@@ -230,19 +230,20 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                             .with_partition(7)
                             .with_leader_epoch(0),
                     ]),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::AlterPartitionReassignments => RequestKind::AlterPartitionReassignments(
             AlterPartitionReassignmentsRequest::default()
                 .with_allow_replication_factor_change(true)
-                .with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default()
-                    .with_name(name("sweep"))
-                    .with_partitions(vec![
-                        // Cancel, with nothing in progress.
-                        alter_partition_reassignments_request::ReassignablePartition::default()
-                            .with_partition_index(0)
-                            .with_replicas(None),
-                    ])]),
+                .with_topics(vec![alter_partition_reassignments_request::ReassignableTopic::default(
+                )
+                .with_name(name("sweep"))
+                .with_partitions(vec![
+                    // Cancel, with nothing in progress.
+                    alter_partition_reassignments_request::ReassignablePartition::default()
+                        .with_partition_index(0)
+                        .with_replicas(None),
+                ])]),
         ),
         ApiKey::ListPartitionReassignments => {
             RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default().with_topics(None))
@@ -296,7 +297,11 @@ async fn every_advertised_version_answers() {
                 (ResponseKind::OffsetForLeaderEpoch(r), _) => {
                     let ps = &r.topics[0].partitions;
                     let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log.log_end_offset();
-                    assert_eq!((ps[0].error_code, ps[0].end_offset), (0, leo), "epoch 0 ends at the log end: v{v}");
+                    assert_eq!(
+                        (ps[0].error_code, ps[0].end_offset),
+                        (0, leo),
+                        "epoch 0 ends at the log end: v{v}"
+                    );
                     assert_eq!(ps[1].error_code, ResponseError::UnknownTopicOrPartition.code());
                 }
                 (ResponseKind::JoinGroup(r), _) => {

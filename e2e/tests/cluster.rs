@@ -1237,7 +1237,9 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
 /// Kafka's AlterPartitionReassignments for one partition (`None` cancels).
 async fn reassign(addr: &str, topic: &str, partition: i32, target: Option<&[i32]>) -> i16 {
     use kafka_protocol::messages::alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
-    use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, TopicName};
+    use kafka_protocol::messages::{
+        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId, TopicName,
+    };
     let request = AlterPartitionReassignmentsRequest::default()
         .with_timeout_ms(10_000)
         .with_topics(vec![ReassignableTopic::default()
@@ -1369,7 +1371,11 @@ async fn reassignment_drain_and_throttle() {
     // Move {1,2,3} -> {2,3,4} under load, through Kafka's API on any broker.
     let addr = fourth.bootstrap();
     assert_eq!(reassign(&addr, "moving", 0, None).await, 85, "nothing to cancel yet");
-    assert_eq!(reassign(&addr, "moving", 0, Some(&[2, 3, 9])).await, 39, "unknown broker 9");
+    assert_eq!(
+        reassign(&addr, "moving", 0, Some(&[2, 3, 9])).await,
+        39,
+        "unknown broker 9"
+    );
     assert_eq!(reassign(&addr, "moving", 0, Some(&[2, 3, 4])).await, 0);
     let ongoing = reassignments(&addr).await;
     println!("reassignments in progress: {ongoing:?}");
@@ -1429,13 +1435,25 @@ async fn reassignment_drain_and_throttle() {
         assert!(Instant::now() < deadline, "read {} of {}", read.len(), acked.len());
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            read.push(std::str::from_utf8(&m.payload().unwrap()[..8]).unwrap().parse().unwrap());
+            read.push(
+                std::str::from_utf8(&m.payload().unwrap()[..8])
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
         }
     }
     // Sent records the producer gave up on are absent; every acknowledged one is there once, in order.
-    let read_acked: Vec<u64> = read.iter().copied().filter(|i| acked.binary_search(i).is_ok()).collect();
+    let read_acked: Vec<u64> = read
+        .iter()
+        .copied()
+        .filter(|i| acked.binary_search(i).is_ok())
+        .collect();
     assert_eq!(read_acked, acked, "every acknowledged record, once, in order");
-    println!("reassigned and drained under load: {} records acknowledged", acked.len());
+    println!(
+        "reassigned and drained under load: {} records acknowledged",
+        acked.len()
+    );
     let holders = [&cluster.brokers[0], &cluster.brokers[2], &fourth];
     eventually("the three replicas at one log end", || async {
         let mut ends = Vec::new();
@@ -1456,7 +1474,12 @@ async fn reassignment_drain_and_throttle() {
     let bulk: FutureProducer = kafka(&cluster.bootstrap()).set("acks", "1").create().unwrap();
     let value = vec![b'b'; 1024];
     let sends: Vec<_> = (0..4096)
-        .map(|_| bulk.send(FutureRecord::<(), _>::to("bulk").payload(&value).partition(0), Duration::from_secs(30)))
+        .map(|_| {
+            bulk.send(
+                FutureRecord::<(), _>::to("bulk").payload(&value).partition(0),
+                Duration::from_secs(30),
+            )
+        })
         .collect();
     for s in sends {
         s.await.unwrap();
@@ -1486,7 +1509,10 @@ async fn reassignment_drain_and_throttle() {
     assert!(copied >= size, "copied {copied} of {size}");
     // One second of burst and one fetch (1 MiB) above the rate at most.
     let fastest = (size.saturating_sub(rate + (1 << 20))) as f64 / rate as f64;
-    assert!(took >= fastest, "copied {size} bytes in {took:.1} s; the throttle allows no less than {fastest:.1} s");
+    assert!(
+        took >= fastest,
+        "copied {size} bytes in {took:.1} s; the throttle allows no less than {fastest:.1} s"
+    );
     fourth.stop();
 }
 
@@ -1577,7 +1603,11 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     println!(
         "follower {victim} cut off: out of the ISRs after {:?}: {:?}",
         cut_at.elapsed(),
-        shrunk.partition_states.iter().map(|p| (p.leader, p.isr.clone())).collect::<Vec<_>>()
+        shrunk
+            .partition_states
+            .iter()
+            .map(|p| (p.leader, p.isr.clone()))
+            .collect::<Vec<_>>()
     );
     wait_for_more(300).await;
     let healed_at = Instant::now();
@@ -1623,7 +1653,11 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     let mut read: Vec<Vec<u64>> = vec![Vec::new(); 3];
     let deadline = Instant::now() + WAIT;
     while read.iter().map(Vec::len).sum::<usize>() < want {
-        assert!(Instant::now() < deadline, "read {} of {want}", read.iter().map(Vec::len).sum::<usize>());
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {want}",
+            read.iter().map(Vec::len).sum::<usize>()
+        );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
             let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
@@ -1632,8 +1666,15 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
         }
     }
     for p in 0..3 {
-        let kept: Vec<u64> = read[p].iter().copied().filter(|i| acked[p].binary_search(i).is_ok()).collect();
-        assert_eq!(kept, acked[p], "partition {p}: every acknowledged record, once, in order");
+        let kept: Vec<u64> = read[p]
+            .iter()
+            .copied()
+            .filter(|i| acked[p].binary_search(i).is_ok())
+            .collect();
+        assert_eq!(
+            kept, acked[p],
+            "partition {p}: every acknowledged record, once, in order"
+        );
     }
     println!("cut and healed under load: {want} records acknowledged");
     assert_replicas_identical(&cluster, "cut", 3).await;

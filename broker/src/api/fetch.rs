@@ -64,7 +64,7 @@ fn read_all(
         request.replica_id.0
     };
     let now = crate::log::segment::now_ms();
-        for topic in &request.topics {
+    for topic in &request.topics {
         // v13+ names topics by id.
         let name: Option<String> = if version >= 13 {
             image.topic_by_id(topic.topic_id).map(|t| t.name.clone())

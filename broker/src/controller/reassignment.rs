@@ -199,7 +199,10 @@ impl MetadataImage {
         for t in self.topics.values() {
             for (p, replicas) in t.assignments.iter().enumerate() {
                 let p = p as i32;
-                let current = t.reassigning.get(&p).map_or(replicas.as_slice(), |r| r.target.as_slice());
+                let current = t
+                    .reassigning
+                    .get(&p)
+                    .map_or(replicas.as_slice(), |r| r.target.as_slice());
                 let Some(pos) = current.iter().position(|r| *r == broker) else {
                     continue;
                 };
@@ -227,14 +230,18 @@ impl MetadataImage {
 /// A target names registered brokers, each once, at least one.
 fn validate_target(target: &[i32], registered: &[i32]) -> Result<()> {
     if target.is_empty() {
-        return Err(Error::InvalidReplicaAssignment("a target needs at least one replica".into()));
+        return Err(Error::InvalidReplicaAssignment(
+            "a target needs at least one replica".into(),
+        ));
     }
     for (i, id) in target.iter().enumerate() {
         if target[..i].contains(id) {
             return Err(Error::InvalidReplicaAssignment(format!("broker {id} named twice")));
         }
         if !registered.contains(id) {
-            return Err(Error::InvalidReplicaAssignment(format!("broker {id} is not registered")));
+            return Err(Error::InvalidReplicaAssignment(format!(
+                "broker {id} is not registered"
+            )));
         }
     }
     Ok(())

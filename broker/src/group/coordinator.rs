@@ -414,10 +414,13 @@ impl GroupCoordinator {
             .map(|(i, (key, value))| batch::plain_record(i as i64, ts, Some(key), value))
             .collect();
         let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
-        if part.append(&batch, -1)?.flush_due {
-            // Only with a flush.messages override on __consumer_offsets.
-            part.log.flush_through_end()?;
-        }
+        crate::blocking::blocking(|| {
+            if part.append(&batch, -1)?.flush_due {
+                // Only with a flush.messages override on __consumer_offsets.
+                part.log.flush_through_end()?;
+            }
+            Ok::<_, Error>(())
+        })?;
         Ok(())
     }
 

@@ -213,7 +213,14 @@ mod tests {
         let text = format(&entries);
         assert_eq!(text, "0\n2\n0 0\n4 100\n");
         assert_eq!(parse(&text), Some(entries));
-        for bad in ["", "1\n0\n", "0\n2\n0 0\n", "0\n2\n4 0\n3 10\n", "0\n1\nx 0\n", "0\n1\n0 0 0\n"] {
+        for bad in [
+            "",
+            "1\n0\n",
+            "0\n2\n0 0\n",
+            "0\n2\n4 0\n3 10\n",
+            "0\n1\nx 0\n",
+            "0\n1\n0 0 0\n",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -111,7 +111,7 @@ fn epochs_in(segments: &[Segment]) -> Result<Vec<EpochEntry>> {
     };
     let mut entries: Vec<EpochEntry> = Vec::new();
     let mut note = |epoch: i32, start_offset: i64| {
-        if epoch >= 0 && entries.last().map_or(true, |e| epoch > e.epoch) {
+        if epoch >= 0 && entries.last().is_none_or(|e| epoch > e.epoch) {
             entries.push(EpochEntry { epoch, start_offset });
         }
     };

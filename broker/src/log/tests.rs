@@ -443,7 +443,10 @@ fn end_offsets_for_epochs_follow_the_batches() {
     drop(log);
     let reopened = Log::open(dir.path(), config(2000), Some(0), None).unwrap();
     let epochs = reopened.epoch_entries();
-    assert_eq!(epochs.iter().map(|e| (e.epoch, e.start_offset)).collect::<Vec<_>>(), [(2, 0), (5, 30)]);
+    assert_eq!(
+        epochs.iter().map(|e| (e.epoch, e.start_offset)).collect::<Vec<_>>(),
+        [(2, 0), (5, 30)]
+    );
     for i in 0..5 {
         let vals = values(3, &format!("c{i}"));
         let refs: Vec<&[u8]> = vals.iter().map(|v| v.as_slice()).collect();
@@ -475,7 +478,8 @@ fn truncate_fully_starts_the_log_over_at_an_offset() {
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 500));
     assert_eq!((log.last_epoch(), log.producer_count()), (-1, 0));
     assert!(log.read(0, 1 << 20, 1000, true).is_err(), "nothing below the new start");
-    log.append_as_follower(&encode_batch(500, &[b"new", b"new"], 5000)).unwrap();
+    log.append_as_follower(&encode_batch(500, &[b"new", b"new"], 5000))
+        .unwrap();
     assert_eq!(log.log_end_offset(), 502);
     // A fetch cut inside its last batch: the whole ones are taken, the rest comes again.
     let mut cut = encode_batch(502, &[b"a"], 5001).to_vec();
@@ -511,5 +515,8 @@ fn flush_messages_asks_for_a_group_commit() {
     assert_eq!(log.recovery_point(), 120);
     assert_eq!(log.flush_through_end().unwrap(), 120, "nothing new: no fsync");
     let lazy = Log::open(&dir.path().join("lazy"), config(2000), None, None).unwrap();
-    assert!(!append(&lazy, &values(3, "l"), 1000).flush_due, "the default never flushes");
+    assert!(
+        !append(&lazy, &values(3, "l"), 1000).flush_due,
+        "the default never flushes"
+    );
 }

@@ -218,8 +218,8 @@ async fn apply(
             }
             Ok::<_, crate::error::Error>(info)
         })
-            .await
-            .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+        .await
+        .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
     }
     part.set_high_watermark(data.high_watermark.min(part.log.log_end_offset()));
     Ok(())

@@ -92,7 +92,10 @@ mod tests {
             }
         }
         let limit = 10 * 1_000_000 + 1_000_000 + fetch;
-        assert!(served <= limit && served >= 9 * 1_000_000, "served {served} in 10 s at 1 MB/s");
+        assert!(
+            served <= limit && served >= 9 * 1_000_000,
+            "served {served} in 10 s at 1 MB/s"
+        );
         t.set_rate(-1);
         assert!(!t.exhausted(start + 10_000));
     }

@@ -888,7 +888,15 @@ async fn main() {
         let pids: Vec<u32> = broker.pid().into_iter().collect();
         let records = (args.records / 2).max(1);
         let produced = tokio::task::block_in_place(|| {
-            produce_load(&client_config(&broker), "durable", 1, records, args.record_size, &pids, "1")
+            produce_load(
+                &client_config(&broker),
+                "durable",
+                1,
+                records,
+                args.record_size,
+                &pids,
+                "1",
+            )
         });
         let bytes = (records * args.record_size) as f64;
         let mbs = mb(bytes) / produced.elapsed;
