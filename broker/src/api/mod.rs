@@ -28,6 +28,8 @@ use crate::context::BrokerContext;
 use crate::metrics::Metrics;
 use crate::network::zero_copy::FileRecords;
 
+pub use produce::Appended as ProduceAppended;
+
 /// The APIs this broker answers and the version ranges it implements.
 /// Each range is intersected with what the codec crate supports.
 const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -160,6 +162,12 @@ impl Apis {
 
     pub fn supports(&self, api_key: ApiKey, version: i16) -> bool {
         Self::supported_versions().any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
+    }
+
+    /// Appends a Produce request now, in the connection's request order;
+    /// its answer may still wait on durability or replication.
+    pub fn begin_produce(&self, request: kafka_protocol::messages::ProduceRequest, version: i16) -> ProduceAppended {
+        produce::append(self, request, version)
     }
 
     pub fn api_versions_fallback(&self) -> ResponseKind {

@@ -10,12 +10,32 @@ use super::{str, Apis};
 use crate::error::Error;
 use crate::log::AppendInfo;
 
+/// A produce request once appended: its answer, and what that still waits
+/// for (durability, replication). The network layer reads the next request
+/// on the connection meanwhile; answers still go out in request order.
+pub struct Appended {
+    acks: i16,
+    version: i16,
+    timeout: std::time::Duration,
+    responses: Vec<TopicProduceResponse>,
+    /// Partitions whose flush.messages came due: answered once on disk.
+    durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64)>,
+    /// acks=all partitions: answered once the high watermark passes the batch.
+    pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64)>,
+    endpoints: Vec<NodeEndpoint>,
+}
+
 /// Returns `None` for acks=0: the client expects no response. With acks=all
 /// the answer waits (without holding a thread) until the high watermark
 /// passes each partition's batch, or `timeout_ms` (REQUEST_TIMED_OUT; or
 /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR fell below
 /// min.insync.replicas meanwhile).
 pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    append(apis, request, version).complete().await
+}
+
+/// Validates and appends each partition's record set, in request order.
+pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     // Appended partitions whose acks=all answer waits: (topic, partition) -> (partition, last offset).
@@ -114,46 +134,6 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    let mut responses: Vec<TopicProduceResponse> = responses;
-    for (part, offset) in durable {
-        if let Err(e) = part.make_durable(offset).await {
-            tracing::error!(tp = %part.tp, error = %e, "flush failed");
-            let code = e.code();
-            if let Some(r) = responses
-                .iter_mut()
-                .filter(|t| t.name.as_str() == part.tp.topic)
-                .flat_map(|t| t.partition_responses.iter_mut())
-                .find(|r| r.index == part.tp.partition && r.error_code == 0)
-            {
-                r.error_code = code;
-            }
-        }
-    }
-    if !pending.is_empty() {
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (topic, index, part, last) in pending {
-            if tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last))
-                .await
-                .is_ok()
-            {
-                continue;
-            }
-            let code = if part.is_under_min_isr() {
-                ResponseError::NotEnoughReplicasAfterAppend
-            } else {
-                ResponseError::RequestTimedOut
-            };
-            tracing::debug!(%topic, partition = index, ?code, "acks=all not met in time");
-            if let Some(r) = responses
-                .iter_mut()
-                .filter(|t| t.name.as_str() == topic)
-                .flat_map(|t| t.partition_responses.iter_mut())
-                .find(|r| r.index == index && r.error_code == 0)
-            {
-                r.error_code = code.code();
-            }
-        }
-    }
     let endpoints = if hinted.is_empty() {
         Vec::new()
     } else {
@@ -169,11 +149,80 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
                 .with_rack(rack.map(str))
         })
         .collect();
-    (acks != 0).then(|| {
-        ProduceResponse::default()
-            .with_responses(responses)
-            .with_node_endpoints(if version >= 10 { endpoints } else { Vec::new() })
-    })
+    Appended {
+        acks,
+        version,
+        timeout,
+        responses,
+        durable,
+        pending,
+        endpoints,
+    }
+}
+
+impl Appended {
+    /// Nothing to wait for: the answer is final now.
+    pub fn is_ready(&self) -> bool {
+        self.durable.is_empty() && self.pending.is_empty()
+    }
+
+    /// The answer, once every waited-for partition is durable and replicated
+    /// (or timed out).
+    pub async fn complete(self) -> Option<ProduceResponse> {
+        let Appended {
+            acks,
+            version,
+            timeout,
+            mut responses,
+            durable,
+            pending,
+            endpoints,
+        } = self;
+        for (part, offset) in durable {
+            if let Err(e) = part.make_durable(offset).await {
+                tracing::error!(tp = %part.tp, error = %e, "flush failed");
+                let code = e.code();
+                if let Some(r) = responses
+                    .iter_mut()
+                    .filter(|t| t.name.as_str() == part.tp.topic)
+                    .flat_map(|t| t.partition_responses.iter_mut())
+                    .find(|r| r.index == part.tp.partition && r.error_code == 0)
+                {
+                    r.error_code = code;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let deadline = tokio::time::Instant::now() + timeout;
+            for (topic, index, part, last) in pending {
+                if tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last))
+                    .await
+                    .is_ok()
+                {
+                    continue;
+                }
+                let code = if part.is_under_min_isr() {
+                    ResponseError::NotEnoughReplicasAfterAppend
+                } else {
+                    ResponseError::RequestTimedOut
+                };
+                tracing::debug!(%topic, partition = index, ?code, "acks=all not met in time");
+                if let Some(r) = responses
+                    .iter_mut()
+                    .filter(|t| t.name.as_str() == topic)
+                    .flat_map(|t| t.partition_responses.iter_mut())
+                    .find(|r| r.index == index && r.error_code == 0)
+                {
+                    r.error_code = code.code();
+                }
+            }
+        }
+        (acks != 0).then(|| {
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(if version >= 10 { endpoints } else { Vec::new() })
+        })
+    }
 }
 
 /// Produce v3+ carries exactly one v2 batch per partition, as Kafka's

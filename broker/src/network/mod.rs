@@ -4,7 +4,11 @@
 //! Each connection has a reader that handles one request at a time (so two
 //! produce requests on one connection append in the order sent, as Kafka
 //! guarantees) and a writer task that flushes encoded responses in order
-//! while the reader already works on the next request.
+//! while the reader already works on the next request. A produce whose
+//! answer waits (acks=all replication, a flush.messages group commit) is a
+//! delayed operation: appended in order, answered by its own task, and the
+//! reader moves on, so a connection keeps several such produces in flight
+//! (a client's max.in.flight) instead of one replication round trip each.
 
 pub mod frame;
 pub mod zero_copy;
@@ -16,11 +20,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::api::Apis;
 use frame::{FrameError, Request};
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use zero_copy::{Chunk, FileRecords};
 
 /// Request bytes read off the sockets and not yet handled, across all
@@ -97,7 +102,7 @@ async fn handle_connection(
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let (tx, rx) = mpsc::channel::<Vec<Chunk>>(128);
+    let (tx, rx) = mpsc::channel::<Outgoing>(MAX_QUEUED_RESPONSES);
     let writer = tokio::spawn(write_responses(write_half, rx));
     let max_frame = apis.config().socket_request_max_bytes as usize;
     let idle = Duration::from_millis(apis.config().connections_max_idle_ms.max(1) as u64);
@@ -151,7 +156,7 @@ async fn handle_connection(
                 let none = FileRecords::default();
                 match frame::encode_response(correlation_id, ApiKey::ApiVersions, 0, &response, &none) {
                     Ok(bytes) => {
-                        if tx.send(bytes).await.is_err() {
+                        if tx.send(Outgoing::Ready(bytes)).await.is_err() {
                             break;
                         }
                         continue;
@@ -177,8 +182,18 @@ async fn handle_connection(
     let _ = writer.await;
 }
 
+/// Responses queued on one connection (ready or delayed), in request order.
+const MAX_QUEUED_RESPONSES: usize = 128;
+
+/// One response in a connection's order: encoded, or a delayed produce's
+/// task that encodes it when it completes (`None`: acks=0, no answer).
+enum Outgoing {
+    Ready(Vec<Chunk>),
+    Later(JoinHandle<anyhow::Result<Option<Vec<Chunk>>>>),
+}
+
 /// Handles one request; false when the connection must close.
-async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chunk>>, client_host: &str) -> bool {
+async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Outgoing>, client_host: &str) -> bool {
     let Request {
         header,
         api_key,
@@ -195,18 +210,66 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chun
     );
     let started = Instant::now();
     let correlation_id = header.correlation_id;
+    if let RequestKind::Produce(produce) = body {
+        let appended = span.in_scope(|| apis.begin_produce(produce, version));
+        if !appended.is_ready() {
+            let apis = apis.clone();
+            let answer = async move {
+                let response = appended.complete().await;
+                observe(&apis, &api, started);
+                response
+                    .map(|r| {
+                        frame::encode_response(
+                            correlation_id,
+                            api_key,
+                            version,
+                            &ResponseKind::Produce(r),
+                            &FileRecords::default(),
+                        )
+                    })
+                    .transpose()
+            };
+            return tx
+                .send(Outgoing::Later(tokio::spawn(answer.instrument(span))))
+                .await
+                .is_ok();
+        }
+        let response = appended
+            .complete()
+            .await
+            .map(|r| (ResponseKind::Produce(r), FileRecords::default()));
+        return respond(apis, &api, started, correlation_id, api_key, version, response, tx).await;
+    }
     let response = apis.handle(&header, body, client_host).instrument(span).await;
+    respond(apis, &api, started, correlation_id, api_key, version, response, tx).await
+}
+
+fn observe(apis: &Apis, api: &str, started: Instant) {
     let metrics = apis.metrics();
-    metrics.requests.with_label_values(&[&api]).inc();
+    metrics.requests.with_label_values(&[api]).inc();
     metrics
         .request_latency
-        .with_label_values(&[&api])
+        .with_label_values(&[api])
         .observe(started.elapsed().as_secs_f64());
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    apis: &Apis,
+    api: &str,
+    started: Instant,
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    response: Option<(ResponseKind, FileRecords)>,
+    tx: &mpsc::Sender<Outgoing>,
+) -> bool {
+    observe(apis, api, started);
     let Some((response, files)) = response else {
         return true; // acks=0 produce: no response
     };
     match frame::encode_response(correlation_id, api_key, version, &response, &files) {
-        Ok(bytes) => tx.send(bytes).await.is_ok(),
+        Ok(bytes) => tx.send(Outgoing::Ready(bytes)).await.is_ok(),
         Err(e) => {
             tracing::error!(api = %api, error = %e, "encoding response failed; closing connection");
             false
@@ -214,9 +277,30 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Vec<Chun
     }
 }
 
-async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<Chunk>>) {
+async fn write_responses(write_half: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
     let mut out = BufWriter::with_capacity(64 * 1024, write_half);
-    while let Some(frame) = rx.recv().await {
+    while let Some(next) = rx.recv().await {
+        let frame = match next {
+            Outgoing::Ready(frame) => frame,
+            Outgoing::Later(task) => {
+                // Flush what is ready before waiting on a delayed answer.
+                if out.flush().await.is_err() {
+                    return;
+                }
+                match task.await {
+                    Ok(Ok(Some(frame))) => frame,
+                    Ok(Ok(None)) => continue,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "encoding a delayed response failed; closing connection");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a delayed response failed; closing connection");
+                        return;
+                    }
+                }
+            }
+        };
         for chunk in frame {
             let written = match chunk {
                 Chunk::Bytes(bytes) => out.write_all(&bytes).await,

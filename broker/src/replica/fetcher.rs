@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
@@ -75,6 +75,9 @@ fn followed_leaders(node_id: i32, replicas: &ReplicaManager) -> std::collections
 /// One leader's fetcher: runs while this broker follows anything from it.
 async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, controller: Arc<Controller>) {
     let mut conn: Option<TcpStream> = None;
+    // Responses are read into one buffer, reused once the records of the
+    // last response (slices of it) have been appended and dropped.
+    let mut buffer = BytesMut::new();
     let mut correlation = 0;
     loop {
         let parts: Vec<Arc<Partition>> = replicas
@@ -102,7 +105,7 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
                 conn = Some(TcpStream::connect(&addr).await?);
             }
             let stream = conn.as_mut().expect("connected");
-            exchange(stream, correlation, &request).await
+            exchange(stream, &mut buffer, correlation, &request).await
         };
         let response = match tokio::time::timeout(Duration::from_secs(30), answer).await {
             Ok(Ok(r)) => r,
@@ -210,16 +213,13 @@ async fn apply(
         return truncate(part, to).await;
     }
     if let Some(records) = data.records.filter(|r| !r.is_empty()) {
-        let p = part.clone();
-        tokio::task::spawn_blocking(move || {
-            let info = p.log.append_as_follower(&records)?;
+        crate::blocking::blocking(|| {
+            let info = part.log.append_as_follower(&records)?;
             if info.flush_due {
-                p.log.flush_through_end()?;
+                part.log.flush_through_end()?;
             }
-            Ok::<_, crate::error::Error>(info)
-        })
-        .await
-        .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+            Ok::<_, crate::error::Error>(())
+        })?;
     }
     part.set_high_watermark(data.high_watermark.min(part.log.log_end_offset()));
     Ok(())
@@ -238,7 +238,12 @@ async fn truncate(part: &Arc<Partition>, to: i64) -> crate::error::Result<()> {
 }
 
 /// One request and its response over the Kafka wire format.
-async fn exchange(stream: &mut TcpStream, correlation: i32, request: &FetchRequest) -> std::io::Result<FetchResponse> {
+async fn exchange(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    correlation: i32,
+    request: &FetchRequest,
+) -> std::io::Result<FetchResponse> {
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Fetch as i16)
@@ -261,9 +266,15 @@ async fn exchange(stream: &mut TcpStream, correlation: i32, request: &FetchReque
     if len > MAX_RESPONSE_BYTES {
         return Err(bad(format!("response of {len} bytes")));
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    let mut buf = Bytes::from(buf);
+    buffer.clear();
+    buffer.reserve(len);
+    while buffer.len() < len {
+        let want = len - buffer.len();
+        if (&mut *stream).take(want as u64).read_buf(buffer).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let mut buf = buffer.split_to(len).freeze();
     let header = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(FETCH_VERSION))
         .map_err(|e| bad(e.to_string()))?;
     if header.correlation_id != correlation {
