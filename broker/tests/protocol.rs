@@ -17,7 +17,7 @@ use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsRe
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -455,4 +455,50 @@ async fn auto_created_offsets_topic_has_its_own_partition_count() {
     assert_eq!(r.topics[0].error_code, 0);
     assert_eq!(r.topics[0].partitions.len(), 50);
     assert!(r.topics[0].is_internal);
+}
+
+/// Produces whose answers wait (here on a flush.messages=1 group commit)
+/// are delayed operations: a client that pipelines them, with another
+/// request between, gets every answer in request order, and the records
+/// were appended in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_delayed_produces_are_answered_in_order() {
+    let b = TestBroker::start(&[]).await;
+    b.create_topic("durable", 1, &[("flush.messages", "1")]).await;
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    let mut sent = Vec::new();
+    let mut bytes = Vec::new();
+    for i in 0..6 {
+        let (key, body) = if i == 3 {
+            (
+                ApiKey::ApiVersions,
+                RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            )
+        } else {
+            (
+                ApiKey::Produce,
+                produce_request("durable", 0, batch(10, 100, 1_000 + i)),
+            )
+        };
+        let version = if key == ApiKey::Produce { 9 } else { 0 };
+        let (id, frame) = raw.encode(key, version, &body);
+        sent.push((id, key, version));
+        bytes.extend_from_slice(&frame);
+    }
+    raw.send_bytes(&bytes).await;
+    let mut offsets = Vec::new();
+    for (id, key, version) in sent {
+        let mut frame = raw.read_frame().await.unwrap();
+        let header =
+            kafka_protocol::messages::ResponseHeader::decode(&mut frame, key.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, id, "answers in request order");
+        if let ResponseKind::Produce(r) = ResponseKind::decode(key, &mut frame, version).unwrap() {
+            let p = &r.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, 0);
+            offsets.push(p.base_offset);
+        }
+    }
+    assert_eq!(offsets, vec![0, 10, 20, 30, 40]);
+    let part = b.broker().ctx.replicas.get("durable", 0).unwrap();
+    assert_eq!(part.log.recovery_point(), 50, "answered once on disk");
 }

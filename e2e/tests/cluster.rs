@@ -1679,3 +1679,127 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     println!("cut and healed under load: {want} records acknowledged");
     assert_replicas_identical(&cluster, "cut", 3).await;
 }
+
+/// Two of a partition's three replicas down with min.insync.replicas=2
+/// (brokers 4 and 5, not voters, so the metadata quorum stays whole): the
+/// ISR shrinks to the leader, acks=all is refused with NOT_ENOUGH_REPLICAS
+/// and appended nowhere, acks=1 is still taken by the leader; the two
+/// return and hold exactly what the leader holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_down_refuse_acks_all_and_append_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::launch(tmp.path(), &[]);
+    let mut followers: Vec<BrokerProcess> = (4..=5)
+        .map(|id| {
+            let id = id.to_string();
+            BrokerProcess::launch(
+                &tmp.path().join(format!("node-{id}")),
+                [free_port(), free_port(), free_port()],
+                &[
+                    ("node.id", id.as_str()),
+                    ("process.roles", "broker"),
+                    ("controller.quorum.voters", cluster.voters.as_str()),
+                    ("broker.session.timeout.ms", "3000"),
+                    ("broker.heartbeat.interval.ms", "500"),
+                ],
+            )
+        })
+        .collect();
+    for f in &mut followers {
+        f.wait_ready(WAIT).unwrap();
+    }
+    eventually("five registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3, 4, 5])
+    })
+    .await;
+    let leader = &cluster.brokers[2];
+    let kadmin: KafkaAdmin<DefaultClientContext> = kafka(&leader.bootstrap()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let placed = [3, 4, 5];
+    let assignment = [&placed[..]];
+    let topic = NewTopic::new("two-down", 1, TopicReplication::Variable(&assignment)).set("min.insync.replicas", "2");
+    kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+    let strict: FutureProducer = kafka(&leader.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "4000")
+        .create()
+        .unwrap();
+    strict
+        .send(
+            FutureRecord::to("two-down").key("k").payload("all three"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("acks=all with the whole ISR");
+
+    for f in &mut followers {
+        f.kill9();
+    }
+    eventually("the ISR down to the leader", || async {
+        describe_topic(leader, "two-down")
+            .await
+            .filter(|t| t.partition_states[0].isr == vec![3] && t.partition_states[0].leader == 3)
+    })
+    .await;
+    let refused = strict
+        .send(
+            FutureRecord::to("two-down").key("k").payload("refused"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(refused.is_err(), "acks=all below min.insync.replicas");
+    let (_, metrics) = fjord_e2e::http_get(leader.metrics, "/metrics").unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fjord_produce_errors_total{error=\"19\",topic=\"two-down\"}")),
+        "NOT_ENOUGH_REPLICAS (19) answered"
+    );
+    let relaxed: FutureProducer = kafka(&leader.bootstrap()).set("acks", "1").create().unwrap();
+    relaxed
+        .send(
+            FutureRecord::to("two-down").key("k").payload("leader only"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("acks=1 does not need the ISR");
+    let t = describe_topic(leader, "two-down").await.unwrap();
+    assert_eq!(
+        t.partition_states[0].log_end_offset, 2,
+        "the refused record was never appended"
+    );
+
+    for f in &mut followers {
+        f.relaunch();
+        f.wait_ready(WAIT).unwrap();
+    }
+    eventually("both back in the ISR", || async {
+        describe_topic(leader, "two-down")
+            .await
+            .filter(|t| t.partition_states[0].isr.len() == 3)
+    })
+    .await;
+    for f in &followers {
+        let end = eventually("the follower at the leader's log end", || async {
+            describe_topic(f, "two-down")
+                .await
+                .map(|t| t.partition_states[0].log_end_offset)
+                .filter(|end| *end == 2)
+        })
+        .await;
+        assert_eq!(end, 2);
+    }
+    let logs: Vec<Vec<u8>> = [&leader.data_dir, &followers[0].data_dir, &followers[1].data_dir]
+        .iter()
+        .map(|d| log_bytes(d, "two-down", 0))
+        .collect();
+    assert!(
+        logs.iter().all(|l| l == &logs[0]),
+        "the replicas hold the same two records"
+    );
+    for f in &mut followers {
+        f.stop();
+    }
+}
