@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::leadership::{self, Election, PartitionState};
 use super::placement;
-use super::reassignment::Reassignment;
+use super::reassignment::{self, DrainCandidate, PartitionReplicas, Reassignment};
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
 
@@ -539,6 +539,92 @@ impl MetadataImage {
             .filter(|b| leadership::imbalance_percent(b.of, b.leading) > percent.max(0) as usize)
             .flat_map(|b| b.movable)
             .collect()
+    }
+
+    /// AlterPartitionReassignments for one partition (see `reassignment.rs`):
+    /// start or replace a reassignment to `target`, or cancel (`None`).
+    pub fn alter_reassignment(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        target: Option<&[i32]>,
+        allow_rf_change: bool,
+    ) -> Result<()> {
+        let registered: Vec<i32> = self.brokers.keys().copied().collect();
+        let live: Vec<i32> = registered.iter().copied().filter(|id| self.is_live(*id)).collect();
+        self.with_partition_replicas(topic, partition, |p| {
+            p.alter(target, allow_rf_change, &registered, |id| live.contains(&id))
+        })
+    }
+
+    /// Completes the partition's reassignment once every target replica is
+    /// in sync (after an ISR change). Answers whether it did.
+    pub fn maybe_complete_reassignment(&mut self, topic: &str, partition: i32) -> bool {
+        let live: Vec<i32> = self.brokers.keys().copied().filter(|id| self.is_live(*id)).collect();
+        let anyone = self.brokers.is_empty();
+        self.with_partition_replicas(topic, partition, |p| {
+            Ok(p.maybe_complete(|id| anyone || live.contains(&id)))
+        })
+        .unwrap_or(false)
+    }
+
+    /// One partition's replicas, state and reassignment, changed by `f`.
+    fn with_partition_replicas<T>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        f: impl FnOnce(&mut PartitionReplicas<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let t = self.topics.get_mut(topic).ok_or(Error::UnknownTopicOrPartition)?;
+        let p = usize::try_from(partition)
+            .ok()
+            .filter(|p| *p < t.assignments.len() && *p < t.states.len())
+            .ok_or(Error::UnknownTopicOrPartition)?;
+        let mut moving = t.reassigning.remove(&partition);
+        let result = f(&mut PartitionReplicas {
+            replicas: &mut t.assignments[p],
+            state: &mut t.states[p],
+            moving: &mut moving,
+        });
+        if let Some(r) = moving {
+            t.reassigning.insert(partition, r);
+        }
+        if t.reassigning.is_empty() {
+            // Done moving: the factor is what the partitions now have.
+            t.replication_factor = t.assignments.iter().map(Vec::len).max().unwrap_or(0) as i16;
+        }
+        result
+    }
+
+    /// Reassignments in progress: (topic, partition, reassignment).
+    pub fn reassignments(&self) -> Vec<(&str, i32, &Reassignment)> {
+        self.topics
+            .values()
+            .flat_map(|t| t.reassigning.iter().map(move |(p, r)| (t.name.as_str(), *p, r)))
+            .collect()
+    }
+
+    /// Targets that move every replica off `broker` (see `reassignment::drain_plan`).
+    pub fn drain_plan(&self, broker: i32) -> Result<Vec<(String, i32, Vec<i32>)>> {
+        let rack = self.brokers.get(&broker).map(|b| b.rack.as_str()).unwrap_or("");
+        let candidates: Vec<DrainCandidate> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| DrainCandidate {
+                id: b.id,
+                rack: b.rack.clone(),
+                load: self.replica_count(b.id),
+            })
+            .collect();
+        let partitions = self.topics.values().flat_map(|t| {
+            t.assignments.iter().enumerate().map(move |(p, replicas)| {
+                let p = p as i32;
+                let moving_to = t.reassigning.get(&p).map(|r| r.target.as_slice());
+                (t.name.as_str(), p, replicas.as_slice(), moving_to)
+            })
+        });
+        reassignment::drain_plan(broker, rack, &candidates, partitions)
     }
 
     /// Fills in partition states an older image lacks: each partition led by

@@ -17,6 +17,8 @@ pub mod store;
 
 #[cfg(test)]
 mod quorum_tests;
+#[cfg(test)]
+mod reassignment_tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
