@@ -325,6 +325,12 @@ config_struct! {
         min_compaction_lag_ms: i64 = "min.compaction.lag.ms", 0;
         /// Maximum time a record stays uncompacted.
         max_compaction_lag_ms: i64 = "max.compaction.lag.ms", i64::MAX;
+        /// Kafka's list of replicas a leader throttles ("p:b,...", "*"):
+        /// accepted (kafka-reassign-partitions sets it); the throttle here
+        /// applies to every replica a reassignment adds.
+        leader_replication_throttled_replicas: String = "leader.replication.throttled.replicas", String::new();
+        /// The follower side of the same; accepted, not acted on.
+        follower_replication_throttled_replicas: String = "follower.replication.throttled.replicas", String::new();
     }
 }
 
@@ -352,6 +358,8 @@ impl LogConfig {
             min_cleanable_dirty_ratio: broker.log_cleaner_min_cleanable_ratio,
             min_compaction_lag_ms: broker.log_cleaner_min_compaction_lag_ms,
             max_compaction_lag_ms: broker.log_cleaner_max_compaction_lag_ms,
+            leader_replication_throttled_replicas: String::new(),
+            follower_replication_throttled_replicas: String::new(),
         }
     }
 

@@ -53,6 +53,8 @@ pub enum Error {
     InvalidRequiredAcks(i16),
     #[error("{isr} in-sync replicas, fewer than min.insync.replicas {min}")]
     NotEnoughReplicas { isr: usize, min: i32 },
+    #[error("not done within the request's timeout")]
+    RequestTimedOut,
     #[error("transactions are not supported yet")]
     TransactionsUnsupported,
     #[error(transparent)]
@@ -135,6 +137,7 @@ impl Error {
             Error::InvalidRequest(_) => ResponseError::InvalidRequest,
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Error::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+            Error::RequestTimedOut => ResponseError::RequestTimedOut,
             Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
             Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
             Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,

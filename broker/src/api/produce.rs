@@ -72,7 +72,11 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                             .and_then(|part| {
                                 // Disk work: the worker hands its other tasks on meanwhile.
                                 let info = crate::blocking::blocking(|| part.append(&records, acks))?;
-                                if info.flush_due {
+                                // A retried batch answers once its original is on disk too.
+                                let pending_flush = info.duplicate
+                                    && part.log.config().flush_messages < i64::MAX
+                                    && part.log.recovery_point() <= info.last_offset;
+                                if info.flush_due || pending_flush {
                                     durable.push((part.clone(), info.last_offset + 1));
                                 }
                                 if acks == -1 && part.high_watermark() <= info.last_offset {
@@ -178,8 +182,12 @@ impl Appended {
             pending,
             endpoints,
         } = self;
+        let deadline = tokio::time::Instant::now() + timeout;
         for (part, offset) in durable {
-            if let Err(e) = part.make_durable(offset).await {
+            let flushed = tokio::time::timeout_at(deadline, part.make_durable(offset))
+                .await
+                .unwrap_or(Err(Error::RequestTimedOut));
+            if let Err(e) = flushed {
                 tracing::error!(tp = %part.tp, error = %e, "flush failed");
                 let code = e.code();
                 if let Some(r) = responses
@@ -193,7 +201,6 @@ impl Appended {
             }
         }
         if !pending.is_empty() {
-            let deadline = tokio::time::Instant::now() + timeout;
             for (topic, index, part, last) in pending {
                 if tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last))
                     .await

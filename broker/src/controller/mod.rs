@@ -871,7 +871,8 @@ fn run(
             let plan = image.drain_plan(*id)?;
             let moved = plan.len();
             for (topic, partition, target) in plan {
-                image.alter_reassignment(&topic, partition, Some(&target), false)?;
+                // The target keeps the size of the one in progress, if any.
+                image.alter_reassignment(&topic, partition, Some(&target), true)?;
             }
             OpResult::Moved(moved)
         }

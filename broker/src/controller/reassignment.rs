@@ -111,6 +111,10 @@ impl PartitionReplicas<'_> {
                     "the partition is not being reassigned".into(),
                 ));
             };
+            if let Err(e) = self.keeps_an_in_sync_replica(&r.original) {
+                *self.moving = Some(r);
+                return Err(e);
+            }
             *self.state = narrowed(self.state, &r.original, live);
             *self.replicas = r.original;
             return Ok(());
@@ -132,6 +136,7 @@ impl PartitionReplicas<'_> {
             target: target.to_vec(),
         };
         let replicas = r.replicas();
+        self.keeps_an_in_sync_replica(&replicas)?;
         if replicas != *self.replicas {
             // Replicas that are neither target nor original (a replaced
             // reassignment's adding ones) leave the ISR too.
@@ -141,6 +146,19 @@ impl PartitionReplicas<'_> {
         *self.moving = (r.target != r.original).then_some(r);
         self.maybe_complete(live);
         Ok(())
+    }
+
+    /// A change that would leave no in-sync replica among the replicas
+    /// would need an unclean election to lead again: refused.
+    fn keeps_an_in_sync_replica(&self, replicas: &[i32]) -> Result<()> {
+        if self.state.isr.iter().any(|r| replicas.contains(r)) {
+            Ok(())
+        } else {
+            Err(Error::InvalidReplicaAssignment(format!(
+                "replicas {replicas:?} would hold none of the in-sync replicas {:?}",
+                self.state.isr
+            )))
+        }
     }
 
     /// Completes the reassignment once every target replica is in sync.

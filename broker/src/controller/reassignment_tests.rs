@@ -160,3 +160,33 @@ proptest! {
         }
     }
 }
+
+/// A cancel that would leave only out-of-sync replicas (the ISR failed
+/// over to the new ones) is refused, and the move stays as it was.
+#[test]
+fn a_move_never_drops_every_in_sync_replica() {
+    use super::leadership::PartitionState;
+    use super::reassignment::{PartitionReplicas, Reassignment};
+    let mut replicas = vec![4, 5, 1, 2, 3];
+    let mut state = PartitionState {
+        leader: 4,
+        leader_epoch: 3,
+        partition_epoch: 9,
+        isr: vec![4, 5],
+    };
+    let mut moving = Some(Reassignment {
+        original: vec![1, 2, 3],
+        target: vec![4, 5],
+    });
+    let before = (replicas.clone(), state.clone(), moving.clone());
+    let mut p = PartitionReplicas {
+        replicas: &mut replicas,
+        state: &mut state,
+        moving: &mut moving,
+    };
+    assert!(matches!(
+        p.alter(None, true, &[1, 2, 3, 4, 5], |_| true),
+        Err(Error::InvalidReplicaAssignment(_))
+    ));
+    assert_eq!((replicas, state, moving), before);
+}

@@ -63,6 +63,13 @@ struct LogState {
     /// Base offset of the newest segment rolled since: the segments before it
     /// are flushed in the background and the recovery point moves to it.
     roll_flush_pending: Option<i64>,
+    /// Bumped by every truncation: a flush that started before one must not
+    /// move the recovery point over what was appended after it.
+    truncations: u64,
+    /// Segment files created, and how many of those the last directory
+    /// fsync covered (a new file's name is durable only then).
+    segments_created: u64,
+    segments_dir_synced: u64,
     unflushed_messages: i64,
     last_flush_ms: i64,
     producers: ProducerStateManager,
@@ -86,10 +93,17 @@ impl LogState {
 
 pub struct Log {
     dir: PathBuf,
+    /// Set by a failed group-commit fsync (see [`Log::flush_through_end`]).
+    fsync_failed: std::sync::atomic::AtomicBool,
     config: RwLock<Arc<LogConfig>>,
     state: RwLock<LogState>,
     /// Held by whoever removes or replaces non-active segments (cleaner, retention).
     cleaner_lock: parking_lot::Mutex<()>,
+}
+
+/// fsync of a directory: the names of files created in it become durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn io_err(e: std::io::Error) -> Error {
@@ -241,6 +255,7 @@ impl Log {
 
         Ok(Log {
             dir: dir.to_path_buf(),
+            fsync_failed: std::sync::atomic::AtomicBool::new(false),
             config: RwLock::new(config),
             cleaner_lock: parking_lot::Mutex::new(()),
             state: RwLock::new(LogState {
@@ -249,6 +264,9 @@ impl Log {
                 next_offset,
                 recovery_point: next_offset,
                 roll_flush_pending: None,
+                truncations: 0,
+                segments_created: 0,
+                segments_dir_synced: 0,
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 producers,
@@ -437,6 +455,8 @@ impl Log {
         }
         if let Err(e) = st.active().append(&out) {
             restore(&mut st, producer_backup);
+            let end = st.next_offset;
+            let _ = st.epochs.truncate_from_end(end);
             return Err(io_err(e));
         }
         st.next_offset = offset;
@@ -506,7 +526,11 @@ impl Log {
         for h in &headers {
             st.epochs.assign(h.partition_leader_epoch(), h.base_offset())?;
         }
-        st.active().append(&out).map_err(io_err)?;
+        if let Err(e) = st.active().append(&out) {
+            let end = st.next_offset;
+            let _ = st.epochs.truncate_from_end(end);
+            return Err(io_err(e));
+        }
         let mut count = 0u64;
         for h in &headers {
             st.producers.replay(h);
@@ -538,6 +562,16 @@ impl Log {
         st.epochs.end_offset_for(epoch, st.next_offset)
     }
 
+    /// A new leader's epoch starts at its log end (Kafka's makeLeader):
+    /// from now on a follower diverging from an older epoch is told where
+    /// that epoch ends here, even before this leader appends anything.
+    pub fn assign_leader_epoch(&self, epoch: i32) -> Result<()> {
+        let mut st = self.state.write();
+        let end = st.next_offset;
+        st.epochs.assign(epoch, end)?;
+        Ok(())
+    }
+
     /// Each leader epoch in this log and where it starts.
     pub fn epoch_entries(&self) -> Vec<EpochEntry> {
         self.state.read().epochs.entries().to_vec()
@@ -552,6 +586,11 @@ impl Log {
         let index_bytes = config.segment_index_bytes as usize;
         let mut st = self.state.write();
         if offset >= st.next_offset {
+            // Nothing to cut, but an epoch this broker started as leader
+            // without appending (at its log end) is not in the leader's log:
+            // drop it, or the follower would name it in every fetch.
+            let end = st.next_offset;
+            st.epochs.truncate_from_end(end)?;
             return Ok(());
         }
         let offset = offset.max(0);
@@ -568,6 +607,7 @@ impl Log {
             let interval = config.index_interval_bytes.max(0) as u32;
             st.segments
                 .push(Segment::open(&self.dir, offset, interval, Some(index_bytes))?);
+            st.segments_created += 1;
             st.log_start_offset = offset;
         } else {
             st.active().truncate_to(offset)?;
@@ -580,6 +620,8 @@ impl Log {
         st.recovery_point = st.recovery_point.min(next);
         st.log_start_offset = st.log_start_offset.min(next);
         st.producers = rebuild_producers(&self.dir, &st.segments, st.log_start_offset, next)?;
+        st.truncations += 1;
+        st.unflushed_messages = 0;
         st.epochs.truncate_from_end(next)?;
         let start = st.log_start_offset;
         st.epochs.truncate_from_start(start)?;
@@ -607,6 +649,9 @@ impl Log {
         st.next_offset = offset;
         st.recovery_point = offset;
         st.roll_flush_pending = None;
+        st.truncations += 1;
+        st.segments_created += 1;
+        st.unflushed_messages = 0;
         // Nothing before `offset` is here: no producer or epoch history either.
         ProducerStateManager::clean_snapshots(&self.dir, 0)?;
         st.producers = ProducerStateManager::default();
@@ -654,6 +699,7 @@ impl Log {
         ProducerStateManager::clean_snapshots(&self.dir, 2)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next_offset, "rolled new segment");
         st.segments.push(seg);
+        st.segments_created += 1;
         st.roll_flush_pending = Some(next_offset);
         Ok(())
     }
@@ -866,10 +912,14 @@ impl Log {
         Ok(self.log_start_offset())
     }
 
-    fn flush_locked(st: &mut LogState) -> Result<()> {
+    fn flush_locked(&self, st: &mut LogState) -> Result<()> {
         let from = st.segment_for(st.recovery_point);
         for seg in &st.segments[from..] {
             seg.flush()?;
+        }
+        if st.segments_created > st.segments_dir_synced {
+            sync_dir(&self.dir)?;
+            st.segments_dir_synced = st.segments_created;
         }
         st.recovery_point = st.next_offset;
         st.unflushed_messages = 0;
@@ -878,7 +928,7 @@ impl Log {
     }
 
     pub fn flush(&self) -> Result<()> {
-        Self::flush_locked(&mut self.state.write())
+        self.flush_locked(&mut self.state.write())
     }
 
     /// A group commit: fsyncs everything appended so far without holding
@@ -886,8 +936,17 @@ impl Log {
     /// them all. Answers the offset below which the log is now durable.
     /// Only the active segment's data needs syncing here: a crash rescans
     /// the segment holding the recovery point, rebuilding its indexes.
+    ///
+    /// A failed fsync fails every later one too (until a restart recovers
+    /// the log), as Kafka takes the log directory offline: a later fsync
+    /// succeeding says nothing of the pages the failed one lost.
     pub fn flush_through_end(&self) -> Result<i64> {
-        let (end, active, rolled) = {
+        if self.fsync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Storage(std::io::Error::other(
+                "an earlier fsync of this log failed; it is offline until restarted",
+            )));
+        }
+        let (end, active, rolled, truncations, created, covered) = {
             let st = self.state.read();
             if st.recovery_point >= st.next_offset {
                 return Ok(st.recovery_point);
@@ -897,18 +956,38 @@ impl Log {
                 .iter()
                 .map(Segment::files_to_flush)
                 .collect();
-            (st.next_offset, st.segments[last].files_to_flush(), rolled)
+            (
+                st.next_offset,
+                st.segments[last].files_to_flush(),
+                rolled,
+                st.truncations,
+                (st.segments_created > st.segments_dir_synced).then_some(st.segments_created),
+                st.unflushed_messages,
+            )
         };
-        for f in &rolled {
-            f.sync()?;
+        let synced = (|| -> std::io::Result<()> {
+            for f in &rolled {
+                f.sync()?;
+            }
+            active.sync_log()?;
+            if created.is_some() {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = synced {
+            self.fsync_failed.store(true, std::sync::atomic::Ordering::Release);
+            tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: the log is offline");
+            return Err(e.into());
         }
-        active.sync_log()?;
         let mut st = self.state.write();
-        if end > st.recovery_point {
-            st.recovery_point = end;
+        if let Some(created) = created {
+            st.segments_dir_synced = st.segments_dir_synced.max(created);
         }
-        if st.next_offset == end {
-            st.unflushed_messages = 0;
+        // A truncation meanwhile: what is below `end` now may be new, unsynced.
+        if st.truncations == truncations && end > st.recovery_point {
+            st.recovery_point = end.min(st.next_offset);
+            st.unflushed_messages = (st.unflushed_messages - covered).max(0);
         }
         st.last_flush_ms = now_ms();
         Ok(st.recovery_point)
@@ -931,7 +1010,7 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         let mut st = self.state.write();
         st.active().on_become_inactive()?;
-        Self::flush_locked(&mut st)?;
+        self.flush_locked(&mut st)?;
         let end = st.next_offset;
         st.producers.write_snapshot(&self.dir, end)?;
         Ok(())

@@ -520,3 +520,22 @@ fn flush_messages_asks_for_a_group_commit() {
         "the default never flushes"
     );
 }
+
+/// A new leader's epoch starts at its log end before it appends (Kafka's
+/// makeLeader), so a diverging follower learns where its older epoch ends
+/// here; as a follower again, the unused epoch is dropped on the next
+/// truncation, even one that cuts nothing.
+#[test]
+fn a_leader_epoch_starts_at_the_log_end_and_an_unused_one_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(2000), None, None).unwrap();
+    for i in 0..4 {
+        log.append_as_leader(&encode_batch(0, &[b"a", b"b"], 1000 + i), 5)
+            .unwrap();
+    }
+    log.assign_leader_epoch(7).unwrap();
+    assert_eq!(log.end_offset_for_epoch(6), (5, 8), "epoch 5 ends where 7 starts");
+    assert_eq!(log.last_epoch(), 7);
+    log.truncate_to(8).unwrap();
+    assert_eq!(log.last_epoch(), 5, "epoch 7 never had a batch here");
+}

@@ -199,11 +199,8 @@ async fn apply(
         return Err(crate::error::Error::NotLeaderOrFollower);
     }
     if data.diverging_epoch.end_offset >= 0 || data.diverging_epoch.epoch >= 0 {
-        let to = if data.diverging_epoch.end_offset >= 0 {
-            data.diverging_epoch.end_offset.min(leo)
-        } else {
-            0
-        };
+        let leader = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+        let to = truncation_offset(leader, part.log.end_offset_for_epoch(leader.0), leo);
         tracing::info!(
             tp = %part.tp,
             epoch = data.diverging_epoch.epoch,
@@ -223,6 +220,30 @@ async fn apply(
     }
     part.set_high_watermark(data.high_watermark.min(part.log.log_end_offset()));
     Ok(())
+}
+
+/// Where a follower cuts its log when the leader reports a diverging epoch
+/// (Kafka's getOffsetTruncationState): `leader` is the leader's largest
+/// epoch at or below the follower's last one and where it ends there;
+/// `follower` is the follower's own answer for that epoch. The follower's
+/// log may end that epoch earlier than the leader's (its later batches are
+/// from a term the leader never saw), or not know it at all (then it cuts
+/// to the end of the largest epoch it has below it and asks again).
+pub fn truncation_offset(leader: (i32, i64), follower: (i32, i64), log_end_offset: i64) -> i64 {
+    let (leader_epoch, leader_end) = leader;
+    let (follower_epoch, follower_end) = follower;
+    let to = if leader_end < 0 {
+        0
+    } else if leader_epoch < 0 || follower_epoch < 0 {
+        // The leader holds no epoch that old (it answers its log start), or
+        // the follower tracks none: the leader's offset.
+        leader_end
+    } else if follower_epoch != leader_epoch {
+        follower_end
+    } else {
+        follower_end.min(leader_end)
+    };
+    to.min(log_end_offset)
 }
 
 async fn truncate(part: &Arc<Partition>, to: i64) -> crate::error::Result<()> {
@@ -288,4 +309,26 @@ async fn exchange(
         return Err(bad(format!("{} bytes after the response", buf.remaining())));
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncation_offset;
+
+    #[test]
+    fn a_follower_cuts_where_both_logs_last_agree() {
+        // Follower: epoch 6 up to 80, then its own epoch 7 to 120. Leader:
+        // epoch 6 ends at 100. The follower's epoch 6 ends first: cut at 80.
+        assert_eq!(truncation_offset((6, 100), (6, 80), 120), 80);
+        // The leader's epoch 6 ends first: cut there.
+        assert_eq!(truncation_offset((6, 70), (6, 80), 120), 70);
+        // The follower never had epoch 6: to the end of its largest below it.
+        assert_eq!(truncation_offset((6, 100), (5, 50), 120), 50);
+        // The follower tracks no such epoch: the leader's end.
+        assert_eq!(truncation_offset((6, 100), (-1, -1), 120), 100);
+        // Never past the follower's own end; nothing agreed: everything.
+        assert_eq!(truncation_offset((6, 500), (6, 600), 120), 120);
+        assert_eq!(truncation_offset((-1, 40), (3, 10), 120), 40);
+        assert_eq!(truncation_offset((-1, -1), (3, 10), 120), 0);
+    }
 }

@@ -47,12 +47,17 @@ struct Watchers(Mutex<Vec<Weak<tokio::sync::Notify>>>);
 
 impl Watchers {
     fn add(&self, waiter: &Arc<tokio::sync::Notify>) {
+        let waiter = Arc::downgrade(waiter);
         let mut list = self.0.lock();
+        // A fetch woken by another partition registers here again.
+        if list.iter().any(|w| w.ptr_eq(&waiter)) {
+            return;
+        }
         // Fetches that ended without a wake-up leave dead entries behind.
         if list.len() >= 64 {
             list.retain(|w| w.strong_count() > 0);
         }
-        list.push(Arc::downgrade(waiter));
+        list.push(waiter);
     }
 
     fn wake(&self) {
@@ -132,6 +137,9 @@ impl Partition {
         if *current != leadership {
             if leadership.leading && (!current.leading || leadership.leader_epoch != current.leader_epoch) {
                 tracing::info!(tp = %self.tp, leader_epoch = leadership.leader_epoch, "leading");
+                if let Err(e) = self.log.assign_leader_epoch(leadership.leader_epoch) {
+                    tracing::error!(tp = %self.tp, error = %e, "recording the new leader epoch");
+                }
                 // A new term: followers prove their progress afresh; until
                 // then they count as caught up now (as Kafka's leader does).
                 let now = crate::log::segment::now_ms();
@@ -162,6 +170,13 @@ impl Partition {
                     });
                 }
             }
+            if leadership.isr != current.isr {
+                // A follower that just left must fetch again to return: its
+                // old progress does not count (no flapping in and out).
+                for f in self.followers.lock().values_mut() {
+                    f.reached_high_watermark = false;
+                }
+            }
             *current = leadership;
         }
         drop(current);
@@ -182,12 +197,17 @@ impl Partition {
     pub fn record_follower_fetch(&self, replica: i32, fetch_offset: i64, now_ms: i64) -> bool {
         {
             let leo = self.log.log_end_offset();
+            // Read before the followers' lock: leadership is always locked first.
+            let joins = fetch_offset >= self.high_watermark() && !self.leadership.read().isr.contains(&replica);
             let mut followers = self.followers.lock();
             let Some(f) = followers.get_mut(&replica) else {
                 return false;
             };
             f.log_end_offset = fetch_offset;
-            f.reached_high_watermark = fetch_offset >= self.high_watermark();
+            // Only an out-of-sync follower's progress can earn it the ISR.
+            if joins {
+                f.reached_high_watermark = true;
+            }
             if fetch_offset >= leo {
                 f.last_caught_up_ms = now_ms;
             }
@@ -338,6 +358,10 @@ impl Partition {
             if self.log.recovery_point() >= offset {
                 break;
             }
+            if self.log.log_end_offset() < offset {
+                // Truncated meanwhile (leadership moved on): those records are gone here.
+                return Err(Error::NotLeaderOrFollower);
+            }
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || log.flush_through_end())
                 .await
@@ -371,4 +395,47 @@ impl Partition {
 fn below_min_isr(isr: usize, log: &Log) -> Option<i32> {
     let min = log.config().min_insync_replicas;
     ((isr as i64) < i64::from(min)).then_some(min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogConfig;
+    use crate::replica::isr::desired_isr;
+
+    fn leading(isr: &[i32]) -> Leadership {
+        Leadership {
+            leading: true,
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            replicas: vec![1, 2],
+            isr: isr.to_vec(),
+            adding: Vec::new(),
+        }
+    }
+
+    /// A follower that stopped fetching leaves the ISR and stays out: what
+    /// it fetched while in sync does not earn it the ISR back; a fetch at
+    /// the high watermark after it left does.
+    #[test]
+    fn a_stalled_follower_does_not_flap_back_into_the_isr() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
+        let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
+        part.set_leadership(leading(&[1, 2]));
+        part.record_follower_fetch(2, 0, 0);
+        part.set_leadership(leading(&[1]));
+        let now = crate::log::segment::now_ms();
+        let hw = part.high_watermark();
+        assert_eq!(
+            desired_isr(&leading(&[1]), &part.followers(), hw + 1, now, 30_000),
+            vec![1]
+        );
+        part.record_follower_fetch(2, hw, now);
+        assert_eq!(
+            desired_isr(&leading(&[1]), &part.followers(), hw + 1, now, 30_000),
+            vec![1, 2]
+        );
+    }
 }
