@@ -19,7 +19,7 @@ pub struct Appended {
     timeout: std::time::Duration,
     responses: Vec<TopicProduceResponse>,
     /// Partitions whose flush.messages came due: answered once on disk.
-    durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64)>,
+    durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64, u64)>,
     /// acks=all partitions: answered once the high watermark passes the batch.
     pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64)>,
     endpoints: Vec<NodeEndpoint>,
@@ -49,7 +49,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     };
     let mut hinted = std::collections::BTreeSet::new();
     // Partitions whose flush.messages came due: answered once on disk.
-    let mut durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64)> = Vec::new();
+    let mut durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64, u64)> = Vec::new();
     let responses = request
         .topic_data
         .into_iter()
@@ -77,7 +77,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                                     && part.log.config().flush_messages < i64::MAX
                                     && part.log.recovery_point() <= info.last_offset;
                                 if info.flush_due || pending_flush {
-                                    durable.push((part.clone(), info.last_offset + 1));
+                                    durable.push((part.clone(), info.last_offset + 1, info.truncations));
                                 }
                                 if acks == -1 && part.high_watermark() <= info.last_offset {
                                     pending.push((name.clone(), p.index, part, info.last_offset));
@@ -183,8 +183,8 @@ impl Appended {
             endpoints,
         } = self;
         let deadline = tokio::time::Instant::now() + timeout;
-        for (part, offset) in durable {
-            let flushed = tokio::time::timeout_at(deadline, part.make_durable(offset))
+        for (part, offset, truncations) in durable {
+            let flushed = tokio::time::timeout_at(deadline, part.make_durable(offset, truncations))
                 .await
                 .unwrap_or(Err(Error::RequestTimedOut));
             if let Err(e) = flushed {

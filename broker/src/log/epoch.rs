@@ -60,16 +60,30 @@ impl LeaderEpochCache {
         self.entries.last().map(|e| e.epoch)
     }
 
+    /// Whether a batch of `epoch` would start a new entry.
+    pub fn is_new(&self, epoch: i32) -> bool {
+        epoch >= 0 && self.latest_epoch().is_none_or(|latest| epoch > latest)
+    }
+
     /// A batch of `epoch` lands at `start_offset`: a newer epoch starts
     /// there. Older or negative epochs (batches from before leader epochs)
     /// change nothing, as in Kafka.
     pub fn assign(&mut self, epoch: i32, start_offset: i64) -> io::Result<()> {
-        if epoch < 0 || self.latest_epoch().is_some_and(|latest| epoch <= latest) {
+        if !self.is_new(epoch) {
             return Ok(());
         }
         self.entries.retain(|e| e.start_offset < start_offset);
         self.entries.push(EpochEntry { epoch, start_offset });
         self.persist()
+    }
+
+    /// Back to `entries` (as they were before an append that failed).
+    pub fn restore(&mut self, entries: Vec<EpochEntry>) -> io::Result<()> {
+        if entries != self.entries {
+            self.entries = entries;
+            self.persist()?;
+        }
+        Ok(())
     }
 
     /// The log was cut at `end_offset`: epochs starting there or later are gone.

@@ -38,6 +38,9 @@ pub struct AppendInfo {
     /// `flush.messages` reached: the caller makes the log durable through
     /// this append ([`Log::flush_through_end`]) before answering for it.
     pub flush_due: bool,
+    /// The log's truncation count at the append: a different count later
+    /// means these offsets may hold other records now.
+    pub truncations: u64,
 }
 
 /// What a fetch serves from one partition: a file region, not yet read.
@@ -295,6 +298,11 @@ impl Log {
         self.state.read().next_offset
     }
 
+    /// How many times the log was truncated since it opened.
+    pub fn truncations(&self) -> u64 {
+        self.state.read().truncations
+    }
+
     pub fn recovery_point(&self) -> i64 {
         self.state.read().recovery_point
     }
@@ -322,6 +330,7 @@ impl Log {
 
     /// Validates a client's record set, assigns offsets and appends it.
     pub fn append_as_leader(&self, records: &Bytes, leader_epoch: i32) -> Result<AppendInfo> {
+        self.check_online()?;
         let config = self.config();
         let batches = batch::split_batches(records)?;
         if batches.is_empty() {
@@ -410,6 +419,7 @@ impl Log {
                             bytes: 0,
                             duplicate: true,
                             flush_due: false,
+                            truncations: st.truncations,
                         });
                     }
                     Err(e) => {
@@ -449,14 +459,17 @@ impl Log {
             offset = last_offset + 1;
         }
         let first_offset = st.next_offset;
+        // Kept only when this append starts an epoch (rare): a failed write puts it back.
+        let epochs_before = st.epochs.is_new(leader_epoch).then(|| st.epochs.entries().to_vec());
         if let Err(e) = st.epochs.assign(leader_epoch, first_offset) {
             restore(&mut st, producer_backup);
             return Err(io_err(e));
         }
         if let Err(e) = st.active().append(&out) {
             restore(&mut st, producer_backup);
-            let end = st.next_offset;
-            let _ = st.epochs.truncate_from_end(end);
+            if let Some(before) = epochs_before {
+                let _ = st.epochs.restore(before);
+            }
             return Err(io_err(e));
         }
         st.next_offset = offset;
@@ -470,6 +483,7 @@ impl Log {
             bytes: total as u64,
             duplicate: false,
             flush_due: st.unflushed_messages >= config.flush_messages,
+            truncations: st.truncations,
         })
     }
 
@@ -478,6 +492,7 @@ impl Log {
     /// log already holds (a fetch that overlapped) are skipped; a gap is an
     /// error, never papered over.
     pub fn append_as_follower(&self, records: &Bytes) -> Result<AppendInfo> {
+        self.check_online()?;
         let config = self.config();
         let whole = batch::whole_batches_len(records);
         let batches = batch::split_batches(&records.slice(..whole))?;
@@ -516,6 +531,7 @@ impl Log {
                 bytes: 0,
                 duplicate: true,
                 flush_due: false,
+                truncations: st.truncations,
             });
         }
         let total: usize = out.iter().map(OutgoingBatch::size).sum();
@@ -523,12 +539,17 @@ impl Log {
         self.maybe_roll(&mut st, total, timestamp, &config)?;
         // Epochs first: a crash between the two leaves a checkpoint entry past
         // the log end, which the next open cuts, never a missing one.
+        let epochs_before = headers
+            .iter()
+            .any(|h| st.epochs.is_new(h.partition_leader_epoch()))
+            .then(|| st.epochs.entries().to_vec());
         for h in &headers {
             st.epochs.assign(h.partition_leader_epoch(), h.base_offset())?;
         }
         if let Err(e) = st.active().append(&out) {
-            let end = st.next_offset;
-            let _ = st.epochs.truncate_from_end(end);
+            if let Some(before) = epochs_before {
+                let _ = st.epochs.restore(before);
+            }
             return Err(io_err(e));
         }
         let mut count = 0u64;
@@ -548,6 +569,7 @@ impl Log {
             bytes: total as u64,
             duplicate: false,
             flush_due: st.unflushed_messages >= config.flush_messages,
+            truncations: st.truncations,
         })
     }
 
@@ -621,7 +643,9 @@ impl Log {
         st.log_start_offset = st.log_start_offset.min(next);
         st.producers = rebuild_producers(&self.dir, &st.segments, st.log_start_offset, next)?;
         st.truncations += 1;
-        st.unflushed_messages = 0;
+        // What stays past the recovery point is still to be flushed.
+        st.unflushed_messages = (next - st.recovery_point).max(0);
+        st.roll_flush_pending = st.roll_flush_pending.filter(|upto| *upto <= next);
         st.epochs.truncate_from_end(next)?;
         let start = st.log_start_offset;
         st.epochs.truncate_from_start(start)?;
@@ -709,7 +733,7 @@ impl Log {
     /// rescans only that. Run off the append path (the flush scheduler): the
     /// fsyncs happen without the log's lock.
     pub fn flush_rolled(&self) -> Result<()> {
-        let (upto, files) = {
+        let (upto, files, truncations, created) = {
             let st = self.state.read();
             let Some(upto) = st.roll_flush_pending else {
                 return Ok(());
@@ -719,16 +743,45 @@ impl Log {
                 .take_while(|s| s.base_offset < upto)
                 .map(Segment::files_to_flush)
                 .collect();
-            (upto, files)
+            (upto, files, st.truncations, st.segments_created)
         };
-        for f in &files {
-            f.sync()?;
-        }
+        self.synced(|| {
+            for f in &files {
+                f.sync()?;
+            }
+            sync_dir(&self.dir)
+        })?;
         let mut st = self.state.write();
+        st.segments_dir_synced = st.segments_dir_synced.max(created);
         if st.roll_flush_pending == Some(upto) {
             st.roll_flush_pending = None;
         }
-        st.recovery_point = st.recovery_point.max(upto);
+        // A truncation meanwhile: what is below `upto` now may be new, unsynced.
+        if st.truncations == truncations {
+            st.recovery_point = st.recovery_point.max(upto.min(st.next_offset));
+        }
+        Ok(())
+    }
+
+    /// Runs fsyncs; the first failure takes the log offline for good (until
+    /// a restart recovers it), as Kafka takes the log directory offline: a
+    /// later fsync succeeding says nothing of the pages the failed one lost.
+    fn synced(&self, f: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        self.check_online()?;
+        f().map_err(|e| {
+            self.fsync_failed.store(true, std::sync::atomic::Ordering::Release);
+            tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: the log is offline");
+            Error::Storage(e)
+        })
+    }
+
+    /// Err once an fsync of this log failed.
+    pub fn check_online(&self) -> Result<()> {
+        if self.fsync_failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Storage(std::io::Error::other(
+                "an earlier fsync of this log failed; it is offline until restarted",
+            )));
+        }
         Ok(())
     }
 
@@ -914,13 +967,17 @@ impl Log {
 
     fn flush_locked(&self, st: &mut LogState) -> Result<()> {
         let from = st.segment_for(st.recovery_point);
-        for seg in &st.segments[from..] {
-            seg.flush()?;
-        }
-        if st.segments_created > st.segments_dir_synced {
-            sync_dir(&self.dir)?;
-            st.segments_dir_synced = st.segments_created;
-        }
+        let new_files = st.segments_created > st.segments_dir_synced;
+        self.synced(|| {
+            for seg in &st.segments[from..] {
+                seg.flush()?;
+            }
+            if new_files {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })?;
+        st.segments_dir_synced = st.segments_created;
         st.recovery_point = st.next_offset;
         st.unflushed_messages = 0;
         st.last_flush_ms = now_ms();
@@ -941,11 +998,7 @@ impl Log {
     /// the log), as Kafka takes the log directory offline: a later fsync
     /// succeeding says nothing of the pages the failed one lost.
     pub fn flush_through_end(&self) -> Result<i64> {
-        if self.fsync_failed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Error::Storage(std::io::Error::other(
-                "an earlier fsync of this log failed; it is offline until restarted",
-            )));
-        }
+        self.check_online()?;
         let (end, active, rolled, truncations, created, covered) = {
             let st = self.state.read();
             if st.recovery_point >= st.next_offset {
@@ -965,7 +1018,7 @@ impl Log {
                 st.unflushed_messages,
             )
         };
-        let synced = (|| -> std::io::Result<()> {
+        self.synced(|| {
             for f in &rolled {
                 f.sync()?;
             }
@@ -974,12 +1027,7 @@ impl Log {
                 sync_dir(&self.dir)?;
             }
             Ok(())
-        })();
-        if let Err(e) = synced {
-            self.fsync_failed.store(true, std::sync::atomic::Ordering::Release);
-            tracing::error!(dir = %self.dir.display(), error = %e, "fsync failed: the log is offline");
-            return Err(e.into());
-        }
+        })?;
         let mut st = self.state.write();
         if let Some(created) = created {
             st.segments_dir_synced = st.segments_dir_synced.max(created);

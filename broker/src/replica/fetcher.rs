@@ -98,7 +98,10 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let request = fetch_request(node_id, &parts);
+        // The leader epoch each partition is fetched under: an answer is
+        // applied only while this broker still follows it in that epoch.
+        let epochs: Vec<i32> = parts.iter().map(|p| p.leader_epoch()).collect();
+        let request = fetch_request(node_id, &parts, &epochs);
         correlation += 1;
         let answer = async {
             if conn.is_none() {
@@ -123,12 +126,19 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
         let mut backoff = false;
         for topic in response.responses {
             for data in topic.partitions {
-                let Some(part) = parts
+                let Some((part, epoch)) = parts
                     .iter()
-                    .find(|p| p.tp.topic == topic.topic.as_str() && p.tp.partition == data.partition_index)
+                    .zip(&epochs)
+                    .find(|(p, _)| p.tp.topic == topic.topic.as_str() && p.tp.partition == data.partition_index)
                 else {
                     continue;
                 };
+                let current = part.leadership();
+                if current.leading || current.leader != leader || current.leader_epoch != *epoch {
+                    // Leadership moved while the fetch was out: a late answer
+                    // from an old leader must not touch this log.
+                    continue;
+                }
                 if let Err(e) = apply(part, data).await {
                     tracing::warn!(tp = %part.tp, leader, error = %e, "replicating from the leader");
                     backoff = true;
@@ -141,13 +151,13 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
     }
 }
 
-fn fetch_request(node_id: i32, parts: &[Arc<Partition>]) -> FetchRequest {
+fn fetch_request(node_id: i32, parts: &[Arc<Partition>], epochs: &[i32]) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for p in parts {
+    for (p, epoch) in parts.iter().zip(epochs) {
         let last_epoch = p.log.last_epoch();
         let partition = FetchPartition::default()
             .with_partition(p.tp.partition)
-            .with_current_leader_epoch(p.leader_epoch())
+            .with_current_leader_epoch(*epoch)
             .with_fetch_offset(p.log.log_end_offset())
             .with_last_fetched_epoch(last_epoch)
             .with_log_start_offset(p.log.log_start_offset())

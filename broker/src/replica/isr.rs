@@ -12,12 +12,12 @@ use crate::controller::{Controller, ControllerOp};
 
 /// The ISR the leader wants: a follower stays while it caught up with the
 /// leader's log end within `lag_max_ms` (replica.lag.time.max.ms), and joins
-/// once its log reaches the high watermark (now, or at its last fetch).
-/// Replica order is kept.
+/// once a fetch it made out of sync reached the high watermark of that
+/// moment. Replica order is kept.
 pub fn desired_isr(
     leadership: &Leadership,
     followers: &HashMap<i32, FollowerState>,
-    high_watermark: i64,
+    _high_watermark: i64,
     now_ms: i64,
     lag_max_ms: i64,
 ) -> Vec<i32> {
@@ -32,7 +32,10 @@ pub fn desired_isr(
             let in_sync = leadership.isr.contains(r);
             match followers.get(r) {
                 Some(f) if in_sync => now_ms - f.last_caught_up_ms <= lag_max_ms,
-                Some(f) => f.log_end_offset >= 0 && (f.reached_high_watermark || f.log_end_offset >= high_watermark),
+                // Joining is earned by a fetch made while out of sync (Kafka
+                // expands the ISR at fetch time): a stalled follower whose
+                // old offset equals an idle partition's high watermark stays out.
+                Some(f) => f.log_end_offset >= 0 && f.reached_high_watermark,
                 None => in_sync,
             }
         })
@@ -120,20 +123,8 @@ mod tests {
             desired_isr(&leadership(&[1, 2, 3]), &followers, 40, 31_000, 30_000),
             vec![1, 2]
         );
-        // 3 out of the ISR reaches the high watermark: back in, in replica order.
-        let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(100, 0))]);
-        assert_eq!(
-            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
-            vec![1, 2, 3]
-        );
-        // Short of it: stays out. A follower that never fetched: stays out.
-        let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(99, 0))]);
-        assert_eq!(
-            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
-            vec![1, 2]
-        );
-        // Short of it now, but its last fetch reached the high watermark of
-        // that moment (produce moved it on since): in.
+        // 3 out of the ISR fetched at the high watermark of that moment
+        // (produce may have moved it on since): back in, in replica order.
         let reached = FollowerState {
             reached_high_watermark: true,
             ..follower(99, 0)
@@ -142,6 +133,12 @@ mod tests {
         assert_eq!(
             desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
             vec![1, 2, 3]
+        );
+        // No such fetch since it left, even at the (idle) high watermark: stays out.
+        let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(100, 0))]);
+        assert_eq!(
+            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            vec![1, 2]
         );
         let followers = HashMap::from([(2, follower(-1, 31_000))]);
         assert_eq!(desired_isr(&leadership(&[1]), &followers, 0, 31_000, 30_000), vec![1]);

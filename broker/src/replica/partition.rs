@@ -133,13 +133,12 @@ impl Partition {
     }
 
     pub fn set_leadership(&self, leadership: Leadership) {
+        let mut new_term = None;
         let mut current = self.leadership.write();
         if *current != leadership {
             if leadership.leading && (!current.leading || leadership.leader_epoch != current.leader_epoch) {
                 tracing::info!(tp = %self.tp, leader_epoch = leadership.leader_epoch, "leading");
-                if let Err(e) = self.log.assign_leader_epoch(leadership.leader_epoch) {
-                    tracing::error!(tp = %self.tp, error = %e, "recording the new leader epoch");
-                }
+                new_term = Some(leadership.leader_epoch);
                 // A new term: followers prove their progress afresh; until
                 // then they count as caught up now (as Kafka's leader does).
                 let now = crate::log::segment::now_ms();
@@ -180,6 +179,13 @@ impl Partition {
             *current = leadership;
         }
         drop(current);
+        if let Some(epoch) = new_term {
+            // Out of the leadership lock: the checkpoint write fsyncs. An
+            // append in the new term assigns the epoch at this same offset.
+            if let Err(e) = self.log.assign_leader_epoch(epoch) {
+                tracing::error!(tp = %self.tp, error = %e, "recording the new leader epoch");
+            }
+        }
         self.maybe_advance_high_watermark();
     }
 
@@ -352,15 +358,21 @@ impl Partition {
     /// a group commit. One fsync runs at a time off the async workers, and
     /// it covers every batch appended before it started, so the requests
     /// queued behind one fsync share the next instead of one each.
-    pub async fn make_durable(&self, offset: i64) -> Result<()> {
-        while self.log.recovery_point() < offset {
-            let _turn = self.flush_turn.lock().await;
+    /// `truncations` is the log's truncation count at the append.
+    pub async fn make_durable(&self, offset: i64, truncations: u64) -> Result<()> {
+        loop {
+            self.log.check_online()?;
+            if self.log.truncations() != truncations {
+                // Truncated meanwhile (leadership moved on): these offsets
+                // no longer hold the records appended for this request.
+                return Err(Error::NotLeaderOrFollower);
+            }
             if self.log.recovery_point() >= offset {
                 break;
             }
-            if self.log.log_end_offset() < offset {
-                // Truncated meanwhile (leadership moved on): those records are gone here.
-                return Err(Error::NotLeaderOrFollower);
+            let _turn = self.flush_turn.lock().await;
+            if self.log.recovery_point() >= offset && self.log.truncations() == truncations {
+                break;
             }
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || log.flush_through_end())
@@ -426,15 +438,13 @@ mod tests {
         part.set_leadership(leading(&[1, 2]));
         part.record_follower_fetch(2, 0, 0);
         part.set_leadership(leading(&[1]));
+        // Its old offset equals the idle partition's high watermark: still out.
         let now = crate::log::segment::now_ms();
         let hw = part.high_watermark();
-        assert_eq!(
-            desired_isr(&leading(&[1]), &part.followers(), hw + 1, now, 30_000),
-            vec![1]
-        );
+        assert_eq!(desired_isr(&leading(&[1]), &part.followers(), hw, now, 30_000), vec![1]);
         part.record_follower_fetch(2, hw, now);
         assert_eq!(
-            desired_isr(&leading(&[1]), &part.followers(), hw + 1, now, 30_000),
+            desired_isr(&leading(&[1]), &part.followers(), hw, now, 30_000),
             vec![1, 2]
         );
     }
