@@ -21,7 +21,7 @@ pub struct Appended {
     /// Partitions whose flush.messages came due: answered once on disk.
     durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64, u64)>,
     /// acks=all partitions: answered once the high watermark passes the batch.
-    pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64)>,
+    pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64, i32)>,
     endpoints: Vec<NodeEndpoint>,
 }
 
@@ -39,7 +39,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     // Appended partitions whose acks=all answer waits: (topic, partition) -> (partition, last offset).
-    let mut pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64)> = Vec::new();
+    let mut pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64, i32)> = Vec::new();
     let request_error = if !matches!(acks, -1..=1) {
         Some(Error::InvalidRequiredAcks(acks))
     } else if request.transactional_id.is_some() {
@@ -80,7 +80,8 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                                     durable.push((part.clone(), info.last_offset + 1, info.truncations));
                                 }
                                 if acks == -1 && part.high_watermark() <= info.last_offset {
-                                    pending.push((name.clone(), p.index, part, info.last_offset));
+                                    let epoch = part.leader_epoch();
+                                    pending.push((name.clone(), p.index, part, info.last_offset, epoch));
                                 }
                                 Ok(info)
                             })
@@ -201,17 +202,12 @@ impl Appended {
             }
         }
         if !pending.is_empty() {
-            for (topic, index, part, last) in pending {
-                if tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last))
-                    .await
-                    .is_ok()
-                {
-                    continue;
-                }
-                let code = if part.is_under_min_isr() {
-                    ResponseError::NotEnoughReplicasAfterAppend
-                } else {
-                    ResponseError::RequestTimedOut
+            for (topic, index, part, last, epoch) in pending {
+                let code = match tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last, epoch)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.response_error(),
+                    Err(_) if part.is_under_min_isr() => ResponseError::NotEnoughReplicasAfterAppend,
+                    Err(_) => ResponseError::RequestTimedOut,
                 };
                 tracing::debug!(%topic, partition = index, ?code, "acks=all not met in time");
                 if let Some(r) = responses

@@ -588,13 +588,17 @@ impl GroupCoordinator {
         let appended = part.log.log_end_offset() - 1;
         let replicated = tokio::time::timeout(
             self.config.offsets_commit_timeout,
-            part.wait_for_high_watermark(appended),
+            part.wait_for_high_watermark(appended, part.leader_epoch()),
         );
-        if replicated.await.is_err() {
-            tracing::warn!(group = group_id, "offset commit not replicated in time");
-            for r in results.iter_mut().filter(|r| r.2 == 0) {
-                r.2 = ResponseError::CoordinatorNotAvailable.code();
-            }
+        let failed = match replicated.await {
+            Ok(Ok(())) => return results,
+            // The group's partition moved to another broker: find the new coordinator.
+            Ok(Err(_)) => ResponseError::NotCoordinator,
+            Err(_) => ResponseError::CoordinatorNotAvailable,
+        };
+        tracing::warn!(group = group_id, error = ?failed, "offset commit not replicated");
+        for r in results.iter_mut().filter(|r| r.2 == 0) {
+            r.2 = failed.code();
         }
         results
     }

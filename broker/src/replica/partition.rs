@@ -33,6 +33,8 @@ pub struct Partition {
     followers: Mutex<HashMap<i32, FollowerState>>,
     /// Every move of the high watermark, for acks=all waiters.
     hw_changes: tokio::sync::watch::Sender<i64>,
+    /// (leading, leader epoch): acks=all waiters give up when the term ends.
+    term: tokio::sync::watch::Sender<(bool, i32)>,
     /// Delayed fetches woken by the next append (followers') ...
     append_watchers: Watchers,
     /// ... and by the next move of the high watermark (consumers').
@@ -112,6 +114,7 @@ impl Partition {
             high_watermark: AtomicI64::new(hw),
             followers: Mutex::new(HashMap::new()),
             hw_changes: tokio::sync::watch::channel(hw).0,
+            term: tokio::sync::watch::channel((false, 0)).0,
             append_watchers: Watchers::default(),
             hw_watchers: Watchers::default(),
             flush_turn: tokio::sync::Mutex::new(()),
@@ -176,7 +179,9 @@ impl Partition {
                     f.reached_high_watermark = false;
                 }
             }
+            let term = (leadership.leading, leadership.leader_epoch);
             *current = leadership;
+            self.term.send_if_modified(|t| std::mem::replace(t, term) != term);
         }
         drop(current);
         if let Some(epoch) = new_term {
@@ -265,10 +270,26 @@ impl Partition {
         self.hw_watchers.wake();
     }
 
-    /// Resolves once the high watermark passes `offset` (acks=all).
-    pub async fn wait_for_high_watermark(&self, offset: i64) {
-        let mut rx = self.hw_changes.subscribe();
-        let _ = rx.wait_for(|hw| *hw > offset).await;
+    /// Resolves once the high watermark passes `offset` (acks=all), or with
+    /// NOT_LEADER_OR_FOLLOWER as soon as this broker stops leading in
+    /// `leader_epoch` (as Kafka completes a delayed produce on a leader
+    /// change): the client retries on the new leader instead of waiting out
+    /// its timeout.
+    pub async fn wait_for_high_watermark(&self, offset: i64, leader_epoch: i32) -> Result<()> {
+        let mut hw = self.hw_changes.subscribe();
+        let mut term = self.term.subscribe();
+        loop {
+            if *term.borrow_and_update() != (true, leader_epoch) {
+                return Err(Error::NotLeaderOrFollower);
+            }
+            if *hw.borrow_and_update() > offset {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = hw.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
+                changed = term.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
+            }
+        }
     }
 
     /// The epoch stamped into batches appended as leader.
@@ -425,6 +446,28 @@ mod tests {
             isr: isr.to_vec(),
             adding: Vec::new(),
         }
+    }
+
+    /// An acks=all waiter is answered when the term ends, not at its timeout.
+    #[tokio::test]
+    async fn an_acks_all_wait_ends_with_the_leadership() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
+        let part = Arc::new(Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None));
+        part.set_leadership(leading(&[1, 2]));
+        let waiter = {
+            let part = part.clone();
+            tokio::spawn(async move { part.wait_for_high_watermark(10, 1).await })
+        };
+        tokio::task::yield_now().await;
+        part.set_leadership(Leadership {
+            leading: false,
+            leader: 2,
+            leader_epoch: 2,
+            ..leading(&[2])
+        });
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+        assert!(matches!(answer, Ok(Ok(Err(Error::NotLeaderOrFollower)))));
     }
 
     /// A follower that stopped fetching leaves the ISR and stays out: what
