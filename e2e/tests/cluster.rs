@@ -248,6 +248,50 @@ async fn assert_replicas_identical(cluster: &Cluster, topic: &str, partitions: i
     }
 }
 
+/// Reads `topic`'s partitions from the beginning until `want` records are
+/// in: each record's index, as `index` takes it from (partition, payload),
+/// per partition in log order.
+fn read_back(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    index: impl Fn(i32, &[u8]) -> u64,
+) -> Vec<Vec<u64>> {
+    let consumer: BaseConsumer = kafka(bootstrap)
+        .set("group.id", format!("{topic}-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut read: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
+    let deadline = Instant::now() + WAIT;
+    while read.iter().map(Vec::len).sum::<usize>() < want {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {want}",
+            read.iter().map(Vec::len).sum::<usize>()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            read[m.partition() as usize].push(index(m.partition(), m.payload().unwrap()));
+        }
+    }
+    read
+}
+
+/// The index in a "<partition>-<index>" payload.
+fn dashed_index(partition: i32, payload: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(payload);
+    let (p, i) = text.split_once('-').unwrap();
+    assert_eq!(p.parse::<i32>().unwrap(), partition);
+    i.parse().unwrap()
+}
+
 fn live_ids(d: &pb::DescribeClusterResponse) -> Vec<i32> {
     d.brokers.iter().filter(|b| !b.fenced).map(|b| b.id).collect()
 }
@@ -962,33 +1006,8 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
         acked.iter().map(Vec::len).sum::<usize>()
     );
 
-    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
-        .set("group.id", "durable-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..6 {
-        tpl.add_partition_offset("durable", p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut read: Vec<Vec<u64>> = vec![Vec::new(); 6];
     let want: usize = acked.iter().map(Vec::len).sum();
-    let deadline = Instant::now() + WAIT;
-    while read.iter().map(Vec::len).sum::<usize>() < want {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of {want}",
-            read.iter().map(Vec::len).sum::<usize>()
-        );
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
-            let (p, i) = text.split_once('-').unwrap();
-            assert_eq!(p.parse::<i32>().unwrap(), m.partition());
-            read[m.partition() as usize].push(i.parse().unwrap());
-        }
-    }
+    let read = read_back(&cluster.bootstrap(), "durable", 6, want, dashed_index);
     for p in 0..6 {
         assert_eq!(
             read[p], acked[p],
@@ -1421,28 +1440,10 @@ async fn reassignment_drain_and_throttle() {
     writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
 
-    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
-        .set("group.id", "moving-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("moving", 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut read: Vec<u64> = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while read.len() < acked.len() {
-        assert!(Instant::now() < deadline, "read {} of {}", read.len(), acked.len());
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            read.push(
-                std::str::from_utf8(&m.payload().unwrap()[..8])
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            );
-        }
-    }
+    let read = read_back(&cluster.bootstrap(), "moving", 1, acked.len(), |_, payload| {
+        std::str::from_utf8(&payload[..8]).unwrap().parse().unwrap()
+    })
+    .remove(0);
     // Sent records the producer gave up on are absent; every acknowledged one is there once, in order.
     let read_acked: Vec<u64> = read
         .iter()
@@ -1639,32 +1640,8 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     }
     let acked = acked.lock().unwrap().clone();
 
-    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
-        .set("group.id", "cut-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset("cut", p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
     let want: usize = acked.iter().map(Vec::len).sum();
-    let mut read: Vec<Vec<u64>> = vec![Vec::new(); 3];
-    let deadline = Instant::now() + WAIT;
-    while read.iter().map(Vec::len).sum::<usize>() < want {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of {want}",
-            read.iter().map(Vec::len).sum::<usize>()
-        );
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
-            let (_, i) = text.split_once('-').unwrap();
-            read[m.partition() as usize].push(i.parse().unwrap());
-        }
-    }
+    let read = read_back(&cluster.bootstrap(), "cut", 3, want, dashed_index);
     for p in 0..3 {
         let kept: Vec<u64> = read[p]
             .iter()

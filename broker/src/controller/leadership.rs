@@ -59,7 +59,9 @@ impl PartitionState {
         (self.leader != NO_LEADER).then_some(self.leader)
     }
 
-    fn changed(&self, leader: i32, isr: Vec<i32>) -> PartitionState {
+    /// This state with a new leader and ISR: the leader epoch moves with
+    /// the leader, the partition epoch with every change.
+    pub(super) fn changed(&self, leader: i32, isr: Vec<i32>) -> PartitionState {
         PartitionState {
             leader,
             leader_epoch: if leader == self.leader {

@@ -60,7 +60,9 @@ impl Reassignment {
 /// only them, and a leader outside them hands over to the first live one in
 /// sync (a new leader epoch). The partition epoch moves: the replica set did.
 fn narrowed(state: &PartitionState, replicas: &[i32], live: impl Fn(i32) -> bool) -> PartitionState {
-    let mut isr: Vec<i32> = state.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
+    // Never empty: a change that would leave no in-sync replica is refused
+    // first (`keeps_an_in_sync_replica`), and completion needs the target in sync.
+    let isr: Vec<i32> = state.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
     let leader = if replicas.contains(&state.leader) {
         state.leader
     } else {
@@ -70,20 +72,7 @@ fn narrowed(state: &PartitionState, replicas: &[i32], live: impl Fn(i32) -> bool
             .find(|r| isr.contains(r) && live(*r))
             .unwrap_or(NO_LEADER)
     };
-    if isr.is_empty() {
-        // Never an empty ISR: the replica that will hold every record leads.
-        isr = replicas.first().copied().into_iter().collect();
-    }
-    PartitionState {
-        leader_epoch: if leader == state.leader {
-            state.leader_epoch
-        } else {
-            state.leader_epoch + 1
-        },
-        partition_epoch: state.partition_epoch + 1,
-        leader,
-        isr,
-    }
+    state.changed(leader, isr)
 }
 
 /// One partition as a reassignment sees it.
@@ -164,14 +153,10 @@ impl PartitionReplicas<'_> {
     /// Completes the reassignment once every target replica is in sync.
     /// Answers whether it did.
     pub fn maybe_complete(&mut self, live: impl Fn(i32) -> bool) -> bool {
-        let done = self
-            .moving
-            .as_ref()
-            .is_some_and(|r| r.target.iter().all(|x| self.state.isr.contains(x)));
-        if !done {
+        let isr = &self.state.isr;
+        let Some(r) = self.moving.take_if(|r| r.target.iter().all(|x| isr.contains(x))) else {
             return false;
-        }
-        let r = self.moving.take().expect("checked above");
+        };
         *self.state = narrowed(self.state, &r.target, live);
         *self.replicas = r.target;
         true

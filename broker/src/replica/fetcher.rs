@@ -133,8 +133,7 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
                 else {
                     continue;
                 };
-                let current = part.leadership();
-                if current.leading || current.leader != leader || current.leader_epoch != *epoch {
+                if !part.follows(leader, *epoch) {
                     // Leadership moved while the fetch was out: a late answer
                     // from an old leader must not touch this log.
                     continue;

@@ -17,7 +17,6 @@ use crate::controller::{Controller, ControllerOp};
 pub fn desired_isr(
     leadership: &Leadership,
     followers: &HashMap<i32, FollowerState>,
-    _high_watermark: i64,
     now_ms: i64,
     lag_max_ms: i64,
 ) -> Vec<i32> {
@@ -64,7 +63,7 @@ pub async fn run(
                 continue;
             }
             let now = crate::log::segment::now_ms();
-            let isr = desired_isr(&l, &part.followers(), part.high_watermark(), now, lag_max_ms);
+            let isr = desired_isr(&l, &part.followers(), now, lag_max_ms);
             if isr == l.isr {
                 continue;
             }
@@ -120,7 +119,7 @@ mod tests {
         let followers = HashMap::from([(2, follower(100, 1_000)), (3, follower(40, 0))]);
         // 3 has not caught up for 31 s: out. 2 is fine.
         assert_eq!(
-            desired_isr(&leadership(&[1, 2, 3]), &followers, 40, 31_000, 30_000),
+            desired_isr(&leadership(&[1, 2, 3]), &followers, 31_000, 30_000),
             vec![1, 2]
         );
         // 3 out of the ISR fetched at the high watermark of that moment
@@ -131,16 +130,16 @@ mod tests {
         };
         let followers = HashMap::from([(2, follower(100, 31_000)), (3, reached)]);
         assert_eq!(
-            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            desired_isr(&leadership(&[1, 2]), &followers, 31_000, 30_000),
             vec![1, 2, 3]
         );
         // No such fetch since it left, even at the (idle) high watermark: stays out.
         let followers = HashMap::from([(2, follower(100, 31_000)), (3, follower(100, 0))]);
         assert_eq!(
-            desired_isr(&leadership(&[1, 2]), &followers, 100, 31_000, 30_000),
+            desired_isr(&leadership(&[1, 2]), &followers, 31_000, 30_000),
             vec![1, 2]
         );
         let followers = HashMap::from([(2, follower(-1, 31_000))]);
-        assert_eq!(desired_isr(&leadership(&[1]), &followers, 0, 31_000, 30_000), vec![1]);
+        assert_eq!(desired_isr(&leadership(&[1]), &followers, 31_000, 30_000), vec![1]);
     }
 }

@@ -853,29 +853,27 @@ async fn main() {
                 show(&short_backoff)
             );
         }
-        let (p50, p99, p999) = latency_run(
-            &broker,
-            &format!("load-{partitions}"),
-            args.latency_rate,
-            args.latency_seconds,
-            args.record_size,
-            false,
-        );
-        println!(
-            "      delivery latency at {} rec/s: p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms (the table's latencies are at saturation)",
-            args.latency_rate
-        );
-        let (p50, p99, p999) = latency_run(
-            &broker,
-            &format!("load-{partitions}"),
-            args.latency_rate,
-            args.latency_seconds,
-            args.record_size,
-            true,
-        );
-        println!(
-            "      the same while a second client tails the topic: p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms"
-        );
+        for tailing in [false, true] {
+            let (p50, p99, p999) = latency_run(
+                &broker,
+                &format!("load-{partitions}"),
+                args.latency_rate,
+                args.latency_seconds,
+                args.record_size,
+                tailing,
+            );
+            let what = if tailing {
+                "      the same while a second client tails the topic:".to_string()
+            } else {
+                format!("      delivery latency at {} rec/s:", args.latency_rate)
+            };
+            let note = if tailing {
+                ""
+            } else {
+                " (the table's latencies are at saturation)"
+            };
+            println!("{what} p50 {p50:.2} ms, p99 {p99:.2} ms, p999 {p999:.2} ms{note}");
+        }
         drop(broker);
     }
     {
