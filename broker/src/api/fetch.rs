@@ -31,16 +31,24 @@ pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> (FetchR
     loop {
         let (response, files, bytes, errors) = read_all(apis, &request, version, Some(&waker));
         if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline {
-            account(apis, &response);
-            return (response, files);
+            return answer(apis, response, files);
         }
         if tokio::time::timeout_at(deadline, waker.notified()).await.is_err() {
             // Timed out: one last read so data that just arrived is not left behind.
             let (response, files, _, _) = read_all(apis, &request, version, None);
-            account(apis, &response);
-            return (response, files);
+            return answer(apis, response, files);
         }
     }
+}
+
+/// The response as it leaves: regions evicted from the page cache (a
+/// consumer far behind, a replica catching up) are read back in off the
+/// async workers first, so that its encoding and sendfile never wait on
+/// the disk there.
+fn answer(apis: &Apis, response: FetchResponse, files: FileRecords) -> (FetchResponse, FileRecords) {
+    files.load_evicted();
+    account(apis, &response);
+    (response, files)
 }
 
 fn read_all(

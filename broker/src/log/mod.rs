@@ -6,6 +6,7 @@ pub mod cleaner;
 pub mod epoch;
 pub mod index;
 pub mod manager;
+pub mod page_cache;
 pub mod record;
 pub mod segment;
 pub mod validator;

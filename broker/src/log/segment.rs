@@ -36,6 +36,16 @@ impl FileSlice {
         self.file.read_exact_at(&mut buf, self.position)?;
         Ok(Bytes::from(buf))
     }
+
+    /// Whether reading or sending it will find every page in memory.
+    pub fn is_resident(&self) -> bool {
+        super::page_cache::is_resident(&self.file, self.position, self.len)
+    }
+
+    /// Brings it into the page cache (blocking disk reads).
+    pub fn load(&self) -> io::Result<()> {
+        super::page_cache::load(&self.file, self.position, self.len)
+    }
 }
 
 /// A batch ready to be written: its patched header and the untouched rest.

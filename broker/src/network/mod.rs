@@ -16,8 +16,9 @@ pub mod zero_copy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -100,8 +101,8 @@ async fn handle_connection(
     apis.metrics().active_connections.inc();
     let _guard = ConnectionGuard(apis.clone());
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let (mut read_half, write_half) = stream.into_split();
+    let mut inbound = Inbound::default();
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_QUEUED_RESPONSES);
     let writer = tokio::spawn(write_responses(write_half, rx));
     let max_frame = apis.config().socket_request_max_bytes as usize;
@@ -109,19 +110,18 @@ async fn handle_connection(
     let body_timeout = Duration::from_millis(apis.config().socket_request_read_timeout_ms.max(1) as u64);
 
     loop {
-        let mut len = [0u8; 4];
         tokio::select! {
-            r = tokio::time::timeout(idle, reader.read_exact(&mut len)) => match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => break,
-                Err(_) => {
+            r = inbound.read_size(&mut read_half, idle) => match r {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::debug!("closing idle connection");
                     break;
                 }
+                Err(_) => break,
             },
             () = crate::shutdown::stopped(&mut shutdown) => break,
         }
-        let size = i32::from_be_bytes(len);
+        let size = inbound.size();
         if size < 0 || size as usize > max_frame {
             tracing::warn!(
                 size,
@@ -136,9 +136,8 @@ async fn handle_connection(
             permit = memory.reserve(size as usize) => permit,
             () = crate::shutdown::stopped(&mut shutdown) => break,
         };
-        let mut buf = vec![0u8; size as usize];
-        match tokio::time::timeout(body_timeout, reader.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
+        let frame = match tokio::time::timeout(body_timeout, inbound.read_frame(&mut read_half, size as usize)).await {
+            Ok(Ok(frame)) => frame,
             Ok(Err(_)) => break,
             Err(_) => {
                 tracing::warn!(
@@ -147,8 +146,8 @@ async fn handle_connection(
                 );
                 break;
             }
-        }
-        let request = match frame::parse_request(Bytes::from(buf), apis.as_ref()) {
+        };
+        let request = match frame::parse_request(frame, apis.as_ref()) {
             Ok(r) => r,
             Err(FrameError::UnsupportedApiVersions { correlation_id }) => {
                 // Clients probe with their newest ApiVersions; answer v0 with our range.
@@ -180,6 +179,81 @@ async fn handle_connection(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// A connection's request bytes. Requests are read straight into one buffer
+/// and handed to their handlers as slices of it: no zeroing, no copy through
+/// a second buffer, and once a request's slices are dropped (a produce's
+/// batches are written by then) the next request reuses the same memory, so
+/// large produce requests do not fault in fresh pages every time.
+#[derive(Default)]
+struct Inbound {
+    buf: BytesMut,
+    /// Whether the buffer grew past [`READ_CHUNK`] since it was last given back.
+    grown: bool,
+}
+
+/// What one read asks the socket for at least (several small requests
+/// arrive in one read).
+const READ_CHUNK: usize = 64 * 1024;
+/// A buffer grown past this for one large request is given back after it;
+/// below it, it is given back once the connection is quiet for a second.
+const RETAIN_MAX: usize = 2 << 20;
+const RELEASE_WHEN_QUIET: Duration = Duration::from_secs(1);
+
+impl Inbound {
+    /// Waits for the next request's size prefix: false when nothing came
+    /// within `idle` (connections.max.idle.ms).
+    async fn read_size(&mut self, stream: &mut OwnedReadHalf, idle: Duration) -> std::io::Result<bool> {
+        let deadline = tokio::time::Instant::now() + idle;
+        if self.grown && self.buf.len() < 4 {
+            // Reading is cancel safe: bytes that arrived stay in the buffer.
+            if let Ok(r) = tokio::time::timeout(RELEASE_WHEN_QUIET, self.fill(stream, 4)).await {
+                return r.map(|()| true);
+            }
+            self.release();
+        }
+        match tokio::time::timeout_at(deadline, self.fill(stream, 4)).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The size prefix read by [`Inbound::read_size`].
+    fn size(&self) -> i32 {
+        i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+    }
+
+    /// The request after the size prefix, `size` bytes.
+    async fn read_frame(&mut self, stream: &mut OwnedReadHalf, size: usize) -> std::io::Result<Bytes> {
+        self.fill(stream, 4 + size).await?;
+        self.buf.advance(4);
+        let frame = self.buf.split_to(size).freeze();
+        self.grown |= size > READ_CHUNK;
+        if size > RETAIN_MAX {
+            // The frame keeps its own allocation; the buffer starts small again.
+            self.release();
+        }
+        Ok(frame)
+    }
+
+    /// Gives a grown allocation back, keeping the bytes already read.
+    fn release(&mut self) {
+        self.buf = BytesMut::from(&self.buf[..]);
+        self.grown = false;
+    }
+
+    /// Reads until the buffer holds `want` bytes (end of stream first: an error).
+    async fn fill(&mut self, stream: &mut OwnedReadHalf, want: usize) -> std::io::Result<()> {
+        while self.buf.len() < want {
+            // Reclaims the allocation when every slice handed out is gone.
+            self.buf.reserve((want - self.buf.len()).max(READ_CHUNK));
+            if stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Responses queued on one connection (ready or delayed), in request order.

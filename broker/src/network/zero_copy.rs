@@ -48,6 +48,23 @@ impl FileRecords {
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
+
+    /// Brings the regions that are not in the page cache into it, blocking:
+    /// afterwards encoding (which reads small regions) and sendfile find
+    /// them in memory. A read error is left for those reads to report.
+    pub fn load_evicted(&self) {
+        let evicted: Vec<&FileSlice> = self.held.iter().map(|(_, _, s)| s).filter(|s| !s.is_resident()).collect();
+        if evicted.is_empty() {
+            return;
+        }
+        crate::blocking::blocking(|| {
+            for slice in evicted {
+                if let Err(e) = slice.load() {
+                    tracing::debug!(error = %e, "reading a fetched region into the page cache");
+                }
+            }
+        });
+    }
 }
 
 /// One piece of an outgoing frame.
@@ -283,6 +300,34 @@ mod tests {
             decoded.responses[0].partitions[0].records.as_deref(),
             Some(&big[10..50_010])
         );
+    }
+
+    /// A fetched region evicted from the page cache is read back in before
+    /// the response is encoded or sendfile'd.
+    #[test]
+    fn evicted_regions_are_loaded_before_sending() {
+        use std::os::fd::AsRawFd;
+        let (keep, file) = file_with(&vec![3u8; 300_000]);
+        keep.as_file().sync_all().unwrap();
+        // SAFETY: a plain advice call on an open descriptor.
+        assert_eq!(
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+            0
+        );
+        let mut files = FileRecords::default();
+        let slices = [(0, 100), (100_000, 200_000)].map(|(position, len)| FileSlice {
+            file: file.clone(),
+            position,
+            len,
+        });
+        for s in &slices {
+            files.hold(s.clone()).unwrap();
+        }
+        let evicted = slices.iter().all(|s| !s.is_resident());
+        // Without cachestat (before Linux 6.5) every region counts as resident.
+        assert!(evicted || !crate::log::page_cache::is_supported(), "evicted");
+        files.load_evicted();
+        assert!(slices.iter().all(FileSlice::is_resident));
     }
 
     #[test]

@@ -181,7 +181,13 @@ impl Partition {
             }
             let term = (leadership.leading, leadership.leader_epoch);
             *current = leadership;
-            self.term.send_if_modified(|t| std::mem::replace(t, term) != term);
+            if self.term.send_if_modified(|t| std::mem::replace(t, term) != term) {
+                // Delayed fetches end now, as Kafka completes them on a
+                // leader change: they are answered NOT_LEADER_OR_FOLLOWER
+                // (with the new leader) instead of waiting out max.wait.ms.
+                self.append_watchers.wake();
+                self.hw_watchers.wake();
+            }
         }
         drop(current);
         if let Some(epoch) = new_term {
@@ -474,6 +480,32 @@ mod tests {
         });
         let answer = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
         assert!(matches!(answer, Ok(Ok(Err(Error::NotLeaderOrFollower)))));
+    }
+
+    /// Delayed fetches waiting on a partition are woken when its leadership
+    /// moves (they then answer NOT_LEADER_OR_FOLLOWER), not at max.wait.ms.
+    #[tokio::test]
+    async fn a_leader_change_wakes_delayed_fetches() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
+        let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
+        part.set_leadership(leading(&[1, 2]));
+        let (consumer, follower) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        part.watch_high_watermark(&consumer);
+        part.watch_appends(&follower);
+        // Same term, new ISR: nothing to end.
+        part.set_leadership(leading(&[1]));
+        let quick = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(quick, consumer.notified()).await.is_err());
+        part.set_leadership(Leadership {
+            leading: false,
+            leader: 2,
+            leader_epoch: 2,
+            ..leading(&[2])
+        });
+        let bound = std::time::Duration::from_secs(5);
+        assert!(tokio::time::timeout(bound, consumer.notified()).await.is_ok());
+        assert!(tokio::time::timeout(bound, follower.notified()).await.is_ok());
     }
 
     /// A follower that stopped fetching leaves the ISR and stays out: what
