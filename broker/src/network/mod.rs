@@ -428,3 +428,60 @@ async fn send_file(socket: &TcpStream, slice: &zero_copy::FileSlice) -> std::io:
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Requests that arrive together, split anywhere, or larger than the
+    /// buffer keeps come out whole and in order; a large one's allocation is
+    /// not kept.
+    #[tokio::test]
+    async fn requests_come_out_whole_from_one_reused_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big: Vec<u8> = (0..RETAIN_MAX + 12_345).map(|i| (i % 251) as u8).collect();
+        let mid = vec![9u8; 300_000];
+        let mut wire = Vec::new();
+        for body in [&b"first"[..], &big, &b"third"[..], &mid, &b""[..], &b"last"[..]] {
+            wire.extend(framed(body));
+        }
+        let sender = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            // Odd-sized writes: frames and prefixes split across reads.
+            for piece in wire.chunks(70_001) {
+                s.write_all(piece).await.unwrap();
+            }
+            s
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut read_half, _write_half) = stream.into_split();
+        let mut inbound = Inbound::default();
+        let idle = Duration::from_secs(10);
+        let mut frames = Vec::new();
+        for _ in 0..6 {
+            assert!(inbound.read_size(&mut read_half, idle).await.unwrap());
+            let size = inbound.size() as usize;
+            frames.push(inbound.read_frame(&mut read_half, size).await.unwrap());
+            if size > RETAIN_MAX {
+                assert!(!inbound.grown, "a frame over RETAIN_MAX is not kept");
+            }
+        }
+        assert_eq!(frames[0], &b"first"[..]);
+        assert_eq!(frames[1], &big[..]);
+        assert_eq!(frames[2], &b"third"[..]);
+        assert_eq!(frames[3], &mid[..]);
+        assert!(frames[4].is_empty());
+        assert_eq!(frames[5], &b"last"[..]);
+        assert!(inbound.grown, "a 300 KB frame's buffer is kept for the next");
+        // The peer goes away: an error, not a hang.
+        drop(sender.await.unwrap());
+        assert!(inbound.read_size(&mut read_half, idle).await.is_err());
+    }
+}

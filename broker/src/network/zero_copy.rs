@@ -53,7 +53,12 @@ impl FileRecords {
     /// afterwards encoding (which reads small regions) and sendfile find
     /// them in memory. A read error is left for those reads to report.
     pub fn load_evicted(&self) {
-        let evicted: Vec<&FileSlice> = self.held.iter().map(|(_, _, s)| s).filter(|s| !s.is_resident()).collect();
+        let evicted: Vec<&FileSlice> = self
+            .held
+            .iter()
+            .map(|(_, _, s)| s)
+            .filter(|s| !s.is_resident())
+            .collect();
         if evicted.is_empty() {
             return;
         }

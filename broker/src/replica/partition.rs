@@ -490,7 +490,10 @@ mod tests {
         let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
         let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
         part.set_leadership(leading(&[1, 2]));
-        let (consumer, follower) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let (consumer, follower) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
         part.watch_high_watermark(&consumer);
         part.watch_appends(&follower);
         // Same term, new ISR: nothing to end.
