@@ -306,3 +306,33 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Some((utime + stime) / ticks)
 }
+
+/// A flag that background clients poll to end their loops, raised when this
+/// is dropped too: a test that fails midway (unwinding) stops its writers
+/// instead of leaving them spinning against brokers that are gone.
+#[derive(Clone, Default)]
+pub struct StopFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A guard for the test body: dropping it (at the end, or unwinding
+    /// from a failed assertion) stops every clone.
+    pub fn guard(&self) -> StopOnDrop {
+        StopOnDrop(self.clone())
+    }
+}
+
+pub struct StopOnDrop(StopFlag);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}

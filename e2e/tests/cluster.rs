@@ -858,7 +858,6 @@ async fn controlled_shutdown_and_a_broker_only_node() {
 /// record is there afterwards, once, in order per partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_broker_kills_under_load() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     let tmp = tempfile::tempdir().unwrap();
@@ -882,7 +881,8 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
     kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
 
     let acked: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); 6]));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = fjord_e2e::StopFlag::default();
+    let _stop_on_failure = stop.guard();
     let producer: FutureProducer = kafka(&cluster.bootstrap())
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -896,7 +896,7 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
             tokio::spawn(async move {
                 let mut i = 0u64;
                 let mut failures = 0;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.is_stopped() {
                     let payload = format!("{p}-{i}");
                     let sent = producer
                         .send(
@@ -909,6 +909,8 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
                         Err((e, _)) => {
                             failures += 1;
                             eprintln!("partition {p}: record {i} not acknowledged: {e}");
+                            // A producer in a fatal state fails at once: never spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }
                     i += 1;
@@ -992,7 +994,7 @@ async fn acknowledged_records_survive_broker_kills_under_load() {
     })
     .await;
     wait_for_more(100).await;
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     for w in writers {
         let failures = w.await.unwrap();
         assert_eq!(
@@ -1135,7 +1137,6 @@ async fn a_returning_leader_cuts_its_divergent_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_survives_its_coordinator_dying() {
     use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -1171,7 +1172,8 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
     produce(0, 300).await;
 
     let seen: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = fjord_e2e::StopFlag::default();
+    let _stop_on_failure = stop.guard();
     let bootstrap = cluster.bootstrap();
     let members: Vec<_> = (0..3)
         .map(|_| {
@@ -1185,7 +1187,7 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
                     .create()
                     .unwrap();
                 consumer.subscribe(&["work"]).unwrap();
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.is_stopped() {
                     if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
                         let v: usize = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
                         seen.lock().unwrap().insert(v);
@@ -1247,7 +1249,7 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
     for ((p, b), (_, a)) in before.iter().zip(&after) {
         assert!(a >= b, "partition {p}: committed offset went back from {b} to {a}");
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     for m in members {
         m.join().unwrap();
     }
@@ -1320,7 +1322,6 @@ fn replica_bytes(data_dir: &Path, topic: &str, partition: i32) -> u64 {
 /// set, a new replica copies no faster than the rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reassignment_drain_and_throttle() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     let tmp = tempfile::tempdir().unwrap();
@@ -1347,7 +1348,8 @@ async fn reassignment_drain_and_throttle() {
     kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
 
     let acked: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = fjord_e2e::StopFlag::default();
+    let _stop_on_failure = stop.guard();
     let producer: FutureProducer = kafka(&format!("{},{}", cluster.bootstrap(), fourth.bootstrap()))
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -1359,7 +1361,7 @@ async fn reassignment_drain_and_throttle() {
         let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
         tokio::spawn(async move {
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.is_stopped() {
                 let payload = format!("{i:08}{}", "x".repeat(500));
                 let sent = producer
                     .send(
@@ -1367,8 +1369,13 @@ async fn reassignment_drain_and_throttle() {
                         Duration::from_secs(60),
                     )
                     .await;
-                if sent.is_ok() {
-                    acked.lock().unwrap().push(i);
+                match sent {
+                    Ok(_) => acked.lock().unwrap().push(i),
+                    Err((e, _)) => {
+                        eprintln!("record {i} not acknowledged: {e}");
+                        // A producer in a fatal state fails at once: never spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 i += 1;
             }
@@ -1436,7 +1443,7 @@ async fn reassignment_drain_and_throttle() {
     assert_eq!(drained.partition_states[0].replicas, vec![1, 3, 4]);
     let at_drain = acked_count(&acked);
     wait_for_acks(at_drain + 300).await;
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
 
@@ -1524,7 +1531,6 @@ async fn reassignment_drain_and_throttle() {
 /// Nothing acknowledged is lost and the replicas end byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use fjord_e2e::replica_proxy::ReplicaProxy;
@@ -1549,7 +1555,8 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     kadmin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
 
     let acked: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); 3]));
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = fjord_e2e::StopFlag::default();
+    let _stop_on_failure = stop.guard();
     let producer: FutureProducer = kafka(&cluster.bootstrap())
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -1562,11 +1569,16 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
             let (producer, acked, stop) = (producer.clone(), acked.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.is_stopped() {
                     let payload = format!("{p}-{i}");
                     let record = FutureRecord::to("cut").key("k").payload(&payload).partition(p);
-                    if producer.send(record, Duration::from_secs(60)).await.is_ok() {
-                        acked.lock().unwrap()[p as usize].push(i);
+                    match producer.send(record, Duration::from_secs(60)).await {
+                        Ok(_) => acked.lock().unwrap()[p as usize].push(i),
+                        Err((e, _)) => {
+                            eprintln!("partition {p}: record {i} not acknowledged: {e}");
+                            // A producer in a fatal state fails at once: never spin.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                     i += 1;
                 }
@@ -1634,7 +1646,7 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
     };
     assert!(counter("fjord_isr_shrinks_total") >= 1.0 && counter("fjord_isr_expands_total") >= 1.0);
     wait_for_more(100).await;
-    stop.store(true, Ordering::Relaxed);
+    stop.stop();
     for w in writers {
         w.await.unwrap();
     }
