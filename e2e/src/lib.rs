@@ -272,6 +272,14 @@ impl Drop for BrokerProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if std::thread::panicking() {
+            // A failing test shows what its brokers last said (its temporary
+            // directory, and the log file with it, goes next).
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- last lines of {} ---\n{}", self.log.display(), tail.join("\n"));
+        }
     }
 }
 

@@ -69,6 +69,14 @@ pub fn write_checkpoint(path: &Path, entries: &BTreeMap<TopicPartition, i64>) ->
     write_atomically(path, text.as_bytes())
 }
 
+/// The topic id a partition directory's `partition.metadata` names, if any.
+fn topic_id_in(dir: &Path) -> Option<uuid::Uuid> {
+    let meta = std::fs::read_to_string(dir.join(PARTITION_METADATA_FILE)).ok()?;
+    meta.lines()
+        .find_map(|l| l.strip_prefix("topic_id:"))
+        .and_then(|s| uuid::Uuid::parse_str(s.trim()).ok())
+}
+
 /// Write to a temp file, fsync, rename over the target, fsync the directory.
 pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -131,16 +139,22 @@ impl LogManager {
         }
         let dir = self.dir.join(tp.dir_name());
         let meta = dir.join(PARTITION_METADATA_FILE);
+        // A directory of an earlier topic of the same name (deleted and
+        // re-created while this broker was away): its records belong to no
+        // partition now, and must never be served as the new topic's (the
+        // reason Kafka gave topics ids, KIP-516). It goes, with its
+        // checkpointed offsets.
+        let stray = topic_id_in(&dir).filter(|found| *found != topic_id && !topic_id.is_nil());
+        if let Some(found) = stray {
+            tracing::warn!(%tp, stray_topic_id = %found, %topic_id, "deleting the log of an earlier topic of this name");
+            self.delete(tp)?;
+        }
         let recover_from = self
             .unclean_recovery_points
             .as_ref()
             .map(|p| p.get(tp).copied().unwrap_or(0));
-        let log = Arc::new(Log::open(
-            &dir,
-            config,
-            recover_from,
-            self.log_start_offsets.get(tp).copied(),
-        )?);
+        let log_start = self.log_start_offsets.get(tp).copied().filter(|_| stray.is_none());
+        let log = Arc::new(Log::open(&dir, config, recover_from, log_start)?);
         if !meta.exists() {
             write_atomically(&meta, format!("version: 0\ntopic_id: {topic_id}\n").as_bytes())?;
         }
@@ -165,12 +179,7 @@ impl LogManager {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = std::fs::read_to_string(entry.path().join(PARTITION_METADATA_FILE)).unwrap_or_default();
-            let id = meta
-                .lines()
-                .find_map(|l| l.strip_prefix("topic_id:"))
-                .and_then(|s| uuid::Uuid::parse_str(s.trim()).ok());
-            if let Some(id) = id {
+            if let Some(id) = topic_id_in(&entry.path()) {
                 out.push((name, id));
             }
         }

@@ -212,6 +212,33 @@ mod tests {
         image
     }
 
+    /// A log left by an earlier topic of the same name (deleted and
+    /// re-created while this broker was down) is deleted, not served as the
+    /// new topic's, and its checkpointed log start does not carry over.
+    #[test]
+    fn a_log_of_an_earlier_topic_of_the_same_name_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = BrokerConfig::default();
+        let tp = TopicPartition::new("t", 0);
+        let (old, new) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        {
+            let logs = LogManager::open(dir.path()).unwrap();
+            let log = logs
+                .get_or_create(&tp, old, Arc::new(LogConfig::defaults_from(&broker)))
+                .unwrap();
+            for i in 0..10 {
+                log.append_as_leader(&encode_batch(0, &[b"old"], 1000 + i), 0).unwrap();
+            }
+            log.delete_records_before(4, 10).unwrap();
+            logs.shutdown().unwrap();
+        }
+        let replicas = ReplicaManager::new(LogManager::open(dir.path()).unwrap());
+        replicas.apply(&image(new, 1, vec![1, 0]), &broker).unwrap();
+        let part = replicas.partition(&tp).unwrap();
+        assert_eq!((part.log.log_start_offset(), part.log.log_end_offset()), (0, 0));
+        assert_eq!(replicas.logs().dirs_on_disk().unwrap(), vec![(tp.dir_name(), new)]);
+    }
+
     /// A restarted replica exposes only what was committed (its checkpointed
     /// high watermark), not its whole log; as sole ISR leader, all of it.
     #[test]

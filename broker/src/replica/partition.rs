@@ -221,14 +221,16 @@ impl Partition {
         {
             let leo = self.log.log_end_offset();
             // Read before the followers' lock: leadership is always locked first.
-            let joins = fetch_offset >= self.high_watermark() && !self.leadership.read().isr.contains(&replica);
+            let in_sync = self.leadership.read().isr.contains(&replica);
             let mut followers = self.followers.lock();
             let Some(f) = followers.get_mut(&replica) else {
                 return false;
             };
             f.log_end_offset = fetch_offset;
             // Only an out-of-sync follower's progress can earn it the ISR.
-            if joins {
+            // Compared under the followers' lock, which the high watermark
+            // also moves under: from here on the watermark waits for it.
+            if !in_sync && fetch_offset >= self.high_watermark() {
                 f.reached_high_watermark = true;
             }
             if fetch_offset >= leo {
@@ -243,22 +245,32 @@ impl Partition {
     }
 
     /// As leader: the high watermark is the lowest log end offset in the
-    /// ISR (this broker's included). It only moves forward.
+    /// maximal ISR (KIP-497): the ISR, this broker's included, and the
+    /// followers that earned joining it but are not in it yet. Without the
+    /// latter, the watermark could pass a joiner's log end while its
+    /// AlterPartition is on its way, and a leader elected from the new ISR
+    /// (a reassignment moving leadership to it) would lack acknowledged
+    /// records. It only moves forward.
     fn maybe_advance_high_watermark(&self) -> bool {
         let l = self.leadership.read();
         if !l.leading {
             return false;
         }
-        let mut hw = self.log.log_end_offset();
-        // The ISR being this broker alone (RF 1, the usual single node): no
-        // follower to wait for, so the append path takes no further lock.
-        if l.isr.iter().any(|r| *r != l.leader) {
-            let followers = self.followers.lock();
-            for r in l.isr.iter().filter(|r| **r != l.leader) {
-                hw = hw.min(followers.get(r).map_or(-1, |f| f.log_end_offset));
-            }
+        let hw = self.log.log_end_offset();
+        // A single replica (RF 1, the usual single node): no follower to
+        // wait for, so the append path takes no further lock.
+        if l.replicas.len() <= 1 && l.isr.iter().all(|r| *r == l.leader) {
+            drop(l);
+            return self.set_high_watermark(hw);
         }
-        drop(l);
+        let followers = self.followers.lock();
+        let isr = l.isr.iter().filter(|r| **r != l.leader);
+        let mut hw = isr.fold(hw, |hw, r| hw.min(followers.get(r).map_or(-1, |f| f.log_end_offset)));
+        for f in followers.values().filter(|f| f.reached_high_watermark) {
+            hw = hw.min(f.log_end_offset);
+        }
+        // Moved under the followers' lock, where a joiner compares its fetch
+        // with it: no joiner is let in behind a watermark that passed it.
         self.set_high_watermark(hw)
     }
 
@@ -509,6 +521,41 @@ mod tests {
         let bound = std::time::Duration::from_secs(5);
         assert!(tokio::time::timeout(bound, consumer.notified()).await.is_ok());
         assert!(tokio::time::timeout(bound, follower.notified()).await.is_ok());
+    }
+
+    /// KIP-497: from the fetch that earns a follower the ISR, the high
+    /// watermark waits for it, before the controller has added it. A leader
+    /// elected from the new ISR then holds every acknowledged record.
+    #[test]
+    fn a_joining_follower_holds_the_high_watermark_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
+        let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
+        let three = |isr: &[i32]| Leadership {
+            replicas: vec![1, 2, 3],
+            ..leading(isr)
+        };
+        part.set_leadership(three(&[1, 2]));
+        let now = crate::log::segment::now_ms();
+        let batch = crate::log::batch::tests::encode_batch(0, &[b"v"], 1000);
+        for _ in 0..5 {
+            part.log.append_as_leader(&batch, 1).unwrap();
+        }
+        part.record_follower_fetch(2, 5, now);
+        assert_eq!(part.high_watermark(), 5);
+        // Broker 3 catches up to the high watermark: it earns the ISR.
+        part.record_follower_fetch(3, 5, now);
+        for _ in 0..5 {
+            part.log.append_as_leader(&batch, 1).unwrap();
+        }
+        part.record_follower_fetch(2, 10, now);
+        assert_eq!(part.high_watermark(), 5, "waits for the joiner");
+        part.record_follower_fetch(3, 8, now);
+        assert_eq!(part.high_watermark(), 8);
+        // Once it is in the ISR it counts as any member does.
+        part.set_leadership(three(&[1, 2, 3]));
+        part.record_follower_fetch(3, 10, now);
+        assert_eq!(part.high_watermark(), 10);
     }
 
     /// A follower that stopped fetching leaves the ISR and stays out: what
