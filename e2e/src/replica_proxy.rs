@@ -23,7 +23,7 @@ pub struct ReplicaProxy {
 }
 
 impl ReplicaProxy {
-    /// Listens on `port` (127.0.0.1) and forwards to `upstream`.
+    /// Listens on `port` (127.0.0.1; 0: one the OS picks) and forwards to `upstream`.
     pub async fn start(port: u16, upstream: SocketAddr) -> ReplicaProxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("proxy port");
         let addr = listener.local_addr().expect("bound");

@@ -1537,11 +1537,13 @@ async fn a_follower_cut_off_from_its_leaders_leaves_and_rejoins_the_isr() {
 
     let tmp = tempfile::tempdir().unwrap();
     let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
-    let proxy_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Ports the OS picks, bound at once: nothing can take them before the
+    // brokers advertise them.
     let mut proxies = Vec::new();
-    for (p, port) in ports.iter().zip(&proxy_ports) {
-        proxies.push(ReplicaProxy::start(*port, std::net::SocketAddr::from(([127, 0, 0, 1], p[0]))).await);
+    for p in &ports {
+        proxies.push(ReplicaProxy::start(0, std::net::SocketAddr::from(([127, 0, 0, 1], p[0]))).await);
     }
+    let proxy_ports: Vec<u16> = proxies.iter().map(|p| p.addr.port()).collect();
     let cluster = Cluster::launch_on(tmp.path(), &ports, &proxy_ports, &[("replica.lag.time.max.ms", "2000")]);
     eventually("three registered brokers", || async {
         describe(&cluster.brokers[0])
