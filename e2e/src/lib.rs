@@ -344,3 +344,14 @@ impl Drop for StopOnDrop {
         self.0.stop();
     }
 }
+
+/// Assigns `consumer` every partition of `topic` from its first offset.
+pub fn assign_from_beginning(consumer: &rdkafka::consumer::BaseConsumer, topic: &str, partitions: i32) {
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("a partition offset");
+    }
+    consumer.assign(&tpl).expect("assigning partitions");
+}

@@ -263,11 +263,7 @@ fn read_back(
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    fjord_e2e::assign_from_beginning(&consumer, topic, partitions);
     let mut read: Vec<Vec<u64>> = vec![Vec::new(); partitions as usize];
     let deadline = Instant::now() + WAIT;
     while read.iter().map(Vec::len).sum::<usize>() < want {

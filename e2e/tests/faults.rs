@@ -7,10 +7,9 @@ use fjord_e2e::BrokerProcess;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -63,11 +62,7 @@ fn read_all(b: &BrokerProcess, topic: &str, partitions: i32, expect: usize) -> V
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    fjord_e2e::assign_from_beginning(&consumer, topic, partitions);
     let deadline = Instant::now() + WAIT;
     let mut out = Vec::new();
     while out.len() < expect && Instant::now() < deadline {

@@ -51,7 +51,7 @@ pub fn load(file: &File, position: u64, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `(cached pages, pages spanned)`, or None when cachestat is unavailable.
+/// `(cached pages, pages spanned)`, or None when cachestat is unavailable here.
 #[cfg(target_os = "linux")]
 fn cached_pages(file: &File, position: u64, len: usize) -> Option<(u64, u64)> {
     use std::os::fd::AsRawFd;
@@ -89,7 +89,13 @@ fn cached_pages(file: &File, position: u64, len: usize) -> Option<(u64, u64)> {
         )
     };
     if rc != 0 {
-        return None;
+        let error = std::io::Error::last_os_error().raw_os_error();
+        // Missing (before Linux 6.5) or forbidden (seccomp): never ask again.
+        // Anything else is about this call only: treat the region as resident.
+        return match error {
+            Some(libc::ENOSYS | libc::EPERM) => None,
+            _ => Some((1, 1)),
+        };
     }
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;

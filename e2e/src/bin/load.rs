@@ -496,11 +496,7 @@ fn consume_mbs(broker: &BrokerProcess, topic: &str, partitions: i32, records: us
         config.set(*k, *v);
     }
     let consumer: BaseConsumer = config.create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    fjord_e2e::assign_from_beginning(&consumer, topic, partitions);
     let start = Instant::now();
     let (mut got, mut bytes) = (0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -646,11 +642,7 @@ fn consume_load(base: &ClientConfig, topic: &str, partitions: i32, records: usiz
         .set("max.partition.fetch.bytes", "10485760")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    fjord_e2e::assign_from_beginning(&consumer, topic, partitions);
     let me = std::process::id();
     let cpu0 = cpu_of(pids);
     let client_cpu0 = cpu_of(&[me]);
