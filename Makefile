@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA_DIR ?= ./data
 
-.PHONY: run cluster build test crds bench lint fmt clean
+.PHONY: run cluster cluster-node build test crds bench lint fmt clean
 
 ## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
 ## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
@@ -11,10 +11,16 @@ run:
 
 ## Three brokers in combined mode on 127.0.0.1 (node ids 1-3; Kafka 9092,
 ## 9192, 9292; admin 9093, 9193, 9293; metrics 9644, 9744, 9844), data under
-## ./data/cluster/node-N; Ctrl-C stops all three.
+## ./data/cluster/node-N. A broker that stops leaves the others running;
+## Ctrl-C stops all three.
 cluster:
 	$(CARGO) build --release --bin fjord-broker
 	DATA_DIR=$(DATA_DIR) e2e/cluster.sh
+
+## Starts node N of `make cluster` again (after it stopped), in the foreground.
+cluster-node:
+	@test -n "$(N)" || { echo "usage: make cluster-node N=1|2|3" >&2; exit 2; }
+	DATA_DIR=$(DATA_DIR) e2e/cluster.sh node $(N)
 
 build:
 	$(CARGO) build --release --bin fjord-broker

@@ -58,7 +58,11 @@ impl Broker {
             let replicas = replicas.clone();
             let config = config.clone();
             // Publishing the image opens (and if needed recovers) every partition log.
-            controller.subscribe(Box::new(move |image| replicas.apply(image, &config)))?;
+            controller.subscribe(Box::new(move |image| {
+                // Failures are logged per partition; the rest of the image is applied.
+                replicas.apply(image, &config);
+                Ok(())
+            }))?;
         }
         let image = controller.image();
         for (dir, id) in replicas.logs().dirs_on_disk()? {

@@ -312,10 +312,10 @@ fn commits_with_metadata_resume_and_survive_restart() {
             b.broker()
                 .ctx
                 .groups
-                .fetch_offsets("ledger-app", None)
+                .committed("ledger-app")
                 .unwrap()
                 .iter()
-                .any(|(_, _, o)| o.as_ref().is_some_and(|o| o.offset == 100))
+                .any(|(_, _, o)| o.offset == 100)
         });
     }
 
@@ -592,7 +592,7 @@ fn offsets_of_groups_that_stay_empty_expire() {
         b.broker()
             .ctx
             .groups
-            .fetch_offsets("short-lived", None)
+            .committed("short-lived")
             .is_ok_and(|o| o.is_empty())
     });
     // Expired offsets are tombstoned in __consumer_offsets: they stay gone after a
@@ -600,13 +600,7 @@ fn offsets_of_groups_that_stay_empty_expire() {
     let mut b = b;
     rt.block_on(b.restart(FAST_GROUPS));
     wait_for("the coordinator reloads", WAIT, || b.broker().ctx.groups.is_loaded());
-    assert!(b
-        .broker()
-        .ctx
-        .groups
-        .fetch_offsets("short-lived", None)
-        .unwrap()
-        .is_empty());
+    assert!(b.broker().ctx.groups.committed("short-lived").unwrap().is_empty());
 }
 
 /// With fewer in-sync replicas than min.insync.replicas, the coordinator's
@@ -798,10 +792,9 @@ fn unsubscribed_offsets_expire_and_empty_groups_without_offsets_are_deleted() {
     let groups = b.broker().ctx.groups.clone();
     let committed_topics = || -> BTreeSet<String> {
         groups
-            .fetch_offsets("stable-app", None)
+            .committed("stable-app")
             .unwrap_or_default()
             .into_iter()
-            .filter(|(_, _, o)| o.is_some())
             .map(|(t, _, _)| t)
             .collect()
     };

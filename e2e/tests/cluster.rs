@@ -1790,3 +1790,137 @@ async fn two_replicas_down_refuse_acks_all_and_append_nothing() {
         f.stop();
     }
 }
+
+/// The base offsets of a replica's segments, in order.
+fn segment_bases(data_dir: &Path, topic: &str, partition: i32) -> Vec<i64> {
+    let dir = data_dir.join(format!("{topic}-{partition}"));
+    let mut bases: Vec<i64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            (path.extension()? == "log").then(|| path.file_stem()?.to_str()?.parse().ok())?
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// DeleteRecords holds across a failover: it is answered once the in-sync
+/// followers have taken the leader's new log start (and deleted the segments
+/// below it), so the leader's SIGKILL right after brings no deleted record
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_records_stay_deleted_after_the_leader_dies() {
+    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+    use kafka_protocol::messages::{ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let tmp = tempfile::tempdir().unwrap();
+    // Small segments, so that deleting records deletes whole segments.
+    let mut cluster = Cluster::launch(
+        tmp.path(),
+        &[("log.segment.bytes", "16384"), ("min.insync.replicas", "2")],
+    );
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    create_topic(&cluster.bootstrap(), "trim", 1, 3).await.unwrap();
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        // One record a batch: the log spans several segments.
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    // Pipelined: the idempotent producer keeps them in order.
+    let payloads: Vec<String> = (0..1000).map(|i| format!("0-{i}")).collect();
+    let deliveries: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            producer
+                .send_result(FutureRecord::to("trim").key("k").payload(p))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    for d in deliveries {
+        d.await.unwrap().unwrap();
+    }
+    let t = eventually("the topic fully in sync", || async {
+        describe_topic(&cluster.brokers[0], "trim")
+            .await
+            .filter(|t| t.partition_states[0].isr.len() == 3)
+    })
+    .await;
+    let leader = t.partition_states[0].leader;
+    let leader_ix = (leader - 1) as usize;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader_ix).collect();
+    assert!(
+        segment_bases(&cluster.brokers[leader_ix].data_dir, "trim", 0)
+            .iter()
+            .filter(|b| **b < 500)
+            .count()
+            > 1,
+        "several segments below offset 500"
+    );
+
+    let request = DeleteRecordsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("trim")))
+            .with_partitions(vec![DeleteRecordsPartition::default()
+                .with_partition_index(0)
+                .with_offset(500)])]);
+    let addr = cluster.brokers[leader_ix].bootstrap();
+    let response: DeleteRecordsResponse = raw_request(&addr, ApiKey::DeleteRecords, 2, &request).await;
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!((answer.error_code, answer.low_watermark), (0, 500));
+    // Answered only once the in-sync followers had deleted too.
+    for f in &followers {
+        let t = describe_topic(&cluster.brokers[*f], "trim").await.unwrap();
+        assert_eq!(t.partition_states[0].log_start_offset, 500, "broker {}", f + 1);
+        let below = segment_bases(&cluster.brokers[*f].data_dir, "trim", 0)
+            .into_iter()
+            .filter(|b| *b <= 500)
+            .count();
+        assert_eq!(
+            below,
+            1,
+            "broker {}: only the segment holding offset 500 is left",
+            f + 1
+        );
+    }
+
+    cluster.brokers[leader_ix].kill9();
+    let survivor = &cluster.brokers[followers[0]];
+    let t = eventually("a new leader", || async {
+        describe_topic(survivor, "trim")
+            .await
+            .filter(|t| t.partition_states[0].leader > 0 && t.partition_states[0].leader != leader)
+    })
+    .await;
+    let new_leader = &cluster.brokers[(t.partition_states[0].leader - 1) as usize];
+    let t = describe_topic(new_leader, "trim").await.unwrap();
+    assert_eq!(t.partition_states[0].log_start_offset, 500);
+    let consumer: BaseConsumer = kafka(&cluster.bootstrap())
+        .set("group.id", "trim-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (low, high) = consumer.fetch_watermarks("trim", 0, Duration::from_secs(20)).unwrap();
+    assert_eq!((low, high), (500, 1000));
+    fjord_e2e::assign_from_beginning(&consumer, "trim", 1);
+    let deadline = Instant::now() + WAIT;
+    let first = loop {
+        assert!(Instant::now() < deadline, "no record read after the failover");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            break (m.offset(), dashed_index(0, m.payload().unwrap()));
+        }
+    };
+    assert_eq!(first, (500, 500), "no deleted record is served again");
+}

@@ -327,7 +327,7 @@ impl Admin for AdminService {
                 metadata: None,
             });
         }
-        for (topic, partition, code) in self.ctx.groups.commit(&r.group_id, "", None, -1, commits) {
+        for (topic, partition, code) in self.ctx.groups.commit(&r.group_id, "", None, -1, commits).await {
             if code == 0 {
                 continue;
             }
@@ -529,7 +529,7 @@ impl AdminService {
             .describe(group_id)
             .map_err(|code| Status::unavailable(format!("group coordinator not ready (error {code})")))?;
         let committed = groups
-            .fetch_offsets(group_id, None)
+            .committed(group_id)
             .map_err(|code| Status::unavailable(format!("error {code}")))?;
         let elsewhere: Vec<(String, i32)> = committed
             .iter()
@@ -539,20 +539,19 @@ impl AdminService {
         let remote = self.remote_offsets(&elsewhere).await;
         let offsets: Vec<pb::PartitionOffset> = committed
             .into_iter()
-            .filter_map(|(topic, partition, c)| {
-                let c = c?;
+            .map(|(topic, partition, c)| {
                 let end = match self.ctx.replicas.get(&topic, partition) {
                     Ok(p) => p.high_watermark(),
                     Err(_) => remote.get(&(topic.clone(), partition)).map_or(-1, |o| o.1),
                 };
-                Some(pb::PartitionOffset {
+                pb::PartitionOffset {
                     lag: if end >= 0 { (end - c.offset).max(0) } else { 0 },
                     topic,
                     partition,
                     committed_offset: c.offset,
                     metadata: c.metadata,
                     log_end_offset: end,
-                })
+                }
             })
             .collect();
         Ok(pb::GroupDescription {

@@ -111,7 +111,12 @@ fn read_all(
                     }
                     let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
                     let info = if replica >= 0 {
-                        part.record_follower_fetch(replica, p.fetch_offset, now);
+                        part.record_follower_fetch(replica, p.fetch_offset, p.log_start_offset, now);
+                        if p.log_start_offset < part.log.log_start_offset() {
+                            // A DeleteRecords moved the log start: the
+                            // follower learns it now, not at max.wait.ms.
+                            errors = true;
+                        }
                         if part.is_throttled_for(replica) {
                             // A reassignment's new replica: within the replication throttle.
                             let throttle = apis.replicas.throttle();

@@ -180,7 +180,7 @@ pub async fn offset_commit(apis: &Apis, r: OffsetCommitRequest, version: i16) ->
         .collect();
     let results = apis
         .groups
-        .commit_replicated(
+        .commit(
             r.group_id.as_str(),
             r.member_id.as_str(),
             r.group_instance_id.as_ref().map(|s| s.as_str()),
@@ -207,16 +207,25 @@ pub async fn offset_commit(apis: &Apis, r: OffsetCommitRequest, version: i16) ->
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-type FetchedOffsets = Result<Vec<(String, i32, Option<Committed>)>, i16>;
-
-fn fetch_group(apis: &Apis, group: &str, topics: Option<Vec<(String, i32)>>) -> FetchedOffsets {
-    apis.groups.fetch_offsets(group, topics)
-}
-
+/// OffsetFetch: a group's committed offsets (v8+: several groups). With
+/// `require_stable` (v7+), a partition whose commit is still being
+/// replicated answers UNSTABLE_OFFSET_COMMIT and the client retries.
 pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
-    let value = |c: &Option<Committed>| match c {
-        Some(c) => (c.offset, c.leader_epoch, c.metadata.clone()),
-        None => (-1, -1, String::new()),
+    let require_stable = version >= 7 && r.require_stable;
+    let value = |c: &Result<Option<Committed>, i16>| match c {
+        Ok(Some(c)) => (c.offset, c.leader_epoch, c.metadata.clone(), 0),
+        Ok(None) => (-1, -1, String::new(), 0),
+        Err(code) => (-1, -1, String::new(), *code),
+    };
+    let fetch = |group: &str, topics: Option<Vec<(String, i32)>>| {
+        apis.groups.fetch_offsets(group, topics, require_stable).map(|offsets| {
+            by_topic(
+                offsets
+                    .into_iter()
+                    .map(|f| (f.topic, f.partition, f.committed))
+                    .collect(),
+            )
+        })
     };
     if version >= 8 {
         let groups = r
@@ -229,10 +238,10 @@ pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetF
                         .collect()
                 });
                 let group = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_group(apis, g.group_id.as_str(), topics) {
+                match fetch(g.group_id.as_str(), topics) {
                     Err(code) => group.with_error_code(code),
                     Ok(offsets) => group.with_topics(
-                        by_topic(offsets)
+                        offsets
                             .into_iter()
                             .map(|(t, ps)| {
                                 OffsetFetchResponseTopics::default()
@@ -240,12 +249,13 @@ pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetF
                                     .with_partitions(
                                         ps.into_iter()
                                             .map(|(p, c)| {
-                                                let (offset, epoch, metadata) = value(&c);
+                                                let (offset, epoch, metadata, code) = value(&c);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
                                                     .with_metadata(Some(str(metadata)))
+                                                    .with_error_code(code)
                                             })
                                             .collect(),
                                     )
@@ -262,7 +272,7 @@ pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetF
             .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.as_str().to_string(), *p)))
             .collect()
     });
-    match fetch_group(apis, r.group_id.as_str(), topics) {
+    match fetch(r.group_id.as_str(), topics) {
         Err(code) => {
             let response = OffsetFetchResponse::default();
             if version >= 2 {
@@ -272,7 +282,7 @@ pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetF
             }
         }
         Ok(offsets) => OffsetFetchResponse::default().with_topics(
-            by_topic(offsets)
+            offsets
                 .into_iter()
                 .map(|(t, ps)| {
                     OffsetFetchResponseTopic::default()
@@ -280,12 +290,13 @@ pub fn offset_fetch(apis: &Apis, r: OffsetFetchRequest, version: i16) -> OffsetF
                         .with_partitions(
                             ps.into_iter()
                                 .map(|(p, c)| {
-                                    let (offset, epoch, metadata) = value(&c);
+                                    let (offset, epoch, metadata, code) = value(&c);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(offset)
                                         .with_committed_leader_epoch(if version >= 5 { epoch } else { -1 })
                                         .with_metadata(Some(str(metadata)))
+                                        .with_error_code(code)
                                 })
                                 .collect(),
                         )

@@ -198,7 +198,7 @@ impl Apis {
             RequestKind::CreatePartitions(r) => {
                 ResponseKind::CreatePartitions(topics::create_partitions(self, r).await)
             }
-            RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r)),
+            RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r).await),
             RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r).await),
             RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(self, r, version)),
             RequestKind::IncrementalAlterConfigs(r) => {

@@ -2,9 +2,17 @@
 //! their records in `__consumer_offsets`.
 //!
 //! Every change is appended to the group's partition of `__consumer_offsets`
-//! (partition `abs(hash(group)) % offsets.topic.num.partitions`) before it is
-//! answered, and the cache is rebuilt from those partitions on start; until
-//! that load completes, group requests get COORDINATOR_LOAD_IN_PROGRESS.
+//! (partition `abs(hash(group)) % offsets.topic.num.partitions`) and
+//! replicated to its ISR before it is answered, and the cache is rebuilt from
+//! those partitions on start; until that load completes, group requests get
+//! COORDINATOR_LOAD_IN_PROGRESS.
+//!
+//! As in Kafka, the cache holds only what is replicated: an offset commit is
+//! pending until the partition's high watermark passes its record (OffsetFetch
+//! never returns it before; with `require_stable` it answers
+//! UNSTABLE_OFFSET_COMMIT for that partition, KIP-447), and the leader's
+//! SyncGroup assignment is handed out once the group record is replicated.
+//! So a coordinator failover loses nothing a client was told.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +75,33 @@ pub type Committed = OffsetValue;
 /// Committed offsets by group, then by (topic, partition).
 type OffsetCache = HashMap<String, BTreeMap<(String, i32), Committed>>;
 
+/// An offset commit appended but not yet replicated: the offset of its
+/// record in `__consumer_offsets`, and the value it commits.
+struct PendingCommit {
+    record_offset: i64,
+    value: Committed,
+}
+
+/// Commits not yet replicated, by group, then by (topic, partition); the
+/// latest per partition.
+type PendingCommits = HashMap<String, BTreeMap<(String, i32), PendingCommit>>;
+
+/// A group record holding a leader's assignment, appended but not yet
+/// replicated: its members hear of the assignment once it is.
+struct PendingStore {
+    record_offset: i64,
+    generation: i32,
+    deadline: Instant,
+}
+
+/// One partition's answer to OffsetFetch: its committed offset (none
+/// committed yet), or an error code.
+pub struct FetchedOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: Result<Option<Committed>, i16>,
+}
+
 /// A partition's commit in an OffsetCommit request.
 pub struct CommitRequest {
     pub topic: String,
@@ -98,8 +133,12 @@ pub struct GroupCoordinator {
     config: GroupConfig,
     controller: Arc<Controller>,
     replicas: Arc<ReplicaManager>,
+    // Locks are taken in this order: groups, offsets, pending_commits;
+    // groups, pending_stores.
     groups: Mutex<HashMap<String, Group>>,
     offsets: Mutex<OffsetCache>,
+    pending_commits: Mutex<PendingCommits>,
+    pending_stores: Mutex<HashMap<String, PendingStore>>,
     loaded: AtomicBool,
     /// The `__consumer_offsets` partitions whose groups are in the cache:
     /// those this broker led when it last looked. A partition it comes to
@@ -125,6 +164,8 @@ impl GroupCoordinator {
             replicas,
             groups: Mutex::new(HashMap::new()),
             offsets: Mutex::new(HashMap::new()),
+            pending_commits: Mutex::new(HashMap::new()),
+            pending_stores: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             partitions: Mutex::new(Default::default()),
         }
@@ -245,6 +286,7 @@ impl GroupCoordinator {
             cache.insert(id.clone(), Group::from_value(&id, v, now));
         }
         *self.offsets.lock() = offsets;
+        self.pending_commits.lock().clear();
         drop(cache);
         *self.partitions.lock() = led.into_iter().collect();
         self.loaded.store(true, Ordering::Release);
@@ -314,6 +356,8 @@ impl GroupCoordinator {
             let mut groups = self.groups.lock();
             groups.retain(|id, _| self.partition_for(id) != *p);
             self.offsets.lock().retain(|id, _| self.partition_for(id) != *p);
+            self.pending_commits.lock().retain(|id, _| self.partition_for(id) != *p);
+            self.pending_stores.lock().retain(|id, _| self.partition_for(id) != *p);
             self.partitions.lock().remove(p);
             tracing::info!(
                 partition = p,
@@ -340,6 +384,7 @@ impl GroupCoordinator {
                     let mut offsets = self.offsets.lock();
                     offsets.retain(|id, _| self.partition_for(id) != *p);
                     offsets.extend(state.offsets);
+                    self.pending_commits.lock().retain(|id, _| self.partition_for(id) != *p);
                     self.partitions.lock().insert(*p);
                     tracing::info!(
                         partition = p,
@@ -388,7 +433,7 @@ impl GroupCoordinator {
     }
 
     /// Deletes records of the group: tombstones for `keys`.
-    fn append_tombstones(&self, group: &str, keys: &[RecordKey]) -> Result<()> {
+    fn append_tombstones(&self, group: &str, keys: &[RecordKey]) -> Result<i64> {
         let records = keys
             .iter()
             .map(|k| Ok((k.encode()?, None)))
@@ -396,14 +441,15 @@ impl GroupCoordinator {
         self.append(group, records)
     }
 
-    /// Appends records to the group's `__consumer_offsets` partition.
-    fn append(&self, group: &str, records: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
+    /// Appends records to the group's `__consumer_offsets` partition; answers
+    /// the offset of the last one (-1 when there was none).
+    fn append(&self, group: &str, records: Vec<(Bytes, Option<Bytes>)>) -> Result<i64> {
         self.append_to(self.partition_for(group), records)
     }
 
-    fn append_to(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) -> Result<()> {
+    fn append_to(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) -> Result<i64> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(-1);
         }
         // A client reaches a coordinator through FindCoordinator, which made the topic.
         let part = self.replicas.get(OFFSETS_TOPIC, partition)?;
@@ -415,18 +461,19 @@ impl GroupCoordinator {
             .collect();
         let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
         crate::blocking::blocking(|| {
-            if part.append(&batch, -1)?.flush_due {
+            let info = part.append(&batch, -1)?;
+            if info.flush_due {
                 // Only with a flush.messages override on __consumer_offsets.
                 part.log.flush_through_end()?;
             }
-            Ok::<_, Error>(())
-        })?;
-        Ok(())
+            Ok::<_, Error>(info.last_offset)
+        })
     }
 
-    /// Writes the group record if the group changed, then tells the group how
-    /// the write went (members waiting in SyncGroup hear their assignment, or
-    /// the coordinator error, only now).
+    /// Writes the group record if the group changed. A failed write is told
+    /// to the group at once (members waiting in SyncGroup get the error); a
+    /// record holding the leader's assignment is pending until replicated
+    /// ([`GroupCoordinator::complete_stores`]).
     fn persist_group(&self, group: &mut Group, now: Instant) {
         if !group.needs_persist {
             return;
@@ -445,7 +492,73 @@ impl GroupCoordinator {
                 tracing::error!(group = %group.id, error = %e, "persisting group metadata failed");
                 e.coordinator_write_error().code()
             });
-        group.store_completed(stored, now, &self.config.limits);
+        match stored {
+            Err(code) => group.store_completed(Err(code), now, &self.config.limits),
+            Ok(record_offset) if group.awaits_store() => {
+                self.pending_stores.lock().insert(
+                    group.id.clone(),
+                    PendingStore {
+                        record_offset,
+                        generation: group.generation,
+                        deadline: now + self.config.offsets_commit_timeout,
+                    },
+                );
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// Completes the pending group stores (of `only` that group, or all)
+    /// whose record the partition's high watermark has passed: their members
+    /// get the assignment. One past `offsets.commit.timeout.ms`, or whose
+    /// partition is no longer led here, fails: its members get the error and
+    /// rejoin.
+    fn complete_stores(&self, only: Option<&str>) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        let done: Vec<(String, Result<(), i16>)> = {
+            let mut pending = self.pending_stores.lock();
+            let mut done = Vec::new();
+            pending.retain(|id, store| {
+                if only.is_some_and(|g| g != id) {
+                    return true;
+                }
+                let current = groups
+                    .get(id)
+                    .is_some_and(|g| g.generation == store.generation && g.awaits_store());
+                if !current {
+                    return false;
+                }
+                let outcome = match self.replicas.get(OFFSETS_TOPIC, self.partition_for(id)) {
+                    Ok(part) if part.high_watermark() > store.record_offset => Ok(()),
+                    Ok(_) if now < store.deadline => return true,
+                    Ok(_) => Err(ResponseError::CoordinatorNotAvailable.code()),
+                    Err(_) => Err(ResponseError::NotCoordinator.code()),
+                };
+                done.push((id.clone(), outcome));
+                false
+            });
+            done
+        };
+        for (id, outcome) in done {
+            if let Some(g) = groups.get_mut(&id) {
+                if let Err(code) = outcome {
+                    tracing::warn!(group = %id, code, "group assignment not replicated");
+                }
+                g.store_completed(outcome, now, &self.config.limits);
+                self.persist_group(g, now);
+            }
+        }
+    }
+
+    /// Waits (bounded by `offsets.commit.timeout.ms`) until the group's
+    /// `__consumer_offsets` partition has replicated through `record_offset`.
+    async fn wait_replicated(&self, group_id: &str, record_offset: i64) {
+        let Ok(part) = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) else {
+            return;
+        };
+        let replicated = part.wait_for_high_watermark(record_offset, part.leader_epoch());
+        let _ = tokio::time::timeout(self.config.offsets_commit_timeout, replicated).await;
     }
 
     /// Runs `f` on the group (created if missing), persists what it changed,
@@ -516,6 +629,13 @@ impl GroupCoordinator {
             };
         }
         let reply = self.with_group(group_id, |g| g.sync(req, Instant::now()));
+        // The leader's assignment is handed out once its record is replicated
+        // (the ticker completes it too, should this request go away).
+        let pending = self.pending_stores.lock().get(group_id).map(|s| s.record_offset);
+        if let Some(record_offset) = pending {
+            self.wait_replicated(group_id, record_offset).await;
+            self.complete_stores(Some(group_id));
+        }
         match reply {
             Reply::Now(r) => r,
             Reply::Wait(rx) => rx.await.unwrap_or(SyncResult {
@@ -562,14 +682,17 @@ impl GroupCoordinator {
             g.tick(now, &self.config.limits);
             self.persist_group(g, now);
         }
+        drop(groups);
+        self.complete_stores(None);
     }
 
     /// OffsetCommit as Kafka answers it: once the offsets are replicated to
     /// the ISR of the group's `__consumer_offsets` partition (its high
     /// watermark passed them), or COORDINATOR_NOT_AVAILABLE (retriable)
     /// after `offsets.commit.timeout.ms`, so an answered commit survives the
-    /// coordinator's death.
-    pub async fn commit_replicated(
+    /// coordinator's death. Until then the commit is pending: OffsetFetch
+    /// does not return it.
+    pub async fn commit(
         &self,
         group_id: &str,
         member_id: &str,
@@ -577,25 +700,28 @@ impl GroupCoordinator {
         generation: i32,
         offsets: Vec<CommitRequest>,
     ) -> Vec<(String, i32, i16)> {
-        let mut results = self.commit(group_id, member_id, instance_id, generation, offsets);
-        if !results.iter().any(|r| r.2 == 0) {
+        let (mut results, record_offset) = self.append_commit(group_id, member_id, instance_id, generation, offsets);
+        let Some(record_offset) = record_offset else {
             return results;
-        }
+        };
         let Ok(part) = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) else {
             return results;
         };
-        // Our records are at or below the log end now.
-        let appended = part.log.log_end_offset() - 1;
         let replicated = tokio::time::timeout(
             self.config.offsets_commit_timeout,
-            part.wait_for_high_watermark(appended, part.leader_epoch()),
+            part.wait_for_high_watermark(record_offset, part.leader_epoch()),
         );
         let failed = match replicated.await {
-            Ok(Ok(())) => return results,
+            Ok(Ok(())) => {
+                self.complete_commits(group_id);
+                return results;
+            }
             // The group's partition moved to another broker: find the new coordinator.
             Ok(Err(_)) => ResponseError::NotCoordinator,
             Err(_) => ResponseError::CoordinatorNotAvailable,
         };
+        // Still pending: it becomes committed if its record is replicated
+        // after all (a later commit or fetch finds it so), as the log says.
         tracing::warn!(group = group_id, error = ?failed, "offset commit not replicated");
         for r in results.iter_mut().filter(|r| r.2 == 0) {
             r.2 = failed.code();
@@ -603,16 +729,50 @@ impl GroupCoordinator {
         results
     }
 
-    pub fn commit(
+    /// Moves the group's pending commits its partition has replicated into
+    /// the committed offsets.
+    fn complete_commits(&self, group_id: &str) {
+        let Ok(part) = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) else {
+            return;
+        };
+        let mut offsets = self.offsets.lock();
+        let mut pending = self.pending_commits.lock();
+        let Some(waiting) = pending.get_mut(group_id) else {
+            return;
+        };
+        let hw = part.high_watermark();
+        let replicated: Vec<(String, i32)> = waiting
+            .iter()
+            .filter(|(_, c)| c.record_offset < hw)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if replicated.is_empty() {
+            return;
+        }
+        let committed = offsets.entry(group_id.to_string()).or_default();
+        for tp in replicated {
+            if let Some(c) = waiting.remove(&tp) {
+                committed.insert(tp, c.value);
+            }
+        }
+        if waiting.is_empty() {
+            pending.remove(group_id);
+        }
+    }
+
+    /// Validates and appends an offset commit; answers each partition's code
+    /// and the offset of the record, when one was appended.
+    fn append_commit(
         &self,
         group_id: &str,
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
         offsets: Vec<CommitRequest>,
-    ) -> Vec<(String, i32, i16)> {
+    ) -> (Vec<(String, i32, i16)>, Option<i64>) {
         let fail_all = |code: i16, offsets: Vec<CommitRequest>| {
-            offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect()
+            let results = offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect();
+            (results, None)
         };
         if let Some(error) = self.unavailable(group_id) {
             return fail_all(error, offsets);
@@ -677,45 +837,83 @@ impl GroupCoordinator {
             }
             results.push((o.topic, o.partition, code));
         }
-        if let Err(e) = self.append(group_id, records) {
-            tracing::error!(group = group_id, error = %e, "writing offsets failed");
-            let code = e.coordinator_write_error().code();
-            for r in results.iter_mut().filter(|r| r.2 == 0) {
-                r.2 = code;
+        if accepted.is_empty() {
+            return (results, None);
+        }
+        // Appended and registered as pending under one lock, so that a
+        // concurrent commit's completion cannot pass over this one.
+        let mut pending = self.pending_commits.lock();
+        let record_offset = match self.append(group_id, records) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(group = group_id, error = %e, "writing offsets failed");
+                let code = e.coordinator_write_error().code();
+                for r in results.iter_mut().filter(|r| r.2 == 0) {
+                    r.2 = code;
+                }
+                return (results, None);
             }
-            return results;
-        }
-        let mut cache = self.offsets.lock();
-        let group = cache.entry(group_id.to_string()).or_default();
+        };
+        let waiting = pending.entry(group_id.to_string()).or_default();
         for (topic, partition, value) in accepted {
-            group.insert((topic, partition), value);
+            waiting.insert((topic, partition), PendingCommit { record_offset, value });
         }
-        results
+        (results, Some(record_offset))
     }
 
     /// Committed offsets of a group: the listed partitions, or all of them.
+    /// Only replicated commits are returned; with `require_stable`, a
+    /// partition with a commit still pending answers UNSTABLE_OFFSET_COMMIT
+    /// (KIP-447) so the client retries, and without it, the last replicated
+    /// commit.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: Option<Vec<(String, i32)>>,
-    ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
+        require_stable: bool,
+    ) -> Result<Vec<FetchedOffset>, i16> {
         if let Some(error) = self.unavailable(group_id) {
             return Err(error);
         }
+        self.complete_commits(group_id);
         let cache = self.offsets.lock();
+        let pending = self.pending_commits.lock();
         let group = cache.get(group_id);
+        let waiting = pending.get(group_id);
+        let fetched = |t: String, p: i32, c: Option<&Committed>| {
+            let unstable = require_stable && waiting.is_some_and(|w| w.contains_key(&(t.clone(), p)));
+            let committed = if unstable {
+                Err(ResponseError::UnstableOffsetCommit.code())
+            } else {
+                Ok(c.cloned())
+            };
+            FetchedOffset {
+                topic: t,
+                partition: p,
+                committed,
+            }
+        };
         Ok(match partitions {
             Some(list) => list
                 .into_iter()
                 .map(|(t, p)| {
-                    let c = group.and_then(|g| g.get(&(t.clone(), p)).cloned());
-                    (t, p, c)
+                    let c = group.and_then(|g| g.get(&(t.clone(), p)));
+                    fetched(t, p, c)
                 })
                 .collect(),
             None => group
-                .map(|g| g.iter().map(|((t, p), c)| (t.clone(), *p, Some(c.clone()))).collect())
+                .map(|g| g.iter().map(|((t, p), c)| fetched(t.clone(), *p, Some(c))).collect())
                 .unwrap_or_default(),
         })
+    }
+
+    /// Every replicated committed offset of a group (the admin API's view).
+    pub fn committed(&self, group_id: &str) -> Result<Vec<(String, i32, Committed)>, i16> {
+        let fetched = self.fetch_offsets(group_id, None, false)?;
+        Ok(fetched
+            .into_iter()
+            .filter_map(|f| Some((f.topic, f.partition, f.committed.ok()??)))
+            .collect())
     }
 
     pub fn list(&self) -> Result<Vec<(String, String, &'static str)>, i16> {
@@ -818,6 +1016,7 @@ impl GroupCoordinator {
             return e.coordinator_write_error().code();
         }
         offsets.remove(group_id);
+        self.pending_commits.lock().remove(group_id);
         groups.remove(group_id);
         0
     }
@@ -858,10 +1057,16 @@ impl GroupCoordinator {
             return Err(e.coordinator_write_error().code());
         }
         let mut cache = self.offsets.lock();
-        if let Some(g) = cache.get_mut(group_id) {
-            for (t, p, code) in &results {
-                if *code == 0 {
-                    g.remove(&(t.clone(), *p));
+        let mut pending = self.pending_commits.lock();
+        for (t, p, code) in &results {
+            if *code == 0 {
+                let tp = (t.clone(), *p);
+                if let Some(g) = cache.get_mut(group_id) {
+                    g.remove(&tp);
+                }
+                // A commit still on its way is deleted as well (its record precedes the tombstone).
+                if let Some(w) = pending.get_mut(group_id) {
+                    w.remove(&tp);
                 }
             }
         }
@@ -1093,7 +1298,11 @@ mod tests {
         {
             let (replicas, config) = (replicas.clone(), config.clone());
             controller
-                .subscribe(Box::new(move |image| replicas.apply(image, &config)))
+                .subscribe(Box::new(move |image| {
+                    // Failures are logged per partition; the rest of the image is applied.
+                    replicas.apply(image, &config);
+                    Ok(())
+                }))
                 .unwrap();
         }
         let first = registration();
@@ -1108,7 +1317,7 @@ mod tests {
             leader_epoch: -1,
             metadata: None,
         };
-        let results = groups.commit("g", "", None, -1, vec![commit(42)]);
+        let results = groups.commit("g", "", None, -1, vec![commit(42)]).await;
         assert_eq!(results[0].2, 0);
 
         controller
@@ -1120,19 +1329,154 @@ mod tests {
             .unwrap();
         groups.follow_leadership();
         assert_eq!(
-            groups.fetch_offsets("g", None).err(),
+            groups.fetch_offsets("g", None, false).err(),
             Some(ResponseError::NotCoordinator.code())
         );
         assert!(groups.offsets.lock().is_empty(), "dropped from the cache");
 
         controller.register(&registration()).await.unwrap();
         groups.follow_leadership();
-        let fetched = groups.fetch_offsets("g", None).unwrap();
+        let fetched = groups.fetch_offsets("g", None, true).unwrap();
         assert_eq!(
-            fetched[0].2.as_ref().map(|c| c.offset),
-            Some(42),
+            fetched[0].committed.as_ref().map(|c| c.as_ref().map(|c| c.offset)),
+            Ok(Some(42)),
             "read back from the log"
         );
+        controller.shutdown().await;
+    }
+
+    /// Until the ISR of the group's partition has a commit or an assignment,
+    /// no client hears of it: the OffsetCommit waits, OffsetFetch returns
+    /// the previous offset (UNSTABLE_OFFSET_COMMIT with require_stable), and
+    /// SyncGroup waits with the group still CompletingRebalance. The
+    /// follower's fetch releases them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_and_assignments_wait_for_the_isr() {
+        use super::super::state::{JoinRequest, SyncRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = BrokerConfig {
+            admin_listener: "127.0.0.1:0".into(),
+            offsets_topic_num_partitions: 3,
+            group_initial_rebalance_delay_ms: 0,
+            ..BrokerConfig::default()
+        };
+        let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
+        controller.wait_for_cluster_id().await.unwrap();
+        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
+        {
+            let (replicas, config) = (replicas.clone(), config.clone());
+            controller
+                .subscribe(Box::new(move |image| {
+                    replicas.apply(image, &config);
+                    Ok(())
+                }))
+                .unwrap();
+        }
+        controller.register(&registration()).await.unwrap();
+        // A second broker that never fetches: the ISR's other member.
+        let other = BrokerRegistration {
+            id: 1,
+            port: 9192,
+            ..registration()
+        };
+        controller.register(&other).await.unwrap();
+        let groups = Arc::new(GroupCoordinator::new(
+            GroupConfig::from_broker(&config),
+            controller.clone(),
+            replicas.clone(),
+        ));
+        groups.load().unwrap();
+        groups.ensure_offsets_topic().await.unwrap();
+        let group = (0..)
+            .map(|i| format!("g{i}"))
+            .find(|g| replicas.get(OFFSETS_TOPIC, groups.partition_for(g)).is_ok())
+            .unwrap();
+        let part = replicas.get(OFFSETS_TOPIC, groups.partition_for(&group)).unwrap();
+        assert_eq!(part.isr().len(), 2);
+        let ticker = {
+            let groups = groups.clone();
+            tokio::spawn(async move {
+                loop {
+                    groups.tick();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let bound = Duration::from_secs(10);
+        let until = |what: &'static str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + bound;
+            while !f() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+
+        let commit = {
+            let (groups, group) = (groups.clone(), group.clone());
+            tokio::spawn(async move {
+                let c = CommitRequest {
+                    topic: OFFSETS_TOPIC.into(),
+                    partition: 0,
+                    offset: 42,
+                    leader_epoch: -1,
+                    metadata: None,
+                };
+                groups.commit(&group, "", None, -1, vec![c]).await
+            })
+        };
+        let tp = || Some(vec![(OFFSETS_TOPIC.to_string(), 0)]);
+        let fetched = |stable| groups.fetch_offsets(&group, tp(), stable).unwrap().remove(0).committed;
+        until("the commit pending", &|| {
+            fetched(true) == Err(ResponseError::UnstableOffsetCommit.code())
+        });
+        assert_eq!(fetched(false), Ok(None), "not returned before it is replicated");
+        assert!(!commit.is_finished());
+        part.record_follower_fetch(1, part.log.log_end_offset(), 0, now_ms());
+        let results = tokio::time::timeout(bound, commit).await.unwrap().unwrap();
+        assert_eq!(results[0].2, 0);
+        assert_eq!(fetched(true).unwrap().map(|c| c.offset), Some(42));
+
+        let joined = groups
+            .join(
+                &group,
+                JoinRequest {
+                    member_id: String::new(),
+                    instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "h".into(),
+                    session_timeout_ms: 30_000,
+                    rebalance_timeout_ms: 30_000,
+                    protocol_type: "consumer".into(),
+                    protocols: vec![("range".into(), Bytes::new())],
+                    require_known_member_id: false,
+                },
+            )
+            .await;
+        assert_eq!(joined.error, 0);
+        let sync = {
+            let (groups, group) = (groups.clone(), group.clone());
+            let member = joined.member_id.clone();
+            tokio::spawn(async move {
+                let req = SyncRequest {
+                    member_id: member.clone(),
+                    generation: joined.generation,
+                    assignments: vec![(member, Bytes::from_static(b"A"))],
+                    ..SyncRequest::default()
+                };
+                groups.sync(&group, req).await
+            })
+        };
+        until("the assignment stored", &|| {
+            groups.pending_stores.lock().contains_key(&group)
+        });
+        assert_eq!(groups.describe(&group).ok().unwrap().state, "CompletingRebalance");
+        assert!(!sync.is_finished());
+        part.record_follower_fetch(1, part.log.log_end_offset(), 0, now_ms());
+        let synced = tokio::time::timeout(bound, sync).await.unwrap().unwrap();
+        assert_eq!((synced.error, synced.assignment), (0, Bytes::from_static(b"A")));
+        assert_eq!(groups.describe(&group).ok().unwrap().state, "Stable");
+        ticker.abort();
         controller.shutdown().await;
     }
 }

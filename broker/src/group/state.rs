@@ -454,6 +454,8 @@ impl Group {
     }
 
     fn prepare_rebalance(&mut self, now: Instant, limits: &GroupLimits) {
+        // A store still on its way is for the generation that ends here.
+        self.sync_awaits_store = false;
         if self.state == GroupState::CompletingRebalance {
             // The assignment being handed out is void: members must rejoin.
             for m in self.members.values_mut() {
@@ -613,12 +615,14 @@ impl Group {
                     m.heartbeat_deadline = now + m.session_timeout;
                     m.sync_waiter = Some(tx);
                 }
-                if self.leader.as_deref() == Some(member_id) {
+                // The leader's assignment: the group stays CompletingRebalance
+                // until its record is stored and replicated, so that no member
+                // hears of an assignment a new coordinator would not know.
+                if self.leader.as_deref() == Some(member_id) && !self.sync_awaits_store {
                     let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
                     for m in self.members.values_mut() {
                         m.assignment = given.remove(&m.id).unwrap_or_default();
                     }
-                    self.transition(GroupState::Stable);
                     self.needs_persist = true;
                     self.sync_awaits_store = true;
                 }
@@ -627,16 +631,23 @@ impl Group {
         }
     }
 
+    /// Whether the leader's assignment waits for its record to be stored.
+    pub fn awaits_store(&self) -> bool {
+        self.sync_awaits_store
+    }
+
     /// The coordinator's write of the group record after a change: once the
-    /// leader's assignment is stored, every waiting member gets its part. If
-    /// the store failed, they get the error and the group rebalances, as
-    /// Kafka does, so no member works from an assignment that was not stored.
+    /// leader's assignment is stored (replicated), the group is Stable and
+    /// every waiting member gets its part. If the store failed, they get the
+    /// error and the group rebalances, as Kafka does, so no member works from
+    /// an assignment that was not stored.
     pub fn store_completed(&mut self, stored: Result<(), i16>, now: Instant, limits: &GroupLimits) {
-        if !std::mem::take(&mut self.sync_awaits_store) {
+        if !std::mem::take(&mut self.sync_awaits_store) || self.state != GroupState::CompletingRebalance {
             return;
         }
         match stored {
             Ok(()) => {
+                self.transition(GroupState::Stable);
                 let (ptype, pname) = (self.protocol_type.clone(), self.protocol_name.clone());
                 for m in self.members.values_mut() {
                     if let Some(w) = m.sync_waiter.take() {

@@ -124,6 +124,7 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
             }
         };
         let mut backoff = false;
+        let mut starts_moved = false;
         for topic in response.responses {
             for data in topic.partitions {
                 let Some((part, epoch)) = parts
@@ -138,10 +139,21 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
                     // from an old leader must not touch this log.
                     continue;
                 }
-                if let Err(e) = apply(part, data).await {
-                    tracing::warn!(tp = %part.tp, leader, error = %e, "replicating from the leader");
-                    backoff = true;
+                match apply(part, data).await {
+                    Ok(Applied::LogStartMoved) => starts_moved = true,
+                    Ok(Applied::Records) => {}
+                    Err(e) => {
+                        tracing::warn!(tp = %part.tp, leader, error = %e, "replicating from the leader");
+                        backoff = true;
+                    }
                 }
+            }
+        }
+        if starts_moved {
+            let replicas = replicas.clone();
+            let written = tokio::task::spawn_blocking(move || replicas.logs().checkpoint()).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(leader, error = %e, "writing the log start offset checkpoint");
             }
         }
         if backoff {
@@ -185,7 +197,7 @@ fn fetch_request(node_id: i32, parts: &[Arc<Partition>], epochs: &[i32]) -> Fetc
 async fn apply(
     part: &Arc<Partition>,
     data: kafka_protocol::messages::fetch_response::PartitionData,
-) -> crate::error::Result<()> {
+) -> crate::error::Result<Applied> {
     let error = ResponseError::try_from_code(data.error_code);
     let leo = part.log.log_end_offset();
     if error == Some(ResponseError::OffsetOutOfRange) {
@@ -198,11 +210,12 @@ async fn apply(
                 .await
                 .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
             part.reset_high_watermark(start);
+            return Ok(Applied::LogStartMoved);
         } else if data.high_watermark >= 0 && leo > data.high_watermark {
             // Past the leader's end: an unreplicated tail from an older epoch.
             truncate(part, data.high_watermark).await?;
         }
-        return Ok(());
+        return Ok(Applied::Records);
     }
     if data.error_code != 0 {
         return Err(crate::error::Error::NotLeaderOrFollower);
@@ -216,7 +229,8 @@ async fn apply(
             end_offset = data.diverging_epoch.end_offset,
             "the leader's log diverges from ours: cutting the tail"
         );
-        return truncate(part, to).await;
+        truncate(part, to).await?;
+        return Ok(Applied::Records);
     }
     if let Some(records) = data.records.filter(|r| !r.is_empty()) {
         crate::blocking::blocking(|| {
@@ -228,7 +242,27 @@ async fn apply(
         })?;
     }
     part.set_high_watermark(data.high_watermark.min(part.log.log_end_offset()));
-    Ok(())
+    // The leader's log start (DeleteRecords, retention): records below it
+    // are gone here too, so a failover never serves them again.
+    if data.log_start_offset > part.log.log_start_offset() {
+        let p = part.clone();
+        let moved = tokio::task::spawn_blocking(move || p.follow_log_start(data.log_start_offset))
+            .await
+            .map_err(|e| crate::error::Error::Storage(std::io::Error::other(e)))??;
+        if moved {
+            return Ok(Applied::LogStartMoved);
+        }
+    }
+    Ok(Applied::Records)
+}
+
+/// What a partition's share of a fetch response did to the follower.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    Records,
+    /// Its log start offset moved: the checkpoint is written so that it
+    /// holds after a crash of this broker as well.
+    LogStartMoved,
 }
 
 /// Where a follower cuts its log when the leader reports a diverging epoch

@@ -109,6 +109,7 @@ mod tests {
     fn follower(leo: i64, caught_up: i64) -> FollowerState {
         FollowerState {
             log_end_offset: leo,
+            log_start_offset: 0,
             last_caught_up_ms: caught_up,
             reached_high_watermark: false,
         }

@@ -95,6 +95,25 @@ impl ReplicaManager {
         v
     }
 
+    /// DeleteRecords on a partition this broker leads: moves its log start
+    /// to `offset` (-1: the high watermark). Its answer waits on the
+    /// returned [`DelayedDeleteRecords`].
+    pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> Result<DelayedDeleteRecords> {
+        let part = self.get(topic, partition)?;
+        let leader_epoch = part.leader_epoch();
+        let start = crate::blocking::blocking(|| {
+            let start = part.delete_records_before(offset)?;
+            // The new start holds across a crash of this broker too.
+            self.logs.checkpoint()?;
+            Ok::<_, Error>(start)
+        })?;
+        Ok(DelayedDeleteRecords {
+            part,
+            start,
+            leader_epoch,
+        })
+    }
+
     /// Writes every hosted partition's high watermark (periodically and at shutdown).
     pub fn checkpoint_high_watermarks(&self) -> Result<()> {
         let entries = self
@@ -107,9 +126,13 @@ impl ReplicaManager {
     }
 
     /// Brings hosted partitions in line with the image: opens new ones, drops
-    /// deleted ones and hands changed topic configs to their logs.
-    pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Result<()> {
+    /// deleted ones and hands changed topic configs to their logs. Each
+    /// partition's change is applied on its own: one that fails (its log
+    /// cannot be opened or deleted) is logged and answered, and the others
+    /// still take their new leadership. The next image retries it.
+    pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Vec<(TopicPartition, Error)> {
         *self.image.write() = Arc::new(image.clone());
+        let mut failed = Vec::new();
         // Partitions this broker is a replica of: topic id, log config, leadership.
         let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, Leadership)> = HashMap::new();
         let mut effective = broker.clone();
@@ -118,9 +141,22 @@ impl ReplicaManager {
         }
         self.throttle.set_rate(effective.leader_replication_throttled_rate);
         for topic in image.topics.values() {
-            let config = Arc::new(LogConfig::with_overrides(&effective, &topic.configs)?);
+            let mine = (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id));
+            let config = match LogConfig::with_overrides(&effective, &topic.configs) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    let e = Error::from(e);
+                    failed.extend(mine.map(|p| {
+                        (
+                            TopicPartition::new(topic.name.clone(), p),
+                            Error::InvalidConfig(e.to_string()),
+                        )
+                    }));
+                    continue;
+                }
+            };
             // This broker keeps a log for each partition it is a replica of.
-            for p in (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id)) {
+            for p in mine {
                 let state = topic.state(p);
                 let leader = image.leader(topic, p);
                 let leadership = Leadership {
@@ -157,8 +193,10 @@ impl ReplicaManager {
                     };
                     self.partitions.write().remove(&tp);
                     drop(partition);
-                    self.logs.delete(&tp)?;
-                    tracing::info!(%tp, why, "deleted partition");
+                    match self.logs.delete(&tp) {
+                        Ok(()) => tracing::info!(%tp, why, "deleted partition"),
+                        Err(e) => failed.push((tp, e)),
+                    }
                 }
             }
         }
@@ -170,13 +208,44 @@ impl ReplicaManager {
                 p.set_leadership(leadership);
                 continue;
             }
-            let log = self.logs.get_or_create(&tp, id, config)?;
+            let log = match self.logs.get_or_create(&tp, id, config) {
+                Ok(log) => log,
+                Err(e) => {
+                    failed.push((tp, e));
+                    continue;
+                }
+            };
             let hw = self.restored_hw.lock().remove(&tp);
             let partition = Partition::new(tp.clone(), id, log, hw);
             partition.set_leadership(leadership);
             self.partitions.write().insert(tp, Arc::new(partition));
         }
-        Ok(())
+        for (tp, e) in &failed {
+            tracing::error!(%tp, error = %e, "applying the metadata image to the partition failed; retried with the next image");
+        }
+        failed
+    }
+}
+
+/// A DeleteRecords done on the leader, answered once every in-sync replica
+/// has deleted up to the new log start (Kafka's DelayedDeleteRecords), so
+/// that no failover serves the deleted records again.
+pub struct DelayedDeleteRecords {
+    part: Arc<Partition>,
+    start: i64,
+    leader_epoch: i32,
+}
+
+impl DelayedDeleteRecords {
+    /// The low watermark once it reaches the new log start;
+    /// REQUEST_TIMED_OUT at `deadline`, NOT_LEADER_OR_FOLLOWER if the term ends.
+    pub async fn wait(self, deadline: tokio::time::Instant) -> Result<i64> {
+        tokio::time::timeout_at(
+            deadline,
+            self.part.wait_for_low_watermark(self.start, self.leader_epoch),
+        )
+        .await
+        .map_err(|_| Error::RequestTimedOut)?
     }
 }
 
@@ -233,10 +302,42 @@ mod tests {
             logs.shutdown().unwrap();
         }
         let replicas = ReplicaManager::new(LogManager::open(dir.path()).unwrap());
-        replicas.apply(&image(new, 1, vec![1, 0]), &broker).unwrap();
+        assert!(replicas.apply(&image(new, 1, vec![1, 0]), &broker).is_empty());
         let part = replicas.partition(&tp).unwrap();
         assert_eq!((part.log.log_start_offset(), part.log.log_end_offset()), (0, 0));
         assert_eq!(replicas.logs().dirs_on_disk().unwrap(), vec![(tp.dir_name(), new)]);
+    }
+
+    /// A partition whose log cannot be opened does not keep the others of
+    /// the image from taking their leadership; it is reported, and opened
+    /// by a later image once it can be.
+    #[test]
+    fn a_failing_partition_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = BrokerConfig::default();
+        let id = uuid::Uuid::new_v4();
+        let mut two = image(id, 1, vec![1, 0]);
+        let t = two.topics.get_mut("t").unwrap();
+        t.partitions = 2;
+        t.assignments.push(vec![0, 1]);
+        t.states.push(PartitionState {
+            leader: 0,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            isr: vec![0, 1],
+        });
+        // A file where t-0's directory would be: its log cannot be created.
+        std::fs::write(dir.path().join("t-0"), b"in the way").unwrap();
+        let replicas = ReplicaManager::new(LogManager::open(dir.path()).unwrap());
+        let failed = replicas.apply(&two, &broker);
+        assert_eq!(
+            failed.iter().map(|(tp, _)| tp.clone()).collect::<Vec<_>>(),
+            vec![TopicPartition::new("t", 0)]
+        );
+        assert!(replicas.partition(&TopicPartition::new("t", 1)).unwrap().is_leading());
+        std::fs::remove_file(dir.path().join("t-0")).unwrap();
+        assert!(replicas.apply(&two, &broker).is_empty());
+        assert!(replicas.partition(&TopicPartition::new("t", 0)).is_some());
     }
 
     /// A restarted replica exposes only what was committed (its checkpointed
@@ -260,10 +361,10 @@ mod tests {
         )
         .unwrap();
         let replicas = ReplicaManager::new(logs);
-        replicas.apply(&image(id, 1, vec![1, 0]), &broker).unwrap();
+        assert!(replicas.apply(&image(id, 1, vec![1, 0]), &broker).is_empty());
         let part = replicas.partition(&tp).unwrap();
         assert_eq!((part.high_watermark(), part.log.log_end_offset()), (3, 10));
-        replicas.apply(&image(id, 0, vec![0]), &broker).unwrap();
+        assert!(replicas.apply(&image(id, 0, vec![0]), &broker).is_empty());
         assert_eq!(part.high_watermark(), 10, "the only in-sync replica commits its log");
         replicas.checkpoint_high_watermarks().unwrap();
         let written = read_checkpoint(&dir.path().join(HIGH_WATERMARK_CHECKPOINT)).unwrap();

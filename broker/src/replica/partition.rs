@@ -35,6 +35,9 @@ pub struct Partition {
     hw_changes: tokio::sync::watch::Sender<i64>,
     /// (leading, leader epoch): acks=all waiters give up when the term ends.
     term: tokio::sync::watch::Sender<(bool, i32)>,
+    /// As leader, the lowest log start offset in the ISR (Kafka's low
+    /// watermark): a DeleteRecords is answered once it passes the new start.
+    low_watermark: tokio::sync::watch::Sender<i64>,
     /// Delayed fetches woken by the next append (followers') ...
     append_watchers: Watchers,
     /// ... and by the next move of the high watermark (consumers').
@@ -76,6 +79,8 @@ impl Watchers {
 pub struct FollowerState {
     /// The offset of its last fetch: everything below it is in its log.
     pub log_end_offset: i64,
+    /// Its log start offset as its last fetch gave it (-1: none yet).
+    pub log_start_offset: i64,
     /// When its fetch last reached the leader's log end offset (ms).
     pub last_caught_up_ms: i64,
     /// Whether its last fetch reached the high watermark of that moment
@@ -115,6 +120,7 @@ impl Partition {
             followers: Mutex::new(HashMap::new()),
             hw_changes: tokio::sync::watch::channel(hw).0,
             term: tokio::sync::watch::channel((false, 0)).0,
+            low_watermark: tokio::sync::watch::channel(-1).0,
             append_watchers: Watchers::default(),
             hw_watchers: Watchers::default(),
             flush_turn: tokio::sync::Mutex::new(()),
@@ -152,6 +158,7 @@ impl Partition {
                         *r,
                         FollowerState {
                             log_end_offset: -1,
+                            log_start_offset: -1,
                             last_caught_up_ms: now,
                             reached_high_watermark: false,
                         },
@@ -167,6 +174,7 @@ impl Partition {
                 for r in leadership.replicas.iter().filter(|r| **r != leadership.leader) {
                     followers.entry(*r).or_insert(FollowerState {
                         log_end_offset: -1,
+                        log_start_offset: -1,
                         last_caught_up_ms: now,
                         reached_high_watermark: false,
                     });
@@ -190,6 +198,7 @@ impl Partition {
             }
         }
         drop(current);
+        self.update_low_watermark();
         if let Some(epoch) = new_term {
             // Out of the leadership lock: the checkpoint write fsyncs. An
             // append in the new term assigns the epoch at this same offset.
@@ -215,10 +224,11 @@ impl Partition {
         !l.leading && l.leader == leader && l.leader_epoch == leader_epoch
     }
 
-    /// As leader: a follower fetched at `fetch_offset` (its log end offset).
-    /// Answers whether the high watermark moved.
-    pub fn record_follower_fetch(&self, replica: i32, fetch_offset: i64, now_ms: i64) -> bool {
-        {
+    /// As leader: a follower fetched at `fetch_offset` (its log end offset)
+    /// with its log starting at `log_start_offset`. Answers whether the high
+    /// watermark moved.
+    pub fn record_follower_fetch(&self, replica: i32, fetch_offset: i64, log_start_offset: i64, now_ms: i64) -> bool {
+        let start_moved = {
             let leo = self.log.log_end_offset();
             // Read before the followers' lock: leadership is always locked first.
             let in_sync = self.leadership.read().isr.contains(&replica);
@@ -227,6 +237,8 @@ impl Partition {
                 return false;
             };
             f.log_end_offset = fetch_offset;
+            let start_moved = f.log_start_offset != log_start_offset;
+            f.log_start_offset = log_start_offset;
             // Only an out-of-sync follower's progress can earn it the ISR.
             // Compared under the followers' lock, which the high watermark
             // also moves under: from here on the watermark waits for it.
@@ -236,8 +248,59 @@ impl Partition {
             if fetch_offset >= leo {
                 f.last_caught_up_ms = now_ms;
             }
+            start_moved
+        };
+        if start_moved {
+            self.update_low_watermark();
         }
         self.maybe_advance_high_watermark()
+    }
+
+    /// As leader: the lowest log start offset over the ISR and the followers
+    /// joining it (-1 until each has fetched in this term, or not leading).
+    /// Below it no in-sync replica serves a record: a DeleteRecords that
+    /// moved the leader's log start holds once this passes it, whoever leads
+    /// next (Kafka's lowWatermarkIfLeader).
+    pub fn low_watermark(&self) -> i64 {
+        let l = self.leadership.read();
+        if !l.leading {
+            return -1;
+        }
+        let followers = self.followers.lock();
+        let mut low = self.log.log_start_offset();
+        for r in l.isr.iter().filter(|r| **r != l.leader) {
+            low = low.min(followers.get(r).map_or(-1, |f| f.log_start_offset));
+        }
+        for f in followers.values().filter(|f| f.reached_high_watermark) {
+            low = low.min(f.log_start_offset);
+        }
+        low
+    }
+
+    fn update_low_watermark(&self) {
+        let low = self.low_watermark();
+        self.low_watermark
+            .send_if_modified(|w| std::mem::replace(w, low) != low);
+    }
+
+    /// Resolves with the low watermark once it reaches `offset` (a delayed
+    /// DeleteRecords), or NOT_LEADER_OR_FOLLOWER when the term ends.
+    pub async fn wait_for_low_watermark(&self, offset: i64, leader_epoch: i32) -> Result<i64> {
+        let mut low = self.low_watermark.subscribe();
+        let mut term = self.term.subscribe();
+        loop {
+            if *term.borrow_and_update() != (true, leader_epoch) {
+                return Err(Error::NotLeaderOrFollower);
+            }
+            let current = *low.borrow_and_update();
+            if current >= offset {
+                return Ok(current);
+            }
+            tokio::select! {
+                changed = low.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
+                changed = term.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
+            }
+        }
     }
 
     pub fn followers(&self) -> HashMap<i32, FollowerState> {
@@ -443,8 +506,28 @@ impl Partition {
             .read_slice(offset, max_bytes, self.log.log_end_offset(), max_bytes > 0)
     }
 
+    /// As leader, DeleteRecords: moves the log start offset to `offset`
+    /// (-1: the high watermark), at most to the high watermark. Followers
+    /// take it from the next fetch response. Blocking (segment deletion).
     pub fn delete_records_before(&self, offset: i64) -> Result<i64> {
-        self.log.delete_records_before(offset, self.high_watermark())
+        let start = self.log.delete_records_before(offset, self.high_watermark())?;
+        self.update_low_watermark();
+        // Followers waiting in a fetch learn the new start now.
+        self.append_watchers.wake();
+        Ok(start)
+    }
+
+    /// As follower: takes the leader's log start offset (from a fetch
+    /// response) when it is past this log's, deleting the segments below it.
+    /// Answers whether the log start moved. Blocking (segment deletion).
+    pub fn follow_log_start(&self, leader_log_start: i64) -> Result<bool> {
+        let hw = self.high_watermark();
+        let target = leader_log_start.min(hw);
+        if target <= self.log.log_start_offset() {
+            return Ok(false);
+        }
+        self.log.delete_records_before(target, hw)?;
+        Ok(true)
     }
 }
 
@@ -541,20 +624,20 @@ mod tests {
         for _ in 0..5 {
             part.log.append_as_leader(&batch, 1).unwrap();
         }
-        part.record_follower_fetch(2, 5, now);
+        part.record_follower_fetch(2, 5, 0, now);
         assert_eq!(part.high_watermark(), 5);
         // Broker 3 catches up to the high watermark: it earns the ISR.
-        part.record_follower_fetch(3, 5, now);
+        part.record_follower_fetch(3, 5, 0, now);
         for _ in 0..5 {
             part.log.append_as_leader(&batch, 1).unwrap();
         }
-        part.record_follower_fetch(2, 10, now);
+        part.record_follower_fetch(2, 10, 0, now);
         assert_eq!(part.high_watermark(), 5, "waits for the joiner");
-        part.record_follower_fetch(3, 8, now);
+        part.record_follower_fetch(3, 8, 0, now);
         assert_eq!(part.high_watermark(), 8);
         // Once it is in the ISR it counts as any member does.
         part.set_leadership(three(&[1, 2, 3]));
-        part.record_follower_fetch(3, 10, now);
+        part.record_follower_fetch(3, 10, 0, now);
         assert_eq!(part.high_watermark(), 10);
     }
 
@@ -567,13 +650,13 @@ mod tests {
         let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
         let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
         part.set_leadership(leading(&[1, 2]));
-        part.record_follower_fetch(2, 0, 0);
+        part.record_follower_fetch(2, 0, 0, 0);
         part.set_leadership(leading(&[1]));
         // Its old offset equals the idle partition's high watermark: still out.
         let now = crate::log::segment::now_ms();
         let hw = part.high_watermark();
         assert_eq!(desired_isr(&leading(&[1]), &part.followers(), now, 30_000), vec![1]);
-        part.record_follower_fetch(2, hw, now);
+        part.record_follower_fetch(2, hw, 0, now);
         assert_eq!(desired_isr(&leading(&[1]), &part.followers(), now, 30_000), vec![1, 2]);
     }
 }
