@@ -1231,10 +1231,31 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
     )
     .await;
     let coordinator = (found.node_id.0 - 1) as usize;
+    // Commits in flight while the coordinator dies: what OffsetFetch returned
+    // before must never be gone after (an offset is returned only once it is
+    // replicated).
+    let producing = tokio::spawn(produce(300, 600));
+    let coordinator_addr = cluster.brokers[coordinator].bootstrap();
+    let mut fetched_before: std::collections::BTreeMap<i32, i64> = Default::default();
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_millis(1500) {
+        for (p, offset) in offset_fetch(&coordinator_addr, "survivors").await {
+            let max = fetched_before.entry(p).or_insert(offset);
+            *max = (*max).max(offset);
+        }
+    }
     cluster.brokers[coordinator].kill9();
-    produce(300, 600).await;
-    wait_seen(600).await;
+    producing.await.unwrap();
     let survivor = (coordinator + 1) % 3;
+    let first_after = eventually("the group's offsets on the new coordinator", || committed(survivor)).await;
+    for (p, a) in &first_after {
+        let b = fetched_before.get(p).copied().unwrap_or(-1);
+        assert!(
+            *a >= b,
+            "partition {p}: OffsetFetch had returned {b}, the new coordinator has {a}"
+        );
+    }
+    wait_seen(600).await;
     let after = eventually("offsets past the kill", || async {
         committed(survivor).await.filter(|after| {
             let sum: i64 = after.iter().map(|(_, o)| o).sum();
@@ -1249,6 +1270,22 @@ async fn a_consumer_group_survives_its_coordinator_dying() {
     for m in members {
         m.join().unwrap();
     }
+}
+
+/// A group's committed offsets by partition, as OffsetFetch v7 returns them
+/// (not `require_stable`: the offsets a client may act on).
+async fn offset_fetch(addr: &str, group: &str) -> Vec<(i32, i64)> {
+    use kafka_protocol::messages::{ApiKey, GroupId, OffsetFetchRequest, OffsetFetchResponse};
+    use kafka_protocol::protocol::StrBytes;
+    let request = OffsetFetchRequest::default().with_group_id(GroupId(StrBytes::from_string(group.into())));
+    let response: OffsetFetchResponse = raw_request(addr, ApiKey::OffsetFetch, 7, &request).await;
+    response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|p| p.error_code == 0)
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect()
 }
 
 /// Kafka's AlterPartitionReassignments for one partition (`None` cancels).
@@ -1923,4 +1960,94 @@ async fn deleted_records_stay_deleted_after_the_leader_dies() {
         }
     };
     assert_eq!(first, (500, 500), "no deleted record is served again");
+}
+
+/// A dead broker is fenced long before its session ends (its listener is
+/// probed once its followers' connections break or its heartbeats stop), so
+/// its partitions get new leaders at once; a broker merely paused for longer
+/// than two heartbeats keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_broker_is_fenced_before_its_session_ends_and_a_paused_one_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A session far longer than the waits below: only the fast path fences in time.
+    let mut cluster = Cluster::launch(tmp.path(), &[("broker.session.timeout.ms", "60000")]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    create_topic(&cluster.bootstrap(), "fast", 6, 3).await.unwrap();
+    eventually("every partition led and in sync", || async {
+        describe_topic(&cluster.brokers[0], "fast")
+            .await
+            .filter(|t| t.partition_states.iter().all(|p| p.leader > 0 && p.isr.len() == 3))
+    })
+    .await;
+
+    // Paused for six heartbeat intervals: probed, found listening, kept.
+    let paused = 1usize;
+    cluster.brokers[paused].pause();
+    let paused_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < paused_until {
+        if let Some(d) = describe(&cluster.brokers[0]).await {
+            assert_eq!(live_ids(&d), vec![1, 2, 3], "a paused broker was fenced");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.brokers[paused].resume();
+
+    // The resumed broker may call a Raft election: wait until all three
+    // agree on the active controller, then kill a partition leader that is
+    // not it (a dead controller costs a Raft election on top).
+    let controller = eventually("one active controller", || async {
+        let mut ids = Vec::new();
+        for b in &cluster.brokers {
+            ids.push(describe(b).await?.controller_id);
+        }
+        (ids.iter().all(|id| *id == ids[0] && *id > 0)).then(|| ids[0])
+    })
+    .await;
+    let t = describe_topic(&cluster.brokers[0], "fast").await.unwrap();
+    let victim = t
+        .partition_states
+        .iter()
+        .map(|p| p.leader)
+        .find(|l| *l != controller)
+        .expect("a partition led by a broker other than the controller");
+    let killed_at = Instant::now();
+    cluster.brokers[(victim - 1) as usize].kill9();
+    let survivor = &cluster.brokers[(victim % 3) as usize];
+    eventually("the dead broker's partitions led elsewhere", || async {
+        describe_topic(survivor, "fast")
+            .await
+            .filter(|t| t.partition_states.iter().all(|p| p.leader > 0 && p.leader != victim))
+    })
+    .await;
+    let moved = killed_at.elapsed();
+    println!(
+        "failover: broker {victim} SIGKILLed (the active controller is {controller}), its leaders moved after {moved:?} (session 60 s)"
+    );
+    assert!(
+        moved < Duration::from_secs(20),
+        "leaders moved after {moved:?}: not before the session timeout"
+    );
+    let fenced = describe(survivor).await.unwrap();
+    assert!(!live_ids(&fenced).contains(&victim));
+    let producer: FutureProducer = kafka(&survivor.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    // Every partition takes acks=all records again (none is held back by
+    // the dead broker's last fetch).
+    for p in 0..6 {
+        producer
+            .send(
+                FutureRecord::to("fast").partition(p).key("k").payload("after"),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+    }
 }

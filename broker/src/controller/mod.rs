@@ -9,6 +9,7 @@
 
 pub mod image;
 pub mod leadership;
+pub mod liveness;
 pub mod network;
 pub mod placement;
 pub mod reassignment;
@@ -69,6 +70,8 @@ pub struct Controller {
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// On the active controller: each broker incarnation's session.
     sessions: Mutex<HashMap<(i32, uuid::Uuid), Session>>,
+    /// Brokers this one suspects dead (its fetches to them broke).
+    suspicions: liveness::Suspicions,
 }
 
 /// The metadata quorum as one node sees it.
@@ -94,6 +97,10 @@ pub struct Heartbeat {
     pub incarnation_id: uuid::Uuid,
     /// The index of the last metadata log entry the broker has applied.
     pub applied: u64,
+    /// Brokers whose connections broke under this one: the controller
+    /// probes them and fences those that are gone.
+    #[serde(default)]
+    pub unreachable: Vec<i32>,
 }
 
 /// The controller's answer: whether it knows this incarnation (if not, the
@@ -169,6 +176,7 @@ impl Controller {
             write: tokio::sync::Mutex::new(()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             sessions: Mutex::new(HashMap::new()),
+            suspicions: liveness::Suspicions::default(),
         }))
     }
 
@@ -554,6 +562,10 @@ impl Controller {
             })
             .await?;
         }
+        for suspect in hb.unreachable.iter().filter(|s| **s != hb.id) {
+            self.fence_if_gone(*suspect, "its connections broke under another broker")
+                .await;
+        }
         Ok(HeartbeatReply {
             registered: true,
             active: !fenced || caught_up,
@@ -586,7 +598,59 @@ impl Controller {
             id: registration.id,
             incarnation_id: registration.incarnation_id,
             applied: *self.published.applied.borrow(),
+            unreachable: self.suspicions.take(),
         }
+    }
+
+    /// A broker this one's fetches can no longer reach: reported to the
+    /// active controller with a heartbeat sent now.
+    pub fn suspect(&self, broker: i32) {
+        if broker != self.node_id as i32 {
+            self.suspicions.raise(broker);
+        }
+    }
+
+    /// On the active controller: fences `broker` when its listener proves it
+    /// gone (a dead process refuses connections; a slow one still accepts
+    /// them and keeps its session), so its partitions move now rather than
+    /// after `broker.session.timeout.ms`.
+    async fn fence_if_gone(&self, broker: i32, why: &str) {
+        let Some(b) = self.image().brokers.get(&broker).filter(|b| !b.fenced).cloned() else {
+            return;
+        };
+        if broker == self.node_id as i32 {
+            return;
+        }
+        let addr = format!("{}:{}", b.host, b.port);
+        if liveness::probe(&addr).await != liveness::Probe::Gone {
+            return;
+        }
+        tracing::warn!(broker, %addr, why, "fencing a broker whose listener refuses connections");
+        let op = ControllerOp::FenceBroker {
+            id: broker,
+            incarnation_id: b.incarnation_id,
+        };
+        if let Err(e) = self.execute_local(op).await {
+            tracing::debug!(broker, error = ?e, "fencing a gone broker failed");
+        }
+    }
+
+    /// On the active controller: unfenced brokers whose last heartbeat is
+    /// older than `late` (but within their session).
+    fn late_brokers(&self, late: Duration) -> Vec<i32> {
+        let now = tokio::time::Instant::now();
+        let sessions = self.sessions.lock();
+        self.image()
+            .brokers
+            .values()
+            .filter(|b| !b.fenced && b.id != self.node_id as i32)
+            .filter(|b| {
+                sessions
+                    .get(&(b.id, b.incarnation_id))
+                    .is_some_and(|s| now.duration_since(s.last_heartbeat) > late)
+            })
+            .map(|b| b.id)
+            .collect()
     }
 
     /// Registers this broker with the active controller and waits until it is
@@ -655,6 +719,8 @@ impl Controller {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                // A suspicion goes out at once (at most every 50 ms).
+                () = self.suspicions.raised() => tokio::time::sleep(Duration::from_millis(50)).await,
                 () = crate::shutdown::stopped(&mut shutdown) => return,
             }
             match self.send_heartbeat(self.heartbeat(&registration)).await {
@@ -672,6 +738,11 @@ impl Controller {
             }
             was_active = active;
             if active {
+                // Two heartbeats missed: a broker that died is gone now, not
+                // at the end of its session.
+                for id in self.late_brokers(2 * interval) {
+                    self.fence_if_gone(id, "its heartbeats stopped").await;
+                }
                 for (id, incarnation_id) in self.expired_brokers(session) {
                     tracing::warn!(broker = id, "fencing a broker without a heartbeat for {session:?}");
                     let _ = self

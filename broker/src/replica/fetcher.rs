@@ -114,6 +114,10 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!(leader, %addr, error = %e, "replica fetch failed");
+                if crate::controller::liveness::suggests_a_dead_peer(&e) {
+                    // The controller probes it and fences it if it is gone.
+                    controller.suspect(leader);
+                }
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;

@@ -34,7 +34,7 @@ pub fn desired_isr(
                 // Joining is earned by a fetch made while out of sync (Kafka
                 // expands the ISR at fetch time): a stalled follower whose
                 // old offset equals an idle partition's high watermark stays out.
-                Some(f) => f.log_end_offset >= 0 && f.reached_high_watermark,
+                Some(f) => f.log_end_offset >= 0 && f.reached_high_watermark && !leadership.fenced.contains(r),
                 None => in_sync,
             }
         })
@@ -103,6 +103,7 @@ mod tests {
             replicas: vec![1, 2, 3],
             isr: isr.to_vec(),
             adding: Vec::new(),
+            fenced: Vec::new(),
         }
     }
 

@@ -167,6 +167,12 @@ impl ReplicaManager {
                     replicas: topic.replicas(p).to_vec(),
                     isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
                     adding: topic.reassigning.get(&p).map(|r| r.adding()).unwrap_or_default(),
+                    fenced: topic
+                        .replicas(p)
+                        .iter()
+                        .copied()
+                        .filter(|r| !image.is_live(*r))
+                        .collect(),
                 };
                 wanted.insert(
                     TopicPartition::new(topic.name.clone(), p),

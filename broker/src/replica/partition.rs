@@ -102,6 +102,11 @@ pub struct Leadership {
     pub isr: Vec<i32>,
     /// Replicas a reassignment is adding (their fetches are throttled).
     pub adding: Vec<i32>,
+    /// Replicas on fenced brokers: they cannot join the ISR (KIP-841), so
+    /// their fetches earn nothing and never hold the high watermark back (a
+    /// dead broker's last delayed fetch, answered after it was fenced, must
+    /// not wedge the partition).
+    pub fenced: Vec<i32>,
 }
 
 impl Partition {
@@ -180,7 +185,7 @@ impl Partition {
                     });
                 }
             }
-            if leadership.isr != current.isr {
+            if leadership.isr != current.isr || leadership.fenced != current.fenced {
                 // A follower that just left must fetch again to return: its
                 // old progress does not count (no flapping in and out).
                 for f in self.followers.lock().values_mut() {
@@ -231,7 +236,10 @@ impl Partition {
         let start_moved = {
             let leo = self.log.log_end_offset();
             // Read before the followers' lock: leadership is always locked first.
-            let in_sync = self.leadership.read().isr.contains(&replica);
+            let (in_sync, eligible) = {
+                let l = self.leadership.read();
+                (l.isr.contains(&replica), !l.fenced.contains(&replica))
+            };
             let mut followers = self.followers.lock();
             let Some(f) = followers.get_mut(&replica) else {
                 return false;
@@ -242,7 +250,7 @@ impl Partition {
             // Only an out-of-sync follower's progress can earn it the ISR.
             // Compared under the followers' lock, which the high watermark
             // also moves under: from here on the watermark waits for it.
-            if !in_sync && fetch_offset >= self.high_watermark() {
+            if !in_sync && eligible && fetch_offset >= self.high_watermark() {
                 f.reached_high_watermark = true;
             }
             if fetch_offset >= leo {
@@ -552,6 +560,7 @@ mod tests {
             replicas: vec![1, 2],
             isr: isr.to_vec(),
             adding: Vec::new(),
+            fenced: Vec::new(),
         }
     }
 
@@ -639,6 +648,29 @@ mod tests {
         part.set_leadership(three(&[1, 2, 3]));
         part.record_follower_fetch(3, 10, 0, now);
         assert_eq!(part.high_watermark(), 10);
+    }
+
+    /// A fetch by a replica on a fenced broker (a dead broker's last delayed
+    /// fetch, answered after it was fenced) earns it nothing: it neither
+    /// holds the high watermark back nor asks to join the ISR.
+    #[test]
+    fn a_fenced_replica_never_holds_the_high_watermark_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Arc::new(LogConfig::default()), None, None).unwrap());
+        let part = Partition::new(TopicPartition::new("t", 0), Uuid::new_v4(), log, None);
+        let fenced = Leadership {
+            fenced: vec![2],
+            ..leading(&[1])
+        };
+        part.set_leadership(fenced.clone());
+        let now = crate::log::segment::now_ms();
+        part.record_follower_fetch(2, 0, 0, now);
+        let batch = crate::log::batch::tests::encode_batch(0, &[b"v"], 1000);
+        for _ in 0..5 {
+            part.append(&batch, -1).unwrap();
+        }
+        assert_eq!(part.high_watermark(), 5);
+        assert_eq!(desired_isr(&fenced, &part.followers(), now, 30_000), vec![1]);
     }
 
     /// A follower that stopped fetching leaves the ISR and stays out: what
