@@ -64,12 +64,6 @@ impl Broker {
                 Ok(())
             }))?;
         }
-        let image = controller.image();
-        for (dir, id) in replicas.logs().dirs_on_disk()? {
-            if !image.topics.values().any(|t| t.id == id) {
-                tracing::warn!(%dir, topic_id = %id, "partition directory of an unknown topic is left alone");
-            }
-        }
 
         let listener = config.listener();
         let kafka = bind("Kafka", &listener.addr()).await?;
@@ -143,6 +137,14 @@ impl Broker {
         // elect a controller; the first one chooses the cluster id.
         ctx.controller.wait_for_cluster_id().await?;
         ctx.controller.register(&ctx.registration).await?;
+        // Caught up with the metadata log: what it assigns elsewhere is stray.
+        let strays = {
+            let (replicas, node_id) = (replicas.clone(), config.node_id);
+            tokio::task::spawn_blocking(move || replicas.delete_stray_logs(node_id)).await?
+        };
+        if let Err(e) = strays {
+            tracing::warn!(error = %e, "deleting stray partition directories failed");
+        }
         // Clients are served once this broker is unfenced with a current image
         // (as a Kafka broker enters RUNNING); until then connections wait in
         // the bound listener's backlog.

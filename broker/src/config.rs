@@ -168,6 +168,8 @@ config_struct! {
         unclean_leader_election_enable: bool = "unclean.leader.election.enable", false;
         /// Bytes per second a leader serves to replicas a reassignment is adding.
         leader_replication_throttled_rate: i64 = "leader.replication.throttled.rate", i64::MAX;
+        /// Bytes per second a follower fetches for its replicas a reassignment is adding.
+        follower_replication_throttled_rate: i64 = "follower.replication.throttled.rate", i64::MAX;
         /// The active controller moves leadership back to preferred replicas.
         auto_leader_rebalance_enable: bool = "auto.leader.rebalance.enable", true;
         /// How often the active controller checks leader imbalance.

@@ -71,7 +71,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                             .and_then(|()| apis.replicas.get(&name, p.index))
                             .and_then(|part| {
                                 // Disk work: the worker hands its other tasks on meanwhile.
-                                let info = crate::blocking::blocking(|| part.append(&records, acks))?;
+                                let (info, leader_epoch) = crate::blocking::blocking(|| part.append(&records, acks))?;
                                 // A retried batch answers once its original is on disk too.
                                 let pending_flush = info.duplicate
                                     && part.log.config().flush_messages < i64::MAX
@@ -80,8 +80,8 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                                     durable.push((part.clone(), info.last_offset + 1, info.truncations));
                                 }
                                 if acks == -1 && part.high_watermark() <= info.last_offset {
-                                    let epoch = part.leader_epoch();
-                                    pending.push((name.clone(), p.index, part, info.last_offset, epoch));
+                                    // Answered only while this broker leads in the epoch it appended in.
+                                    pending.push((name.clone(), p.index, part, info.last_offset, leader_epoch));
                                 }
                                 Ok(info)
                             })

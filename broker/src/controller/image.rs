@@ -33,6 +33,7 @@ pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
     "min.insync.replicas",
     "unclean.leader.election.enable",
     "leader.replication.throttled.rate",
+    "follower.replication.throttled.rate",
 ];
 
 /// Kafka's dynamic broker configs that Fjord accepts and stores but does not
@@ -58,7 +59,6 @@ pub const KAFKA_DYNAMIC_BROKER_CONFIGS_NOT_ACTED_ON: &[&str] = &[
     "log.cleaner.min.compaction.lag.ms",
     "log.cleaner.max.compaction.lag.ms",
     "log.preallocate",
-    "follower.replication.throttled.rate",
     "replica.alter.log.dirs.io.max.bytes.per.second",
     "metric.reporters",
     "producer.id.expiration.ms",

@@ -461,7 +461,7 @@ impl GroupCoordinator {
             .collect();
         let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
         crate::blocking::blocking(|| {
-            let info = part.append(&batch, -1)?;
+            let (info, _) = part.append(&batch, -1)?;
             if info.flush_due {
                 // Only with a flush.messages override on __consumer_offsets.
                 part.log.flush_through_end()?;

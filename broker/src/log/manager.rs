@@ -34,6 +34,13 @@ impl TopicPartition {
     pub fn dir_name(&self) -> String {
         format!("{}-{}", self.topic, self.partition)
     }
+
+    /// The partition a directory name (`<topic>-<partition>`) is for.
+    pub fn from_dir_name(name: &str) -> Option<TopicPartition> {
+        let (topic, partition) = name.rsplit_once('-')?;
+        let partition = partition.parse::<i32>().ok().filter(|p| *p >= 0)?;
+        (!topic.is_empty()).then(|| TopicPartition::new(topic, partition))
+    }
 }
 
 impl std::fmt::Display for TopicPartition {

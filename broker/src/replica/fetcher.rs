@@ -101,7 +101,16 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
         // The leader epoch each partition is fetched under: an answer is
         // applied only while this broker still follows it in that epoch.
         let epochs: Vec<i32> = parts.iter().map(|p| p.leader_epoch()).collect();
-        let request = fetch_request(node_id, &parts, &epochs);
+        // Replicas a reassignment is adding here fetch within
+        // follower.replication.throttled.rate (nothing while it is spent).
+        let throttle = replicas.follower_throttle();
+        let throttled: Vec<bool> = parts.iter().map(|p| p.is_throttled_for(node_id)).collect();
+        let spent = throttle.exhausted(crate::log::segment::now_ms());
+        let limits: Vec<i32> = throttled
+            .iter()
+            .map(|t| if *t && spent { 0 } else { PARTITION_MAX_BYTES })
+            .collect();
+        let request = fetch_request(node_id, &parts, &epochs, &limits);
         correlation += 1;
         let answer = async {
             if conn.is_none() {
@@ -131,13 +140,17 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
         let mut starts_moved = false;
         for topic in response.responses {
             for data in topic.partitions {
-                let Some((part, epoch)) = parts
+                let Some((part, (epoch, throttled))) = parts
                     .iter()
-                    .zip(&epochs)
+                    .zip(epochs.iter().zip(&throttled))
                     .find(|(p, _)| p.tp.topic == topic.topic.as_str() && p.tp.partition == data.partition_index)
                 else {
                     continue;
                 };
+                if *throttled {
+                    let bytes = data.records.as_ref().map_or(0, |r| r.len());
+                    throttle.record(bytes, crate::log::segment::now_ms());
+                }
                 if !part.follows(leader, *epoch) {
                     // Leadership moved while the fetch was out: a late answer
                     // from an old leader must not touch this log.
@@ -166,9 +179,10 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
     }
 }
 
-fn fetch_request(node_id: i32, parts: &[Arc<Partition>], epochs: &[i32]) -> FetchRequest {
+/// One fetch for `parts`, each under its leader epoch and byte limit.
+fn fetch_request(node_id: i32, parts: &[Arc<Partition>], epochs: &[i32], limits: &[i32]) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (p, epoch) in parts.iter().zip(epochs) {
+    for ((p, epoch), limit) in parts.iter().zip(epochs).zip(limits) {
         let last_epoch = p.log.last_epoch();
         let partition = FetchPartition::default()
             .with_partition(p.tp.partition)
@@ -176,7 +190,7 @@ fn fetch_request(node_id: i32, parts: &[Arc<Partition>], epochs: &[i32]) -> Fetc
             .with_fetch_offset(p.log.log_end_offset())
             .with_last_fetched_epoch(last_epoch)
             .with_log_start_offset(p.log.log_start_offset())
-            .with_partition_max_bytes(PARTITION_MAX_BYTES);
+            .with_partition_max_bytes(*limit);
         match topics.iter_mut().find(|t| t.topic.as_str() == p.tp.topic) {
             Some(t) => t.partitions.push(partition),
             None => topics.push(

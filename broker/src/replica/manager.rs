@@ -27,6 +27,11 @@ pub struct ReplicaManager {
     restored_hw: parking_lot::Mutex<HashMap<TopicPartition, i64>>,
     /// Bytes per second served to replicas a reassignment adds.
     throttle: ReplicationThrottle,
+    /// Bytes per second fetched for this broker's replicas a reassignment adds.
+    follower_throttle: ReplicationThrottle,
+    /// Applying an image and deleting stray directories exclude each other:
+    /// a partition the next image assigns here is never taken for a stray.
+    applying: parking_lot::Mutex<()>,
 }
 
 impl ReplicaManager {
@@ -41,11 +46,18 @@ impl ReplicaManager {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             partitions: RwLock::new(HashMap::new()),
             throttle: ReplicationThrottle::default(),
+            follower_throttle: ReplicationThrottle::default(),
+            applying: parking_lot::Mutex::new(()),
         }
     }
 
     pub fn throttle(&self) -> &ReplicationThrottle {
         &self.throttle
+    }
+
+    /// `follower.replication.throttled.rate`, for the fetchers.
+    pub fn follower_throttle(&self) -> &ReplicationThrottle {
+        &self.follower_throttle
     }
 
     pub fn logs(&self) -> &LogManager {
@@ -95,6 +107,38 @@ impl ReplicaManager {
         v
     }
 
+    /// Deletes stray partition directories (KIP-858): those no partition of
+    /// the image assigns to this broker, because their topic was deleted or
+    /// their replica reassigned elsewhere while this broker was down. Only
+    /// once the broker has caught up with the metadata log (it is unfenced),
+    /// so that the image says what is assigned now. Answers the directories
+    /// deleted. Blocking (file deletion).
+    pub fn delete_stray_logs(&self, node_id: i32) -> Result<Vec<String>> {
+        let _applying = self.applying.lock();
+        let image = self.image.read().clone();
+        let mut deleted = Vec::new();
+        for (dir, id) in self.logs.dirs_on_disk()? {
+            let Some(tp) = TopicPartition::from_dir_name(&dir).filter(|tp| tp.dir_name() == dir) else {
+                continue;
+            };
+            if self.partition(&tp).is_some() {
+                continue;
+            }
+            let assigned = image.topic_by_id(id).is_some_and(|t| {
+                t.name == tp.topic
+                    && (0..t.partitions).contains(&tp.partition)
+                    && t.replicas(tp.partition).contains(&node_id)
+            });
+            if assigned {
+                continue;
+            }
+            self.logs.delete(&tp)?;
+            tracing::info!(%dir, topic_id = %id, "deleted a stray partition directory (not assigned to this broker)");
+            deleted.push(dir);
+        }
+        Ok(deleted)
+    }
+
     /// DeleteRecords on a partition this broker leads: moves its log start
     /// to `offset` (-1: the high watermark). Its answer waits on the
     /// returned [`DelayedDeleteRecords`].
@@ -131,6 +175,7 @@ impl ReplicaManager {
     /// cannot be opened or deleted) is logged and answered, and the others
     /// still take their new leadership. The next image retries it.
     pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Vec<(TopicPartition, Error)> {
+        let _applying = self.applying.lock();
         *self.image.write() = Arc::new(image.clone());
         let mut failed = Vec::new();
         // Partitions this broker is a replica of: topic id, log config, leadership.
@@ -140,6 +185,8 @@ impl ReplicaManager {
             let _ = effective.set(k, v);
         }
         self.throttle.set_rate(effective.leader_replication_throttled_rate);
+        self.follower_throttle
+            .set_rate(effective.follower_replication_throttled_rate);
         for topic in image.topics.values() {
             let mine = (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id));
             let config = match LogConfig::with_overrides(&effective, &topic.configs) {
@@ -344,6 +391,33 @@ mod tests {
         std::fs::remove_file(dir.path().join("t-0")).unwrap();
         assert!(replicas.apply(&two, &broker).is_empty());
         assert!(replicas.partition(&TopicPartition::new("t", 0)).is_some());
+    }
+
+    /// Directories of partitions the image does not assign here (an old
+    /// topic's, one reassigned away) are deleted; assigned ones stay.
+    #[test]
+    fn stray_partition_directories_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = BrokerConfig::default();
+        let (id, gone) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        {
+            let logs = LogManager::open(dir.path()).unwrap();
+            let config = Arc::new(LogConfig::defaults_from(&broker));
+            logs.get_or_create(&TopicPartition::new("t", 0), id, config.clone())
+                .unwrap();
+            // t-5: no such partition now; old-0: a topic deleted meanwhile.
+            logs.get_or_create(&TopicPartition::new("t", 5), id, config.clone())
+                .unwrap();
+            logs.get_or_create(&TopicPartition::new("old", 0), gone, config)
+                .unwrap();
+            logs.shutdown().unwrap();
+        }
+        let replicas = ReplicaManager::new(LogManager::open(dir.path()).unwrap());
+        assert!(replicas.apply(&image(id, 1, vec![1, 0]), &broker).is_empty());
+        let mut deleted = replicas.delete_stray_logs(broker.node_id).unwrap();
+        deleted.sort();
+        assert_eq!(deleted, vec!["old-0".to_string(), "t-5".to_string()]);
+        assert_eq!(replicas.logs().dirs_on_disk().unwrap(), vec![("t-0".to_string(), id)]);
     }
 
     /// A restarted replica exposes only what was committed (its checkpointed

@@ -323,7 +323,12 @@ impl Partition {
     /// (a reassignment moving leadership to it) would lack acknowledged
     /// records. It only moves forward.
     fn maybe_advance_high_watermark(&self) -> bool {
-        let l = self.leadership.read();
+        self.advance_high_watermark(&self.leadership.read())
+    }
+
+    /// [`Partition::maybe_advance_high_watermark`] under a leadership lock
+    /// the caller holds (parking_lot's read lock is not re-entrant).
+    fn advance_high_watermark(&self, l: &Leadership) -> bool {
         if !l.leading {
             return false;
         }
@@ -331,7 +336,6 @@ impl Partition {
         // A single replica (RF 1, the usual single node): no follower to
         // wait for, so the append path takes no further lock.
         if l.replicas.len() <= 1 && l.isr.iter().all(|r| *r == l.leader) {
-            drop(l);
             return self.set_high_watermark(hw);
         }
         let followers = self.followers.lock();
@@ -449,25 +453,30 @@ impl Partition {
         below_min_isr(self.leadership.read().isr.len(), &self.log)
     }
 
-    /// Appends as leader (`acks` as in the Produce request). Below
-    /// min.insync.replicas an acks=all produce is refused before appending.
-    /// The high watermark moves at once when the ISR is this broker alone.
-    pub fn append(&self, records: &Bytes, acks: i16) -> Result<AppendInfo> {
-        let (isr, leader_epoch) = {
-            let l = self.leadership.read();
-            (l.isr.len(), l.leader_epoch)
-        };
+    /// Appends as leader (`acks` as in the Produce request) and answers the
+    /// leader epoch it appended in. The leadership lock is held from the
+    /// check that this broker leads, through the append, to the high
+    /// watermark (Kafka's leaderIsrUpdateLock across appendRecordsToLeader):
+    /// leadership cannot move away in between, so a batch is never appended
+    /// under an epoch this broker no longer leads. Below min.insync.replicas
+    /// an acks=all produce is refused before appending. The high watermark
+    /// moves at once when the ISR is this broker alone.
+    pub fn append(&self, records: &Bytes, acks: i16) -> Result<(AppendInfo, i32)> {
+        let l = self.leadership.read();
+        if !l.leading {
+            return Err(Error::NotLeaderOrFollower);
+        }
         if acks == -1 {
-            if let Some(min) = below_min_isr(isr, &self.log) {
-                return Err(Error::NotEnoughReplicas { isr, min });
+            if let Some(min) = below_min_isr(l.isr.len(), &self.log) {
+                return Err(Error::NotEnoughReplicas { isr: l.isr.len(), min });
             }
         }
-        let info = self.log.append_as_leader(records, leader_epoch)?;
+        let info = self.log.append_as_leader(records, l.leader_epoch)?;
         if !info.duplicate {
             self.append_watchers.wake();
         }
-        self.maybe_advance_high_watermark();
-        Ok(info)
+        self.advance_high_watermark(&l);
+        Ok((info, l.leader_epoch))
     }
 
     /// Resolves once everything below `offset` is on disk (flush.messages):

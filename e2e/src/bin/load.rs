@@ -58,6 +58,11 @@ struct Args {
     /// Also run the durable (flush.messages=1) ingest.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     durable: bool,
+    /// Partition counts (RF 3, three brokers at default settings) for the
+    /// failover run: SIGKILL of a partition leader, time until its
+    /// partitions are led elsewhere and an acks=all record is acknowledged.
+    #[arg(long, default_value = "100,3000")]
+    failover_partitions: String,
 }
 
 fn client_config(broker: &BrokerProcess) -> ClientConfig {
@@ -743,6 +748,133 @@ async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Cons
     (produced, consumed, idle, replicated)
 }
 
+/// What one failover run measured.
+struct Failover {
+    victim: i32,
+    controller: i32,
+    led: usize,
+    leaders_moved: Duration,
+    first_ack: Duration,
+}
+
+/// Three brokers at default settings, `partitions` partitions RF 3
+/// (min.insync.replicas 2): SIGKILL of a broker that leads partitions but is
+/// not the active controller (a dead controller adds a Raft election).
+async fn failover_run(dir: &Path, partitions: i32) -> Failover {
+    use fjord_proto::admin::v1 as pb;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+    let voters = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p[1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut brokers: Vec<BrokerProcess> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let id = (i + 1).to_string();
+            BrokerProcess::launch(
+                &dir.join(format!("failover-{partitions}-{id}")),
+                *p,
+                &[("node.id", id.as_str()), ("controller.quorum.voters", voters.as_str())],
+            )
+        })
+        .collect();
+    for b in &mut brokers {
+        b.wait_ready(Duration::from_secs(60)).unwrap();
+    }
+    let bootstrap = brokers
+        .iter()
+        .map(BrokerProcess::bootstrap)
+        .collect::<Vec<_>>()
+        .join(",");
+    let admin: AdminClient<DefaultClientContext> = bootstrap_config(&bootstrap).create().unwrap();
+    let topic = NewTopic::new("failover", partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(120)));
+    admin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+    let probe: BaseConsumer = bootstrap_config(&bootstrap).create().unwrap();
+    let leaders = |probe: &BaseConsumer| -> Vec<(i32, i32, usize)> {
+        probe
+            .fetch_metadata(Some("failover"), Duration::from_secs(10))
+            .map(|md| {
+                md.topics()[0]
+                    .partitions()
+                    .iter()
+                    .map(|p| (p.id(), p.leader(), p.isr().len()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let state = loop {
+        let state = leaders(&probe);
+        if state.len() == partitions as usize && state.iter().all(|(_, l, isr)| *l > 0 && *isr == 3) {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "failover topic not in sync");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut grpc = pb::admin_client::AdminClient::connect(format!("http://{}", brokers[0].admin))
+        .await
+        .unwrap();
+    let controller = grpc
+        .describe_cluster(pb::DescribeClusterRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .controller_id;
+    let (first, victim, _) = *state.iter().find(|(_, l, _)| *l != controller).unwrap();
+    let led = state.iter().filter(|(_, l, _)| *l == victim).count();
+    let survivor = brokers[(victim % 3) as usize].bootstrap();
+    let producer: FutureProducer = bootstrap_config(&bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    // Connected and with metadata before the clock starts.
+    producer
+        .send(
+            FutureRecord::<(), _>::to("failover").partition(first).payload("warm"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let watcher: BaseConsumer = bootstrap_config(&survivor).create().unwrap();
+    let killed_at = Instant::now();
+    brokers[(victim - 1) as usize].kill9();
+    let acked = tokio::spawn(async move {
+        producer
+            .send(
+                FutureRecord::<(), _>::to("failover").partition(first).payload("after"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        killed_at.elapsed()
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let leaders_moved = loop {
+        let state = tokio::task::block_in_place(|| leaders(&watcher));
+        if state.len() == partitions as usize && state.iter().all(|(_, l, _)| *l > 0 && *l != victim) {
+            break killed_at.elapsed();
+        }
+        assert!(Instant::now() < deadline, "leaders never moved off broker {victim}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let first_ack = acked.await.unwrap();
+    Failover {
+        victim,
+        controller,
+        led,
+        leaders_moved,
+        first_ack,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -940,6 +1072,25 @@ async fn main() {
             replicated.broker_cpu / (bytes / 1e9) / 3.0,
             replicated.client_cpu / (bytes / 1e9),
             2.0 * 1000.0 / ((replicated.broker_cpu + replicated.client_cpu) / (bytes / 1e9))
+        );
+    }
+    for partitions in args
+        .failover_partitions
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<i32>().expect("partition count"))
+    {
+        let f = failover_run(tmp.path(), partitions).await;
+        println!(
+            "failover at default settings, {partitions} partitions RF 3 on 3 brokers: broker {} SIGKILLed \
+             (leader of {} partitions; the active controller is {}): its leaders moved after {} ms, \
+             the first acks=all record to one of its partitions acknowledged after {} ms \
+             (broker.session.timeout.ms is 9000)",
+            f.victim,
+            f.led,
+            f.controller,
+            f.leaders_moved.as_millis(),
+            f.first_ack.as_millis()
         );
     }
     if args.group_records > 0 {
