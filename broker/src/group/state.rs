@@ -1166,4 +1166,123 @@ mod tests {
         assert_eq!(restored.generation, 1);
         assert_eq!(restored.members[&a].assignment, Bytes::from_static(b"X"));
     }
+
+    /// One step a member or the coordinator takes, on member slot `.0`.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Join(usize),
+        Sync(usize),
+        Leave(usize),
+        Heartbeat(usize),
+        /// The coordinator's write of the group record, and whether it succeeded.
+        Store(bool),
+        Tick(u64),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..4).prop_map(Step::Join),
+            (0usize..4).prop_map(Step::Sync),
+            (0usize..4).prop_map(Step::Leave),
+            (0usize..4).prop_map(Step::Heartbeat),
+            proptest::bool::weighted(0.8).prop_map(Step::Store),
+            (0u64..12_000).prop_map(Step::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Random joins, syncs, leaves, heartbeats, timer ticks and group
+        /// stores (some failing): generations never go back; a group that is
+        /// Stable or CompletingRebalance has a leader among its members; and
+        /// no member ever gets an assignment (a SyncGroup answered without
+        /// error) of a generation whose group record was not stored.
+        #[test]
+        fn no_assignment_is_handed_out_before_it_is_stored(steps in proptest::collection::vec(step(), 1..60)) {
+            let mut now = Instant::now();
+            let mut g = Group::new("g");
+            let mut ids: Vec<Option<String>> = vec![None; 4];
+            let mut stored: std::collections::BTreeSet<i32> = Default::default();
+            let mut waiting: Vec<(i32, oneshot::Receiver<SyncResult>)> = Vec::new();
+            let mut joins = Vec::new();
+            let mut generation = g.generation;
+            for step in steps {
+                match step {
+                    Step::Join(slot) => {
+                        let id = match &ids[slot] {
+                            Some(id) => id.clone(),
+                            None => {
+                                let first = g.join(req("", &["range"]), now, &limits());
+                                let Reply::Now(first) = first else { continue };
+                                if first.error != ResponseError::MemberIdRequired.code() {
+                                    continue;
+                                }
+                                ids[slot] = Some(first.member_id.clone());
+                                first.member_id
+                            }
+                        };
+                        joins.push(g.join(req(&id, &["range"]), now, &limits()));
+                    }
+                    Step::Sync(slot) => {
+                        let Some(id) = ids[slot].clone() else { continue };
+                        let assignments = if g.leader.as_deref() == Some(id.as_str()) {
+                            g.members.keys().map(|m| (m.clone(), Bytes::from(m.clone()))).collect()
+                        } else {
+                            Vec::new()
+                        };
+                        let req = SyncRequest {
+                            member_id: id,
+                            generation: g.generation,
+                            assignments,
+                            ..SyncRequest::default()
+                        };
+                        let at = g.generation;
+                        match g.sync(req, now) {
+                            Reply::Now(r) => proptest::prop_assert!(r.error != 0 || stored.contains(&at)),
+                            Reply::Wait(rx) => waiting.push((at, rx)),
+                        }
+                    }
+                    Step::Leave(slot) => {
+                        if let Some(id) = ids[slot].take() {
+                            g.leave(&[(id, None)], now, &limits());
+                        }
+                    }
+                    Step::Heartbeat(slot) => {
+                        if let Some(id) = &ids[slot] {
+                            g.heartbeat(id, None, g.generation, now);
+                        }
+                    }
+                    Step::Store(ok) => {
+                        g.needs_persist = false;
+                        let completing = g.awaits_store() && g.state == GroupState::CompletingRebalance;
+                        let at = g.generation;
+                        let result = if ok { Ok(()) } else { Err(ResponseError::CoordinatorNotAvailable.code()) };
+                        g.store_completed(result, now, &limits());
+                        if ok && completing {
+                            stored.insert(at);
+                        }
+                    }
+                    Step::Tick(ms) => {
+                        now += Duration::from_millis(ms);
+                        g.tick(now, &limits());
+                    }
+                }
+                proptest::prop_assert!(g.generation >= generation, "generation went back");
+                generation = g.generation;
+                if matches!(g.state, GroupState::Stable | GroupState::CompletingRebalance) {
+                    let leader = g.leader.clone();
+                    proptest::prop_assert!(leader.is_some_and(|l| g.members.contains_key(&l)));
+                }
+                if g.state == GroupState::Stable {
+                    proptest::prop_assert!(stored.contains(&g.generation), "Stable before its record was stored");
+                }
+                for (at, rx) in &mut waiting {
+                    if let Ok(r) = rx.try_recv() {
+                        proptest::prop_assert!(r.error != 0 || stored.contains(at), "assignment of generation {} before it was stored", at);
+                    }
+                }
+            }
+            drop(joins);
+        }
+    }
 }

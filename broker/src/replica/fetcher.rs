@@ -392,4 +392,30 @@ mod tests {
         assert_eq!(truncation_offset((-1, 40), (3, 10), 120), 40);
         assert_eq!(truncation_offset((-1, -1), (3, 10), 120), 0);
     }
+
+    proptest::proptest! {
+        /// Wherever the logs diverge, the follower never cuts past its own
+        /// end, never keeps more of a shared epoch than the leader has, and
+        /// cuts to 0 when the leader has nothing of the epoch's history.
+        #[test]
+        fn truncation_never_keeps_what_the_leader_lacks(
+            leader_epoch in -1i32..8,
+            leader_end in -1i64..500,
+            follower_epoch in -1i32..8,
+            follower_end in -1i64..500,
+            log_end in 0i64..500,
+        ) {
+            let to = truncation_offset((leader_epoch, leader_end), (follower_epoch, follower_end), log_end);
+            proptest::prop_assert!(to <= log_end);
+            if leader_end < 0 {
+                proptest::prop_assert_eq!(to, 0);
+            }
+            if leader_epoch >= 0 && follower_epoch == leader_epoch && leader_end >= 0 {
+                proptest::prop_assert!(to <= leader_end);
+            }
+            if leader_epoch < 0 || follower_epoch < 0 {
+                proptest::prop_assert!(leader_end < 0 || to == leader_end.min(log_end));
+            }
+        }
+    }
 }

@@ -144,4 +144,65 @@ mod tests {
         let followers = HashMap::from([(2, follower(-1, 31_000))]);
         assert_eq!(desired_isr(&leadership(&[1]), &followers, 31_000, 30_000), vec![1]);
     }
+
+    proptest::proptest! {
+        /// Over random replica sets, ISRs, fenced brokers and follower
+        /// progress: the leader stays; the ISR keeps the replicas' order and
+        /// holds nothing else; an in-sync follower leaves only after lagging
+        /// past replica.lag.time.max.ms; an out-of-sync one joins only by a
+        /// fetch that reached the high watermark, never from a fenced broker.
+        #[test]
+        fn the_desired_isr_follows_kafkas_rules(
+            others in proptest::sample::subsequence(vec![2, 3, 4, 5], 0..=4),
+            in_sync in proptest::collection::vec(proptest::bool::ANY, 4),
+            fenced in proptest::collection::vec(proptest::bool::ANY, 4),
+            progress in proptest::collection::vec((-1i64..100, 0i64..60_000, proptest::bool::ANY), 4),
+            known in proptest::collection::vec(proptest::bool::ANY, 4),
+        ) {
+            let now = 60_000;
+            let lag_max = 30_000;
+            let mut replicas = vec![1];
+            replicas.extend(&others);
+            let pick = |flags: &[bool]| -> Vec<i32> {
+                others.iter().zip(flags).filter(|(_, f)| **f).map(|(r, _)| *r).collect()
+            };
+            let mut isr = vec![1];
+            isr.extend(pick(&in_sync));
+            let l = Leadership {
+                replicas: replicas.clone(),
+                fenced: pick(&fenced),
+                ..leadership(&isr)
+            };
+            let followers: HashMap<i32, FollowerState> = others
+                .iter()
+                .zip(progress.iter().zip(&known))
+                .filter(|(_, (_, k))| **k)
+                .map(|(r, ((leo, caught_up, reached), _))| {
+                    (*r, FollowerState {
+                        log_end_offset: *leo,
+                        log_start_offset: 0,
+                        last_caught_up_ms: *caught_up,
+                        reached_high_watermark: *reached,
+                    })
+                })
+                .collect();
+            let out = desired_isr(&l, &followers, now, lag_max);
+            proptest::prop_assert_eq!(out.first(), Some(&1));
+            let order: Vec<i32> = replicas.iter().copied().filter(|r| out.contains(r)).collect();
+            proptest::prop_assert_eq!(&order, &out);
+            for r in &others {
+                let f = followers.get(r);
+                let was_in = l.isr.contains(r);
+                let stays = out.contains(r);
+                match f {
+                    Some(f) if was_in => proptest::prop_assert_eq!(stays, now - f.last_caught_up_ms <= lag_max),
+                    Some(f) => proptest::prop_assert_eq!(
+                        stays,
+                        f.reached_high_watermark && f.log_end_offset >= 0 && !l.fenced.contains(r)
+                    ),
+                    None => proptest::prop_assert_eq!(stays, was_in),
+                }
+            }
+        }
+    }
 }
