@@ -2,6 +2,9 @@
 //! offsets stored as records in the compacted `__consumer_offsets` topic.
 
 pub mod coordinator;
+mod loading;
+mod membership;
+mod offsets;
 pub mod records;
 pub mod state;
 
