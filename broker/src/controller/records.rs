@@ -329,4 +329,99 @@ mod tests {
         apply(&mut gone, &records[0]);
         assert!(gone.topics.is_empty());
     }
+
+    /// One change an operation can make to the image.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Register(i32),
+        Fence(i32),
+        Create(usize, i32, i16),
+        Delete(usize),
+        Grow(usize, i32),
+        Override(usize, u16),
+        ProducerIds,
+        Elect,
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1i32..5).prop_map(Change::Register),
+            (1i32..5).prop_map(Change::Fence),
+            (0usize..3, 1i32..6, 1i16..4).prop_map(|(t, p, rf)| Change::Create(t, p, rf)),
+            (0usize..3).prop_map(Change::Delete),
+            (0usize..3, 1i32..8).prop_map(|(t, n)| Change::Grow(t, n)),
+            (0usize..2, any::<u16>()).prop_map(|(k, v)| Change::Override(k, v)),
+            Just(Change::ProducerIds),
+            Just(Change::Elect),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Over random sequences of registrations, fencing, topic creation,
+        /// deletion and growth, config overrides, producer id blocks and
+        /// elections: the records of each change turn the image before it
+        /// into the image after it, applying them twice changes nothing, and
+        /// an unchanged image makes no record.
+        #[test]
+        fn records_replay_any_change(changes in proptest::collection::vec(change(), 1..40)) {
+            use super::super::image::BrokerRegistration;
+            use super::super::leadership::Election;
+            let broker = BrokerConfig::default();
+            let topics = ["a", "b", "c"];
+            let keys = ["log.retention.ms", "log.segment.bytes"];
+            let mut image = MetadataImage::default();
+            for change in changes {
+                let mut next = image.clone();
+                match change {
+                    Change::Register(id) => {
+                        next.brokers.insert(id, BrokerRegistration {
+                            id,
+                            incarnation_id: uuid::Uuid::new_v4(),
+                            host: "127.0.0.1".into(),
+                            port: 9092 + id,
+                            admin: format!("127.0.0.1:{}", 9093 + id),
+                            rack: String::new(),
+                            fenced: false,
+                        });
+                        next.elect_leaders(&broker, Election::Failover, None);
+                    }
+                    Change::Fence(id) => {
+                        if let Some(b) = next.brokers.get_mut(&id) {
+                            b.fenced = true;
+                        }
+                        next.elect_leaders(&broker, Election::Failover, None);
+                    }
+                    Change::Create(t, partitions, rf) => {
+                        let _ = next.create_topic(&broker, topics[t], partitions, rf, BTreeMap::new(), None);
+                    }
+                    Change::Delete(t) => {
+                        let _ = next.delete_topic(topics[t]);
+                    }
+                    Change::Grow(t, count) => {
+                        let _ = next.create_partitions(&broker, topics[t], count);
+                    }
+                    Change::Override(k, v) => {
+                        next.broker_overrides.insert(keys[k].into(), v.to_string());
+                    }
+                    Change::ProducerIds => next.next_producer_id_block += 1000,
+                    Change::Elect => {
+                        next.elect_leaders(&broker, Election::Preferred, None);
+                    }
+                }
+                let records = diff(&image, &next);
+                let mut replayed = image.clone();
+                for r in &records {
+                    apply(&mut replayed, r);
+                }
+                proptest::prop_assert_eq!(&replayed, &next);
+                for r in &records {
+                    apply(&mut replayed, r);
+                }
+                proptest::prop_assert_eq!(&replayed, &next);
+                proptest::prop_assert!(diff(&next, &next).is_empty());
+                image = next;
+            }
+        }
+    }
 }

@@ -396,4 +396,48 @@ mod tests {
         assert_eq!(loaded.entry(1).unwrap().batches.len(), 1);
         assert!(!snapshot_path(dir.path(), 4).exists());
     }
+
+    proptest::proptest! {
+        /// An idempotent producer sending batches of random sizes and
+        /// retrying random earlier ones: each new batch in sequence is
+        /// appended, a retry of one of the last five is a duplicate answered
+        /// with its original offsets (never appended twice), an older retry
+        /// or a gap is out of order.
+        #[test]
+        fn a_retrying_producer_appends_each_batch_once(
+            steps in proptest::collection::vec((1i32..5, 0usize..8, proptest::bool::weighted(0.3)), 1..80),
+        ) {
+            let mut s = ProducerStateManager::default();
+            let mut appended: Vec<BatchMetadata> = Vec::new();
+            let (mut next_seq, mut next_offset) = (0i32, 0i64);
+            for (size, back, retry) in steps {
+                if retry && !appended.is_empty() {
+                    let back = back.min(appended.len() - 1);
+                    let b = appended[appended.len() - 1 - back];
+                    match s.check(1, 0, b.first_seq, b.last_seq) {
+                        Ok(SequenceCheck::Duplicate(d)) => {
+                            proptest::prop_assert!(back < 5);
+                            proptest::prop_assert_eq!(d, b);
+                        }
+                        Err(SequenceError::OutOfOrderSequence { .. }) => proptest::prop_assert!(back >= 5),
+                        other => proptest::prop_assert!(false, "a retry answered {:?}", other),
+                    }
+                    continue;
+                }
+                let (first, last) = (next_seq, next_seq + size - 1);
+                let gap = s.check(1, 0, last + 2, last + 2);
+                proptest::prop_assert!(
+                    appended.is_empty() || matches!(gap, Err(SequenceError::OutOfOrderSequence { .. })),
+                    "a gap answered {:?}",
+                    gap
+                );
+                proptest::prop_assert_eq!(s.check(1, 0, first, last), Ok(SequenceCheck::Append));
+                let m = meta(first, last, next_offset);
+                s.update(1, 0, m);
+                appended.push(m);
+                next_seq = last + 1;
+                next_offset = m.last_offset + 1;
+            }
+        }
+    }
 }

@@ -792,9 +792,21 @@ async fn failover_run(dir: &Path, partitions: i32) -> Failover {
         .collect::<Vec<_>>()
         .join(",");
     let admin: AdminClient<DefaultClientContext> = bootstrap_config(&bootstrap).create().unwrap();
-    let topic = NewTopic::new("failover", partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
+    let topic = || NewTopic::new("failover", partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(120)));
-    admin.create_topics(&[topic], &opts).await.unwrap()[0].clone().unwrap();
+    // A large topic's creation can outlast a controller's term: retried as
+    // Kafka's tools do on a retriable error.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match admin.create_topics(&[topic()], &opts).await.unwrap()[0].clone() {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => break,
+            Err((_, code)) if Instant::now() < deadline => {
+                eprintln!("creating the failover topic: {code:?}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err((_, code)) => panic!("creating the failover topic: {code:?}"),
+        }
+    }
     let probe: BaseConsumer = bootstrap_config(&bootstrap).create().unwrap();
     let leaders = |probe: &BaseConsumer| -> Vec<(i32, i32, usize)> {
         probe
