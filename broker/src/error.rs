@@ -55,6 +55,8 @@ pub enum Error {
     NotEnoughReplicas { isr: usize, min: i32 },
     #[error("not done within the request's timeout")]
     RequestTimedOut,
+    #[error("appended, but the ISR fell below min.insync.replicas before it was replicated")]
+    NotEnoughReplicasAfterAppend,
     #[error("transactions are not supported yet")]
     TransactionsUnsupported,
     #[error(transparent)]
@@ -138,6 +140,7 @@ impl Error {
             Error::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
             Error::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
             Error::RequestTimedOut => ResponseError::RequestTimedOut,
+            Error::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
             Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
             Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
             Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,

@@ -38,7 +38,9 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
         let topic = image.topics.get(crate::group::OFFSETS_TOPIC)?;
         let leader = image.leader(topic, apis.groups.partition_for(group))?;
         if leader == node.0 {
-            return Some((node, host.clone(), port));
+            // Until its partition is open and its groups loaded here, the
+            // coordinator is not available yet (the client looks again).
+            return apis.groups.is_ready_for(group).then(|| (node, host.clone(), port));
         }
         let b = image.brokers.get(&leader)?;
         Some((BrokerId(b.id), str(b.host.clone()), b.port))

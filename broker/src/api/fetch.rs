@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
@@ -17,6 +16,7 @@ use tokio::time::Instant;
 use super::{str, Apis};
 use crate::error::Error;
 use crate::network::zero_copy::FileRecords;
+use crate::replica::fetch::{PartitionFetch, PartitionRead};
 
 const READ_COMMITTED: i8 = 1;
 
@@ -85,56 +85,39 @@ fn read_all(
                 .with_partition_index(p.partition)
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_aborted_transactions((request.isolation_level == READ_COMMITTED).then(Vec::new));
-            // A follower whose last batch is from an older epoch than ours:
-            // where that epoch ends here, if its log holds more of it.
-            if let (true, Some(name)) = (replica >= 0, &name) {
-                if let Some((epoch, end, hw)) = diverging(apis, name, p) {
-                    // Answered at once: the follower must cut its log before fetching on.
-                    errors = true;
-                    partitions.push(
-                        data.with_high_watermark(hw)
-                            .with_last_stable_offset(hw)
-                            .with_diverging_epoch(EpochEndOffset::default().with_epoch(epoch).with_end_offset(end))
-                            .with_records(Some(bytes::Bytes::new())),
-                    );
-                    continue;
-                }
-            }
+            let ask = PartitionFetch {
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
+                log_start_offset: p.log_start_offset,
+                max_bytes: (p.partition_max_bytes.max(0) as usize).min(remaining),
+            };
             let result = match &name {
                 None => Err(Error::UnknownTopicId),
-                Some(name) => apis.replicas.get(name, p.partition).and_then(|part| {
-                    part.check_leader_epoch(p.current_leader_epoch)?;
-                    match waker {
-                        Some(w) if replica >= 0 => part.watch_appends(w),
-                        Some(w) => part.watch_high_watermark(w),
-                        None => {}
-                    }
-                    let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-                    let info = if replica >= 0 {
-                        part.record_follower_fetch(replica, p.fetch_offset, p.log_start_offset, now);
-                        if p.log_start_offset < part.log.log_start_offset() {
-                            // A DeleteRecords moved the log start: the
-                            // follower learns it now, not at max.wait.ms.
-                            errors = true;
-                        }
-                        if part.is_throttled_for(replica) {
-                            // A reassignment's new replica: within the replication throttle.
-                            let throttle = apis.replicas.throttle();
-                            let limit = if throttle.exhausted(now) { 0 } else { limit };
-                            let info = part.read_slice_for_follower(p.fetch_offset, limit)?;
-                            throttle.record(info.slice.as_ref().map_or(0, |s| s.len), now);
-                            info
-                        } else {
-                            part.read_slice_for_follower(p.fetch_offset, limit)?
-                        }
-                    } else {
-                        part.read_slice(p.fetch_offset, limit, total == 0)?
-                    };
-                    Ok((info, part.high_watermark()))
-                }),
+                Some(name) => apis
+                    .replicas
+                    .read_for_fetch(replica, name, &ask, total == 0, waker, now),
             };
             let data = match result {
-                Ok((info, hw)) => {
+                Ok(PartitionRead::Diverging {
+                    epoch,
+                    end_offset,
+                    high_watermark,
+                }) => {
+                    // Answered at once: the follower must cut its log before fetching on.
+                    errors = true;
+                    data.with_high_watermark(high_watermark)
+                        .with_last_stable_offset(high_watermark)
+                        .with_diverging_epoch(EpochEndOffset::default().with_epoch(epoch).with_end_offset(end_offset))
+                        .with_records(Some(bytes::Bytes::new()))
+                }
+                Ok(PartitionRead::Records {
+                    info,
+                    high_watermark: hw,
+                    news,
+                }) => {
+                    errors |= news;
                     let len = info.slice.as_ref().map_or(0, |s| s.len);
                     // A placeholder the encoder swaps for the file region; read it when none is left.
                     let records = match info.slice {
@@ -217,22 +200,6 @@ fn read_all(
         .with_session_id(0)
         .with_node_endpoints(endpoints);
     (response, files, total, errors)
-}
-
-/// For a follower's fetch: `(epoch, end offset, high watermark)` when its
-/// last fetched epoch ends earlier in this leader's log than its fetch offset
-/// (or this log never had that epoch), so it must cut its tail (KIP-101).
-fn diverging(apis: &Apis, topic: &str, p: &FetchPartition) -> Option<(i32, i64, i64)> {
-    let part = apis.replicas.get(topic, p.partition).ok()?;
-    if p.last_fetched_epoch < 0 || p.last_fetched_epoch >= part.leader_epoch() {
-        return None;
-    }
-    let (epoch, end) = match part.log.end_offset_for_epoch(p.last_fetched_epoch) {
-        // No epoch here at all: all of the follower's log diverges.
-        (-1, _) => (-1, part.log.log_start_offset()),
-        found => found,
-    };
-    (epoch < p.last_fetched_epoch || end < p.fetch_offset).then(|| (epoch, end, part.high_watermark()))
 }
 
 /// Counts bytes served per topic (records are not parsed on the way out).

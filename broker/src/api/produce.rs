@@ -1,6 +1,5 @@
 //! Produce: validate and append each partition's record set; answer per partition.
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
@@ -9,6 +8,7 @@ use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use super::{str, Apis};
 use crate::error::Error;
 use crate::log::AppendInfo;
+use crate::replica::produce::DelayedProduce;
 
 /// A produce request once appended: its answer, and what that still waits
 /// for (durability, replication). The network layer reads the next request
@@ -18,10 +18,8 @@ pub struct Appended {
     version: i16,
     timeout: std::time::Duration,
     responses: Vec<TopicProduceResponse>,
-    /// Partitions whose flush.messages came due: answered once on disk.
-    durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64, u64)>,
-    /// acks=all partitions: answered once the high watermark passes the batch.
-    pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64, i32)>,
+    /// Partitions whose answer waits (on disk, in the ISR), by topic and index.
+    delayed: Vec<(String, i32, DelayedProduce)>,
     endpoints: Vec<NodeEndpoint>,
 }
 
@@ -38,8 +36,7 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
 pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
-    // Appended partitions whose acks=all answer waits: (topic, partition) -> (partition, last offset).
-    let mut pending: Vec<(String, i32, std::sync::Arc<crate::replica::Partition>, i64, i32)> = Vec::new();
+    let mut delayed: Vec<(String, i32, DelayedProduce)> = Vec::new();
     let request_error = if !matches!(acks, -1..=1) {
         Some(Error::InvalidRequiredAcks(acks))
     } else if request.transactional_id.is_some() {
@@ -48,8 +45,6 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
         None
     };
     let mut hinted = std::collections::BTreeSet::new();
-    // Partitions whose flush.messages came due: answered once on disk.
-    let mut durable: Vec<(std::sync::Arc<crate::replica::Partition>, i64, u64)> = Vec::new();
     let responses = request
         .topic_data
         .into_iter()
@@ -68,22 +63,12 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                                 .to_string_and_code())
                         }
                         (None, Some(records)) => one_batch(&records)
-                            .and_then(|()| apis.replicas.get(&name, p.index))
-                            .and_then(|part| {
-                                // Disk work: the worker hands its other tasks on meanwhile.
-                                let (info, leader_epoch) = crate::blocking::blocking(|| part.append(&records, acks))?;
-                                // A retried batch answers once its original is on disk too.
-                                let pending_flush = info.duplicate
-                                    && part.log.config().flush_messages < i64::MAX
-                                    && part.log.recovery_point() <= info.last_offset;
-                                if info.flush_due || pending_flush {
-                                    durable.push((part.clone(), info.last_offset + 1, info.truncations));
+                            .and_then(|()| apis.replicas.append_records(&name, p.index, &records, acks))
+                            .map(|(info, waits)| {
+                                if !waits.is_done() {
+                                    delayed.push((name.clone(), p.index, waits));
                                 }
-                                if acks == -1 && part.high_watermark() <= info.last_offset {
-                                    // Answered only while this broker leads in the epoch it appended in.
-                                    pending.push((name.clone(), p.index, part, info.last_offset, leader_epoch));
-                                }
-                                Ok(info)
+                                info
                             })
                             .map_err(|e| {
                                 record_errors = record_errors_of(&e);
@@ -159,8 +144,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
         version,
         timeout,
         responses,
-        durable,
-        pending,
+        delayed,
         endpoints,
     }
 }
@@ -168,56 +152,33 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
 impl Appended {
     /// Nothing to wait for: the answer is final now.
     pub fn is_ready(&self) -> bool {
-        self.durable.is_empty() && self.pending.is_empty()
+        self.delayed.is_empty()
     }
 
     /// The answer, once every waited-for partition is durable and replicated
-    /// (or timed out).
+    /// (or its wait failed, or timed out).
     pub async fn complete(self) -> Option<ProduceResponse> {
         let Appended {
             acks,
             version,
             timeout,
             mut responses,
-            durable,
-            pending,
+            delayed,
             endpoints,
         } = self;
         let deadline = tokio::time::Instant::now() + timeout;
-        for (part, offset, truncations) in durable {
-            let flushed = tokio::time::timeout_at(deadline, part.make_durable(offset, truncations))
-                .await
-                .unwrap_or(Err(Error::RequestTimedOut));
-            if let Err(e) = flushed {
-                tracing::error!(tp = %part.tp, error = %e, "flush failed");
-                let code = e.code();
-                if let Some(r) = responses
-                    .iter_mut()
-                    .filter(|t| t.name.as_str() == part.tp.topic)
-                    .flat_map(|t| t.partition_responses.iter_mut())
-                    .find(|r| r.index == part.tp.partition && r.error_code == 0)
-                {
-                    r.error_code = code;
-                }
-            }
-        }
-        if !pending.is_empty() {
-            for (topic, index, part, last, epoch) in pending {
-                let code = match tokio::time::timeout_at(deadline, part.wait_for_high_watermark(last, epoch)).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => e.response_error(),
-                    Err(_) if part.is_under_min_isr() => ResponseError::NotEnoughReplicasAfterAppend,
-                    Err(_) => ResponseError::RequestTimedOut,
-                };
-                tracing::debug!(%topic, partition = index, ?code, "acks=all not met in time");
-                if let Some(r) = responses
-                    .iter_mut()
-                    .filter(|t| t.name.as_str() == topic)
-                    .flat_map(|t| t.partition_responses.iter_mut())
-                    .find(|r| r.index == index && r.error_code == 0)
-                {
-                    r.error_code = code.code();
-                }
+        for (topic, index, waits) in delayed {
+            let Err(e) = waits.wait(deadline).await else {
+                continue;
+            };
+            tracing::debug!(%topic, partition = index, error = %e, "produce not completed");
+            if let Some(r) = responses
+                .iter_mut()
+                .filter(|t| t.name.as_str() == topic)
+                .flat_map(|t| t.partition_responses.iter_mut())
+                .find(|r| r.index == index && r.error_code == 0)
+            {
+                r.error_code = e.code();
             }
         }
         (acks != 0).then(|| {

@@ -217,8 +217,25 @@ impl GroupCoordinator {
                 Some(load_in_progress())
             }
             Ok(_) | Err(Error::UnknownTopicOrPartition) => None,
+            // Led here by the image, but its log is still being opened (a
+            // new __consumer_offsets opens 50 logs): the client waits.
+            Err(_) if self.leads_in_image(p) => Some(load_in_progress()),
             Err(_) => Some(ResponseError::NotCoordinator.code()),
         }
+    }
+
+    /// Whether this broker can serve `group` now (FindCoordinator names it
+    /// only then: a client sent here early would get errors it may not retry).
+    pub fn is_ready_for(&self, group: &str) -> bool {
+        self.unavailable(group).is_none()
+    }
+
+    /// Whether the metadata image names this broker the leader of partition
+    /// `p` of `__consumer_offsets`.
+    fn leads_in_image(&self, p: i32) -> bool {
+        let image = self.controller.image();
+        let node_id = self.controller.broker_config().node_id;
+        image.topics.get(OFFSETS_TOPIC).and_then(|t| image.leader(t, p)) == Some(node_id)
     }
 
     /// Creates `__consumer_offsets` (compacted) on first use: on a group
