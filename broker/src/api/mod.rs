@@ -125,17 +125,43 @@ pub fn str(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// The network layer's handler: requests it parsed are answered here.
+impl crate::network::handler::RequestHandler for Apis {
+    type Produce = ProduceAppended;
+
+    fn config(&self) -> &BrokerConfig {
+        &self.ctx.config
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    fn supports(&self, api_key: ApiKey, version: i16) -> bool {
+        Self::supported_versions().any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
+    }
+
+    fn api_versions_fallback(&self) -> ResponseKind {
+        ResponseKind::ApiVersions(api_versions::unsupported_version_response())
+    }
+
+    fn begin_produce(&self, request: kafka_protocol::messages::ProduceRequest, version: i16) -> ProduceAppended {
+        produce::append(self, request, version)
+    }
+
+    fn handle(
+        &self,
+        header: &RequestHeader,
+        request: RequestKind,
+        client_host: &str,
+    ) -> impl std::future::Future<Output = Option<(ResponseKind, FileRecords)>> + Send {
+        self.answer(header, request, client_host)
+    }
+}
+
 impl Apis {
     pub fn new(ctx: Arc<BrokerContext>) -> Apis {
         Apis { ctx }
-    }
-
-    pub fn config(&self) -> &BrokerConfig {
-        &self.config
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     pub fn node_id(&self) -> i32 {
@@ -160,23 +186,9 @@ impl Apis {
         })
     }
 
-    pub fn supports(&self, api_key: ApiKey, version: i16) -> bool {
-        Self::supported_versions().any(|(k, min, max)| k == api_key && (min..=max).contains(&version))
-    }
-
-    /// Appends a Produce request now, in the connection's request order;
-    /// its answer may still wait on durability or replication.
-    pub fn begin_produce(&self, request: kafka_protocol::messages::ProduceRequest, version: i16) -> ProduceAppended {
-        produce::append(self, request, version)
-    }
-
-    pub fn api_versions_fallback(&self) -> ResponseKind {
-        ResponseKind::ApiVersions(api_versions::unsupported_version_response())
-    }
-
     /// Dispatches by API key. `None` means no response is sent (acks=0
     /// produce). Fetch responses come with the file regions behind their record sets.
-    pub async fn handle(
+    async fn answer(
         &self,
         header: &RequestHeader,
         request: RequestKind,

@@ -29,7 +29,7 @@ pub struct Appended {
 /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR fell below
 /// min.insync.replicas meanwhile).
 pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
-    append(apis, request, version).complete().await
+    append(apis, request, version).answer().await
 }
 
 /// Validates and appends each partition's record set, in request order.
@@ -149,15 +149,21 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     }
 }
 
-impl Appended {
+impl crate::network::handler::DelayedAnswer for Appended {
     /// Nothing to wait for: the answer is final now.
-    pub fn is_ready(&self) -> bool {
+    fn is_ready(&self) -> bool {
         self.delayed.is_empty()
     }
 
+    fn complete(self) -> impl std::future::Future<Output = Option<ProduceResponse>> + Send {
+        self.answer()
+    }
+}
+
+impl Appended {
     /// The answer, once every waited-for partition is durable and replicated
     /// (or its wait failed, or timed out).
-    pub async fn complete(self) -> Option<ProduceResponse> {
+    async fn answer(self) -> Option<ProduceResponse> {
         let Appended {
             acks,
             version,

@@ -7,7 +7,6 @@ use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, RequestKind
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::zero_copy::{Chunk, ChunkedBuf, FileRecords, SENDFILE_MIN};
-use crate::api::Apis;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -45,7 +44,7 @@ fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T, String> {
     }
 }
 
-pub fn parse_request(mut frame: Bytes, apis: &Apis) -> Result<Request, FrameError> {
+pub fn parse_request(mut frame: Bytes, apis: &impl super::handler::RequestHandler) -> Result<Request, FrameError> {
     if frame.len() < 8 {
         return Err(FrameError::TooShort(frame.len()));
     }

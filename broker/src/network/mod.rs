@@ -11,6 +11,7 @@
 //! (a client's max.in.flight) instead of one replication round trip each.
 
 pub mod frame;
+pub mod handler;
 pub mod zero_copy;
 
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::api::Apis;
 use frame::{FrameError, Request};
+use handler::{DelayedAnswer, RequestHandler};
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use zero_copy::{Chunk, FileRecords};
 
@@ -57,7 +58,7 @@ impl RequestMemory {
 }
 
 /// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Receiver<bool>) {
+pub async fn serve<H: RequestHandler>(listener: TcpListener, apis: Arc<H>, shutdown: watch::Receiver<bool>) {
     let mut stop = shutdown.clone();
     let memory = RequestMemory::new(apis.config().queued_max_request_bytes);
     loop {
@@ -83,16 +84,16 @@ pub async fn serve(listener: TcpListener, apis: Arc<Apis>, shutdown: watch::Rece
     }
 }
 
-struct ConnectionGuard(Arc<Apis>);
-impl Drop for ConnectionGuard {
+struct ConnectionGuard<H: RequestHandler>(Arc<H>);
+impl<H: RequestHandler> Drop for ConnectionGuard<H> {
     fn drop(&mut self) {
         self.0.metrics().active_connections.dec();
     }
 }
 
-async fn handle_connection(
+async fn handle_connection<H: RequestHandler>(
     stream: TcpStream,
-    apis: Arc<Apis>,
+    apis: Arc<H>,
     memory: RequestMemory,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -267,7 +268,12 @@ enum Outgoing {
 }
 
 /// Handles one request; false when the connection must close.
-async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Outgoing>, client_host: &str) -> bool {
+async fn dispatch<H: RequestHandler>(
+    apis: &Arc<H>,
+    request: Request,
+    tx: &mpsc::Sender<Outgoing>,
+    client_host: &str,
+) -> bool {
     let Request {
         header,
         api_key,
@@ -290,7 +296,7 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Outgoing
             let apis = apis.clone();
             let answer = async move {
                 let response = appended.complete().await;
-                observe(&apis, &api, started);
+                observe(apis.as_ref(), &api, started);
                 response
                     .map(|r| {
                         frame::encode_response(
@@ -312,13 +318,33 @@ async fn dispatch(apis: &Arc<Apis>, request: Request, tx: &mpsc::Sender<Outgoing
             .complete()
             .await
             .map(|r| (ResponseKind::Produce(r), FileRecords::default()));
-        return respond(apis, &api, started, correlation_id, api_key, version, response, tx).await;
+        return respond(
+            apis.as_ref(),
+            &api,
+            started,
+            correlation_id,
+            api_key,
+            version,
+            response,
+            tx,
+        )
+        .await;
     }
     let response = apis.handle(&header, body, client_host).instrument(span).await;
-    respond(apis, &api, started, correlation_id, api_key, version, response, tx).await
+    respond(
+        apis.as_ref(),
+        &api,
+        started,
+        correlation_id,
+        api_key,
+        version,
+        response,
+        tx,
+    )
+    .await
 }
 
-fn observe(apis: &Apis, api: &str, started: Instant) {
+fn observe<H: RequestHandler>(apis: &H, api: &str, started: Instant) {
     let metrics = apis.metrics();
     metrics.requests.with_label_values(&[api]).inc();
     metrics
@@ -328,8 +354,8 @@ fn observe(apis: &Apis, api: &str, started: Instant) {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn respond(
-    apis: &Apis,
+async fn respond<H: RequestHandler>(
+    apis: &H,
     api: &str,
     started: Instant,
     correlation_id: i32,
