@@ -398,6 +398,23 @@ mod tests {
         }
     }
 
+    /// A controller (a quorum of one) and a replica manager applying its
+    /// images, in `dir`.
+    async fn quorum_of_one(dir: &std::path::Path, config: &BrokerConfig) -> (Arc<Controller>, Arc<ReplicaManager>) {
+        let controller = Controller::start(dir, config.clone()).await.unwrap();
+        controller.wait_for_cluster_id().await.unwrap();
+        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir).unwrap()));
+        let (applying, config) = (replicas.clone(), config.clone());
+        controller
+            .subscribe(Box::new(move |image| {
+                // Failures are logged per partition; the rest of the image is applied.
+                applying.apply(image, &config);
+                Ok(())
+            }))
+            .unwrap();
+        (controller, replicas)
+    }
+
     /// The coordinator follows leadership of `__consumer_offsets`: when its
     /// partitions go offline (this broker fenced) the groups leave the cache
     /// and requests get NOT_COORDINATOR; when it leads them again they are
@@ -410,19 +427,7 @@ mod tests {
             offsets_topic_num_partitions: 3,
             ..BrokerConfig::default()
         };
-        let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
-        controller.wait_for_cluster_id().await.unwrap();
-        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
-        {
-            let (replicas, config) = (replicas.clone(), config.clone());
-            controller
-                .subscribe(Box::new(move |image| {
-                    // Failures are logged per partition; the rest of the image is applied.
-                    replicas.apply(image, &config);
-                    Ok(())
-                }))
-                .unwrap();
-        }
+        let (controller, replicas) = quorum_of_one(dir.path(), &config).await;
         let first = registration();
         controller.register(&first).await.unwrap();
         let groups = GroupCoordinator::new(GroupConfig::from_broker(&config), controller.clone(), replicas.clone());
@@ -482,18 +487,7 @@ mod tests {
             group_initial_rebalance_delay_ms: 0,
             ..BrokerConfig::default()
         };
-        let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
-        controller.wait_for_cluster_id().await.unwrap();
-        let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir.path()).unwrap()));
-        {
-            let (replicas, config) = (replicas.clone(), config.clone());
-            controller
-                .subscribe(Box::new(move |image| {
-                    replicas.apply(image, &config);
-                    Ok(())
-                }))
-                .unwrap();
-        }
+        let (controller, replicas) = quorum_of_one(dir.path(), &config).await;
         controller.register(&registration()).await.unwrap();
         // A second broker that never fetches: the ISR's other member.
         let other = BrokerRegistration {

@@ -671,11 +671,9 @@ fn consume_load(base: &ClientConfig, topic: &str, partitions: i32, records: usiz
     }
 }
 
-/// Three brokers in combined mode on this machine, one topic of three RF 1
-/// partitions with one leader on each: produce and consume as the
-/// single-broker runs do. On two shared cores this shows what the cluster
-/// machinery costs, not scale-out. Also answers the idle cluster's CPU-s/s.
-async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Consumed, f64, Produced) {
+/// Three brokers in combined mode at default settings, data under
+/// `dir/<name>-<id>`, all ready: the brokers and their bootstrap list.
+fn launch_three(dir: &Path, name: &str) -> (Vec<BrokerProcess>, String) {
     let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
     let voters = ports
         .iter()
@@ -689,7 +687,7 @@ async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Cons
         .map(|(i, p)| {
             let id = (i + 1).to_string();
             BrokerProcess::launch(
-                &dir.join(format!("cluster-{id}")),
+                &dir.join(format!("{name}-{id}")),
                 *p,
                 &[("node.id", id.as_str()), ("controller.quorum.voters", voters.as_str())],
             )
@@ -703,6 +701,15 @@ async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Cons
         .map(BrokerProcess::bootstrap)
         .collect::<Vec<_>>()
         .join(",");
+    (brokers, bootstrap)
+}
+
+/// Three brokers in combined mode on this machine, one topic of three RF 1
+/// partitions with one leader on each: produce and consume as the
+/// single-broker runs do. On two shared cores this shows what the cluster
+/// machinery costs, not scale-out. Also answers the idle cluster's CPU-s/s.
+async fn cluster_run(dir: &Path, records: usize, size: usize) -> (Produced, Consumed, f64, Produced) {
+    let (brokers, bootstrap) = launch_three(dir, "cluster");
     create_topic_at(&bootstrap, "load-cluster", 3).await;
     let base = bootstrap_config(&bootstrap);
     // Every broker leads one partition before the clock starts.
@@ -764,33 +771,7 @@ async fn failover_run(dir: &Path, partitions: i32) -> Failover {
     use fjord_proto::admin::v1 as pb;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
-    let voters = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p[1]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut brokers: Vec<BrokerProcess> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let id = (i + 1).to_string();
-            BrokerProcess::launch(
-                &dir.join(format!("failover-{partitions}-{id}")),
-                *p,
-                &[("node.id", id.as_str()), ("controller.quorum.voters", voters.as_str())],
-            )
-        })
-        .collect();
-    for b in &mut brokers {
-        b.wait_ready(Duration::from_secs(60)).unwrap();
-    }
-    let bootstrap = brokers
-        .iter()
-        .map(BrokerProcess::bootstrap)
-        .collect::<Vec<_>>()
-        .join(",");
+    let (mut brokers, bootstrap) = launch_three(dir, &format!("failover-{partitions}"));
     let admin: AdminClient<DefaultClientContext> = bootstrap_config(&bootstrap).create().unwrap();
     let topic = || NewTopic::new("failover", partitions, TopicReplication::Fixed(3)).set("min.insync.replicas", "2");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(120)));
