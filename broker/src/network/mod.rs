@@ -290,7 +290,7 @@ async fn dispatch<H: RequestHandler>(
     );
     let started = Instant::now();
     let correlation_id = header.correlation_id;
-    if let RequestKind::Produce(produce) = body {
+    let response = if let RequestKind::Produce(produce) = body {
         let appended = span.in_scope(|| apis.begin_produce(produce, version));
         if !appended.is_ready() {
             let apis = apis.clone();
@@ -314,23 +314,13 @@ async fn dispatch<H: RequestHandler>(
                 .await
                 .is_ok();
         }
-        let response = appended
+        appended
             .complete()
             .await
-            .map(|r| (ResponseKind::Produce(r), FileRecords::default()));
-        return respond(
-            apis.as_ref(),
-            &api,
-            started,
-            correlation_id,
-            api_key,
-            version,
-            response,
-            tx,
-        )
-        .await;
-    }
-    let response = apis.handle(&header, body, client_host).instrument(span).await;
+            .map(|r| (ResponseKind::Produce(r), FileRecords::default()))
+    } else {
+        apis.handle(&header, body, client_host).instrument(span).await
+    };
     respond(
         apis.as_ref(),
         &api,
