@@ -739,9 +739,12 @@ impl Controller {
             was_active = active;
             if active {
                 // Two heartbeats missed: a broker that died is gone now, not
-                // at the end of its session.
+                // at the end of its session. Probed off this loop: a host
+                // that drops connection attempts costs the probe's timeout,
+                // which must not hold back this broker's own heartbeats.
                 for id in self.late_brokers(2 * interval) {
-                    self.fence_if_gone(id, "its heartbeats stopped").await;
+                    let controller = self.clone();
+                    tokio::spawn(async move { controller.fence_if_gone(id, "its heartbeats stopped").await });
                 }
                 for (id, incarnation_id) in self.expired_brokers(session) {
                     tracing::warn!(broker = id, "fencing a broker without a heartbeat for {session:?}");
