@@ -57,10 +57,10 @@ impl Broker {
         {
             let replicas = replicas.clone();
             let config = config.clone();
-            // Publishing the image opens (and if needed recovers) every partition log.
-            controller.subscribe(Box::new(move |image| {
-                // Failures are logged per partition; the rest of the image is applied.
-                replicas.apply(image, &config);
+            // Publishing the image opens (and if needed recovers) the partition logs it touches.
+            controller.subscribe(Box::new(move |image, changes| {
+                // Failures are logged per partition; the rest of the change is applied.
+                replicas.apply_changes(image, changes, &config);
                 Ok(())
             }))?;
         }

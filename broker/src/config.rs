@@ -161,6 +161,9 @@ config_struct! {
         /// than Kafka's 2000: two missed heartbeats get a broker probed, and
         /// fenced at once if its listener is gone.
         broker_heartbeat_interval_ms: i64 = "broker.heartbeat.interval.ms", 500;
+        /// Bytes of metadata records applied between two snapshots of the
+        /// image; the log before a snapshot is then dropped.
+        metadata_log_max_record_bytes_between_snapshots: i64 = "metadata.log.max.record.bytes.between.snapshots", 20 * 1024 * 1024;
         /// A follower that has not caught up with its leader's log end for this long leaves the ISR.
         replica_lag_time_max_ms: i64 = "replica.lag.time.max.ms", 30_000;
         /// Let an out-of-sync replica lead when no in-sync one is live, losing

@@ -1,6 +1,7 @@
 //! The metadata image and the pure changes made to it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -174,7 +175,9 @@ pub struct MetadataImage {
     pub cluster_id: String,
     #[serde(default)]
     pub brokers: BTreeMap<i32, BrokerRegistration>,
-    pub topics: BTreeMap<String, TopicImage>,
+    /// Each topic behind its own `Arc`: an image is copied and changed per
+    /// topic, never as a whole (Kafka's images share what did not change).
+    pub topics: BTreeMap<String, Arc<TopicImage>>,
     pub next_producer_id_block: i64,
     pub broker_overrides: BTreeMap<String, String>,
     /// Kafka dynamic broker configs stored but not acted on (see
@@ -274,14 +277,29 @@ fn apply_op(current: Option<&String>, op: &ConfigOp) -> Option<String> {
 
 impl MetadataImage {
     pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicImage> {
-        self.topics.values().find(|t| t.id == id)
+        self.topics.values().map(|t| &**t).find(|t| t.id == id)
+    }
+
+    /// CreateTopics on this image: the topic added (see [`Self::new_topic`]).
+    pub fn create_topic(
+        &mut self,
+        broker: &BrokerConfig,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        assignments: Option<Vec<Vec<i32>>>,
+    ) -> Result<TopicImage> {
+        let topic = self.new_topic(broker, name, partitions, replication_factor, configs, assignments)?;
+        self.topics.insert(name.to_string(), Arc::new(topic.clone()));
+        Ok(topic)
     }
 
     /// A new topic, its replicas placed over the live brokers, or as
     /// `assignments` names them (then `partitions` and `replication_factor`
-    /// follow from it).
-    pub fn create_topic(
-        &mut self,
+    /// follow from it). The image is left as it is.
+    pub fn new_topic(
+        &self,
         broker: &BrokerConfig,
         name: &str,
         partitions: i32,
@@ -351,12 +369,30 @@ impl MetadataImage {
             states,
             reassigning: BTreeMap::new(),
         };
-        self.topics.insert(name.to_string(), topic.clone());
         Ok(topic)
     }
 
     pub fn delete_topic(&mut self, name: &str) -> Result<TopicImage> {
-        self.topics.remove(name).ok_or(Error::UnknownTopicOrPartition)
+        self.topics
+            .remove(name)
+            .map(Arc::unwrap_or_clone)
+            .ok_or(Error::UnknownTopicOrPartition)
+    }
+
+    /// A copy holding the brokers, configs and counters but only the named
+    /// topics: the part of the image an operation on those topics changes.
+    pub fn scoped_to<'a>(&self, topics: impl IntoIterator<Item = &'a str>) -> MetadataImage {
+        MetadataImage {
+            cluster_id: self.cluster_id.clone(),
+            brokers: self.brokers.clone(),
+            topics: topics
+                .into_iter()
+                .filter_map(|name| Some((name.to_string(), self.topics.get(name)?.clone())))
+                .collect(),
+            next_producer_id_block: self.next_producer_id_block,
+            broker_overrides: self.broker_overrides.clone(),
+            kafka_only_broker_overrides: self.kafka_only_broker_overrides.clone(),
+        }
     }
 
     /// The unfenced brokers new replicas may go to; before any broker has
@@ -385,9 +421,8 @@ impl MetadataImage {
         topic.state(partition)?.leader()
     }
 
-    /// AlterPartition: the leader's new ISR for a partition, when it names
-    /// the current leader and epochs, keeps the leader, and adds only live
-    /// replicas.
+    /// AlterPartition on this image: the partition's state replaced (see
+    /// [`Self::altered_partition`]).
     pub fn alter_partition(
         &mut self,
         topic: &str,
@@ -397,14 +432,39 @@ impl MetadataImage {
         partition_epoch: i32,
         isr: &[i32],
     ) -> Result<PartitionState> {
+        let next = self.altered_partition(topic, partition, leader, leader_epoch, partition_epoch, isr)?;
+        self.set_partition_state(topic, partition, next.clone());
+        Ok(next)
+    }
+
+    /// Replaces one partition's state; copies only its topic.
+    pub fn set_partition_state(&mut self, topic: &str, partition: i32, state: PartitionState) {
+        if let Some(slot) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| Arc::make_mut(t).states.get_mut(usize::try_from(partition).ok()?))
+        {
+            *slot = state;
+        }
+    }
+
+    /// AlterPartition: the leader's new ISR for a partition, when it names
+    /// the current leader and epochs, keeps the leader, and adds only live
+    /// replicas. Answers the partition's next state; the image is left as it is.
+    pub fn altered_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: &[i32],
+    ) -> Result<PartitionState> {
         let live: Vec<i32> = self.brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
         let anyone = self.brokers.is_empty();
-        let t = self.topics.get_mut(topic).ok_or(Error::UnknownTopicOrPartition)?;
-        let replicas = t.replicas(partition).to_vec();
-        let state = usize::try_from(partition)
-            .ok()
-            .and_then(|p| t.states.get_mut(p))
-            .ok_or(Error::UnknownTopicOrPartition)?;
+        let t = self.topics.get(topic).ok_or(Error::UnknownTopicOrPartition)?;
+        let replicas = t.replicas(partition);
+        let mut state = t.state(partition).ok_or(Error::UnknownTopicOrPartition)?.clone();
         if state.leader != leader || state.leader_epoch != leader_epoch {
             return Err(Error::FencedLeaderEpoch(format!(
                 "{topic}-{partition}: leader {leader} epoch {leader_epoch} is not the current leader {} epoch {}",
@@ -434,7 +494,7 @@ impl MetadataImage {
             state.isr = isr.to_vec();
             state.partition_epoch += 1;
         }
-        Ok(state.clone())
+        Ok(state)
     }
 
     /// How many partitions broker `id` leads now.
@@ -475,13 +535,31 @@ impl MetadataImage {
         election: Election,
         only: Option<&[(String, i32)]>,
     ) -> usize {
-        let live: std::collections::BTreeSet<i32> = self.brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
-        let anyone = self.brokers.is_empty();
+        let elected = self.elections(broker, election, only, &self.brokers);
+        let changed = elected.len();
+        for (topic, partition, state) in elected {
+            self.set_partition_state(&topic, partition, state);
+        }
+        changed
+    }
+
+    /// The partitions an election changes, with their next states, were the
+    /// brokers as `brokers` has them (a registration or fencing about to be
+    /// written). The image is left as it is.
+    pub fn elections(
+        &self,
+        broker: &BrokerConfig,
+        election: Election,
+        only: Option<&[(String, i32)]>,
+        brokers: &BTreeMap<i32, BrokerRegistration>,
+    ) -> Vec<(String, i32, PartitionState)> {
+        let live: std::collections::BTreeSet<i32> = brokers.values().filter(|b| !b.fenced).map(|b| b.id).collect();
+        let anyone = brokers.is_empty();
         let is_live = |id: i32| anyone || live.contains(&id);
         let only: Option<std::collections::BTreeSet<(&str, i32)>> =
             only.map(|only| only.iter().map(|(t, p)| (t.as_str(), *p)).collect());
-        let mut changed = 0;
-        for topic in self.topics.values_mut() {
+        let mut changed = Vec::new();
+        for topic in self.topics.values() {
             let unclean = LogConfig::with_overrides(broker, &topic.configs)
                 .map_or(broker.unclean_leader_election_enable, |c| {
                     c.unclean_leader_election_enable
@@ -498,8 +576,7 @@ impl MetadataImage {
                     continue;
                 };
                 if let Some(next) = leadership::elect(replicas, state, is_live, unclean, election) {
-                    topic.states[p as usize] = next;
-                    changed += 1;
+                    changed.push((topic.name.clone(), p, next));
                 }
             }
         }
@@ -575,7 +652,7 @@ impl MetadataImage {
         partition: i32,
         f: impl FnOnce(&mut PartitionReplicas<'_>) -> Result<T>,
     ) -> Result<T> {
-        let t = self.topics.get_mut(topic).ok_or(Error::UnknownTopicOrPartition)?;
+        let t = Arc::make_mut(self.topics.get_mut(topic).ok_or(Error::UnknownTopicOrPartition)?);
         let p = usize::try_from(partition)
             .ok()
             .filter(|p| *p < t.assignments.len() && *p < t.states.len())
@@ -630,7 +707,12 @@ impl MetadataImage {
     /// Fills in partition states an older image lacks: each partition led by
     /// its first replica, which is its ISR.
     pub fn fill_partition_states(&mut self) {
-        for topic in self.topics.values_mut() {
+        for topic in self
+            .topics
+            .values_mut()
+            .filter(|t| t.states.len() < t.assignments.len())
+        {
+            let topic = Arc::make_mut(topic);
             let from = topic.states.len();
             for p in from..topic.assignments.len() {
                 let state = PartitionState::legacy(&topic.assignments[p]);
@@ -660,7 +742,7 @@ impl MetadataImage {
         };
         let candidates = self.placement_candidates(broker);
         let live: Vec<i32> = candidates.iter().map(|c| c.id).collect();
-        let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
+        let topic = Arc::make_mut(self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?);
         if count < topic.partitions {
             return Err(Error::InvalidPartitions(format!(
                 "topic currently has {} partitions, which is higher than the requested {count}",
@@ -718,7 +800,7 @@ impl MetadataImage {
     }
 
     pub fn alter_topic_configs(&mut self, broker: &BrokerConfig, name: &str, ops: &[ConfigOp]) -> Result<()> {
-        let topic = self.topics.get_mut(name).ok_or(Error::UnknownTopicOrPartition)?;
+        let topic = self.topics.get(name).ok_or(Error::UnknownTopicOrPartition)?;
         let mut configs = topic.configs.clone();
         for op in ops {
             if !LogConfig::NAMES.contains(&op.name.as_str()) {
@@ -730,7 +812,9 @@ impl MetadataImage {
             };
         }
         LogConfig::with_overrides(broker, &configs)?;
-        topic.configs = configs;
+        if let Some(topic) = self.topics.get_mut(name) {
+            Arc::make_mut(topic).configs = configs;
+        }
         Ok(())
     }
 
@@ -907,7 +991,7 @@ mod tests {
             .unwrap();
         assert_eq!(image.leader(&image.topics["t"], 0), Some(1));
         // As replication will: both replicas in sync.
-        for s in &mut image.topics.get_mut("t").unwrap().states {
+        for s in &mut Arc::make_mut(image.topics.get_mut("t").unwrap()).states {
             s.isr = vec![1, 2];
         }
         image.brokers.get_mut(&1).unwrap().fenced = true;
@@ -928,7 +1012,7 @@ mod tests {
             image.preferred_leader_moves(10).is_empty(),
             "out of sync: nothing to move"
         );
-        for s in &mut image.topics.get_mut("t").unwrap().states {
+        for s in &mut Arc::make_mut(image.topics.get_mut("t").unwrap()).states {
             s.isr = vec![2, 1];
         }
         assert_eq!(image.preferred_leader_moves(10), vec![("t".to_string(), 0)]);

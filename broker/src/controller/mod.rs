@@ -11,7 +11,9 @@ pub mod image;
 pub mod leadership;
 pub mod liveness;
 pub mod network;
+pub mod ops;
 pub mod placement;
+pub mod publisher;
 pub mod reassignment;
 pub mod records;
 pub mod store;
@@ -35,10 +37,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BrokerConfig, LogConfig};
 use crate::error::{Error, Result};
 pub use image::{ConfigOp, MetadataImage, TopicImage};
-use leadership::Election;
 use network::{NetworkFactory, Peers};
-pub use records::{ControllerError, ControllerOp, OpResult};
-use store::{LogStore, NodeId, Published, RecordBatch, StateMachine};
+use publisher::Published;
+pub use records::{ControllerError, ControllerOp, ImageChanges, IsrChange, OpResult};
+use store::{LogStore, NodeId, RecordBatch, StateMachine};
 
 const METADATA_DIR: &str = "__cluster_metadata";
 /// Producer ids handed out per block, as Kafka's controller does.
@@ -55,7 +57,8 @@ openraft::declare_raft_types!(
         R = Applied,
 );
 
-type Listener = Box<dyn Fn(&MetadataImage) -> Result<()> + Send + Sync>;
+/// Told of every applied change: the image after it, and what it changed.
+type Listener = Box<dyn Fn(&Arc<MetadataImage>, &ImageChanges) -> Result<()> + Send + Sync>;
 pub struct Controller {
     broker: BrokerConfig,
     node_id: NodeId,
@@ -144,14 +147,17 @@ impl Controller {
         }
         let log = LogStore::open(&dir)?;
         let fresh = log.is_empty();
-        let state = StateMachine::open(&dir, broker.node_id)?;
-        let published = state.published.clone();
+        let snapshot_every = broker.metadata_log_max_record_bytes_between_snapshots.max(1) as u64;
+        let state = StateMachine::open(&dir, broker.node_id, snapshot_every)?;
+        let published = state.published();
+        let mut snapshot_due = state.snapshot_due.subscribe();
         let config = openraft::Config {
             cluster_name: "fjord".into(),
             heartbeat_interval: 150,
             election_timeout_min: 800,
             election_timeout_max: 1600,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+            // Snapshots are taken by size (see `snapshot_due` below).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 100,
             ..openraft::Config::default()
         }
@@ -160,6 +166,19 @@ impl Controller {
         let raft = Raft::new(node_id, Arc::new(config), network, log, state)
             .await
             .map_err(|e| Error::Storage(std::io::Error::other(e.to_string())))?;
+        // Ends with the state machine (its sender), when the quorum shuts down.
+        let snapshots = raft.clone();
+        tokio::spawn(async move {
+            while snapshot_due.wait_for(|due| *due).await.is_ok() {
+                if snapshots.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                // Asked; wait until it is taken before asking again.
+                if snapshot_due.wait_for(|due| !*due).await.is_err() {
+                    return;
+                }
+            }
+        });
         if fresh && broker.is_controller() {
             match raft.initialize(voters.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
@@ -374,10 +393,7 @@ impl Controller {
             .ensure_linearizable()
             .await
             .map_err(|e| ControllerError::NotController(e.to_string()))?;
-        let prev = self.image();
-        let mut next = (*prev).clone();
-        let result = run(&self.broker, &op, &mut next)?;
-        let batch = records::diff(&prev, &next);
+        let (result, batch) = ops::run(&self.broker, &op, &self.image())?;
         if batch.is_empty() {
             return Ok((result, *self.published.applied.borrow()));
         }
@@ -390,6 +406,15 @@ impl Controller {
         }
     }
 
+    /// Runs an operation, or with `validate_only` makes only the checks the
+    /// active controller would make, against this broker's image.
+    async fn execute_or_validate(&self, op: ControllerOp, validate_only: bool) -> Result<OpResult> {
+        if validate_only {
+            return Ok(ops::run(&self.broker, &op, &self.image())?.0);
+        }
+        self.execute(op).await
+    }
+
     pub async fn create_topic(
         &self,
         name: &str,
@@ -399,17 +424,6 @@ impl Controller {
         assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<TopicImage> {
-        if validate_only {
-            let broker = self.effective_broker_config();
-            return (*self.image()).clone().create_topic(
-                &broker,
-                name,
-                partitions,
-                replication_factor,
-                configs,
-                assignments,
-            );
-        }
         let op = ControllerOp::CreateTopic {
             name: name.to_string(),
             partitions,
@@ -417,7 +431,7 @@ impl Controller {
             configs,
             assignments,
         };
-        match self.execute(op).await? {
+        match self.execute_or_validate(op, validate_only).await? {
             OpResult::Topic(t) => Ok(t),
             other => Err(unexpected(other)),
         }
@@ -437,32 +451,20 @@ impl Controller {
         assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<()> {
-        if validate_only {
-            let broker = self.effective_broker_config();
-            return (*self.image())
-                .clone()
-                .create_partitions_with(&broker, name, count, assignments);
-        }
-        self.execute(ControllerOp::CreatePartitions {
+        let op = ControllerOp::CreatePartitions {
             name: name.to_string(),
             count,
             assignments,
-        })
-        .await
-        .map(|_| ())
+        };
+        self.execute_or_validate(op, validate_only).await.map(|_| ())
     }
 
     pub async fn alter_topic_configs(&self, name: &str, ops: &[ConfigOp], validate_only: bool) -> Result<()> {
-        if validate_only {
-            let broker = self.effective_broker_config();
-            return (*self.image()).clone().alter_topic_configs(&broker, name, ops);
-        }
-        self.execute(ControllerOp::AlterTopicConfigs {
+        let op = ControllerOp::AlterTopicConfigs {
             name: name.to_string(),
             ops: ops.to_vec(),
-        })
-        .await
-        .map(|_| ())
+        };
+        self.execute_or_validate(op, validate_only).await.map(|_| ())
     }
 
     pub async fn alter_broker_configs(
@@ -471,17 +473,11 @@ impl Controller {
         default_entity: bool,
         validate_only: bool,
     ) -> Result<()> {
-        if validate_only {
-            return (*self.image())
-                .clone()
-                .alter_broker_configs(&self.broker, ops, default_entity);
-        }
-        self.execute(ControllerOp::AlterBrokerConfigs {
+        let op = ControllerOp::AlterBrokerConfigs {
             ops: ops.to_vec(),
             default_entity,
-        })
-        .await
-        .map(|_| ())
+        };
+        self.execute_or_validate(op, validate_only).await.map(|_| ())
     }
 
     /// AlterPartitionReassignments: per change (topic, partition, target or
@@ -691,7 +687,7 @@ impl Controller {
                 .is_some_and(|b| b.incarnation_id == registration.incarnation_id && !b.fenced)
         };
         let wait = async {
-            while !unfenced(&self.image()) {
+            while !unfenced(&self.published.acted_on()) {
                 if applied.changed().await.is_err() {
                     return;
                 }
@@ -830,130 +826,10 @@ fn unexpected(result: OpResult) -> Error {
     )))
 }
 
-fn effective(broker: &BrokerConfig, image: &MetadataImage) -> BrokerConfig {
+pub(crate) fn effective(broker: &BrokerConfig, image: &MetadataImage) -> BrokerConfig {
     let mut config = broker.clone();
     for (k, v) in &image.broker_overrides {
         let _ = config.set(k, v);
     }
     config
-}
-
-/// An operation as a pure change of the image (on the active controller).
-fn run(
-    broker: &BrokerConfig,
-    op: &ControllerOp,
-    image: &mut MetadataImage,
-) -> std::result::Result<OpResult, ControllerError> {
-    let config = effective(broker, image);
-    Ok(match op {
-        ControllerOp::SetClusterId(id) => {
-            if image.cluster_id.is_empty() {
-                image.cluster_id = id.clone();
-            }
-            OpResult::Done
-        }
-        ControllerOp::RegisterBroker(registration) => {
-            // Fenced until its heartbeat shows it caught up with the log.
-            let mut registration = registration.clone();
-            registration.fenced = true;
-            image.brokers.insert(registration.id, registration);
-            // A new incarnation replaces a live one: its partitions move now.
-            image.elect_leaders(&config, Election::Failover, None);
-            OpResult::Done
-        }
-        ControllerOp::UnfenceBroker { id, incarnation_id } | ControllerOp::FenceBroker { id, incarnation_id } => {
-            let fenced = matches!(op, ControllerOp::FenceBroker { .. });
-            if let Some(b) = image
-                .brokers
-                .get_mut(id)
-                .filter(|b| b.incarnation_id == *incarnation_id)
-            {
-                b.fenced = fenced;
-            }
-            // A fenced broker's partitions move; offline partitions whose
-            // last in-sync replica is back lead again.
-            image.elect_leaders(&config, Election::Failover, None);
-            OpResult::Done
-        }
-        ControllerOp::AlterPartition {
-            topic,
-            partition,
-            leader,
-            leader_epoch,
-            partition_epoch,
-            isr,
-        } => {
-            image.alter_partition(topic, *partition, *leader, *leader_epoch, *partition_epoch, isr)?;
-            image.maybe_complete_reassignment(topic, *partition);
-            OpResult::Done
-        }
-        ControllerOp::ElectPreferredLeaders { partitions } => {
-            let moves = match partitions {
-                Some(named) => named.clone(),
-                None => image.preferred_leader_moves(config.leader_imbalance_per_broker_percentage),
-            };
-            OpResult::Elected(image.elect_leaders(&config, Election::Preferred, Some(&moves)))
-        }
-        ControllerOp::CreateTopic {
-            name,
-            partitions,
-            replication_factor,
-            configs,
-            assignments,
-        } => OpResult::Topic(image.create_topic(
-            &config,
-            name,
-            *partitions,
-            *replication_factor,
-            configs.clone(),
-            assignments.clone(),
-        )?),
-        ControllerOp::DeleteTopic(name) => OpResult::Topic(image.delete_topic(name)?),
-        ControllerOp::CreatePartitions {
-            name,
-            count,
-            assignments,
-        } => {
-            image.create_partitions_with(&config, name, *count, assignments.clone())?;
-            OpResult::Done
-        }
-        ControllerOp::AlterTopicConfigs { name, ops } => {
-            image.alter_topic_configs(&config, name, ops)?;
-            OpResult::Done
-        }
-        ControllerOp::AlterBrokerConfigs { ops, default_entity } => {
-            image.alter_broker_configs(broker, ops, *default_entity)?;
-            OpResult::Done
-        }
-        ControllerOp::AlterReassignments {
-            changes,
-            allow_rf_change,
-        } => OpResult::Reassigned(
-            changes
-                .iter()
-                .map(|(topic, partition, target)| {
-                    image
-                        .alter_reassignment(topic, *partition, target.as_deref(), *allow_rf_change)
-                        .map_err(ControllerError::from)
-                })
-                .collect(),
-        ),
-        ControllerOp::DrainBroker { id } => {
-            if !image.brokers.contains_key(id) {
-                return Err(Error::InvalidReplicaAssignment(format!("broker {id} is not registered")).into());
-            }
-            let plan = image.drain_plan(*id)?;
-            let moved = plan.len();
-            for (topic, partition, target) in plan {
-                // The target keeps the size of the one in progress, if any.
-                image.alter_reassignment(&topic, partition, Some(&target), true)?;
-            }
-            OpResult::Moved(moved)
-        }
-        ControllerOp::AllocateProducerIds { block } => {
-            let start = image.next_producer_id_block;
-            image.next_producer_id_block += (*block).clamp(1, 1_000_000);
-            OpResult::ProducerIdBlock(start)
-        }
-    })
 }

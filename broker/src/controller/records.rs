@@ -1,12 +1,13 @@
 //! The metadata log's typed records and the controller operations that make
 //! them.
 //!
-//! The active controller runs an operation against its image with the pure
-//! changes of [`MetadataImage`], then appends the difference as records. Every
-//! node applies the records to its own image in log order. A record states a
-//! fact (it sets, never increments), so applying it twice is harmless.
+//! The active controller turns an operation into records against its image
+//! (`ops.rs`) and appends them. Every node applies the records to its own
+//! image in log order. A record states a fact (it sets, never increments), so
+//! applying it twice is harmless.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,91 +38,83 @@ pub enum MetadataRecord {
     ProducerIdBlock(i64),
 }
 
-/// The records that turn `prev` into `next`.
-pub fn diff(prev: &MetadataImage, next: &MetadataImage) -> Vec<MetadataRecord> {
-    let mut records = Vec::new();
-    if prev.cluster_id != next.cluster_id {
-        records.push(MetadataRecord::ClusterId(next.cluster_id.clone()));
-    }
-    for (id, broker) in &next.brokers {
-        if prev.brokers.get(id) != Some(broker) {
-            records.push(MetadataRecord::Broker(broker.clone()));
-        }
-    }
-    for name in prev.topics.keys().filter(|n| !next.topics.contains_key(*n)) {
-        records.push(MetadataRecord::RemoveTopic(name.clone()));
-    }
-    for (name, topic) in &next.topics {
-        match prev.topics.get(name) {
-            Some(old) if old == topic => {}
-            // Only leadership moved: a record per partition, not the whole topic.
-            Some(old) if same_but_states(old, topic) => {
-                for (p, state) in topic.states.iter().enumerate() {
-                    if old.states.get(p) != Some(state) {
-                        records.push(MetadataRecord::PartitionChange {
-                            topic: name.clone(),
-                            partition: p as i32,
-                            state: state.clone(),
-                        });
-                    }
-                }
-            }
-            _ => records.push(MetadataRecord::Topic(topic.clone())),
-        }
-    }
-    if prev.broker_overrides != next.broker_overrides
-        || prev.kafka_only_broker_overrides != next.kafka_only_broker_overrides
-    {
-        records.push(MetadataRecord::BrokerOverrides {
-            overrides: next.broker_overrides.clone(),
-            kafka_only: next.kafka_only_broker_overrides.clone(),
-        });
-    }
-    if prev.next_producer_id_block != next.next_producer_id_block {
-        records.push(MetadataRecord::ProducerIdBlock(next.next_producer_id_block));
-    }
-    records
+/// What applied records changed, for those who act on parts of the image (a
+/// broker's replicas, the coordinators): the cost of acting on a change
+/// follows its size, not the cluster's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageChanges {
+    /// Brokers, cluster-wide configs or the cluster id changed: every
+    /// partition may be affected (liveness, effective configs).
+    pub everything: bool,
+    /// Topics created, changed as a whole, or removed.
+    pub topics: BTreeSet<String>,
+    /// Partitions whose leader, epochs or ISR changed.
+    pub partitions: BTreeSet<(String, i32)>,
 }
 
-fn same_but_states(a: &TopicImage, b: &TopicImage) -> bool {
-    a.states.len() == b.states.len()
-        && a.name == b.name
-        && a.id == b.id
-        && a.partitions == b.partitions
-        && a.replication_factor == b.replication_factor
-        && a.configs == b.configs
-        && a.assignments == b.assignments
-        && a.reassigning == b.reassigning
+impl ImageChanges {
+    /// Everything: a whole image taken in (a subscription, a snapshot).
+    pub fn everything() -> ImageChanges {
+        ImageChanges {
+            everything: true,
+            ..ImageChanges::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.topics.is_empty() && self.partitions.is_empty()
+    }
+
+    /// Whether the change may affect this partition.
+    pub fn touches(&self, topic: &str, partition: i32) -> bool {
+        self.everything || self.topics.contains(topic) || self.partitions.contains(&(topic.to_string(), partition))
+    }
+
+    /// Whether the change may affect some partition of this topic.
+    pub fn touches_topic(&self, topic: &str) -> bool {
+        self.everything || self.topics.contains(topic) || self.partitions.iter().any(|(t, _)| t == topic)
+    }
+
+    /// Both changes, as one.
+    pub fn merge(&mut self, other: ImageChanges) {
+        self.everything |= other.everything;
+        self.topics.extend(other.topics);
+        self.partitions.extend(other.partitions);
+    }
 }
 
-pub fn apply(image: &mut MetadataImage, record: &MetadataRecord) {
+/// Applies one record to the image, noting what it changed. Copies only what
+/// the record touches (one topic at most).
+pub fn apply(image: &mut MetadataImage, record: &MetadataRecord, changes: &mut ImageChanges) {
     match record {
-        MetadataRecord::ClusterId(id) => image.cluster_id = id.clone(),
+        MetadataRecord::ClusterId(id) => {
+            image.cluster_id = id.clone();
+            changes.everything = true;
+        }
         MetadataRecord::Broker(b) => {
             image.brokers.insert(b.id, b.clone());
+            changes.everything = true;
         }
         MetadataRecord::Topic(topic) => {
-            image.topics.insert(topic.name.clone(), topic.clone());
+            image.topics.insert(topic.name.clone(), Arc::new(topic.clone()));
+            changes.topics.insert(topic.name.clone());
         }
         MetadataRecord::PartitionChange {
             topic,
             partition,
             state,
         } => {
-            if let Some(slot) = image
-                .topics
-                .get_mut(topic)
-                .and_then(|t| t.states.get_mut(usize::try_from(*partition).ok()?))
-            {
-                *slot = state.clone();
-            }
+            image.set_partition_state(topic, *partition, state.clone());
+            changes.partitions.insert((topic.clone(), *partition));
         }
         MetadataRecord::RemoveTopic(name) => {
             image.topics.remove(name);
+            changes.topics.insert(name.clone());
         }
         MetadataRecord::BrokerOverrides { overrides, kafka_only } => {
             image.broker_overrides = overrides.clone();
             image.kafka_only_broker_overrides = kafka_only.clone();
+            changes.everything = true;
         }
         MetadataRecord::ProducerIdBlock(next) => image.next_producer_id_block = *next,
     }
@@ -146,16 +139,13 @@ pub enum ControllerOp {
         id: i32,
         incarnation_id: uuid::Uuid,
     },
-    /// A leader's change of its partition's ISR (Kafka's AlterPartition),
-    /// refused unless it names the current leader, leader epoch and
-    /// partition epoch: a stale leader cannot overwrite a newer ISR.
+    /// A leader's changes of its partitions' ISRs, all it has in one
+    /// request (Kafka's AlterPartition). Each is refused unless it names the
+    /// current leader, leader epoch and partition epoch: a stale leader
+    /// cannot overwrite a newer ISR.
     AlterPartition {
-        topic: String,
-        partition: i32,
         leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        isr: Vec<i32>,
+        changes: Vec<IsrChange>,
     },
     /// Preferred replicas lead again where they are live and in sync: the
     /// named partitions, or all that auto.leader.rebalance finds imbalanced.
@@ -202,6 +192,16 @@ pub enum ControllerOp {
     },
 }
 
+/// One partition's ISR as its leader wants it (an item of AlterPartition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsrChange {
+    pub topic: String,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
 /// What an operation answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
@@ -214,6 +214,8 @@ pub enum OpResult {
     Moved(usize),
     /// Per change asked, in order: whether it was taken.
     Reassigned(Vec<std::result::Result<(), ControllerError>>),
+    /// Per ISR change asked, in order: whether it was taken.
+    Altered(Vec<std::result::Result<(), ControllerError>>),
 }
 
 /// The errors a controller operation can answer, in a form that crosses the
@@ -281,147 +283,38 @@ mod tests {
     use crate::config::BrokerConfig;
 
     #[test]
-    fn records_replay_the_change() {
+    fn records_are_facts_and_say_what_they_changed() {
         let broker = BrokerConfig::default();
-        let mut prev = MetadataImage::default();
-        prev.create_topic(&broker, "a", 2, 1, BTreeMap::new(), None).unwrap();
-        prev.create_topic(&broker, "b", 1, 1, BTreeMap::new(), None).unwrap();
-        let mut next = prev.clone();
-        next.cluster_id = "c".into();
-        next.delete_topic("a").unwrap();
-        next.create_partitions(&broker, "b", 3).unwrap();
-        next.create_topic(&broker, "c", 1, 1, BTreeMap::new(), None).unwrap();
-        next.next_producer_id_block = 1000;
-        next.topics.get_mut("b").unwrap().states[0].leader_epoch = 9;
-        next.broker_overrides.insert("log.retention.ms".into(), "1".into());
-        let records = diff(&prev, &next);
-        let mut replayed = prev.clone();
-        for r in &records {
-            apply(&mut replayed, r);
-        }
-        assert_eq!(replayed, next);
-        // Applying again changes nothing: records are facts.
-        for r in &records {
-            apply(&mut replayed, r);
-        }
-        assert_eq!(replayed, next);
-        assert!(diff(&next, &next).is_empty());
-    }
-
-    #[test]
-    fn a_leadership_change_is_one_record_per_partition() {
-        let broker = BrokerConfig::default();
-        let mut prev = MetadataImage::default();
-        prev.create_topic(&broker, "t", 50, 1, BTreeMap::new(), None).unwrap();
-        let mut next = prev.clone();
-        next.topics.get_mut("t").unwrap().states[7].leader = -1;
-        let records = diff(&prev, &next);
-        assert!(matches!(
-            &records[..],
-            [MetadataRecord::PartitionChange { partition: 7, .. }]
-        ));
-        let mut replayed = prev.clone();
-        apply(&mut replayed, &records[0]);
-        assert_eq!(replayed, next);
+        let mut image = MetadataImage::default();
+        image.create_topic(&broker, "t", 50, 1, BTreeMap::new(), None).unwrap();
+        let mut state = image.topics["t"].states[7].clone();
+        state.leader_epoch += 1;
+        let record = MetadataRecord::PartitionChange {
+            topic: "t".into(),
+            partition: 7,
+            state: state.clone(),
+        };
+        let before = image.clone();
+        let mut changes = ImageChanges::default();
+        apply(&mut image, &record, &mut changes);
+        assert_eq!(image.topics["t"].states[7], state);
+        assert_eq!(changes.partitions, BTreeSet::from([("t".to_string(), 7)]));
+        assert!(!changes.everything && changes.topics.is_empty());
+        assert!(changes.touches("t", 7) && !changes.touches("t", 8));
+        // The image it was applied to shares nothing it changed.
+        assert_eq!(before.topics["t"].states[7].leader_epoch + 1, state.leader_epoch);
+        // Applying it again changes nothing.
+        let once = image.clone();
+        apply(&mut image, &record, &mut changes);
+        assert_eq!(image, once);
         // A change for a partition that no longer exists is ignored.
-        let mut gone = prev.clone();
+        let mut gone = before.clone();
         gone.delete_topic("t").unwrap();
-        apply(&mut gone, &records[0]);
+        apply(&mut gone, &record, &mut ImageChanges::default());
         assert!(gone.topics.is_empty());
-    }
-
-    /// One change an operation can make to the image.
-    #[derive(Debug, Clone)]
-    enum Change {
-        Register(i32),
-        Fence(i32),
-        Create(usize, i32, i16),
-        Delete(usize),
-        Grow(usize, i32),
-        Override(usize, u16),
-        ProducerIds,
-        Elect,
-    }
-
-    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
-        use proptest::prelude::*;
-        prop_oneof![
-            (1i32..5).prop_map(Change::Register),
-            (1i32..5).prop_map(Change::Fence),
-            (0usize..3, 1i32..6, 1i16..4).prop_map(|(t, p, rf)| Change::Create(t, p, rf)),
-            (0usize..3).prop_map(Change::Delete),
-            (0usize..3, 1i32..8).prop_map(|(t, n)| Change::Grow(t, n)),
-            (0usize..2, any::<u16>()).prop_map(|(k, v)| Change::Override(k, v)),
-            Just(Change::ProducerIds),
-            Just(Change::Elect),
-        ]
-    }
-
-    proptest::proptest! {
-        /// Over random sequences of registrations, fencing, topic creation,
-        /// deletion and growth, config overrides, producer id blocks and
-        /// elections: the records of each change turn the image before it
-        /// into the image after it, applying them twice changes nothing, and
-        /// an unchanged image makes no record.
-        #[test]
-        fn records_replay_any_change(changes in proptest::collection::vec(change(), 1..40)) {
-            use super::super::image::BrokerRegistration;
-            use super::super::leadership::Election;
-            let broker = BrokerConfig::default();
-            let topics = ["a", "b", "c"];
-            let keys = ["log.retention.ms", "log.segment.bytes"];
-            let mut image = MetadataImage::default();
-            for change in changes {
-                let mut next = image.clone();
-                match change {
-                    Change::Register(id) => {
-                        next.brokers.insert(id, BrokerRegistration {
-                            id,
-                            incarnation_id: uuid::Uuid::new_v4(),
-                            host: "127.0.0.1".into(),
-                            port: 9092 + id,
-                            admin: format!("127.0.0.1:{}", 9093 + id),
-                            rack: String::new(),
-                            fenced: false,
-                        });
-                        next.elect_leaders(&broker, Election::Failover, None);
-                    }
-                    Change::Fence(id) => {
-                        if let Some(b) = next.brokers.get_mut(&id) {
-                            b.fenced = true;
-                        }
-                        next.elect_leaders(&broker, Election::Failover, None);
-                    }
-                    Change::Create(t, partitions, rf) => {
-                        let _ = next.create_topic(&broker, topics[t], partitions, rf, BTreeMap::new(), None);
-                    }
-                    Change::Delete(t) => {
-                        let _ = next.delete_topic(topics[t]);
-                    }
-                    Change::Grow(t, count) => {
-                        let _ = next.create_partitions(&broker, topics[t], count);
-                    }
-                    Change::Override(k, v) => {
-                        next.broker_overrides.insert(keys[k].into(), v.to_string());
-                    }
-                    Change::ProducerIds => next.next_producer_id_block += 1000,
-                    Change::Elect => {
-                        next.elect_leaders(&broker, Election::Preferred, None);
-                    }
-                }
-                let records = diff(&image, &next);
-                let mut replayed = image.clone();
-                for r in &records {
-                    apply(&mut replayed, r);
-                }
-                proptest::prop_assert_eq!(&replayed, &next);
-                for r in &records {
-                    apply(&mut replayed, r);
-                }
-                proptest::prop_assert_eq!(&replayed, &next);
-                proptest::prop_assert!(diff(&next, &next).is_empty());
-                image = next;
-            }
-        }
+        // A broker's change may touch every partition.
+        let mut changes = ImageChanges::default();
+        apply(&mut image, &MetadataRecord::ClusterId("c".into()), &mut changes);
+        assert!(changes.everything && changes.touches("any", 3));
     }
 }

@@ -1,9 +1,12 @@
 //! Durable state of the metadata quorum under `<data>/__cluster_metadata`:
 //! the Raft log (`raft.log`, CRC-framed JSON entries, fdatasync'd before an
-//! append is acknowledged), the vote (`vote.json`) and the state machine, whose
-//! image is also the snapshot (`snapshot.json`, written atomically after each
-//! apply). A data directory from before the quorum holds only `metadata.json`:
-//! it becomes the state machine's image, so a single node upgrades in place.
+//! append is acknowledged), the vote (`vote.json`) and the state machine's
+//! snapshot (`snapshot.json`, written atomically when a snapshot is taken:
+//! after `metadata.log.max.record.bytes.between.snapshots` of records, or
+//! when one is installed). On start the entries after the snapshot are
+//! applied again. A data directory from before the quorum holds only
+//! `metadata.json`: it becomes the state machine's image, so a single node
+//! upgrades in place.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,11 +21,13 @@ use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::image::MetadataImage;
-use super::records::{self, MetadataRecord};
+use super::publisher::{Published, Publisher};
+use super::records::{self, ImageChanges, MetadataRecord};
 use super::TypeConfig;
 use crate::blocking::blocking;
 use crate::log::manager::write_atomically;
@@ -238,54 +243,23 @@ pub struct StateMachineData {
     pub image: MetadataImage,
 }
 
-use super::Listener;
-
-/// The applied image, shared by the state machine (writer) and the broker (readers).
-pub struct Published {
-    pub image: RwLock<Arc<MetadataImage>>,
-    listeners: RwLock<Vec<Listener>>,
-    /// The index of the last applied log entry.
-    pub applied: tokio::sync::watch::Sender<u64>,
-}
-
-impl Published {
-    fn new(image: MetadataImage) -> Published {
-        Published {
-            image: RwLock::new(Arc::new(image)),
-            listeners: RwLock::new(Vec::new()),
-            applied: tokio::sync::watch::channel(0).0,
-        }
-    }
-
-    pub fn subscribe(&self, listener: Listener) -> crate::error::Result<()> {
-        listener(&self.image.read().clone())?;
-        self.listeners.write().push(listener);
-        Ok(())
-    }
-
-    fn publish(&self, image: MetadataImage) {
-        let image = Arc::new(image);
-        *self.image.write() = image.clone();
-        for l in self.listeners.read().iter() {
-            if let Err(e) = l(&image) {
-                // The image is committed; a broker that cannot act on it (a
-                // disk error opening a log) reports it and keeps following.
-                tracing::error!(error = %e, "applying the metadata image failed");
-            }
-        }
-    }
-}
-
 pub struct StateMachine {
     dir: PathBuf,
     data: StateMachineData,
-    pub published: Arc<Published>,
+    publisher: Publisher,
+    /// Bytes of records applied since the last snapshot, and the threshold
+    /// that asks for the next one (Kafka's
+    /// metadata.log.max.record.bytes.between.snapshots).
+    since_snapshot: u64,
+    snapshot_every: u64,
+    /// Set when a snapshot is due; the controller asks openraft for it.
+    pub snapshot_due: watch::Sender<bool>,
 }
 
 impl StateMachine {
     /// `node_id`: the owner of every partition of a pre-quorum image (a
     /// single node held them all).
-    pub fn open(dir: &Path, node_id: i32) -> io::Result<StateMachine> {
+    pub fn open(dir: &Path, node_id: i32, snapshot_every: u64) -> io::Result<StateMachine> {
         let (data, legacy) = match read_json::<StateMachineData>(&dir.join(SNAPSHOT_FILE))? {
             Some(data) => (data, false),
             None => {
@@ -293,6 +267,7 @@ impl StateMachine {
                 let found = legacy.is_some();
                 let mut image = legacy.unwrap_or_default();
                 for topic in image.topics.values_mut().filter(|t| t.assignments.is_empty()) {
+                    let topic = Arc::make_mut(topic);
                     topic.assignments = vec![vec![node_id]; topic.partitions.max(0) as usize];
                 }
                 let data = StateMachineData {
@@ -305,11 +280,14 @@ impl StateMachine {
         let mut data = data;
         // Images from before partition states: each partition led by its first replica.
         data.image.fill_partition_states();
-        let published = Arc::new(Published::new(data.image.clone()));
+        let publisher = Publisher::start(data.image.clone())?;
         let state = StateMachine {
             dir: dir.to_path_buf(),
             data,
-            published,
+            publisher,
+            since_snapshot: 0,
+            snapshot_every: snapshot_every.max(1),
+            snapshot_due: watch::channel(false).0,
         };
         if legacy {
             // The pre-quorum image now lives in the snapshot.
@@ -318,6 +296,10 @@ impl StateMachine {
             tracing::info!("took the single-node metadata image into the metadata quorum's state");
         }
         Ok(state)
+    }
+
+    pub fn published(&self) -> Arc<Published> {
+        self.publisher.published()
     }
 
     fn persist(&self) -> io::Result<()> {
@@ -365,16 +347,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
-        let mut changed = false;
+        let mut changes = ImageChanges::default();
         for entry in entries {
             self.data.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
                     for r in &batch {
-                        records::apply(&mut self.data.image, r);
+                        records::apply(&mut self.data.image, r, &mut changes);
                     }
-                    changed |= !batch.is_empty();
+                    self.since_snapshot += encoded_len(&batch);
                 }
                 EntryPayload::Membership(m) => {
                     self.data.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -382,18 +364,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             responses.push(super::Applied(entry.log_id.index));
         }
-        blocking(|| self.persist()).map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
-        if changed {
-            self.published.publish(self.data.image.clone());
+        // Nothing is written here: the log holds the entries until a
+        // snapshot holds their effect.
+        if self.since_snapshot >= self.snapshot_every {
+            self.snapshot_due.send_replace(true);
         }
         if let Some(last) = self.data.last_applied {
-            self.published.applied.send_replace(last.index);
+            let image = if changes.is_empty() {
+                self.publisher.published().image.read().clone()
+            } else {
+                Arc::new(self.data.image.clone())
+            };
+            self.publisher.publish(image, changes, last.index);
         }
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder(self.snapshot())
+        // The snapshot is on disk before openraft purges the entries it holds.
+        let taken = blocking(|| self.persist()).and_then(|()| self.snapshot());
+        if taken.is_ok() {
+            self.since_snapshot = 0;
+            self.snapshot_due.send_replace(false);
+        }
+        SnapshotBuilder(taken)
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
@@ -415,10 +409,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             image,
         };
         blocking(|| self.persist()).map_err(|e| StorageIOError::write_state_machine(io_err(e)))?;
-        self.published.publish(self.data.image.clone());
-        if let Some(last) = self.data.last_applied {
-            self.published.applied.send_replace(last.index);
-        }
+        self.since_snapshot = 0;
+        let index = self.data.last_applied.map_or(0, |l| l.index);
+        self.publisher
+            .publish(Arc::new(self.data.image.clone()), ImageChanges::everything(), index);
         Ok(())
     }
 
@@ -428,6 +422,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::read_state_machine(io_err(e)))?,
         ))
     }
+}
+
+/// The size of a batch as the log stores it, without building it.
+fn encoded_len(batch: &RecordBatch) -> u64 {
+    struct Count(u64);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, batch);
+    count.0
 }
 
 /// One record batch per log entry: the records of one controller operation.
@@ -458,7 +469,7 @@ mod tests {
             "broker_overrides": {}
         });
         std::fs::write(dir.path().join(LEGACY_IMAGE_FILE), legacy.to_string()).unwrap();
-        let state = StateMachine::open(dir.path(), 7).unwrap();
+        let state = StateMachine::open(dir.path(), 7, u64::MAX).unwrap();
         let image = &state.data.image;
         assert_eq!(image.cluster_id, "old-cluster");
         assert_eq!(image.next_producer_id_block, 3000);
@@ -466,7 +477,7 @@ mod tests {
         let state = &image.topics["orders"].states[1];
         assert_eq!((state.leader, state.leader_epoch, state.isr.clone()), (7, 0, vec![7]));
         assert!(!dir.path().join(LEGACY_IMAGE_FILE).exists());
-        let again = StateMachine::open(dir.path(), 7).unwrap();
+        let again = StateMachine::open(dir.path(), 7, u64::MAX).unwrap();
         assert_eq!(&again.data.image, image, "kept in the snapshot");
     }
 
@@ -491,5 +502,56 @@ mod tests {
         let second = bad.len() / 3 + 10;
         bad[second] ^= 0xff;
         assert_eq!(read_frames(&bad).0.len(), 1);
+    }
+
+    /// The image is written only as a snapshot, once the records applied
+    /// since the last one reach metadata.log.max.record.bytes.between.snapshots;
+    /// a restart applies the entries after it again and ends with the same image.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_image_is_snapshotted_by_size_and_replayed_after_it() {
+        use crate::config::BrokerConfig;
+        use crate::controller::{Controller, ControllerOp};
+
+        let topic = |i: usize| ControllerOp::CreateTopic {
+            name: format!("t{i}"),
+            partitions: 2,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            assignments: None,
+        };
+        for (every, snapshotted) in [(i64::MAX, false), (2_000, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = BrokerConfig {
+                admin_listener: "127.0.0.1:0".into(),
+                metadata_log_max_record_bytes_between_snapshots: every,
+                ..BrokerConfig::default()
+            };
+            let snapshot = dir.path().join(super::super::METADATA_DIR).join(SNAPSHOT_FILE);
+            let controller = Controller::start(dir.path(), config.clone()).await.unwrap();
+            controller.wait_for_cluster_id().await.unwrap();
+            for i in 0..20 {
+                controller.execute(topic(i)).await.unwrap();
+            }
+            let image = controller.image();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while snapshotted && !snapshot.exists() {
+                assert!(tokio::time::Instant::now() < deadline, "no snapshot taken");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(snapshot.exists(), snapshotted, "snapshot after {every} bytes");
+            controller.shutdown().await;
+            drop(controller);
+
+            let again = Controller::start(dir.path(), config).await.unwrap();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while again.image() != image {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the image after a restart differs"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            again.shutdown().await;
+        }
     }
 }

@@ -406,9 +406,9 @@ mod tests {
         let replicas = Arc::new(ReplicaManager::new(LogManager::open(dir).unwrap()));
         let (applying, config) = (replicas.clone(), config.clone());
         controller
-            .subscribe(Box::new(move |image| {
-                // Failures are logged per partition; the rest of the image is applied.
-                applying.apply(image, &config);
+            .subscribe(Box::new(move |image, changes| {
+                // Failures are logged per partition; the rest of the change is applied.
+                applying.apply_changes(image, changes, &config);
                 Ok(())
             }))
             .unwrap();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::partition::{FollowerState, Leadership};
-use super::ReplicaManager;
-use crate::controller::{Controller, ControllerOp};
+use super::{Partition, ReplicaManager};
+use crate::controller::{Controller, ControllerOp, IsrChange, OpResult};
 
 /// The ISR the leader wants: a follower stays while it caught up with the
 /// leader's log end within `lag_max_ms` (replica.lag.time.max.ms), and joins
@@ -41,8 +41,10 @@ pub fn desired_isr(
         .collect()
 }
 
-/// Every `interval`, for each partition this broker leads, sends the
-/// controller the ISR its followers have earned. Counts shrinks and expands.
+/// Every `interval`, sends the controller the ISR the followers have earned
+/// for each partition this broker leads where it differs: all of them in one
+/// AlterPartition, as Kafka's AlterPartitionManager batches them. Counts
+/// shrinks and expands.
 pub async fn run(
     replicas: Arc<ReplicaManager>,
     controller: Arc<Controller>,
@@ -57,26 +59,47 @@ pub async fn run(
             _ = tokio::time::sleep(interval) => {}
             () = crate::shutdown::stopped(&mut shutdown) => return,
         }
-        for part in replicas.all() {
-            let l = part.leadership();
-            if !l.leading {
+        let now = crate::log::segment::now_ms();
+        let wanted: Vec<(Arc<Partition>, Leadership, Vec<i32>)> = replicas
+            .all()
+            .into_iter()
+            .filter_map(|part| {
+                let l = part.leadership();
+                let isr = desired_isr(&l, &part.followers(), now, lag_max_ms);
+                (l.leading && isr != l.isr).then_some((part, l, isr))
+            })
+            .collect();
+        let Some((_, first, _)) = wanted.first() else {
+            continue;
+        };
+        let op = ControllerOp::AlterPartition {
+            leader: first.leader,
+            changes: wanted
+                .iter()
+                .map(|(part, l, isr)| IsrChange {
+                    topic: part.tp.topic.clone(),
+                    partition: part.tp.partition,
+                    leader_epoch: l.leader_epoch,
+                    partition_epoch: l.partition_epoch,
+                    isr: isr.clone(),
+                })
+                .collect(),
+        };
+        let results = match controller.execute(op).await {
+            Ok(OpResult::Altered(results)) => results,
+            Ok(other) => {
+                tracing::warn!(?other, "unexpected answer to AlterPartition");
                 continue;
             }
-            let now = crate::log::segment::now_ms();
-            let isr = desired_isr(&l, &part.followers(), now, lag_max_ms);
-            if isr == l.isr {
+            // The controller moved or is unreachable; the next round asks again.
+            Err(e) => {
+                tracing::debug!(error = %e, "AlterPartition failed");
                 continue;
             }
-            let op = ControllerOp::AlterPartition {
-                topic: part.tp.topic.clone(),
-                partition: part.tp.partition,
-                leader: l.leader,
-                leader_epoch: l.leader_epoch,
-                partition_epoch: l.partition_epoch,
-                isr: isr.clone(),
-            };
-            match controller.execute(op).await {
-                Ok(_) => {
+        };
+        for ((part, l, isr), result) in wanted.iter().zip(results) {
+            match result {
+                Ok(()) => {
                     let left = l.isr.iter().filter(|r| !isr.contains(r)).count();
                     let joined = isr.iter().filter(|r| !l.isr.contains(r)).count();
                     shrinks.inc_by(left as u64);
@@ -84,7 +107,7 @@ pub async fn run(
                     tracing::info!(tp = %part.tp, from = ?l.isr, to = ?isr, "ISR changed");
                 }
                 // A newer state is on its way; the next round uses it.
-                Err(e) => tracing::debug!(tp = %part.tp, error = %e, "ISR change refused"),
+                Err(e) => tracing::debug!(tp = %part.tp, error = ?e, "ISR change refused"),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The replica manager: which partitions this broker hosts, kept in step
 //! with the metadata image.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -10,7 +10,7 @@ use super::partition::Leadership;
 use super::throttle::ReplicationThrottle;
 use super::Partition;
 use crate::config::{BrokerConfig, LogConfig};
-use crate::controller::MetadataImage;
+use crate::controller::{ImageChanges, MetadataImage, TopicImage};
 use crate::error::{Error, Result};
 use crate::log::manager::{read_checkpoint, write_checkpoint, LogManager, TopicPartition};
 
@@ -32,6 +32,8 @@ pub struct ReplicaManager {
     /// Applying an image and deleting stray directories exclude each other:
     /// a partition the next image assigns here is never taken for a stray.
     applying: parking_lot::Mutex<()>,
+    /// Partitions the last change failed to apply to, tried with the next.
+    retry: parking_lot::Mutex<HashSet<TopicPartition>>,
 }
 
 impl ReplicaManager {
@@ -48,6 +50,7 @@ impl ReplicaManager {
             throttle: ReplicationThrottle::default(),
             follower_throttle: ReplicationThrottle::default(),
             applying: parking_lot::Mutex::new(()),
+            retry: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -169,14 +172,40 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// Brings hosted partitions in line with the image: opens new ones, drops
-    /// deleted ones and hands changed topic configs to their logs. Each
-    /// partition's change is applied on its own: one that fails (its log
-    /// cannot be opened or deleted) is logged and answered, and the others
-    /// still take their new leadership. The next image retries it.
+    /// Brings every hosted partition in line with the image (see [`Self::apply_changes`]).
     pub fn apply(&self, image: &MetadataImage, broker: &BrokerConfig) -> Vec<(TopicPartition, Error)> {
+        self.apply_changes(&Arc::new(image.clone()), &ImageChanges::everything(), broker)
+    }
+
+    /// Brings the partitions a metadata change touched in line with the
+    /// image: opens new ones, drops deleted ones, hands changed topic configs
+    /// to their logs and new leadership to their replicas. The work follows
+    /// the change, not the cluster's size. Each partition's change is applied
+    /// on its own: one that fails (its log cannot be opened or deleted) is
+    /// logged and answered, and the others still take their new leadership.
+    /// The next change retries it.
+    pub fn apply_changes(
+        &self,
+        image: &Arc<MetadataImage>,
+        changes: &ImageChanges,
+        broker: &BrokerConfig,
+    ) -> Vec<(TopicPartition, Error)> {
         let _applying = self.applying.lock();
-        *self.image.write() = Arc::new(image.clone());
+        *self.image.write() = image.clone();
+        let retry = std::mem::take(&mut *self.retry.lock());
+        let in_scope = |tp: &TopicPartition| changes.touches(&tp.topic, tp.partition) || retry.contains(tp);
+        let topics: Vec<&Arc<TopicImage>> = if changes.everything {
+            image.topics.values().collect()
+        } else {
+            let names: BTreeSet<&str> = changes
+                .topics
+                .iter()
+                .chain(changes.partitions.iter().map(|(t, _)| t))
+                .chain(retry.iter().map(|tp| &tp.topic))
+                .map(String::as_str)
+                .collect();
+            names.into_iter().filter_map(|name| image.topics.get(name)).collect()
+        };
         let mut failed = Vec::new();
         // Partitions this broker is a replica of: topic id, log config, leadership.
         let mut wanted: HashMap<TopicPartition, (uuid::Uuid, Arc<LogConfig>, Leadership)> = HashMap::new();
@@ -187,8 +216,10 @@ impl ReplicaManager {
         self.throttle.set_rate(effective.leader_replication_throttled_rate);
         self.follower_throttle
             .set_rate(effective.follower_replication_throttled_rate);
-        for topic in image.topics.values() {
-            let mine = (0..topic.partitions).filter(|p| topic.replicas(*p).contains(&broker.node_id));
+        for topic in topics {
+            let mine = (0..topic.partitions).filter(|p| {
+                topic.replicas(*p).contains(&broker.node_id) && in_scope(&TopicPartition::new(topic.name.clone(), *p))
+            });
             let config = match LogConfig::with_overrides(&effective, &topic.configs) {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
@@ -231,6 +262,7 @@ impl ReplicaManager {
             .partitions
             .read()
             .iter()
+            .filter(|(tp, _)| in_scope(tp))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (tp, partition) in existing {
@@ -274,8 +306,9 @@ impl ReplicaManager {
             self.partitions.write().insert(tp, Arc::new(partition));
         }
         for (tp, e) in &failed {
-            tracing::error!(%tp, error = %e, "applying the metadata image to the partition failed; retried with the next image");
+            tracing::error!(%tp, error = %e, "applying the metadata image to the partition failed; retried with the next change");
         }
+        *self.retry.lock() = failed.iter().map(|(tp, _)| tp.clone()).collect();
         failed
     }
 }
@@ -308,14 +341,13 @@ mod tests {
 
     use super::*;
     use crate::controller::leadership::PartitionState;
-    use crate::controller::TopicImage;
     use crate::log::batch::tests::encode_batch;
 
     fn image(topic_id: uuid::Uuid, leader: i32, isr: Vec<i32>) -> MetadataImage {
         let mut image = MetadataImage::default();
         image.topics.insert(
             "t".into(),
-            TopicImage {
+            Arc::new(TopicImage {
                 name: "t".into(),
                 id: topic_id,
                 partitions: 1,
@@ -329,7 +361,7 @@ mod tests {
                     isr,
                 }],
                 reassigning: BTreeMap::new(),
-            },
+            }),
         );
         image
     }
@@ -370,7 +402,7 @@ mod tests {
         let broker = BrokerConfig::default();
         let id = uuid::Uuid::new_v4();
         let mut two = image(id, 1, vec![1, 0]);
-        let t = two.topics.get_mut("t").unwrap();
+        let t = Arc::make_mut(two.topics.get_mut("t").unwrap());
         t.partitions = 2;
         t.assignments.push(vec![0, 1]);
         t.states.push(PartitionState {
