@@ -14,8 +14,10 @@
 //!   `parking_lot` lock held across an `.await` (a turn that must wait, such
 //!   as the one group commit of a partition, is a `tokio::sync::Mutex`).
 //!
-//! Known exception: the metadata image is applied (logs opened, recovered
-//! and deleted) inside openraft's apply task, under [`blocking`].
+//! - **Acting on metadata** (logs opened, recovered and deleted as the image
+//!   changes): on the metadata publisher's own thread
+//!   (`controller/publisher.rs`), neither on openraft's apply task nor on an
+//!   async worker.
 //!
 //! On a current-thread runtime (some tests) [`blocking`] simply runs.
 

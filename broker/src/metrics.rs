@@ -309,17 +309,13 @@ impl Metrics {
         for p in all {
             let part = p.tp.partition.to_string();
             let labels = [p.tp.topic.as_str(), part.as_str()];
-            self.log_size.with_label_values(&labels).set(p.log.size_bytes() as i64);
-            self.log_end_offset
-                .with_label_values(&labels)
-                .set(p.log.log_end_offset());
+            self.log_size.with_label_values(&labels).set(p.size_bytes() as i64);
+            self.log_end_offset.with_label_values(&labels).set(p.log_end_offset());
             self.log_start_offset
                 .with_label_values(&labels)
-                .set(p.log.log_start_offset());
+                .set(p.log_start_offset());
             self.high_watermark.with_label_values(&labels).set(p.high_watermark());
-            self.segments
-                .with_label_values(&labels)
-                .set(p.log.segment_count() as i64);
+            self.segments.with_label_values(&labels).set(p.segment_count() as i64);
             self.under_replicated
                 .with_label_values(&labels)
                 .set(i64::from(p.is_under_replicated()));

@@ -88,7 +88,6 @@ async fn kafka_admin_apis_manage_topics_and_configs() {
             .replicas
             .get("admin-a", 2)
             .unwrap()
-            .log
             .config()
             .segment_bytes,
         1_048_576
@@ -190,7 +189,7 @@ async fn broker_configs_describe_and_alter_dynamically() {
     }
     b.create_topic("dyn", 1, &[]).await;
     assert_eq!(
-        b.broker().ctx.replicas.get("dyn", 0).unwrap().log.config().retention_ms,
+        b.broker().ctx.replicas.get("dyn", 0).unwrap().config().retention_ms,
         5000,
         "new default applies"
     );

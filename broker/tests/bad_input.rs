@@ -204,7 +204,7 @@ async fn bad_input_gets_errors_while_others_keep_producing() {
     stop.store(true, Ordering::Relaxed);
     background.await.unwrap();
     let steady = b.broker().ctx.replicas.get("steady", 0).unwrap();
-    assert_eq!(steady.log.log_end_offset() as usize, delivered.load(Ordering::Relaxed));
+    assert_eq!(steady.log_end_offset() as usize, delivered.load(Ordering::Relaxed));
     let target = b.broker().ctx.replicas.get("target", 0).unwrap();
-    assert_eq!(target.log.log_end_offset(), 3, "only the good batch was written");
+    assert_eq!(target.log_end_offset(), 3, "only the good batch was written");
 }

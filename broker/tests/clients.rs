@@ -218,10 +218,10 @@ async fn segment_roll_and_retention_move_earliest_offset() {
     }
     let consumer = b.consumer(&[]);
     let part = b.broker().ctx.replicas.get("retained", 0).unwrap();
-    assert!(part.log.segment_count() >= 2, "segments rolled at segment.bytes");
+    assert!(part.segment_count() >= 2, "segments rolled at segment.bytes");
     let low = common::eventually(WAIT, || {
         let (low, high) = consumer.fetch_watermarks("retained", 0, Duration::from_secs(5)).ok()?;
-        (low > 0 && high == 200 && part.log.size_bytes() <= 8192 + 4096).then_some(low)
+        (low > 0 && high == 200 && part.size_bytes() <= 8192 + 4096).then_some(low)
     })
     .await
     .expect("retention advances the earliest offset and bounds the log size");
@@ -231,10 +231,10 @@ async fn segment_roll_and_retention_move_earliest_offset() {
     // Retention may still be deleting down to its bound meanwhile: the
     // consumer lands on the log start of some moment after `low`.
     assert!(
-        (low..=part.log.log_start_offset()).contains(&got[0].offset),
+        (low..=part.log_start_offset()).contains(&got[0].offset),
         "{} not in {low}..={}",
         got[0].offset,
-        part.log.log_start_offset()
+        part.log_start_offset()
     );
 }
 
@@ -355,7 +355,7 @@ async fn idle_producer_ids_expire() {
         }
     };
     send("one").await;
-    let log = b.broker().ctx.replicas.get("idem", 0).unwrap().log.clone();
+    let log = b.broker().ctx.replicas.get("idem", 0).unwrap();
     assert_eq!(log.producer_count(), 1);
     common::eventually(Duration::from_secs(10), || (log.producer_count() == 0).then_some(()))
         .await

@@ -86,7 +86,7 @@ async fn compaction_keeps_the_newest_value_per_key_and_drops_old_tombstones() {
     let part = b.broker().ctx.replicas.get("compacted", 0).unwrap();
     // Everything ever appended (the cleaner may already be at work while we produce).
     let written = b.broker().ctx.metrics.bytes_in.with_label_values(&["compacted"]).get();
-    common::eventually(WAIT, || (part.log.size_bytes() < written / 3).then_some(()))
+    common::eventually(WAIT, || (part.size_bytes() < written / 3).then_some(()))
         .await
         .expect("the cleaner shrinks the log");
 

@@ -744,12 +744,12 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
     );
     let replicas = &b.broker().ctx.replicas;
     assert_eq!(
-        replicas.get(OFFSETS_TOPIC, 12).unwrap().log.log_end_offset(),
+        replicas.get(OFFSETS_TOPIC, 12).unwrap().log_end_offset(),
         1,
         "moved to Kafka's partition"
     );
     assert_eq!(
-        replicas.get(OFFSETS_TOPIC, 36).unwrap().log.log_end_offset(),
+        replicas.get(OFFSETS_TOPIC, 36).unwrap().log_end_offset(),
         2,
         "and tombstoned where it was"
     );
@@ -757,8 +757,8 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
     rt.block_on(b.restart(FAST_GROUPS));
     assert_eq!(committed(&b), Offset::Offset(42));
     let replicas = &b.broker().ctx.replicas;
-    assert_eq!(replicas.get(OFFSETS_TOPIC, 12).unwrap().log.log_end_offset(), 1);
-    assert_eq!(replicas.get(OFFSETS_TOPIC, 36).unwrap().log.log_end_offset(), 2);
+    assert_eq!(replicas.get(OFFSETS_TOPIC, 12).unwrap().log_end_offset(), 1);
+    assert_eq!(replicas.get(OFFSETS_TOPIC, 36).unwrap().log_end_offset(), 2);
     // New commits land in partition 12.
     let c = group_consumer(&b, "my-group", &[]);
     let mut tpl = TopicPartitionList::new();
@@ -766,13 +766,7 @@ fn groups_live_in_kafkas_offsets_partition_and_old_placements_move() {
     c.commit(&tpl, CommitMode::Sync).unwrap();
     drop(c);
     assert_eq!(
-        b.broker()
-            .ctx
-            .replicas
-            .get(OFFSETS_TOPIC, 12)
-            .unwrap()
-            .log
-            .log_end_offset(),
+        b.broker().ctx.replicas.get(OFFSETS_TOPIC, 12).unwrap().log_end_offset(),
         2
     );
 }

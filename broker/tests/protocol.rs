@@ -296,7 +296,7 @@ async fn every_advertised_version_answers() {
                 (ResponseKind::ListPartitionReassignments(r), _) => assert!(r.topics.is_empty()),
                 (ResponseKind::OffsetForLeaderEpoch(r), _) => {
                     let ps = &r.topics[0].partitions;
-                    let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log.log_end_offset();
+                    let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log_end_offset();
                     assert_eq!(
                         (ps[0].error_code, ps[0].end_offset),
                         (0, leo),
@@ -500,5 +500,5 @@ async fn pipelined_delayed_produces_are_answered_in_order() {
     }
     assert_eq!(offsets, vec![0, 10, 20, 30, 40]);
     let part = b.broker().ctx.replicas.get("durable", 0).unwrap();
-    assert_eq!(part.log.recovery_point(), 50, "answered once on disk");
+    assert_eq!(part.recovery_point(), 50, "answered once on disk");
 }

@@ -63,8 +63,8 @@ async fn keyless_records_on_a_compacted_topic_are_named_in_record_errors() {
             .as_ref()
             .is_some_and(|m| m.contains("without a key"))));
     }
-    let log = &b.broker().ctx.replicas.get("compacted", 0).unwrap().log;
-    assert_eq!(log.log_end_offset(), 0, "a batch with invalid records is not appended");
+    let part = b.broker().ctx.replicas.get("compacted", 0).unwrap();
+    assert_eq!(part.log_end_offset(), 0, "a batch with invalid records is not appended");
 
     // librdkafka fails the keyless record with the broker's error and delivers the keyed one.
     let producer = b.producer(&[("linger.ms", "0")]);
@@ -150,13 +150,13 @@ async fn a_false_max_timestamp_in_the_header_is_corrected() {
         .await
         .unwrap();
     assert_eq!(common::raw::produce_error(&r), 0);
-    let log = &b.broker().ctx.replicas.get("t", 0).unwrap().log;
-    let (_, max) = log.max_timestamp_offset().unwrap();
+    let part = b.broker().ctx.replicas.get("t", 0).unwrap();
+    let (_, max) = part.max_timestamp_offset().unwrap();
     assert_eq!(
         max, now,
         "the log knows the records' own max timestamp, not the header's claim"
     );
-    let stored = log.read(0, 1 << 20, i64::MAX, true).unwrap().records;
+    let stored = part.read(0, 1 << 20, true).unwrap().records;
     let header = fjord_broker::log::batch::validate(&stored).expect("a valid stored batch");
     assert_eq!(
         header.max_timestamp(),

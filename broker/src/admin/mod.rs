@@ -47,10 +47,10 @@ impl AdminService {
                     under_replicated: isr.len() < replicas.len(),
                     offline: leader.is_none(),
                     hosted_here: local.is_some(),
-                    log_start_offset: local.as_ref().map_or(-1, |l| l.log.log_start_offset()),
-                    log_end_offset: local.as_ref().map_or(-1, |l| l.log.log_end_offset()),
+                    log_start_offset: local.as_ref().map_or(-1, |l| l.log_start_offset()),
+                    log_end_offset: local.as_ref().map_or(-1, |l| l.log_end_offset()),
                     high_watermark: local.as_ref().map_or(-1, |l| l.high_watermark()),
-                    size_bytes: local.as_ref().map_or(-1, |l| l.log.size_bytes() as i64),
+                    size_bytes: local.as_ref().map_or(-1, |l| l.size_bytes() as i64),
                     replicas,
                     isr,
                 }
@@ -297,7 +297,7 @@ impl Admin for AdminService {
         for (topic, p) in wanted {
             let local = self.ctx.replicas.get(&topic, p).ok();
             let (start, end) = match (&local, remote.get(&(topic.clone(), p))) {
-                (Some(part), _) => (part.log.log_start_offset(), part.high_watermark()),
+                (Some(part), _) => (part.log_start_offset(), part.high_watermark()),
                 (None, Some(offsets)) => *offsets,
                 (None, None) => {
                     return Err(Status::unavailable(format!("{topic}-{p} has no leader that answers")));
@@ -308,7 +308,6 @@ impl Admin for AdminService {
                 (To::Latest, _) => end,
                 (To::Offset, _) => r.value.clamp(start, end),
                 (To::Timestamp, Some(part)) => part
-                    .log
                     .offset_for_timestamp(r.value)
                     .map_err(status)?
                     .map_or(end, |(o, _)| o),

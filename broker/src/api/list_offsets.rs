@@ -18,11 +18,11 @@ pub const LATEST_TIERED: i64 = -5;
 pub fn lookup(part: &Partition, timestamp: i64) -> Result<(i64, i64)> {
     Ok(match timestamp {
         LATEST => (part.high_watermark(), -1),
-        EARLIEST | EARLIEST_LOCAL => (part.log.log_start_offset(), -1),
+        EARLIEST | EARLIEST_LOCAL => (part.log_start_offset(), -1),
         // Nothing is tiered: the latest tiered offset is just below the log start.
-        LATEST_TIERED => (part.log.log_start_offset() - 1, -1),
-        MAX_TIMESTAMP => part.log.max_timestamp_offset()?,
-        ts => part.log.offset_for_timestamp(ts)?.unwrap_or((-1, -1)),
+        LATEST_TIERED => (part.log_start_offset() - 1, -1),
+        MAX_TIMESTAMP => part.max_timestamp_offset()?,
+        ts => part.offset_for_timestamp(ts)?.unwrap_or((-1, -1)),
     })
 }
 

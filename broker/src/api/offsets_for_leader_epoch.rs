@@ -20,7 +20,7 @@ pub fn handle(apis: &Apis, request: OffsetForLeaderEpochRequest) -> OffsetForLea
                     let answer = EpochEndOffset::default().with_partition(p.partition);
                     let result = apis.replicas.get(topic.topic.as_str(), p.partition).and_then(|part| {
                         part.check_leader_epoch(p.current_leader_epoch)?;
-                        Ok(part.log.end_offset_for_epoch(p.leader_epoch))
+                        Ok(part.end_offset_for_epoch(p.leader_epoch))
                     });
                     match result {
                         Ok((epoch, end_offset)) => answer.with_leader_epoch(epoch).with_end_offset(end_offset),

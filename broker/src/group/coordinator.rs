@@ -311,7 +311,7 @@ impl GroupCoordinator {
             let (info, _) = part.append(&batch, -1)?;
             if info.flush_due {
                 // Only with a flush.messages override on __consumer_offsets.
-                part.log.flush_through_end()?;
+                part.flush()?;
             }
             Ok::<_, Error>(info.last_offset)
         })
@@ -547,7 +547,7 @@ mod tests {
         });
         assert_eq!(fetched(false), Ok(None), "not returned before it is replicated");
         assert!(!commit.is_finished());
-        part.record_follower_fetch(1, part.log.log_end_offset(), 0, now_ms());
+        part.record_follower_fetch(1, part.log_end_offset(), 0, now_ms());
         let results = tokio::time::timeout(bound, commit).await.unwrap().unwrap();
         assert_eq!(results[0].2, 0);
         assert_eq!(fetched(true).unwrap().map(|c| c.offset), Some(42));
@@ -587,7 +587,7 @@ mod tests {
         });
         assert_eq!(groups.describe(&group).ok().unwrap().state, "CompletingRebalance");
         assert!(!sync.is_finished());
-        part.record_follower_fetch(1, part.log.log_end_offset(), 0, now_ms());
+        part.record_follower_fetch(1, part.log_end_offset(), 0, now_ms());
         let synced = tokio::time::timeout(bound, sync).await.unwrap().unwrap();
         assert_eq!((synced.error, synced.assignment), (0, Bytes::from_static(b"A")));
         assert_eq!(groups.describe(&group).ok().unwrap().state, "Stable");

@@ -84,7 +84,7 @@ impl GroupCoordinator {
     fn read_partition(&self, p: i32, mut f: impl FnMut(RecordKey, Bytes, Option<Bytes>)) -> Result<usize> {
         let part = self.replicas.get(OFFSETS_TOPIC, p)?;
         let mut read_count = 0;
-        let mut next = part.log.log_start_offset();
+        let mut next = part.log_start_offset();
         let end = part.high_watermark();
         while next < end {
             let read = part.read(next, 4 << 20, true)?;

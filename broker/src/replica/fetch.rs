@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::purgatory::Event;
 use super::ReplicaManager;
 use crate::error::Result;
 use crate::log::SliceInfo;
@@ -80,8 +81,8 @@ impl ReplicaManager {
         }
         part.check_leader_epoch(p.current_leader_epoch)?;
         match waker {
-            Some(w) if replica >= 0 => part.watch_appends(w),
-            Some(w) => part.watch_high_watermark(w),
+            Some(w) if replica >= 0 => part.watch(Event::Append, w),
+            Some(w) => part.watch(Event::HighWatermark, w),
             None => {}
         }
         if replica < 0 {

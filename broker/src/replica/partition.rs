@@ -5,20 +5,19 @@
 //! As leader it tracks each follower's log end offset (the offset of its
 //! last fetch) and when it last caught up; the high watermark is the lowest
 //! log end offset in the ISR and never moves back. Consumers never read past
-//! it; acks=all produces wait for it (`hw_changes`).
-//!
-//! Long-poll fetches wait here by key, as in Kafka's fetch purgatory: a
-//! follower's fetch on the partition's appends, a consumer's on its high
-//! watermark. Only the partitions a fetch names wake it.
+//! it. Delayed operations (acks=all, group records, DeleteRecords,
+//! long-poll fetches) wait in the partition's purgatory (`purgatory.rs`) for
+//! the events that move them on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
+use super::purgatory::{Event, Purgatory};
 use crate::error::{Error, Result};
 use crate::log::manager::TopicPartition;
 use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
@@ -26,52 +25,21 @@ use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
 pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
-    pub log: Arc<Log>,
+    /// Reached through the partition from outside `replica/`, so that the
+    /// leadership and watermarks that guard it are never bypassed.
+    pub(super) log: Arc<Log>,
     leadership: RwLock<Leadership>,
     high_watermark: AtomicI64,
     /// Each follower's fetch progress, while this broker leads.
     followers: Mutex<HashMap<i32, FollowerState>>,
-    /// Every move of the high watermark, for acks=all waiters.
-    hw_changes: tokio::sync::watch::Sender<i64>,
-    /// (leading, leader epoch): acks=all waiters give up when the term ends.
-    term: tokio::sync::watch::Sender<(bool, i32)>,
     /// As leader, the lowest log start offset in the ISR (Kafka's low
-    /// watermark): a DeleteRecords is answered once it passes the new start.
-    low_watermark: tokio::sync::watch::Sender<i64>,
-    /// Delayed fetches woken by the next append (followers') ...
-    append_watchers: Watchers,
-    /// ... and by the next move of the high watermark (consumers').
-    hw_watchers: Watchers,
+    /// watermark) as last computed: a DeleteRecords is answered once it
+    /// passes the new start.
+    low_watermark: AtomicI64,
+    /// The delayed operations waiting on this partition.
+    purgatory: Purgatory,
     /// One group commit at a time; the ones waiting behind it share the next.
     flush_turn: tokio::sync::Mutex<()>,
-}
-
-/// Waiting fetches, each woken once (it registers again if it waits on).
-#[derive(Default)]
-struct Watchers(Mutex<Vec<Weak<tokio::sync::Notify>>>);
-
-impl Watchers {
-    fn add(&self, waiter: &Arc<tokio::sync::Notify>) {
-        let waiter = Arc::downgrade(waiter);
-        let mut list = self.0.lock();
-        // A fetch woken by another partition registers here again.
-        if list.iter().any(|w| w.ptr_eq(&waiter)) {
-            return;
-        }
-        // Fetches that ended without a wake-up leave dead entries behind.
-        if list.len() >= 64 {
-            list.retain(|w| w.strong_count() > 0);
-        }
-        list.push(waiter);
-    }
-
-    fn wake(&self) {
-        let waiting = std::mem::take(&mut *self.0.lock());
-        for w in waiting.iter().filter_map(Weak::upgrade) {
-            // A stored permit: a fetch that registered but is not waiting yet still sees it.
-            w.notify_one();
-        }
-    }
 }
 
 /// What the leader knows of one follower.
@@ -123,23 +91,22 @@ impl Partition {
             leadership: RwLock::new(Leadership::default()),
             high_watermark: AtomicI64::new(hw),
             followers: Mutex::new(HashMap::new()),
-            hw_changes: tokio::sync::watch::channel(hw).0,
-            term: tokio::sync::watch::channel((false, 0)).0,
-            low_watermark: tokio::sync::watch::channel(-1).0,
-            append_watchers: Watchers::default(),
-            hw_watchers: Watchers::default(),
+            low_watermark: AtomicI64::new(-1),
+            purgatory: Purgatory::default(),
             flush_turn: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Wakes `waiter` at this partition's next append (a follower's fetch).
-    pub fn watch_appends(&self, waiter: &Arc<tokio::sync::Notify>) {
-        self.append_watchers.add(waiter);
+    /// Wakes a delayed fetch at this partition's next `event` (a follower's
+    /// fetch: the next append; a consumer's: the high watermark's next move).
+    pub fn watch(&self, event: Event, waiter: &Arc<tokio::sync::Notify>) {
+        self.purgatory.watch(event, waiter);
     }
 
-    /// Wakes `waiter` when the high watermark next moves (a consumer's fetch).
-    pub fn watch_high_watermark(&self, waiter: &Arc<tokio::sync::Notify>) {
-        self.hw_watchers.add(waiter);
+    /// (leading, leader epoch): a delayed operation of a term ends with it.
+    fn term(&self) -> (bool, i32) {
+        let l = self.leadership.read();
+        (l.leading, l.leader_epoch)
     }
 
     pub fn is_leading(&self) -> bool {
@@ -192,14 +159,13 @@ impl Partition {
                     f.reached_high_watermark = false;
                 }
             }
-            let term = (leadership.leading, leadership.leader_epoch);
+            let term_changed = (leadership.leading, leadership.leader_epoch) != (current.leading, current.leader_epoch);
             *current = leadership;
-            if self.term.send_if_modified(|t| std::mem::replace(t, term) != term) {
-                // Delayed fetches end now, as Kafka completes them on a
+            if term_changed {
+                // Delayed operations end now, as Kafka completes them on a
                 // leader change: they are answered NOT_LEADER_OR_FOLLOWER
-                // (with the new leader) instead of waiting out max.wait.ms.
-                self.append_watchers.wake();
-                self.hw_watchers.wake();
+                // (with the new leader) instead of waiting out their timeouts.
+                self.purgatory.complete(Event::LeaderChange);
             }
         }
         drop(current);
@@ -212,6 +178,57 @@ impl Partition {
             }
         }
         self.maybe_advance_high_watermark();
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.log_start_offset()
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.log_end_offset()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.log.segment_count()
+    }
+
+    /// ListOffsets by timestamp: the first offset at or after it, and its timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        self.log.offset_for_timestamp(timestamp)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP: the offset and timestamp of the latest record by time.
+    pub fn max_timestamp_offset(&self) -> Result<(i64, i64)> {
+        self.log.max_timestamp_offset()
+    }
+
+    /// OffsetsForLeaderEpoch: the epoch at or below `epoch` and where it ends.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.log.end_offset_for_epoch(epoch)
+    }
+
+    /// Everything below it is on disk.
+    pub fn recovery_point(&self) -> i64 {
+        self.log.recovery_point()
+    }
+
+    /// The topic's log config as last applied.
+    pub fn config(&self) -> Arc<crate::config::LogConfig> {
+        self.log.config()
+    }
+
+    /// Idempotent producers whose state the log keeps.
+    pub fn producer_count(&self) -> usize {
+        self.log.producer_count()
+    }
+
+    /// Writes everything appended so far to disk. Blocking.
+    pub fn flush(&self) -> Result<i64> {
+        self.log.flush_through_end()
     }
 
     /// The partition's leader as last set (-1: offline).
@@ -287,28 +304,23 @@ impl Partition {
 
     fn update_low_watermark(&self) {
         let low = self.low_watermark();
-        self.low_watermark
-            .send_if_modified(|w| std::mem::replace(w, low) != low);
+        if self.low_watermark.swap(low, Ordering::AcqRel) != low {
+            self.purgatory.complete(Event::LowWatermark);
+        }
     }
 
     /// Resolves with the low watermark once it reaches `offset` (a delayed
     /// DeleteRecords), or NOT_LEADER_OR_FOLLOWER when the term ends.
     pub async fn wait_for_low_watermark(&self, offset: i64, leader_epoch: i32) -> Result<i64> {
-        let mut low = self.low_watermark.subscribe();
-        let mut term = self.term.subscribe();
-        loop {
-            if *term.borrow_and_update() != (true, leader_epoch) {
-                return Err(Error::NotLeaderOrFollower);
-            }
-            let current = *low.borrow_and_update();
-            if current >= offset {
-                return Ok(current);
-            }
-            tokio::select! {
-                changed = low.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
-                changed = term.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
-            }
-        }
+        self.purgatory
+            .wait_until(&[Event::LowWatermark], || {
+                if self.term() != (true, leader_epoch) {
+                    return Some(Err(Error::NotLeaderOrFollower));
+                }
+                let low = self.low_watermark.load(Ordering::Acquire);
+                (low >= offset).then_some(Ok(low))
+            })
+            .await
     }
 
     pub fn followers(&self) -> HashMap<i32, FollowerState> {
@@ -354,8 +366,7 @@ impl Partition {
     pub fn set_high_watermark(&self, hw: i64) -> bool {
         let previous = self.high_watermark.fetch_max(hw, Ordering::AcqRel);
         if hw > previous {
-            self.hw_changes.send_replace(hw);
-            self.hw_watchers.wake();
+            self.purgatory.complete(Event::HighWatermark);
             true
         } else {
             false
@@ -365,8 +376,7 @@ impl Partition {
     /// A follower that truncated its log takes its high watermark down with it.
     pub fn reset_high_watermark(&self, hw: i64) {
         self.high_watermark.store(hw, Ordering::Release);
-        self.hw_changes.send_replace(hw);
-        self.hw_watchers.wake();
+        self.purgatory.complete(Event::HighWatermark);
     }
 
     /// Resolves once the high watermark passes `offset` (acks=all), or with
@@ -375,20 +385,14 @@ impl Partition {
     /// change): the client retries on the new leader instead of waiting out
     /// its timeout.
     pub async fn wait_for_high_watermark(&self, offset: i64, leader_epoch: i32) -> Result<()> {
-        let mut hw = self.hw_changes.subscribe();
-        let mut term = self.term.subscribe();
-        loop {
-            if *term.borrow_and_update() != (true, leader_epoch) {
-                return Err(Error::NotLeaderOrFollower);
-            }
-            if *hw.borrow_and_update() > offset {
-                return Ok(());
-            }
-            tokio::select! {
-                changed = hw.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
-                changed = term.changed() => changed.map_err(|_| Error::NotLeaderOrFollower)?,
-            }
-        }
+        self.purgatory
+            .wait_until(&[Event::HighWatermark], || {
+                if self.term() != (true, leader_epoch) {
+                    return Some(Err(Error::NotLeaderOrFollower));
+                }
+                (self.high_watermark() > offset).then_some(Ok(()))
+            })
+            .await
     }
 
     /// The epoch stamped into batches appended as leader.
@@ -473,7 +477,7 @@ impl Partition {
         }
         let info = self.log.append_as_leader(records, l.leader_epoch)?;
         if !info.duplicate {
-            self.append_watchers.wake();
+            self.purgatory.complete(Event::Append);
         }
         self.advance_high_watermark(&l);
         Ok((info, l.leader_epoch))
@@ -530,7 +534,7 @@ impl Partition {
         let start = self.log.delete_records_before(offset, self.high_watermark())?;
         self.update_low_watermark();
         // Followers waiting in a fetch learn the new start now.
-        self.append_watchers.wake();
+        self.purgatory.complete(Event::Append);
         Ok(start)
     }
 
@@ -607,8 +611,8 @@ mod tests {
             Arc::new(tokio::sync::Notify::new()),
             Arc::new(tokio::sync::Notify::new()),
         );
-        part.watch_high_watermark(&consumer);
-        part.watch_appends(&follower);
+        part.watch(Event::HighWatermark, &consumer);
+        part.watch(Event::Append, &follower);
         // Same term, new ISR: nothing to end.
         part.set_leadership(leading(&[1]));
         let quick = std::time::Duration::from_millis(50);
