@@ -39,6 +39,7 @@ crds:
 ## Criterion micro-benchmarks, then an end-to-end produce/consume load with librdkafka.
 bench:
 	$(CARGO) bench -p fjord-broker --bench log
+	$(CARGO) bench -p fjord-broker --bench metadata
 	$(CARGO) build --release --bin fjord-broker
 	$(CARGO) run --release -p fjord-e2e --bin fjord-load
 
