@@ -472,6 +472,36 @@ async fn three_brokers_form_one_cluster() {
         assert_eq!(g.total_lag, 0);
         let listed = a.list_groups(pb::ListGroupsRequest {}).await.unwrap().into_inner();
         assert!(listed.groups.iter().any(|g| g.group_id == "reader"), "{listed:?}");
+        // Every partition's offsets as its leader has them, whichever broker answers.
+        let t = describe_topic(b, "spread").await.unwrap();
+        let offsets: Vec<(i64, i64, i64)> = t
+            .partition_states
+            .iter()
+            .map(|p| (p.log_start_offset, p.log_end_offset, p.high_watermark))
+            .collect();
+        assert_eq!(offsets, vec![(0, 10, 10); 6], "from broker {}", b.admin);
+    }
+    // Resets by timestamp and by offset, asked of one broker for partitions led by all three.
+    use pb::reset_group_offsets_request::To;
+    for (to, value, expected) in [
+        (To::Timestamp, 0, 0),
+        (To::Latest, 0, 10),
+        (To::Offset, 7, 7),
+        (To::Offset, 10, 10),
+    ] {
+        let g = admin(&cluster.brokers[1])
+            .await
+            .reset_group_offsets(pb::ResetGroupOffsetsRequest {
+                group_id: "reader".into(),
+                to: to as i32,
+                topics: vec!["spread".into()],
+                value,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let committed: Vec<i64> = g.offsets.iter().map(|o| o.committed_offset).collect();
+        assert_eq!(committed, vec![expected; 6], "reset {to:?} {value}");
     }
 
     // Whole-cluster restart keeps the cluster id, topics, configs, committed offsets and records.

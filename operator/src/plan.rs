@@ -171,6 +171,42 @@ pub fn reset_decision(spec: &ConsumerGroupSpec, status: Option<&ConsumerGroupSta
     ResetDecision::Run
 }
 
+/// How a requested offset reset ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetOutcome {
+    Done(String),
+    /// Tried again shortly: the coordinator or a partition's leader could not
+    /// answer (a broker restarting, an election).
+    Retrying(String),
+    /// Final for this requestId (e.g. an unknown topic); a new requestId retries.
+    Failed(String),
+}
+
+impl ResetOutcome {
+    /// The `OffsetReset` condition's (status, reason, message).
+    pub fn condition(&self) -> (bool, &'static str, &str) {
+        match self {
+            ResetOutcome::Done(m) => (true, "Reset", m),
+            ResetOutcome::Retrying(m) => (false, "Retrying", m),
+            ResetOutcome::Failed(m) => (false, "ResetFailed", m),
+        }
+    }
+}
+
+/// A ConsumerGroup's Ready condition's (status, reason, message) given its
+/// `OffsetReset` condition: a requested reset that failed (or is being
+/// retried) means the resource is not what its spec asks.
+pub fn group_ready(reset: Option<&Condition>) -> (bool, String, String) {
+    match reset {
+        Some(c) if c.status == "False" => (
+            false,
+            "OffsetResetFailed".into(),
+            format!("the requested offset reset did not happen: {}", c.message),
+        ),
+        _ => (true, "Observed".into(), "group status is current".into()),
+    }
+}
+
 /// A condition, keeping its last transition time when its status did not change.
 /// Whether a new status is worth writing (pure). Every write is an event that
 /// starts the next reconcile, so a status that changed only in fast-moving
@@ -652,6 +688,26 @@ mod tests {
             ("2026-11-01T00:00:00Z".to_string(), "ns/a".to_string()),
         ];
         assert_eq!(topic_owner(&claims).unwrap().1, "ns/a");
+    }
+
+    #[test]
+    fn a_failed_reset_makes_the_group_not_ready() {
+        let at = Time(k8s_openapi::jiff::Timestamp::from_second(0).unwrap());
+        assert!(group_ready(None).0);
+        for (outcome, ready) in [
+            (ResetOutcome::Done("reset".into()), true),
+            (ResetOutcome::Retrying("leader of orders-0 down".into()), false),
+            (ResetOutcome::Failed("topic 'x' does not exist".into()), false),
+        ] {
+            let (ok, reason, message) = outcome.condition();
+            let c = condition(&[], "OffsetReset", ok, reason, message, Some(1), at.clone());
+            let (is_ready, reason, text) = group_ready(Some(&c));
+            assert_eq!(is_ready, ready, "{outcome:?}");
+            if !ready {
+                assert_eq!(reason, "OffsetResetFailed");
+                assert!(text.contains(message), "{text}");
+            }
+        }
     }
 
     #[test]

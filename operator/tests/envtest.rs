@@ -721,6 +721,26 @@ async fn consumer_group_reset(client: &Client, broker: &BrokerProcess) {
         .await
         .unwrap();
     assert_eq!(resumed, (4..10).collect::<Vec<i64>>());
+
+    // A reset that cannot happen is a condition, and the resource is not Ready.
+    let broken: ConsumerGroup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fjord.dev/v1alpha1", "kind": "ConsumerGroup", "metadata": {"name": "broken"},
+        "spec": {"clusterRef": "demo", "groupId": "broken",
+                 "offsetReset": {"requestId": "r1", "to": "earliest", "topics": ["no-such-topic"]}}
+    }))
+    .unwrap();
+    groups.create(&PostParams::default(), &broken).await.unwrap();
+    let conditions = eventually("the failed reset's conditions", || async {
+        let status = groups.get("broken").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == "False").then_some(status.conditions)
+    })
+    .await;
+    let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "OffsetResetFailed", "{conditions:?}");
+    let reset = conditions.iter().find(|c| c.type_ == "OffsetReset").unwrap();
+    assert_eq!((reset.status.as_str(), reset.reason.as_str()), ("False", "ResetFailed"));
+    assert!(reset.message.contains("no-such-topic"), "{}", reset.message);
 }
 
 /// Every object the chart renders with its default values (CRDs included),

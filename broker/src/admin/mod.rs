@@ -11,6 +11,7 @@ use crate::context::BrokerContext;
 use crate::controller::image::{BrokerRegistration, ConfigOp, OpType};
 use crate::controller::TopicImage;
 use crate::error::Error;
+use crate::replica::partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 
 pub struct AdminService {
     ctx: Arc<BrokerContext>,
@@ -22,7 +23,8 @@ impl AdminService {
     }
 
     /// Every partition as the image has it (leader, epochs, ISR, offline
-    /// replicas); the log's offsets where this broker holds a replica.
+    /// replicas); the log's offsets where this broker holds a replica, until
+    /// `with_leader_offsets` puts the leaders' in.
     fn describe(&self, topic: &TopicImage) -> pb::TopicDescription {
         let image = self.ctx.controller.image();
         let partition_states = (0..topic.partitions)
@@ -73,13 +75,146 @@ impl AdminService {
         }
     }
 
-    fn describe_by_name(&self, name: &str) -> Result<pb::TopicDescription, Status> {
+    /// The topic with every partition's offsets as its leader has them.
+    async fn describe_by_name(&self, name: &str, fan_out: bool) -> Result<pb::TopicDescription, Status> {
         let image = self.ctx.controller.image();
         let topic = image
             .topics
             .get(name)
             .ok_or_else(|| Status::not_found(format!("topic '{name}' does not exist")))?;
-        Ok(self.describe(topic))
+        let mut described = [self.describe(topic)];
+        self.with_leader_offsets(&mut described, fan_out).await;
+        let [described] = described;
+        Ok(described)
+    }
+
+    /// Replaces the log fields of partitions led elsewhere with their
+    /// leaders' (a follower's end offset lags, and a broker without a replica
+    /// has none). `fan_out` is false on a forwarded call: a broker asked by
+    /// another answers for itself only.
+    async fn with_leader_offsets(&self, described: &mut [pb::TopicDescription], fan_out: bool) {
+        let me = self.ctx.config.node_id;
+        let elsewhere: Vec<(String, i32)> = described
+            .iter()
+            .flat_map(|t| {
+                t.partition_states
+                    .iter()
+                    .filter(|p| p.leader != me)
+                    .map(|p| (t.name.clone(), p.partition))
+            })
+            .collect();
+        if elsewhere.is_empty() {
+            return;
+        }
+        let answers: BTreeMap<(String, i32), pb::PartitionOffsets> = self
+            .offsets(&elsewhere, LATEST_TIMESTAMP, fan_out)
+            .await
+            .into_iter()
+            .map(|o| ((o.topic.clone(), o.partition), o))
+            .collect();
+        for topic in described {
+            for p in topic.partition_states.iter_mut().filter(|p| p.leader != me) {
+                let answer = answers
+                    .get(&(topic.name.clone(), p.partition))
+                    .filter(|o| o.error.is_empty());
+                p.log_start_offset = answer.map_or(-1, |o| o.log_start_offset);
+                p.log_end_offset = answer.map_or(-1, |o| o.log_end_offset);
+                p.high_watermark = answer.map_or(-1, |o| o.high_watermark);
+                p.size_bytes = answer.map_or(-1, |o| o.size_bytes);
+            }
+        }
+    }
+
+    /// Each partition's offsets from its leader: answered here for the
+    /// partitions this broker leads, by one forwarded call per other leader
+    /// for the rest (when `fan_out`). A partition whose leader does not
+    /// answer carries the reason in `error`.
+    async fn offsets(&self, wanted: &[(String, i32)], timestamp: i64, fan_out: bool) -> Vec<pb::PartitionOffsets> {
+        let image = self.ctx.controller.image();
+        let me = self.ctx.config.node_id;
+        let mut answered = Vec::with_capacity(wanted.len());
+        let mut by_leader: BTreeMap<String, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+        for (topic, partition) in wanted {
+            let local = self.ctx.replicas.get(topic, *partition);
+            let leader = image.topics.get(topic).and_then(|t| image.leader(t, *partition));
+            match (local, leader) {
+                (Ok(part), _) => answered.push(local_offsets(&part, topic, *partition, me, timestamp)),
+                (Err(_), Some(leader)) if leader != me && fan_out => match image.brokers.get(&leader) {
+                    Some(b) => by_leader
+                        .entry(b.admin.clone())
+                        .or_default()
+                        .entry(topic.clone())
+                        .or_default()
+                        .push(*partition),
+                    None => answered.push(unanswered(topic, *partition, leader, "its leader is not registered")),
+                },
+                (Err(e), leader) => {
+                    answered.push(unanswered(topic, *partition, leader.unwrap_or(-1), &e.to_string()));
+                }
+            }
+        }
+        for (addr, topics) in by_leader {
+            let partitions: Vec<pb::TopicPartitions> = topics
+                .into_iter()
+                .map(|(topic, partitions)| pb::TopicPartitions { topic, partitions })
+                .collect();
+            let request = pb::ListOffsetsRequest {
+                partitions: partitions.clone(),
+                timestamp,
+            };
+            let answer = match peer(&addr).await {
+                Ok(mut client) => client.list_offsets(forward(request)).await.map(|r| r.into_inner()),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(r) => answered.extend(r.partitions),
+                Err(status) => answered.extend(partitions.iter().flat_map(|tp| {
+                    tp.partitions
+                        .iter()
+                        .map(|p| unanswered(&tp.topic, *p, -1, &format!("leader at {addr}: {}", status.message())))
+                })),
+            }
+        }
+        answered
+    }
+}
+
+/// One partition's offsets on its leader, here.
+fn local_offsets(
+    part: &crate::replica::Partition,
+    topic: &str,
+    partition: i32,
+    me: i32,
+    timestamp: i64,
+) -> pb::PartitionOffsets {
+    let (offset, error) = match part.offset_for(timestamp) {
+        Ok((offset, _)) => (offset, String::new()),
+        Err(e) => (-1, e.to_string()),
+    };
+    pb::PartitionOffsets {
+        topic: topic.to_string(),
+        partition,
+        leader: me,
+        offset,
+        log_start_offset: part.log_start_offset(),
+        high_watermark: part.high_watermark(),
+        log_end_offset: part.log_end_offset(),
+        size_bytes: part.size_bytes() as i64,
+        error,
+    }
+}
+
+fn unanswered(topic: &str, partition: i32, leader: i32, why: &str) -> pb::PartitionOffsets {
+    pb::PartitionOffsets {
+        topic: topic.to_string(),
+        partition,
+        leader,
+        offset: -1,
+        log_start_offset: -1,
+        high_watermark: -1,
+        log_end_offset: -1,
+        size_bytes: -1,
+        error: why.to_string(),
     }
 }
 
@@ -146,18 +281,40 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let image = self.ctx.controller.image();
-        Ok(Response::new(pb::ListTopicsResponse {
-            topics: image.topics.values().map(|t| self.describe(t)).collect(),
-        }))
+        let mut topics: Vec<pb::TopicDescription> = image.topics.values().map(|t| self.describe(t)).collect();
+        self.with_leader_offsets(&mut topics, !forwarded(&request)).await;
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
     async fn describe_topic(
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
-        Ok(Response::new(self.describe_by_name(&request.into_inner().name)?))
+        let fan_out = !forwarded(&request);
+        Ok(Response::new(
+            self.describe_by_name(&request.into_inner().name, fan_out).await?,
+        ))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<pb::ListOffsetsRequest>,
+    ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
+        let fan_out = !forwarded(&request);
+        let r = request.into_inner();
+        let wanted: Vec<(String, i32)> = r
+            .partitions
+            .into_iter()
+            .flat_map(|tp| tp.partitions.into_iter().map(move |p| (tp.topic.clone(), p)))
+            .collect();
+        Ok(Response::new(pb::ListOffsetsResponse {
+            partitions: self.offsets(&wanted, r.timestamp, fan_out).await,
+        }))
     }
 
     async fn create_topic(
@@ -184,7 +341,7 @@ impl Admin for AdminService {
             return Ok(Response::new(self.describe(&topic)));
         }
         tracing::info!(topic = %r.name, partitions = topic.partitions, "created topic (admin)");
-        Ok(Response::new(self.describe_by_name(&r.name)?))
+        Ok(Response::new(self.describe_by_name(&r.name, true).await?))
     }
 
     async fn delete_topic(
@@ -215,7 +372,7 @@ impl Admin for AdminService {
                 Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),
             })?;
-        Ok(Response::new(self.describe_by_name(&r.name)?))
+        Ok(Response::new(self.describe_by_name(&r.name, true).await?))
     }
 
     async fn list_groups(
@@ -287,40 +444,35 @@ impl Admin for AdminService {
                 .ok_or_else(|| Status::not_found(format!("topic '{topic}' does not exist")))?;
             wanted.extend((0..t.partitions).map(|p| (topic.clone(), p)));
         }
-        let elsewhere: Vec<(String, i32)> = wanted
+        // Kafka's reset-offsets: each partition's target from its leader.
+        let timestamp = match to {
+            To::Earliest => EARLIEST_TIMESTAMP,
+            To::Timestamp => r.value,
+            To::Latest | To::Offset => LATEST_TIMESTAMP,
+        };
+        let answers = self.offsets(&wanted, timestamp, true).await;
+        let failed: Vec<String> = answers
             .iter()
-            .filter(|(t, p)| self.ctx.replicas.get(t, *p).is_err())
-            .cloned()
+            .filter(|o| !o.error.is_empty())
+            .map(|o| format!("{}-{}: {}", o.topic, o.partition, o.error))
             .collect();
-        let remote = self.remote_offsets(&elsewhere).await;
+        if !failed.is_empty() {
+            return Err(Status::unavailable(format!(
+                "no offsets from the leaders of {}",
+                failed.join("; ")
+            )));
+        }
         let mut commits = Vec::new();
-        for (topic, p) in wanted {
-            let local = self.ctx.replicas.get(&topic, p).ok();
-            let (start, end) = match (&local, remote.get(&(topic.clone(), p))) {
-                (Some(part), _) => (part.log_start_offset(), part.high_watermark()),
-                (None, Some(offsets)) => *offsets,
-                (None, None) => {
-                    return Err(Status::unavailable(format!("{topic}-{p} has no leader that answers")));
-                }
-            };
-            let offset = match (to, &local) {
-                (To::Earliest, _) => start,
-                (To::Latest, _) => end,
-                (To::Offset, _) => r.value.clamp(start, end),
-                (To::Timestamp, Some(part)) => part
-                    .offset_for_timestamp(r.value)
-                    .map_err(status)?
-                    .map_or(end, |(o, _)| o),
-                (To::Timestamp, None) => {
-                    return Err(Status::failed_precondition(format!(
-                        "a timestamp reset needs {topic}-{p}'s time index, on another broker; \
-                             reset by offset or use Kafka's tools (ListOffsets) for now"
-                    )));
-                }
+        for o in answers {
+            let offset = match to {
+                To::Offset => r.value.clamp(o.log_start_offset, o.high_watermark),
+                // No record at or after the timestamp: the end, as Kafka's tool does.
+                To::Timestamp if o.offset < 0 => o.high_watermark,
+                To::Earliest | To::Latest | To::Timestamp => o.offset,
             };
             commits.push(CommitRequest {
-                topic: topic.clone(),
-                partition: p,
+                topic: o.topic,
+                partition: o.partition,
                 offset,
                 leader_epoch: -1,
                 metadata: None,
@@ -370,7 +522,7 @@ impl Admin for AdminService {
                 Error::UnknownTopicOrPartition => Status::not_found(format!("topic '{}' does not exist", r.name)),
                 other => status(other),
             })?;
-        Ok(Response::new(self.describe_by_name(&r.name)?))
+        Ok(Response::new(self.describe_by_name(&r.name, true).await?))
     }
 
     async fn alter_partition_reassignments(
@@ -490,38 +642,6 @@ impl AdminService {
             .collect()
     }
 
-    /// Log start offsets and high watermarks of partitions this broker does
-    /// not lead, from their leaders.
-    async fn remote_offsets(&self, wanted: &[(String, i32)]) -> BTreeMap<(String, i32), (i64, i64)> {
-        let image = self.ctx.controller.image();
-        let mut by_leader: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-        for (topic, partition) in wanted {
-            let Some(t) = image.topics.get(topic) else { continue };
-            let Some(leader) = image.leader(t, *partition) else {
-                continue;
-            };
-            if let Some(b) = image.brokers.get(&leader).filter(|_| leader != self.ctx.config.node_id) {
-                by_leader.entry(b.admin.clone()).or_default().insert(topic.clone());
-            }
-        }
-        let mut out = BTreeMap::new();
-        for (addr, topics) in by_leader {
-            let Ok(mut client) = peer(&addr).await else { continue };
-            for topic in topics {
-                let Ok(d) = client
-                    .describe_topic(pb::DescribeTopicRequest { name: topic.clone() })
-                    .await
-                else {
-                    continue;
-                };
-                for p in d.into_inner().partition_states.into_iter().filter(|p| p.hosted_here) {
-                    out.insert((topic.clone(), p.partition), (p.log_start_offset, p.high_watermark));
-                }
-            }
-        }
-        out
-    }
-
     async fn group_description(&self, group_id: &str) -> Result<pb::GroupDescription, Status> {
         let groups = &self.ctx.groups;
         let d = groups
@@ -530,19 +650,17 @@ impl AdminService {
         let committed = groups
             .committed(group_id)
             .map_err(|code| Status::unavailable(format!("error {code}")))?;
-        let elsewhere: Vec<(String, i32)> = committed
-            .iter()
-            .filter(|(t, p, _)| self.ctx.replicas.get(t, *p).is_err())
-            .map(|(t, p, _)| (t.clone(), *p))
+        let wanted: Vec<(String, i32)> = committed.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+        let ends: BTreeMap<(String, i32), i64> = self
+            .offsets(&wanted, LATEST_TIMESTAMP, true)
+            .await
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.high_watermark))
             .collect();
-        let remote = self.remote_offsets(&elsewhere).await;
         let offsets: Vec<pb::PartitionOffset> = committed
             .into_iter()
             .map(|(topic, partition, c)| {
-                let end = match self.ctx.replicas.get(&topic, partition) {
-                    Ok(p) => p.high_watermark(),
-                    Err(_) => remote.get(&(topic.clone(), partition)).map_or(-1, |o| o.1),
-                };
+                let end = ends.get(&(topic.clone(), partition)).copied().unwrap_or(-1);
                 pb::PartitionOffset {
                     lag: if end >= 0 { (end - c.offset).max(0) } else { 0 },
                     topic,

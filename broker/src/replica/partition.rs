@@ -22,6 +22,13 @@ use crate::error::{Error, Result};
 use crate::log::manager::TopicPartition;
 use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
 
+/// ListOffsets' special timestamps (Kafka's `ListOffsetsRequest` constants).
+pub const LATEST_TIMESTAMP: i64 = -1;
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+pub const MAX_TIMESTAMP: i64 = -3;
+pub const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+pub const LATEST_TIERED_TIMESTAMP: i64 = -5;
+
 pub struct Partition {
     pub tp: TopicPartition,
     pub topic_id: Uuid,
@@ -199,6 +206,20 @@ impl Partition {
     /// ListOffsets by timestamp: the first offset at or after it, and its timestamp.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
         self.log.offset_for_timestamp(timestamp)
+    }
+
+    /// (offset, timestamp) answering ListOffsets for `timestamp`, which may be
+    /// one of Kafka's special values below; (-1, -1) when no record is at or
+    /// after a real timestamp.
+    pub fn offset_for(&self, timestamp: i64) -> Result<(i64, i64)> {
+        Ok(match timestamp {
+            LATEST_TIMESTAMP => (self.high_watermark(), -1),
+            EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP => (self.log_start_offset(), -1),
+            // Nothing is tiered: the latest tiered offset is just below the log start.
+            LATEST_TIERED_TIMESTAMP => (self.log_start_offset() - 1, -1),
+            MAX_TIMESTAMP => self.max_timestamp_offset()?,
+            ts => self.offset_for_timestamp(ts)?.unwrap_or((-1, -1)),
+        })
     }
 
     /// ListOffsets MAX_TIMESTAMP: the offset and timestamp of the latest record by time.

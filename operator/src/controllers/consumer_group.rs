@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::{key, now, paused, write_status, Timer};
-use crate::plan::{condition, reset_decision, ResetDecision};
+use crate::plan::{condition, group_ready, reset_decision, ResetDecision, ResetOutcome};
 use crate::{admin, Context, Error};
 
 /// How often lag is refreshed.
@@ -54,8 +54,15 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
         .into_inner();
     let mut status = previous.clone();
     let mut conditions = Vec::new();
+    let mut reset_condition = None;
+    let mut requeue = REFRESH;
     match reset_decision(&group.spec, group.status.as_ref(), described.members.len() as i32) {
-        ResetDecision::None => {}
+        // Done, or nothing asked: the last reset's condition stays while its request does.
+        ResetDecision::None => {
+            if group.spec.offset_reset.is_some() {
+                reset_condition = previous.conditions.iter().find(|c| c.type_ == "OffsetReset").cloned();
+            }
+        }
         ResetDecision::WaitForEmptyGroup { members } => conditions.push(condition(
             &previous.conditions,
             "OffsetResetPending",
@@ -85,30 +92,47 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
             let outcome = match client.reset_group_offsets(request).await {
                 Ok(d) => {
                     described = d.into_inner();
-                    format!("reset {:?} to {:?}", reset.topics, reset.to)
+                    ResetOutcome::Done(format!("reset {:?} to {:?}", reset.topics, reset.to))
                 }
-                // A group that gained members meanwhile, or a coordinator that cannot
-                // write right now, retries later; anything else is final.
+                // The group gained members meanwhile: the next pass reports it waiting.
                 Err(s)
-                    if s.code() == tonic::Code::Unavailable
-                        || (s.code() == tonic::Code::FailedPrecondition
-                            && s.details() == fjord_proto::reason::GROUP_NOT_EMPTY) =>
+                    if s.code() == tonic::Code::FailedPrecondition
+                        && s.details() == fjord_proto::reason::GROUP_NOT_EMPTY =>
                 {
                     return Ok(Action::requeue(Duration::from_secs(5)));
                 }
-                Err(s) => format!("failed: {}", s.message()),
+                Err(s) if s.code() == tonic::Code::Unavailable => ResetOutcome::Retrying(s.message().to_string()),
+                Err(s) => ResetOutcome::Failed(s.message().to_string()),
             };
-            let failed = outcome.starts_with("failed");
-            ctx.event(
-                group.as_ref(),
-                failed,
-                if failed { "OffsetResetFailed" } else { "OffsetReset" },
-                "ResetOffsets",
-                outcome.clone(),
-            )
-            .await;
-            status.last_reset_request_id = Some(reset.request_id.clone());
-            status.last_reset_outcome = Some(outcome);
+            let (ok, reason, message) = outcome.condition();
+            let was = previous.conditions.iter().find(|c| c.type_ == "OffsetReset");
+            // One event per outcome, not one per retry.
+            if was.is_none_or(|c| c.reason != reason || c.message != message) {
+                ctx.event(
+                    group.as_ref(),
+                    !ok,
+                    if ok { "OffsetReset" } else { "OffsetResetFailed" },
+                    "ResetOffsets",
+                    message.to_string(),
+                )
+                .await;
+            }
+            match &outcome {
+                ResetOutcome::Retrying(_) => requeue = Duration::from_secs(5),
+                ResetOutcome::Done(m) | ResetOutcome::Failed(m) => {
+                    status.last_reset_request_id = Some(reset.request_id.clone());
+                    status.last_reset_outcome = Some(if ok { m.clone() } else { format!("failed: {m}") });
+                }
+            }
+            reset_condition = Some(condition(
+                &previous.conditions,
+                "OffsetReset",
+                ok,
+                reason,
+                message,
+                group.metadata.generation,
+                now(),
+            ));
         }
     }
     status.observed_generation = group.metadata.generation;
@@ -127,20 +151,22 @@ pub async fn reconcile(group: Arc<ConsumerGroup>, ctx: Arc<Context>) -> Result<A
         })
         .collect();
     status.last_update = Some(now().0.to_string());
+    let (ready, reason, message) = group_ready(reset_condition.as_ref());
     conditions.insert(
         0,
         condition(
             &previous.conditions,
             "Ready",
-            true,
-            "Observed",
-            "group status is current",
+            ready,
+            &reason,
+            &message,
             group.metadata.generation,
             now(),
         ),
     );
+    conditions.extend(reset_condition);
     status.conditions = conditions;
     write_status(&ctx, group.as_ref(), group.status.as_ref(), &status, COUNTERS, REFRESH).await?;
     ctx.reset_backoff(&key(group.as_ref()));
-    Ok(Action::requeue(REFRESH))
+    Ok(Action::requeue(requeue))
 }
