@@ -1,4 +1,5 @@
-# Fjord image: the broker (entrypoint) and the operator (/usr/local/bin/fjord-operator).
+# Fjord image: the broker (entrypoint), the operator (/usr/local/bin/fjord-operator) and
+# kcat (a Kafka client for in-cluster test Jobs).
 #   docker build -t fjord .
 #   docker run -p 9092:9092 -p 9093:9093 -p 9644:9644 \
 #     -e FJORD_ADVERTISED_LISTENERS=PLAINTEXT://localhost:9092 fjord
@@ -17,9 +18,11 @@ COPY operator/ operator/
 COPY helm/fjord/crds/ helm/fjord/crds/
 RUN cargo build --release --locked --bin fjord-broker --bin fjord-operator
 
+# `make image` builds the same image from host binaries without a registry
+# (e2e/k8s/image.py, whose `check` fails when this stage and the script disagree).
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates kcat \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/fjord --no-create-home fjord \
  && install -d -o fjord -g fjord /var/lib/fjord

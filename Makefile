@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA_DIR ?= ./data
 
-.PHONY: run cluster cluster-node build test crds bench lint fmt clean
+.PHONY: run cluster cluster-node build image test crds bench lint fmt clean
 
 ## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
 ## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
@@ -24,6 +24,16 @@ cluster-node:
 
 build:
 	$(CARGO) build --release --bin fjord-broker
+
+## The Fjord image (broker, operator, kcat) as a docker archive, built from the
+## release binaries without a registry: `ctr -n k8s.io images import` or `docker load -i`.
+## PROFILE=debug builds it from target/debug instead (faster to compile).
+IMAGE ?= localhost/fjord:dev
+PROFILE ?= release
+image:
+	@case "$(PROFILE)" in debug|release) ;; *) echo "PROFILE must be debug or release" >&2; exit 2 ;; esac
+	$(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --bin fjord-broker --bin fjord-operator
+	python3 e2e/k8s/image.py build --profile $(PROFILE) --tag $(IMAGE) --out target/fjord-image.tar
 
 ## The whole suite: unit and property tests, client-compatibility tests with
 ## librdkafka, and the process-level fault tests in e2e/.

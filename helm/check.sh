@@ -10,7 +10,10 @@
 #    renders, when promtool is installed (else prints "SKIPPED promtool: not installed");
 # 4. python3: every dashboard JSON parses, every panel target has a non-empty expr using
 #    known Fjord metrics (valid PromQL when promtool is there), the committed dashboards
-#    match helm/gen-dashboards.py.
+#    match helm/gen-dashboards.py;
+# 5. e2e/k8s/image.py: the Dockerfile's runtime stage and the registry-free image build
+#    (`make image`) describe the same image, and a selftest build from stand-in binaries
+#    gives a well-formed, reproducible docker archive (needs kcat on the host).
 # Exits non-zero if any check fails; runs all of them first.
 set -uo pipefail
 
@@ -168,6 +171,18 @@ run "dashboards parse, every panel target has a known, non-empty expr" \
 run "alert rules use known metrics, have severity, summary, description" \
   python3 "$HELM_DIR/check.py" rules "$CHART"
 run "dashboards match helm/gen-dashboards.py" python3 "$HELM_DIR/gen-dashboards.py" --check
+
+# --------------------------------------------------------------------------- image
+step "image (e2e/k8s/image.py)"
+run "Dockerfile and e2e/k8s/image.py describe the same image" \
+  python3 "$REPO_DIR/e2e/k8s/image.py" check
+# The image takes kcat from the host, so the selftest build needs it installed.
+if command -v kcat >/dev/null; then
+  run "image.py selftest: docker archive from stand-in binaries" \
+    python3 "$REPO_DIR/e2e/k8s/image.py" selftest
+else
+  skip "image.py selftest: kcat not installed (apt-get install kcat)"
+fi
 
 step "summary"
 echo "renders in $OUT"
