@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA_DIR ?= ./data
 
-.PHONY: run cluster cluster-node build image test crds bench lint fmt clean
+.PHONY: run cluster cluster-node build image test k8s-test k8s-up k8s-demo k8s-down crds bench lint fmt clean
 
 ## Build and start a single-node broker: Kafka on 127.0.0.1:9092, admin gRPC on
 ## 127.0.0.1:9093, metrics on 127.0.0.1:9644, data under ./data.
@@ -41,6 +41,21 @@ test:
 	$(CARGO) build --bin fjord-broker
 	$(CARGO) test --workspace
 	bash helm/check.sh
+
+## The real-node suite (needs root): a one-node Kubernetes from ../shared/kube-node,
+## the image from debug binaries, `helm install`, the examples, clients as pods,
+## faults and metrics; the node is torn down afterwards. CI runs it after `make test`.
+k8s-test:
+	$(CARGO) build --bin fjord-broker --bin fjord-operator
+	PROFILE=debug bash e2e/k8s/suite.sh
+
+## A local Kubernetes quick start (needs root): the node, the image, the chart and
+## the examples, then how to produce, consume and watch. `make k8s-down` stops it.
+k8s-up k8s-demo: image
+	PROFILE=$(PROFILE) bash e2e/k8s/demo.sh
+
+k8s-down:
+	bash ../shared/kube-node/down.sh
 
 ## Regenerate the CRD YAML in crds/ and helm/fjord/crds/ from the Rust types.
 crds:

@@ -265,9 +265,20 @@ pub struct TopicSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PartitionSummary {
     pub partition: i32,
+    /// The leader's broker id; -1 while the partition is offline.
     pub leader: i32,
+    /// The replicas' broker ids, the preferred leader first.
+    #[serde(default)]
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas.
+    #[serde(default)]
+    pub isr: Vec<i32>,
+    /// Offsets as the partition's leader has them (-1 when it did not answer).
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    /// Consumers read up to here: the offset below which every in-sync replica has the records.
+    #[serde(default)]
+    pub high_watermark: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

@@ -411,6 +411,12 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GroupDescription>, Status> {
         use crate::group::coordinator::CommitRequest;
         use pb::reset_group_offsets_request::To;
+        // As FindCoordinator does: a reset may be the group's first write.
+        self.ctx
+            .groups
+            .ensure_offsets_topic()
+            .await
+            .map_err(|e| Status::unavailable(format!("creating {} failed: {e}", crate::group::OFFSETS_TOPIC)))?;
         if let Some(addr) = self.coordinator_elsewhere(&request, &request.get_ref().group_id) {
             return peer(&addr)
                 .await?

@@ -666,7 +666,11 @@ impl Controller {
                         // says so too, so that what runs next (loading the groups
                         // of the partitions we lead) sees our leadership.
                         self.wait_for_own_unfencing(registration).await;
-                        tracing::info!(node_id = registration.id, "registered with the controller and unfenced");
+                        tracing::info!(
+                            node_id = registration.id,
+                            cluster_id = %self.image().cluster_id,
+                            "registered with the controller and unfenced"
+                        );
                         return Ok(());
                     }
                     Ok(reply) if !reply.registered => break,

@@ -255,15 +255,19 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
             .map(|p| PartitionSummary {
                 partition: p.partition,
                 leader: p.leader,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
                 log_start_offset: p.log_start_offset,
                 log_end_offset: p.log_end_offset,
+                high_watermark: p.high_watermark,
             })
             .collect(),
     };
     set_status(&ctx, &topic, status).await?;
     ctx.reset_backoff(&key(topic.as_ref()));
-    // Periodic re-checks catch out-of-band changes.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // Periodic re-checks catch out-of-band changes and keep the status's
+    // leaders, ISRs and offsets recent.
+    Ok(Action::requeue(Duration::from_secs(30)))
 }
 
 fn refused_message(r: &Refusal) -> String {

@@ -1,0 +1,166 @@
+# Shared by the real-node suite (suite.sh) and the local quick start (demo.sh):
+# the node, the image, the chart, client pods, and bounded polling.
+# Sourced from the repository root.
+
+KN_SCRIPTS="${KN_SCRIPTS:-$PWD/../shared/kube-node}"
+export KN_DIR="${KN_DIR:-/tmp/kube-node}"
+export KUBECONFIG="$KN_DIR/admin.kubeconfig"
+IMAGE_REPO=localhost/fjord
+IMAGE_TAG=dev
+NS="${NS:-demo}"
+BOOTSTRAP="my-cluster-bootstrap.$NS.svc.cluster.local:9092"
+CHECK="python3 $PWD/e2e/k8s/check.py"
+T0=$(date +%s)
+
+say() { echo "[k8s +$(( $(date +%s) - T0 ))s] $*"; }
+fail() { echo "[k8s +$(( $(date +%s) - T0 ))s] FAIL: $*" >&2; exit 1; }
+# Every kubectl call is bounded: a hung API call fails the step, not the run.
+k() { timeout 120 kubectl "$@"; }
+
+# poll WHAT SECONDS CMD...: until CMD succeeds, at most SECONDS; the last
+# failure's output is shown when it gives up.
+poll() {
+  local what=$1 limit=$2; shift 2
+  local deadline=$(( $(date +%s) + limit )) out
+  while true; do
+    if out=$("$@" 2>&1); then
+      say "$what"
+      return 0
+    fi
+    [ "$(date +%s)" -lt "$deadline" ] || fail "$what: not within ${limit}s; last: $out"
+    sleep 1
+  done
+}
+
+# The node, with the image built from target/$1 imported into its containerd.
+start_node_with_image() {
+  local profile=$1
+  command -v kubectl >/dev/null || fail "kubectl is needed (set KUBECTL= for kube-node)"
+  [ "$(id -u)" = 0 ] || fail "the real node needs root"
+  python3 e2e/k8s/image.py build --profile "$profile" --tag "$IMAGE_REPO:$IMAGE_TAG" --out target/fjord-image.tar
+  say "image $IMAGE_REPO:$IMAGE_TAG built ($(du -h target/fjord-image.tar | cut -f1)); starting the node"
+  bash "$KN_SCRIPTS/up.sh" >"${KN_LOG:-/tmp/kube-node-up.log}" 2>&1 ||
+    { tail -30 "${KN_LOG:-/tmp/kube-node-up.log}"; fail "kube-node up.sh failed"; }
+  ctr --address "$KN_DIR/containerd/containerd.sock" -n k8s.io images import target/fjord-image.tar >/dev/null
+  say "node Ready, image imported"
+}
+
+# The chart as a user installs it, with the local image.
+install_chart() {
+  local helm
+  helm=$(bash helm/install-helm.sh)
+  "$helm" install fjord helm/fjord --namespace fjord-system --create-namespace \
+    --set image.repository="$IMAGE_REPO" --set image.tag="$IMAGE_TAG" --wait --timeout 180s >/dev/null
+  say "helm install: the operator is running"
+}
+
+# client_pod NAME SECONDS KCAT-ARGS...: kcat in a pod of the Fjord image; prints its output.
+# A failed kcat fails the run, or returns 1 with ALLOW_FAIL=1.
+client_pod() {
+  local name=$1 limit=$2; shift 2
+  k run "$name" -n "$NS" --image="$IMAGE_REPO:$IMAGE_TAG" --image-pull-policy=IfNotPresent \
+    --restart=Never --command -- /usr/bin/kcat "$@" >/dev/null
+  local deadline=$(( $(date +%s) + limit )) phase
+  while true; do
+    phase=$(k get pod "$name" -n "$NS" -o jsonpath='{.status.phase}')
+    [ "$phase" = Succeeded ] && break
+    if [ "$phase" = Failed ] && [ "${ALLOW_FAIL:-0}" = 1 ]; then
+      k delete pod "$name" -n "$NS" --wait=false >/dev/null
+      return 1
+    fi
+    if [ "$phase" = Failed ] || [ "$(date +%s)" -ge "$deadline" ]; then
+      k logs "$name" -n "$NS" >&2 || true
+      fail "client pod $name: $phase"
+    fi
+    sleep 1
+  done
+  k logs "$name" -n "$NS"
+  k delete pod "$name" -n "$NS" --wait=false >/dev/null
+}
+
+# produce_job NAME TOPIC FROM TO [PACED]: an idempotent acks=all producer Job sending
+# the numbers FROM..TO, one record each; PACED=1 feeds it 10,000 records a second
+# through a FIFO (a load that lasts while a fault happens), else all at once.
+produce_job() {
+  local feed="seq $3 $4 > /work/input" writer=""
+  if [ "${5:-0}" = 1 ]; then
+    feed="mkfifo /work/input"
+    writer="
+      - name: feed
+        image: localhost/busybox:1.35
+        command: [sh, -c, 'i=$(( $3 - 1 )); while [ \$i -lt $4 ]; do n=\$(( i + 1000 )); [ \$n -gt $4 ] && n=$4; seq \$(( i + 1 )) \$n; i=\$n; usleep 100000; done > /work/input']
+        volumeMounts: [{name: work, mountPath: /work}]"
+  fi
+  k apply -n "$NS" -f - >/dev/null <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata: {name: $1}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      volumes: [{name: work, emptyDir: {}}]
+      initContainers:
+      - name: input
+        image: localhost/busybox:1.35
+        command: [sh, -c, "$feed"]
+        volumeMounts: [{name: work, mountPath: /work}]
+      containers:
+      - name: kcat
+        image: $IMAGE_REPO:$IMAGE_TAG
+        command: [/usr/bin/kcat, -P, -b, "$BOOTSTRAP", -t, "$2", -l,
+                  -X, acks=all, -X, enable.idempotence=true, -X, message.timeout.ms=300000,
+                  /work/input]
+        volumeMounts: [{name: work, mountPath: /work}]$writer
+YAML
+}
+
+job_running() {
+  [ "$(k get pods -n "$NS" -l job-name="$1" -o jsonpath='{.items[0].status.phase}')" = Running ]
+}
+
+wait_job() {
+  local deadline=$(( $(date +%s) + $2 ))
+  while true; do
+    [ "$(k get job "$1" -n "$NS" -o jsonpath='{.status.succeeded}')" = 1 ] && { say "job $1 done"; return 0; }
+    if [ "$(k get job "$1" -n "$NS" -o jsonpath='{.status.failed}')" = 1 ] || [ "$(date +%s)" -ge "$deadline" ]; then
+      k logs -n "$NS" "job/$1" --all-containers >&2 || true
+      fail "job $1 did not succeed within $2 s"
+    fi
+    sleep 1
+  done
+}
+
+# expect_records TOPIC N: read TOPIC from the beginning in a pod; 1..N each once, in order per partition.
+expect_records() {
+  client_pod "read-$1-$RANDOM" 300 -C -b "$BOOTSTRAP" -t "$1" -o beginning -e -q -f '%p %o %s\n' |
+    $CHECK records "$2" || fail "$1 does not hold 1..$2 exactly once"
+  say "$1: every one of $2 records read back once, in order per partition"
+}
+
+topic_in_sync() { k get topic "$1" -n "$NS" -o json | $CHECK topic-in-sync "$2" "$3"; }
+topic_offsets_sum() { k get topic "$1" -n "$NS" -o json | $CHECK topic-offsets-sum "$2"; }
+group_state() { k get consumergroup "$1" -n "$NS" -o json | $CHECK group-state "$2" "$3"; }
+pod_replaced_and_ready() {
+  local got
+  got=$(k get pod "$1" -n "$NS" -o jsonpath='{.metadata.uid} {.status.conditions[?(@.type=="Ready")].status}')
+  [ "${got% *}" != "$2" ] && [ "${got#* }" = True ]
+}
+
+# What failed: pods, descriptions of those not Ready, logs, events.
+diagnose() {
+  kubectl get pods -A -o wide || true
+  for ns in fjord-system "$NS"; do
+    for pod in $(kubectl get pods -n "$ns" -o name 2>/dev/null); do
+      if [ "$(kubectl get -n "$ns" "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" != True ]; then
+        kubectl describe -n "$ns" "$pod" | tail -40 || true
+      fi
+      echo "----- logs $ns/$pod"
+      kubectl logs -n "$ns" "$pod" --all-containers --tail=60 || true
+      kubectl logs -n "$ns" "$pod" --all-containers --previous --tail=30 2>/dev/null || true
+    done
+  done
+  kubectl get clusters,topics,consumergroups -A -o yaml 2>/dev/null | grep -A8 "conditions:" | head -80 || true
+  kubectl get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -40 || true
+}

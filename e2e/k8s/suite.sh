@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The real-node suite: Fjord installed as a user installs it, on a real
+# single-node Kubernetes (../shared/kube-node): the image without a registry,
+# `helm install`, the chart's example Cluster and Topic applied with kubectl,
+# clients as pods, faults on the node. The node is always torn down (it
+# changes host settings; down.sh restores them), and on a failure the pods'
+# logs and `kubectl describe` of what failed are printed first.
+#
+#   bash e2e/k8s/suite.sh        # needs root; binaries from `cargo build` (PROFILE=debug)
+#
+# Environment: PROFILE (debug|release, the binaries in the image), KEEP_NODE=1
+# (leave the node up afterwards), RECORDS (records per load, default 100000).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+here=$repo/e2e/k8s
+source "$here/lib.sh"
+
+PROFILE="${PROFILE:-debug}"
+RECORDS="${RECORDS:-100000}"
+NS=demo
+
+PROM_DIR=$(mktemp -d /tmp/fjord-k8s-prometheus.XXXXXX)
+on_exit() {
+  local rc=$?
+  python3 "$here/metrics.py" stop "$PROM_DIR" || true
+  if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG" ]; then
+    say "FAILED (exit $rc): what the node has"
+    diagnose || true
+  fi
+  if [ "${KEEP_NODE:-0}" = 1 ]; then
+    say "KEEP_NODE=1: the node stays up (KUBECONFIG=$KUBECONFIG; bash $KN_SCRIPTS/down.sh)"
+  else
+    bash "$KN_SCRIPTS/down.sh" >/dev/null 2>&1 || say "down.sh failed"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+
+start_node_with_image "$PROFILE"
+install_chart
+say "applying the example Cluster and Topic"
+k create namespace "$NS" >/dev/null
+k apply -n "$NS" -f helm/fjord/examples/cluster.yaml -f helm/fjord/examples/topic.yaml >/dev/null
+
+# --------------------------------------------------------------- one cluster
+cluster_ready() {
+  [ "$(k get cluster my-cluster -n $NS -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+poll "Cluster my-cluster Ready=True" 240 cluster_ready
+cluster_id=$(k get cluster my-cluster -n $NS -o jsonpath='{.status.clusterId}')
+[ -n "$cluster_id" ] || fail "the Cluster's status has no cluster id"
+brokers=$(k get cluster my-cluster -n $NS -o jsonpath='{.status.brokers[*].id}')
+[ "$brokers" = "0 1 2" ] || fail "the Cluster's status lists brokers '$brokers', not 0 1 2"
+say "Cluster Ready: cluster id $cluster_id, brokers $brokers"
+# What clients see: three brokers in Metadata (only registered, unfenced ones are listed).
+meta=$(client_pod metadata 60 -b "$BOOTSTRAP" -L)
+[ "$(grep -c '^  broker [0-9]* at my-cluster-[0-9].my-cluster-brokers' <<<"$meta")" = 3 ] ||
+  fail "Metadata does not list three brokers by their pod DNS names: $meta"
+# One quorum: every broker's log says it joined the same cluster id.
+for i in 0 1 2; do
+  log=$(k logs -n "$NS" "my-cluster-$i")
+  grep -q "registered with the controller and unfenced node_id=$i cluster_id=$cluster_id" <<<"$log" ||
+    fail "my-cluster-$i's log never says it joined cluster $cluster_id unfenced"
+done
+say "one cluster from the pods: 3 brokers in Metadata, one cluster id"
+
+# Prometheus scraping the pods through the chart's PodMonitor and ServiceMonitor.
+PROM=$(python3 "$here/metrics.py" start "$PROM_DIR")
+say "prometheus on $PROM, scrape config from the chart's monitors"
+
+# ------------------------------------------------------------------- the Topic
+poll "Topic orders Ready with 6 partitions, 3 in-sync replicas each" 120 topic_in_sync orders 6 3
+leaders=$(k get topic orders -n $NS -o jsonpath='{range .status.partitions[*]}{.leader}{"\n"}{end}' | sort -u | xargs)
+[ "$leaders" = "0 1 2" ] || fail "orders' leaders are '$leaders', not spread over brokers 0 1 2"
+say "Topic orders: 6 partitions, RF 3, leaders on $leaders"
+
+# ------------------------------------------------- clients as pods: every record back
+produce_job produce-1 orders 1 "$RECORDS"
+wait_job produce-1 300
+expect_records orders "$RECORDS"
+poll "the Topic's status shows every partition's offsets from its leader" 120 topic_offsets_sum orders "$RECORDS"
+say "Topic status: log end offsets sum to $RECORDS on every partition's leader"
+
+# ------------------------------------------------------------ the ConsumerGroup
+# The chart's example: a timestamp reset (before every record) of group payments on orders.
+k apply -n "$NS" -f helm/fjord/examples/consumergroup.yaml >/dev/null
+poll "ConsumerGroup payments reset to its timestamp, lag $RECORDS" 120 group_state payments True "$RECORDS"
+reset_group() { # requestId, the offsetReset body's other fields
+  k patch consumergroup payments -n "$NS" --type merge \
+    -p '{"spec":{"offsetReset":{"requestId":"'"$1"'","topics":["orders"],'"$2"'}}}' >/dev/null
+}
+reset_group suite-latest '"to":"latest"'
+poll "ConsumerGroup payments reset to latest, lag 0" 120 group_state payments True 0
+reset_group suite-earliest '"to":"earliest"'
+poll "ConsumerGroup payments reset to earliest, lag $RECORDS" 120 group_state payments True "$RECORDS"
+# By offset: 100 into each of the 6 partitions.
+reset_group suite-offset '"to":"offset","offset":100'
+poll "ConsumerGroup payments reset to offset 100, lag $(( RECORDS - 600 ))" 120 group_state payments True "$(( RECORDS - 600 ))"
+# A consumer of the group starts where the reset put it: 100 into each partition.
+consumed=$(client_pod group-reader 120 -b "$BOOTSTRAP" -G payments -X auto.offset.reset=error \
+  -c "$(( RECORDS - 600 ))" -f '%p %o\n' orders | awk '$2 < 100' | wc -l)
+[ "$consumed" = 0 ] || fail "the group read $consumed records below the reset offset 100"
+# A reset that cannot happen is a condition, not Ready.
+k patch consumergroup payments -n "$NS" --type merge \
+  -p '{"spec":{"offsetReset":{"requestId":"suite-bad","to":"earliest","topics":["no-such-topic"]}}}' >/dev/null
+poll "a failed reset makes ConsumerGroup payments Ready=False" 120 group_state payments False ""
+reason=$(k get consumergroup payments -n $NS -o jsonpath='{.status.conditions[?(@.type=="OffsetReset")].reason}')
+[ "$reason" = ResetFailed ] || fail "OffsetReset condition reason '$reason', not ResetFailed"
+say "ConsumerGroup: lag and resets by timestamp, latest, earliest and offset; a failed reset is a condition"
+
+# ------------------------------------------------------------------- faults
+# A broker pod deleted under an acks=all load: nothing acknowledged is lost.
+k apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: fjord.dev/v1alpha1
+kind: Topic
+metadata: {name: load}
+spec: {clusterRef: my-cluster, partitions: 6, replicas: 3, config: {min.insync.replicas: "2"}}
+YAML
+poll "Topic load Ready" 120 topic_in_sync load 6 3
+produce_job produce-2 load 1 "$(( RECORDS * 3 ))" 1
+poll "the load running" 60 job_running produce-2
+sleep 2 # a moment of load before the fault; the wait below is what is bounded
+victim=my-cluster-1
+uid=$(k get pod -n "$NS" $victim -o jsonpath='{.metadata.uid}')
+say "deleting broker pod $victim under load"
+k delete pod -n "$NS" $victim --wait=false >/dev/null
+poll "$victim recreated and Ready" 180 pod_replaced_and_ready $victim "$uid"
+wait_job produce-2 600
+expect_records load "$(( RECORDS * 3 ))"
+poll "$victim back in every ISR" 120 topic_in_sync load 6 3
+# Stopped cleanly (SIGTERM, controlled shutdown): it starts without log recovery.
+log=$(k logs -n "$NS" $victim)
+grep -q "broker started" <<<"$log" || fail "$victim's log has no start"
+if grep -q "no clean shutdown marker" <<<"$log"; then
+  fail "$victim recovered its logs after a clean stop"
+fi
+say "broker pod deleted under load: every acknowledged record read back, back in every ISR, no log recovery"
+python3 "$here/metrics.py" isr-moved "$PROM" load
+
+# The operator deleted mid-reconcile: what converged stays, reconciliation resumes.
+sts_gen=$(k get sts my-cluster -n "$NS" -o jsonpath='{.metadata.generation}')
+pods_before=$(k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{.items[*].metadata.uid}')
+operators=$(k get pods -n fjord-system -l app.kubernetes.io/name=fjord-operator -o jsonpath='{.items[*].metadata.uid}')
+k delete pod -n fjord-system -l app.kubernetes.io/name=fjord-operator --wait=false >/dev/null
+k patch topic orders -n "$NS" --type merge -p '{"spec":{"partitions":9}}' >/dev/null
+poll "Topic orders grown to 9 partitions after the operator restart" 180 topic_in_sync orders 9 3
+[ "$(k get sts my-cluster -n "$NS" -o jsonpath='{.metadata.generation}')" = "$sts_gen" ] ||
+  fail "the StatefulSet changed across an operator restart"
+[ "$(k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{.items[*].metadata.uid}')" = "$pods_before" ] ||
+  fail "broker pods were replaced across an operator restart"
+replaced() { # a new operator pod is the leader's successor: none of the old ones is left Ready
+  local now
+  now=$(k get pods -n fjord-system -l app.kubernetes.io/name=fjord-operator -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.uid}{" "}{end}')
+  for uid in $operators; do case " $now " in *" $uid "*) return 1 ;; esac; done
+}
+poll "the operator pods replaced" 120 replaced
+say "operator pods deleted mid-reconcile: the Topic converged, brokers and StatefulSet untouched"
+
+# -------------------------------------------------------------------- metrics
+python3 "$here/metrics.py" wait "$PROM"
+say "every broker pod and the operator scraped"
+# Produce errors feed their panels: clients may not write internal topics.
+ALLOW_FAIL=1 client_pod bad-produce 60 -P -b "$BOOTSTRAP" -t __consumer_offsets -X message.timeout.ms=5000 \
+  /etc/passwd >/dev/null 2>&1 || true
+python3 "$here/metrics.py" panels "$PROM"
+
+say "PASSED in $(( $(date +%s) - T0 ))s"
