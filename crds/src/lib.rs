@@ -33,7 +33,12 @@ pub const PAUSE_ANNOTATION: &str = "fjord.dev/pause-reconciliation";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
-    /// Number of brokers.
+    /// Number of brokers (node ids 0..replicas-1, the pod ordinals). Scaling
+    /// down drains the brokers that go (the highest ordinals) through
+    /// reassignment before their pods are removed; it is refused, with the
+    /// `Scaling` condition, below the metadata quorum's voters (the first
+    /// min(replicas, 3) brokers when the cluster was created: voters are never
+    /// removed) or below a topic's replication factor.
     #[serde(default = "default_replicas")]
     #[x_kube(validation = Rule::new("self >= 1").message("a cluster needs at least one broker"))]
     pub replicas: i32,

@@ -78,17 +78,18 @@ client_pod() {
   k delete pod "$name" -n "$NS" --wait=false >/dev/null
 }
 
-# produce_job NAME TOPIC FROM TO [PACED]: an idempotent acks=all producer Job sending
-# the numbers FROM..TO, one record each; PACED=1 feeds it 10,000 records a second
-# through a FIFO (a load that lasts while a fault happens), else all at once.
+# produce_job NAME TOPIC FROM TO [PER_100MS]: an idempotent acks=all producer Job
+# sending the numbers FROM..TO, one record each; with PER_100MS it is fed that
+# many records every 100 ms through a FIFO (a load that lasts while a fault
+# happens), else all at once.
 produce_job() {
-  local feed="seq $3 $4 > /work/input" writer=""
-  if [ "${5:-0}" = 1 ]; then
+  local feed="seq $3 $4 > /work/input" writer="" step=${5:-0}
+  if [ "$step" -gt 0 ]; then
     feed="mkfifo /work/input"
     writer="
       - name: feed
         image: localhost/busybox:1.35
-        command: [sh, -c, 'i=$(( $3 - 1 )); while [ \$i -lt $4 ]; do n=\$(( i + 1000 )); [ \$n -gt $4 ] && n=$4; seq \$(( i + 1 )) \$n; i=\$n; usleep 100000; done > /work/input']
+        command: [sh, -c, 'i=$(( $3 - 1 )); while [ \$i -lt $4 ]; do n=\$(( i + $step )); [ \$n -gt $4 ] && n=$4; seq \$(( i + 1 )) \$n; i=\$n; usleep 100000; done > /work/input']
         volumeMounts: [{name: work, mountPath: /work}]"
   fi
   k apply -n "$NS" -f - >/dev/null <<YAML

@@ -12,6 +12,7 @@ panel query of the chart's dashboards must return data from those pods.
   metrics.py wait ADDR          until every broker pod and the operator are scraped
   metrics.py panels ADDR        every dashboard panel query returns data
   metrics.py isr-moved ADDR T   the ISR panels saw topic T's smallest ISR drop and recover
+  metrics.py never ADDR EXPR S  EXPR was 0 (or absent) at every sample of the last S seconds
   metrics.py stop DIR
   metrics.py discover DIR       (started by `start`) keeps DIR/targets-*.json current
 """
@@ -325,10 +326,21 @@ def isr_moved(addr, topic):
     print(f"ISR panels moved: smallest ISR of {topic} fell to {low_v:g} and is back at {now_v:g}")
 
 
+def never(addr, expr, seconds):
+    """EXPR stayed at 0 (or absent) at every 1 s sample of the last SECONDS."""
+    seen = query(addr, f"max_over_time(({expr})[{int(seconds)}s:1s])")
+    if not isinstance(seen, list):
+        sys.exit(f"{expr}: {seen}")
+    worst = max((float(r["value"][1]) for r in seen), default=0.0)
+    if worst > 0:
+        sys.exit(f"{expr} reached {worst:g} within the last {seconds} s")
+    print(f"{expr} stayed 0 over the last {seconds} s")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     commands = {"start": start, "stop": stop, "wait": wait, "panels": panels, "isr-moved": isr_moved,
-                "discover": discover}
+                "never": never, "discover": discover}
     commands[cmd](*args)
 
 

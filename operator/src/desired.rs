@@ -77,6 +77,12 @@ pub fn admin_endpoint(cluster: &Cluster) -> String {
     )
 }
 
+/// A broker pod's node id: its StatefulSet ordinal (`my-cluster-2` is 2), as
+/// the broker reads it (`--node-id-from-pod-name`).
+pub fn pod_ordinal(pod_name: &str) -> Option<i32> {
+    pod_name.rsplit_once('-')?.1.parse().ok().filter(|n: &i32| *n >= 0)
+}
+
 fn name(cluster: &Cluster) -> String {
     cluster.metadata.name.clone().unwrap_or_default()
 }
@@ -546,8 +552,9 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
             volume_claim_templates: Some(vec![claim]),
             // deleteClaim: the volumes go with the Cluster, or stay for a later one.
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                // The claims of brokers a scale-down removed (drained first) go the same way.
                 when_deleted: Some(if storage.delete_claim { "Delete" } else { "Retain" }.into()),
-                when_scaled: Some("Retain".into()),
+                when_scaled: Some(if storage.delete_claim { "Delete" } else { "Retain" }.into()),
             }),
             ..StatefulSetSpec::default()
         }),
@@ -705,7 +712,7 @@ mod tests {
         let spec = sts.spec.as_ref().unwrap();
         let policy = spec.persistent_volume_claim_retention_policy.as_ref().unwrap();
         assert_eq!(policy.when_deleted.as_deref(), Some("Delete"));
-        assert_eq!(policy.when_scaled.as_deref(), Some("Retain"));
+        assert_eq!(policy.when_scaled.as_deref(), Some("Delete"));
         let kept = stateful_set(&cluster(serde_json::json!({})), "fjord:test");
         let policy = kept.spec.unwrap().persistent_volume_claim_retention_policy.unwrap();
         assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));

@@ -8,6 +8,8 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod roll;
+pub mod scale;
 
 use std::collections::HashMap;
 use std::sync::Arc;

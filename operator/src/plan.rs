@@ -126,19 +126,6 @@ pub struct PodState {
     pub ready: bool,
 }
 
-/// The next broker pod to restart for a changed template or config: one at a time, and
-/// only while every desired broker is up and ready (so a restart never takes
-/// a second broker down). Lowest ordinal first.
-pub fn next_pod_to_restart(pods: &[PodState], desired_hash: &str, desired_replicas: i32) -> Option<String> {
-    let all_ready = pods.len() as i32 >= desired_replicas && pods.iter().all(|p| p.ready);
-    if !all_ready {
-        return None;
-    }
-    let mut stale: Vec<&PodState> = pods.iter().filter(|p| p.template_hash != desired_hash).collect();
-    stale.sort_by_key(|p| (p.name.len(), p.name.clone()));
-    stale.first().map(|p| p.name.clone())
-}
-
 /// A resource claiming a topic name: (creation time RFC 3339, namespace/name).
 pub type Claim = (String, String);
 
@@ -625,60 +612,6 @@ mod tests {
             })
         );
         assert!(plan_topic(&spec(0, 1, &[]), None, 1).is_err());
-    }
-
-    fn pod(name: &str, hash: &str, ready: bool) -> PodState {
-        PodState {
-            name: name.into(),
-            template_hash: hash.into(),
-            ready,
-        }
-    }
-
-    #[test]
-    fn restarts_go_one_at_a_time_while_all_are_ready() {
-        let pods = vec![
-            pod("c-0", "new", true),
-            pod("c-1", "old", true),
-            pod("c-10", "old", true),
-            pod("c-2", "old", true),
-        ];
-        assert_eq!(
-            next_pod_to_restart(&pods, "new", 4),
-            Some("c-1".into()),
-            "lowest ordinal first"
-        );
-        let restarting = vec![
-            pod("c-0", "new", true),
-            pod("c-1", "new", false),
-            pod("c-2", "old", true),
-        ];
-        assert_eq!(
-            next_pod_to_restart(&restarting, "new", 3),
-            None,
-            "wait for the restarted broker"
-        );
-        let missing = vec![pod("c-0", "old", true)];
-        assert_eq!(
-            next_pod_to_restart(&missing, "new", 3),
-            None,
-            "not while brokers are missing"
-        );
-        let done = vec![pod("c-0", "new", true)];
-        assert_eq!(next_pod_to_restart(&done, "new", 1), None);
-    }
-
-    proptest! {
-        /// The gate never picks a pod while another broker is unready or absent.
-        #[test]
-        fn the_gate_never_takes_a_second_broker_down(ready in proptest::collection::vec(any::<bool>(), 1..8), stale in proptest::collection::vec(any::<bool>(), 8), replicas in 1i32..8) {
-            let pods: Vec<PodState> = ready.iter().enumerate().map(|(i, r)| pod(&format!("c-{i}"), if stale[i] { "old" } else { "new" }, *r)).collect();
-            if let Some(name) = next_pod_to_restart(&pods, "new", replicas) {
-                prop_assert!(pods.iter().all(|p| p.ready));
-                prop_assert!(pods.len() as i32 >= replicas);
-                prop_assert!(pods.iter().any(|p| p.name == name && p.template_hash == "old"));
-            }
-        }
     }
 
     #[test]

@@ -19,9 +19,11 @@ use serde::Serialize;
 
 use super::{key, now, paused, write_status, Timer, MANAGER};
 use crate::plan::{
-    cluster_conditions, next_pod_to_restart, rack_condition, volume_condition, volumes_to_expand, PodState,
-    RegisteredBroker, VolumeState,
+    cluster_conditions, condition, rack_condition, volume_condition, volumes_to_expand, PodState, RegisteredBroker,
+    VolumeState,
 };
+use crate::roll::{next_restart, Blocked, RollBroker, RollPartition, RollStep};
+use crate::scale::{drain_moves, scale_plan, HostedReplicas, PartitionReplicas, ScalePlan};
 use crate::{admin, desired, Context, Error};
 
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
@@ -74,19 +76,48 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         )
         .await?;
     }
+    let mut admin_client = admin::connect(&ctx, &cluster).await;
+    let described = match admin_client.as_mut() {
+        Ok(client) => client
+            .describe_cluster(pb::DescribeClusterRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    // Fetched once, when a scale-down or a roll needs them.
+    let mut topics: Option<Result<Vec<pb::TopicDescription>, String>> = None;
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
     let mut set = desired::stateful_set(&cluster, &ctx.config.broker_image);
     let mut created_class = None;
+    let mut running = cluster.spec.replicas;
     if let Some(existing) = sts_api.get_opt(&name).await? {
         created_class = Some(desired::claim_storage_class(&existing));
         desired::keep_claim_templates(&mut set, &existing);
+        running = existing.spec.as_ref().and_then(|s| s.replicas).unwrap_or(running);
+    }
+    let scale = if cluster.spec.replicas < running {
+        let listed = list_topics(&mut admin_client, &described, &mut topics).await.clone();
+        let plan = scale_down(&cluster, running, &described, &listed);
+        if let (ScalePlan::Drain { brokers, .. }, Ok(client), Ok(listed)) = (&plan, admin_client.as_mut(), &listed) {
+            drain(&ctx, &cluster, client, brokers, listed).await?;
+        }
+        plan
+    } else {
+        ScalePlan::Size(cluster.spec.replicas)
+    };
+    if let Some(spec) = set.spec.as_mut() {
+        spec.replicas = Some(match &scale {
+            ScalePlan::Size(n) => *n,
+            ScalePlan::Drain { keep, .. } | ScalePlan::Refused { keep, .. } => *keep,
+        });
     }
     let asked_class = cluster.spec.storage.storage_class.clone().unwrap_or_default();
     let class_change = created_class.filter(|c| *c != asked_class);
     apply(&sts_api, &set).await?;
     let (volumes, refused) = expand_volumes(&ctx, &cluster).await?;
 
-    // Restarts are ours (OnDelete): one broker at a time, only while all are ready.
+    // Restarts are ours (OnDelete): the roll gate (roll.rs) picks the broker.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=broker");
     let observed: Vec<PodState> = pods
@@ -109,7 +140,21 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         })
         .collect();
     let desired_hash = desired::desired_template_hash(&cluster, &ctx.config.broker_image);
-    if let Some(pod) = next_pod_to_restart(&observed, &desired_hash, cluster.spec.replicas) {
+    let roll = if observed.iter().any(|p| p.template_hash != desired_hash) {
+        let topics = list_topics(&mut admin_client, &described, &mut topics).await;
+        Some(roll_step(
+            &observed,
+            &desired_hash,
+            cluster.spec.replicas,
+            desired::controller_voters(&cluster),
+            &described,
+            topics,
+        ))
+    } else {
+        None
+    };
+    if let Some(RollStep::Restart(id)) = roll {
+        let pod = format!("{name}-{id}");
         // Through the Eviction API, so the PodDisruptionBudget is honoured.
         match pods.evict(&pod, &EvictParams::default()).await {
             Ok(_) => {
@@ -136,14 +181,6 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|s| s.status)
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let described = match admin::connect(&ctx, &cluster).await {
-        Ok(mut client) => client
-            .describe_cluster(pb::DescribeClusterRequest {})
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
     let previous = cluster
         .status
         .as_ref()
@@ -179,6 +216,29 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         cluster.metadata.generation,
         now(),
     ));
+    conditions.extend(scale_condition(&cluster, &scale, running).map(|(ok, reason, message)| {
+        condition(
+            &previous,
+            "Scaling",
+            ok,
+            reason,
+            &message,
+            cluster.metadata.generation,
+            now(),
+        )
+    }));
+    conditions.extend(roll.as_ref().map(|step| {
+        let (ok, reason, message) = roll_condition(step);
+        condition(
+            &previous,
+            "RollingRestart",
+            ok,
+            reason,
+            &message,
+            cluster.metadata.generation,
+            now(),
+        )
+    }));
     conditions.extend(rack_condition(
         &previous,
         cluster.spec.rack.as_ref().map(|r| r.topology_key.as_str()),
@@ -231,7 +291,205 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     ctx.reset_backoff(&key(cluster.as_ref()));
     // Pods becoming ready change the owned StatefulSet's status, which starts
     // the next reconcile; the periodic one only catches what no watch sees.
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // A roll in progress waits on ISRs no watch sees: look again soon, not hot.
+    let busy = roll.is_some() || matches!(scale, ScalePlan::Drain { .. });
+    Ok(Action::requeue(Duration::from_secs(if busy { 5 } else { 60 })))
+}
+
+async fn list_topics<'a>(
+    admin_client: &mut Result<admin::Admin, Error>,
+    described: &Result<pb::DescribeClusterResponse, String>,
+    topics: &'a mut Option<Result<Vec<pb::TopicDescription>, String>>,
+) -> &'a Result<Vec<pb::TopicDescription>, String> {
+    if topics.is_none() {
+        *topics = Some(match (admin_client.as_mut(), described) {
+            (Ok(client), Ok(_)) => client
+                .list_topics(pb::ListTopicsRequest {})
+                .await
+                .map(|r| r.into_inner().topics)
+                .map_err(|e| e.to_string()),
+            (Err(e), _) => Err(e.to_string()),
+            (_, Err(e)) => Err(e.clone()),
+        });
+    }
+    topics.as_ref().expect("just set")
+}
+
+/// The scale plan from what the admin API reports (scale.rs decides).
+fn scale_down(
+    cluster: &Cluster,
+    running: i32,
+    described: &Result<pb::DescribeClusterResponse, String>,
+    topics: &Result<Vec<pb::TopicDescription>, String>,
+) -> ScalePlan {
+    let rfs: Vec<(String, i32)> = topics
+        .as_ref()
+        .map(|ts| ts.iter().map(|t| (t.name.clone(), t.replication_factor)).collect())
+        .unwrap_or_default();
+    let hosted: Result<Vec<HostedReplicas>, String> = match (described, topics) {
+        (Ok(d), Ok(_)) => Ok(d
+            .brokers
+            .iter()
+            .map(|b| HostedReplicas {
+                id: b.id,
+                replicas: b.replica_count,
+            })
+            .collect()),
+        (Err(e), _) | (_, Err(e)) => Err(e.clone()),
+    };
+    scale_plan(
+        running,
+        cluster.spec.replicas,
+        desired::controller_voters(cluster),
+        &rfs,
+        hosted.as_deref().map_err(Clone::clone),
+    )
+}
+
+/// Starts the reassignments that empty the leaving brokers (those already
+/// moving are left to finish).
+async fn drain(
+    ctx: &Context,
+    cluster: &Cluster,
+    client: &mut admin::Admin,
+    leaving: &[i32],
+    topics: &[pb::TopicDescription],
+) -> Result<(), Error> {
+    let partitions: Vec<PartitionReplicas> = topics
+        .iter()
+        .flat_map(|t| {
+            t.partition_states.iter().map(|p| PartitionReplicas {
+                topic: t.name.clone(),
+                partition: p.partition,
+                replicas: p.replicas.clone(),
+                moving: !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty(),
+            })
+        })
+        .collect();
+    let staying: Vec<i32> = (0..cluster.spec.replicas).collect();
+    let moves = drain_moves(leaving, &staying, &partitions);
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let count = moves.len();
+    let reassignments = moves
+        .into_iter()
+        .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
+            topic,
+            partition,
+            target_replicas,
+            cancel: false,
+        })
+        .collect();
+    let answer = client
+        .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest { reassignments })
+        .await?
+        .into_inner();
+    let refused: Vec<String> = answer
+        .results
+        .iter()
+        .filter(|r| !r.error.is_empty())
+        .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
+        .collect();
+    ctx.event(
+        cluster,
+        !refused.is_empty(),
+        "DrainBrokers",
+        "ScaleDown",
+        if refused.is_empty() {
+            format!("moving {count} partitions off brokers {leaving:?} before the StatefulSet shrinks")
+        } else {
+            format!(
+                "moving partitions off brokers {leaving:?}; refused: {}",
+                refused.join("; ")
+            )
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// The `Scaling` condition while a scale-down drains or is refused.
+fn scale_condition(cluster: &Cluster, plan: &ScalePlan, running: i32) -> Option<(bool, &'static str, String)> {
+    match plan {
+        ScalePlan::Size(_) => None,
+        ScalePlan::Drain { brokers, .. } => Some((
+            true,
+            "Draining",
+            format!(
+                "moving every replica off brokers {brokers:?}; the StatefulSet shrinks from {running} to {} once they are empty",
+                cluster.spec.replicas
+            ),
+        )),
+        ScalePlan::Refused { refusal, .. } => Some((false, refusal.reason(), refusal.to_string())),
+    }
+}
+
+/// The roll gate's view of the cluster: pods by ordinal, brokers and the
+/// partitions with their topics' `min.insync.replicas` from the admin API.
+/// Without the admin API only pods that are not ready may restart.
+fn roll_step(
+    pods: &[PodState],
+    desired_hash: &str,
+    replicas: i32,
+    voters: i32,
+    described: &Result<pb::DescribeClusterResponse, String>,
+    topics: &Result<Vec<pb::TopicDescription>, String>,
+) -> RollStep {
+    let brokers: Vec<RollBroker> = (0..replicas)
+        .map(|id| {
+            let pod = pods.iter().find(|p| desired::pod_ordinal(&p.name) == Some(id));
+            let registered = described
+                .as_ref()
+                .ok()
+                .and_then(|d| d.brokers.iter().find(|b| b.id == id));
+            RollBroker {
+                id,
+                current: pod.is_none_or(|p| p.template_hash == desired_hash),
+                ready: pod.is_some_and(|p| p.ready),
+                registered: registered.is_some_and(|b| !b.fenced),
+                // The quorum's voters are fixed (node ids 0..voters), registered or not.
+                voter: id < voters,
+            }
+        })
+        .collect();
+    let (d, topics) = match (described, topics) {
+        (Ok(d), Ok(topics)) => (d, topics),
+        (Err(e), _) | (_, Err(e)) => {
+            // Blind: restarting a broker that is down costs nothing; nothing else is safe.
+            return match brokers.iter().find(|b| !b.current && !b.ready) {
+                Some(down) => RollStep::Restart(down.id),
+                None => RollStep::Wait(Blocked::AdminUnreachable { error: e.clone() }),
+            };
+        }
+    };
+    let partitions: Vec<RollPartition> = topics
+        .iter()
+        .flat_map(|t| {
+            let min_isr = t
+                .effective_configs
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            t.partition_states.iter().map(move |p| RollPartition {
+                topic: t.name.clone(),
+                partition: p.partition,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                min_isr,
+            })
+        })
+        .collect();
+    next_restart(&brokers, &partitions, d.controller_id)
+}
+
+/// The `RollingRestart` condition for a roll in progress.
+fn roll_condition(step: &RollStep) -> (bool, &'static str, String) {
+    match step {
+        RollStep::Done => (true, "Done", "every broker runs the current template".into()),
+        RollStep::Restart(id) => (true, "Restarting", format!("restarting broker {id}")),
+        RollStep::Wait(blocked) => (false, blocked.reason(), blocked.message()),
+    }
 }
 
 /// Grows the brokers' claims to `storage.size`. Returns the claims as they are

@@ -1,0 +1,374 @@
+//! The rolling-restart gate: which broker pod may be restarted next, if any,
+//! so that a roll never takes a partition below its `min.insync.replicas`
+//! nor the metadata quorum below a majority. Pure: the cluster controller
+//! observes pods and the admin API, asks here, and evicts what this allows.
+//!
+//! Kafka's own rule (and Strimzi's KafkaRoller's): a broker may restart when
+//! every partition it hosts keeps at least `min.insync.replicas` in-sync
+//! replicas without it. On top of that the gate waits for the cluster to be
+//! whole again between brokers (every pod ready, every broker registered and
+//! unfenced, no partition under-replicated), so a restarted broker is back in
+//! every ISR before the next goes; it restarts a broker whose pod is not
+//! ready first (it serves nothing), and the active controller last.
+
+use std::collections::BTreeSet;
+
+/// A broker as the roll sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollBroker {
+    pub id: i32,
+    /// Its pod runs the current template (image, config, resources...).
+    pub current: bool,
+    /// Its pod is Ready.
+    pub ready: bool,
+    /// Registered with the controller and unfenced.
+    pub registered: bool,
+    pub voter: bool,
+}
+
+/// A partition as the admin API reports it, with its topic's min ISR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollPartition {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub min_isr: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollStep {
+    /// Every broker runs the current template.
+    Done,
+    /// Restart this broker's pod now.
+    Restart(i32),
+    /// A restart is due but would not be safe yet; says why.
+    Wait(Blocked),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// The last restarted broker (or another) has not come back yet; the
+    /// partitions with a replica on them.
+    BrokersNotBack { brokers: Vec<i32>, partitions: Vec<String> },
+    /// Partitions not yet fully in sync (a broker catching up).
+    UnderReplicated { partitions: Vec<String> },
+    /// Restarting the next broker would take these below their min ISR.
+    MinIsr { broker: i32, partitions: Vec<String> },
+    /// Restarting the next broker would leave the quorum without a majority.
+    Quorum {
+        broker: i32,
+        live_voters: usize,
+        voters: usize,
+    },
+    /// The admin API did not answer: no broker's partitions can be checked.
+    AdminUnreachable { error: String },
+}
+
+impl Blocked {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Blocked::BrokersNotBack { .. } => "WaitingForBrokers",
+            Blocked::UnderReplicated { .. } => "WaitingForIsr",
+            Blocked::MinIsr { .. } => "BlockedByMinIsr",
+            Blocked::Quorum { .. } => "BlockedByQuorum",
+            Blocked::AdminUnreachable { .. } => "AdminUnreachable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        fn list(items: &[String]) -> String {
+            let shown: Vec<&str> = items.iter().take(10).map(String::as_str).collect();
+            let more = items.len().saturating_sub(shown.len());
+            if more > 0 {
+                format!("{} and {more} more", shown.join(", "))
+            } else {
+                shown.join(", ")
+            }
+        }
+        match self {
+            Blocked::BrokersNotBack { brokers, partitions } if partitions.is_empty() => {
+                format!("rolling restart waits for brokers {brokers:?} to be ready, registered and unfenced")
+            }
+            Blocked::BrokersNotBack { brokers, partitions } => format!(
+                "rolling restart waits for brokers {brokers:?} to be ready, registered and unfenced; \
+                 their partitions {} are short of replicas until then",
+                list(partitions)
+            ),
+            Blocked::UnderReplicated { partitions } => format!(
+                "rolling restart waits for every replica to be back in sync: {} under-replicated",
+                list(partitions)
+            ),
+            Blocked::MinIsr { broker, partitions } => format!(
+                "restarting broker {broker} would take {} below min.insync.replicas; waiting for their ISRs to grow",
+                list(partitions)
+            ),
+            Blocked::Quorum {
+                broker,
+                live_voters,
+                voters,
+            } => format!(
+                "restarting broker {broker} would leave {} of {voters} metadata quorum voters live, no majority",
+                live_voters.saturating_sub(1)
+            ),
+            Blocked::AdminUnreachable { error } => {
+                format!("rolling restart waits: the admin API is unreachable ({error}), so no restart can be checked")
+            }
+        }
+    }
+}
+
+/// The next step of a roll over `brokers` (every expected broker, one per pod).
+pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active_controller: i32) -> RollStep {
+    let stale: Vec<&RollBroker> = brokers.iter().filter(|b| !b.current).collect();
+    if stale.is_empty() {
+        return RollStep::Done;
+    }
+    let up = |b: &RollBroker| b.ready && b.registered;
+    let live: BTreeSet<i32> = brokers.iter().filter(|b| up(b)).map(|b| b.id).collect();
+    let voters: Vec<&RollBroker> = brokers.iter().filter(|b| b.voter).collect();
+    let live_voters = voters.iter().filter(|b| up(b)).count();
+    let majority = voters.len() / 2 + 1;
+
+    // A stale broker that is down serves nothing: restarting it costs nothing
+    // and may be what brings it back. Only while the quorum keeps a majority
+    // without it, which it does, being down already.
+    if let Some(down) = stale.iter().filter(|b| !up(b)).min_by_key(|b| b.id) {
+        return RollStep::Restart(down.id);
+    }
+    // The cluster whole again before the next broker goes.
+    let not_back: Vec<i32> = brokers.iter().filter(|b| !up(b)).map(|b| b.id).collect();
+    if !not_back.is_empty() {
+        let partitions = partitions
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| not_back.contains(r)))
+            .map(name)
+            .collect();
+        return RollStep::Wait(Blocked::BrokersNotBack {
+            brokers: not_back,
+            partitions,
+        });
+    }
+    let lagging: Vec<String> = partitions
+        .iter()
+        .filter(|p| p.replicas.iter().any(|r| live.contains(r) && !p.isr.contains(r)))
+        .map(name)
+        .collect();
+    if !lagging.is_empty() {
+        return RollStep::Wait(Blocked::UnderReplicated { partitions: lagging });
+    }
+    // The active controller last, then by id.
+    let next = stale
+        .iter()
+        .min_by_key(|b| (b.id == active_controller, b.id))
+        .expect("stale is not empty");
+    if next.voter && live_voters.saturating_sub(1) < majority {
+        return RollStep::Wait(Blocked::Quorum {
+            broker: next.id,
+            live_voters,
+            voters: voters.len(),
+        });
+    }
+    // A partition with no more replicas than its min ISR is unavailable to
+    // acks=all through any restart; holding every roll for it would not help
+    // it (Strimzi's KafkaRoller lets it pass too).
+    // In sync and live: a replica on a broker that is gone (not among
+    // `brokers`) may still be listed in the ISR until the controller fences it.
+    let in_sync_without = |p: &RollPartition| p.isr.iter().filter(|r| **r != next.id && live.contains(r)).count();
+    let below: Vec<String> = partitions
+        .iter()
+        .filter(|p| p.replicas.len() > p.min_isr && p.replicas.contains(&next.id) && in_sync_without(p) < p.min_isr)
+        .map(name)
+        .collect();
+    if !below.is_empty() {
+        return RollStep::Wait(Blocked::MinIsr {
+            broker: next.id,
+            partitions: below,
+        });
+    }
+    RollStep::Restart(next.id)
+}
+
+fn name(p: &RollPartition) -> String {
+    format!("{}-{}", p.topic, p.partition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn broker(id: i32, current: bool) -> RollBroker {
+        RollBroker {
+            id,
+            current,
+            ready: true,
+            registered: true,
+            voter: id < 3,
+        }
+    }
+
+    fn partition(p: i32, replicas: &[i32], isr: &[i32], min_isr: usize) -> RollPartition {
+        RollPartition {
+            topic: "t".into(),
+            partition: p,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            min_isr,
+        }
+    }
+
+    #[test]
+    fn one_broker_at_a_time_the_controller_last() {
+        let brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, false)).collect();
+        let parts = [partition(0, &[0, 1, 2], &[0, 1, 2], 2)];
+        assert_eq!(next_restart(&brokers, &parts, 0), RollStep::Restart(1));
+        assert_eq!(next_restart(&brokers, &parts, 1), RollStep::Restart(0));
+        let mut done = brokers.clone();
+        done.iter_mut().for_each(|b| b.current = true);
+        assert_eq!(next_restart(&done, &parts, 0), RollStep::Done);
+    }
+
+    #[test]
+    fn a_partition_at_min_isr_blocks_its_brokers() {
+        let brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, id == 2)).collect();
+        // Replica 5 is on a broker that is gone but still listed in the ISR.
+        let parts = [
+            partition(0, &[0, 1, 5], &[0, 1, 5], 2),
+            partition(1, &[0, 2], &[0, 2], 2),
+        ];
+        assert_eq!(
+            next_restart(&brokers, &parts, 2),
+            RollStep::Wait(Blocked::MinIsr {
+                broker: 0,
+                partitions: vec!["t-0".into()]
+            })
+        );
+        // RF 2 with min ISR 2 cannot stay available through any restart: it does not block.
+        let parts = [partition(1, &[0, 2], &[0, 2], 2)];
+        assert_eq!(next_restart(&brokers, &parts, 2), RollStep::Restart(0));
+    }
+
+    #[test]
+    fn a_broker_not_back_holds_the_roll_and_names_its_partitions() {
+        let mut brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, id != 0)).collect();
+        brokers[2].ready = false;
+        let parts = [partition(0, &[0, 1, 2], &[0, 1], 2), partition(1, &[0, 1], &[0, 1], 1)];
+        assert_eq!(
+            next_restart(&brokers, &parts, 1),
+            RollStep::Wait(Blocked::BrokersNotBack {
+                brokers: vec![2],
+                partitions: vec!["t-0".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn an_under_replicated_partition_waits() {
+        let brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, id != 0)).collect();
+        // Broker 2 is not in the ISR (a follower kept down would also be not ready).
+        let parts = [partition(0, &[0, 1, 2], &[0, 1], 2), partition(1, &[0, 1], &[0, 1], 1)];
+        let step = next_restart(&brokers, &parts, 1);
+        assert_eq!(
+            step,
+            RollStep::Wait(Blocked::UnderReplicated {
+                partitions: vec!["t-0".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn a_down_broker_restarts_first() {
+        let mut brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, false)).collect();
+        brokers[2].ready = false;
+        let parts = [partition(0, &[0, 1, 2], &[0, 1], 2)];
+        assert_eq!(next_restart(&brokers, &parts, 0), RollStep::Restart(2));
+        // Current, but not back: wait for it.
+        brokers[2].current = true;
+        assert_eq!(
+            next_restart(&brokers, &parts, 0),
+            RollStep::Wait(Blocked::BrokersNotBack {
+                brokers: vec![2],
+                partitions: vec!["t-0".into()]
+            })
+        );
+    }
+
+    fn cluster() -> impl Strategy<Value = (Vec<RollBroker>, Vec<RollPartition>, i32)> {
+        (3usize..7).prop_flat_map(|n| {
+            let brokers = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), n);
+            let parts = proptest::collection::vec(
+                (
+                    proptest::sample::subsequence((0..n as i32 + 2).collect::<Vec<_>>(), 1..=n.min(3)),
+                    any::<u8>(),
+                    1usize..4,
+                ),
+                0..12,
+            );
+            (brokers, parts, 0..n as i32).prop_map(move |(bs, ps, controller)| {
+                let brokers = bs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(id, (current, ready, registered))| RollBroker {
+                        id: id as i32,
+                        current,
+                        ready,
+                        registered,
+                        voter: id < 3,
+                    })
+                    .collect();
+                let partitions = ps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (replicas, mask, min_isr))| RollPartition {
+                        topic: "t".into(),
+                        partition: i as i32,
+                        isr: replicas
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| mask & (1 << j) != 0)
+                            .map(|(_, r)| *r)
+                            .collect(),
+                        min_isr: min_isr.min(replicas.len()),
+                        replicas,
+                    })
+                    .collect();
+                (brokers, partitions, controller)
+            })
+        })
+    }
+
+    proptest! {
+        /// A restart of a live broker never takes a partition below its min ISR
+        /// nor the quorum below a majority; a restart only ever hits a stale broker.
+        #[test]
+        fn the_gate_never_allows_an_unsafe_restart((brokers, partitions, controller) in cluster()) {
+            let step = next_restart(&brokers, &partitions, controller);
+            if let RollStep::Restart(id) = step {
+                let b = brokers.iter().find(|b| b.id == id).unwrap();
+                prop_assert!(!b.current);
+                let live = b.ready && b.registered;
+                if live {
+                    let live: Vec<i32> = brokers.iter().filter(|b| b.ready && b.registered).map(|b| b.id).collect();
+                    for p in &partitions {
+                        if p.replicas.contains(&id) && p.replicas.len() > p.min_isr {
+                            let left = p.isr.iter().filter(|r| **r != id && live.contains(r)).count();
+                            prop_assert!(left >= p.min_isr, "{p:?} below min ISR without {id}");
+                        }
+                    }
+                    let voters = brokers.iter().filter(|b| b.voter).count();
+                    let live_voters = brokers.iter().filter(|b| b.voter && b.ready && b.registered && b.id != id).count();
+                    prop_assert!(!b.voter || live_voters > voters / 2, "quorum without {id}");
+                    // Never a second broker down at once.
+                    prop_assert!(brokers.iter().all(|b| b.ready && b.registered));
+                    if brokers.iter().any(|o| !o.current && o.id != controller) {
+                        prop_assert!(id != controller, "the controller before another stale broker");
+                    }
+                }
+            }
+            if brokers.iter().all(|b| b.current) {
+                prop_assert_eq!(step, RollStep::Done);
+            }
+        }
+    }
+}
