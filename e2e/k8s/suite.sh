@@ -192,6 +192,24 @@ poll "every replica back in sync" 120 topic_in_sync rolling 6 3
 python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( roll_secs + 10 ))"
 say "rolling restart of 3 brokers under acks=all load took ${roll_secs}s: every record read back, no partition offline"
 
+# --------------------------------------------------- replication factor 1 -> 3 -> 2
+k apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: fjord.dev/v1alpha1
+kind: Topic
+metadata: {name: grows}
+spec: {clusterRef: my-cluster, partitions: 6, replicas: 1}
+YAML
+poll "Topic grows Ready with RF 1" 120 topic_in_sync grows 6 1
+produce_job produce-5 grows 1 "$RECORDS"
+wait_job produce-5 300
+rf_start=$(date +%s)
+k patch topic grows -n "$NS" --type merge -p '{"spec":{"replicas":3}}' >/dev/null
+poll "Topic grows at RF 3, every replica in sync" 300 topic_in_sync grows 6 3
+k patch topic grows -n "$NS" --type merge -p '{"spec":{"replicas":2}}' >/dev/null
+poll "Topic grows at RF 2, every replica in sync" 300 topic_in_sync grows 6 2
+expect_records grows "$RECORDS"
+say "replication factor 1 -> 3 -> 2 with $RECORDS records in $(( $(date +%s) - rf_start ))s, nothing lost"
+
 # ------------------------------------------------------------ scale 3 -> 5 -> 3
 # A scale-down that would remove a quorum voter is refused, the StatefulSet kept.
 k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":2}}' >/dev/null

@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod desired;
 pub mod leader;
 pub mod metrics;
+pub mod placement;
 pub mod plan;
 pub mod roll;
 pub mod scale;

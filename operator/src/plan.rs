@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedTopic {
     pub partitions: i32,
+    /// Every partition's replica count when they all agree and none is
+    /// being reassigned; -1 while they differ or move.
     pub replication_factor: i32,
     /// Overrides set on the topic (not broker defaults).
     pub configs: BTreeMap<String, String>,
@@ -23,6 +25,10 @@ pub enum TopicAction {
         configs: BTreeMap<String, String>,
     },
     GrowPartitions {
+        to: i32,
+    },
+    /// Move replicas (through reassignment) until every partition has `to`.
+    ChangeReplicationFactor {
         to: i32,
     },
     /// Config changes: Some(value) sets, None deletes an override.
@@ -39,8 +45,6 @@ pub enum Refusal {
     PartitionDecrease { current: i32, wanted: i32 },
     #[error("replicas {replicas} is more than the cluster's {brokers} brokers")]
     ReplicasAboveBrokers { replicas: i32, brokers: i32 },
-    #[error("changing the replication factor ({current} -> {wanted}) is not supported yet")]
-    ReplicationChange { current: i32, wanted: i32 },
     #[error("partitions must be at least 1, got {0}")]
     NoPartitions(i32),
 }
@@ -50,7 +54,6 @@ impl Refusal {
         match self {
             Refusal::PartitionDecrease { .. } => "PartitionDecrease",
             Refusal::ReplicasAboveBrokers { .. } => "ReplicasAboveBrokers",
-            Refusal::ReplicationChange { .. } => "ReplicationChange",
             Refusal::NoPartitions(_) => "InvalidPartitions",
         }
     }
@@ -84,15 +87,12 @@ pub fn plan_topic(
             wanted: spec.partitions,
         });
     }
-    if spec.replicas != observed.replication_factor {
-        return Err(Refusal::ReplicationChange {
-            current: observed.replication_factor,
-            wanted: spec.replicas,
-        });
-    }
     let mut actions = Vec::new();
     if spec.partitions > observed.partitions {
         actions.push(TopicAction::GrowPartitions { to: spec.partitions });
+    }
+    if spec.replicas != observed.replication_factor {
+        actions.push(TopicAction::ChangeReplicationFactor { to: spec.replicas });
     }
     let mut changes: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (k, v) in &spec.config {
@@ -778,7 +778,6 @@ mod tests {
                 // Each refusal exactly when its condition holds, checked in this order.
                 Err(Refusal::ReplicasAboveBrokers { .. }) => prop_assert!(replicas > brokers),
                 Err(Refusal::PartitionDecrease { .. }) => prop_assert!(replicas <= brokers && wanted < current),
-                Err(Refusal::ReplicationChange { .. }) => prop_assert!(replicas <= brokers && wanted >= current && replicas != observed_rf),
                 Err(other) => prop_assert!(false, "unexpected refusal {other:?}"),
                 Ok(actions) => {
                     let mut after = obs.clone();
@@ -788,10 +787,12 @@ mod tests {
                             TopicAction::AlterConfigs { changes, .. } => for (k, v) in changes {
                                 match v { Some(v) => { after.configs.insert(k, v); } None => { after.configs.remove(&k); } }
                             },
+                            TopicAction::ChangeReplicationFactor { to } => { prop_assert!(to != after.replication_factor); after.replication_factor = to; }
                             TopicAction::Create { .. } => prop_assert!(false, "never create an existing topic"),
                         }
                     }
-                    prop_assert!(replicas <= brokers && replicas == observed_rf, "planned only when feasible");
+                    prop_assert!(replicas <= brokers, "planned only when feasible");
+                    prop_assert_eq!(after.replication_factor, replicas);
                     prop_assert_eq!(after.partitions, wanted);
                     prop_assert_eq!(after.configs, keys);
                 }

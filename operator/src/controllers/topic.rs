@@ -14,7 +14,9 @@ use kube::runtime::finalizer::{finalizer, Error as FinalizerError, Event as Fina
 use kube::{Api, ResourceExt};
 
 use super::{key, now, paused, write_status, Timer};
+use crate::placement::{replication_targets, Candidate};
 use crate::plan::{condition, plan_topic, topic_owner, ObservedTopic, Refusal, TopicAction};
+use crate::scale::PartitionReplicas;
 use crate::{admin, Context, Error};
 
 pub const FINALIZER: &str = "fjord.dev/topic";
@@ -126,12 +128,13 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     }
     let mut client = admin::connect(&ctx, &cluster).await?;
-    let brokers = client
+    let cluster_view = client
         .describe_cluster(pb::DescribeClusterRequest {})
         .await?
-        .into_inner()
-        .brokers
-        .len() as i32;
+        .into_inner();
+    // Registered brokers that are not fenced: a removed broker stays registered, fenced.
+    let live: Vec<&pb::Broker> = cluster_view.brokers.iter().filter(|b| !b.fenced).collect();
+    let brokers = live.len() as i32;
     let observed = match client
         .describe_topic(pb::DescribeTopicRequest { name: name.clone() })
         .await
@@ -142,7 +145,7 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     let observed_plain = observed.as_ref().map(|t| ObservedTopic {
         partitions: t.partitions,
-        replication_factor: t.replication_factor,
+        replication_factor: uniform_replication_factor(t),
         configs: t.configs.clone().into_iter().collect(),
     });
     let actions = match plan_topic(&topic.spec, observed_plain.as_ref(), brokers) {
@@ -191,6 +194,57 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
                 )
                 .await;
             }
+            TopicAction::ChangeReplicationFactor { to } => {
+                let Some(described) = observed.as_ref() else { continue };
+                let candidates: Vec<Candidate> = live
+                    .iter()
+                    .map(|b| Candidate {
+                        id: b.id,
+                        rack: b.rack.clone(),
+                        load: b.replica_count.max(0) as usize,
+                    })
+                    .collect();
+                let targets = replication_targets(&partition_replicas(described), to.max(1) as usize, &candidates);
+                if targets.is_empty() {
+                    continue;
+                }
+                let count = targets.len();
+                let answer = client
+                    .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest {
+                        reassignments: targets
+                            .into_iter()
+                            .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
+                                topic,
+                                partition,
+                                target_replicas,
+                                cancel: false,
+                            })
+                            .collect(),
+                    })
+                    .await?
+                    .into_inner();
+                let refused: Vec<String> = answer
+                    .results
+                    .iter()
+                    .filter(|r| !r.error.is_empty())
+                    .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
+                    .collect();
+                ctx.event(
+                    topic.as_ref(),
+                    !refused.is_empty(),
+                    "ReplicationFactorChanging",
+                    "Reassign",
+                    if refused.is_empty() {
+                        format!("moving {count} partitions of {name} to {to} replicas")
+                    } else {
+                        format!(
+                            "moving partitions of {name} to {to} replicas; refused: {}",
+                            refused.join("; ")
+                        )
+                    },
+                )
+                .await;
+            }
             TopicAction::AlterConfigs {
                 changes,
                 reverted_drift,
@@ -236,14 +290,33 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
         .await?
         .into_inner();
     let previous = topic.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    // A replication-factor change in flight: progress, and a quick look again.
+    let wanted = topic.spec.replicas.max(1) as usize;
+    let moving = now_topic
+        .partition_states
+        .iter()
+        .filter(|p| p.replicas.len() != wanted || !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+        .count();
+    let (ready, reason, message) = if moving == 0 {
+        (true, "TopicReady".to_string(), "topic matches its spec".to_string())
+    } else {
+        (
+            false,
+            "Reassigning".to_string(),
+            format!(
+                "moving replicas to a replication factor of {wanted}: {moving} of {} partitions still moving",
+                now_topic.partition_states.len()
+            ),
+        )
+    };
     let status = TopicStatus {
         observed_generation: topic.metadata.generation,
         conditions: vec![condition(
             &previous,
             "Ready",
-            true,
-            "TopicReady",
-            "topic matches its spec",
+            ready,
+            &reason,
+            &message,
             topic.metadata.generation,
             now(),
         )],
@@ -266,8 +339,36 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
     set_status(&ctx, &topic, status).await?;
     ctx.reset_backoff(&key(topic.as_ref()));
     // Periodic re-checks catch out-of-band changes and keep the status's
-    // leaders, ISRs and offsets recent.
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // leaders, ISRs and offsets recent; a reassignment is watched closely.
+    Ok(Action::requeue(Duration::from_secs(if moving > 0 { 5 } else { 30 })))
+}
+
+/// The replication factor when every partition has it and none is moving,
+/// else -1 (a change in flight, or partitions that disagree).
+fn uniform_replication_factor(t: &pb::TopicDescription) -> i32 {
+    let mut lens = t.partition_states.iter().map(|p| p.replicas.len());
+    let first = lens.next().unwrap_or(t.replication_factor.max(0) as usize);
+    let moving = t
+        .partition_states
+        .iter()
+        .any(|p| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty());
+    if moving || lens.any(|n| n != first) {
+        -1
+    } else {
+        first as i32
+    }
+}
+
+fn partition_replicas(t: &pb::TopicDescription) -> Vec<PartitionReplicas> {
+    t.partition_states
+        .iter()
+        .map(|p| PartitionReplicas {
+            topic: t.name.clone(),
+            partition: p.partition,
+            replicas: p.replicas.clone(),
+            moving: !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty(),
+        })
+        .collect()
 }
 
 fn refused_message(r: &Refusal) -> String {
