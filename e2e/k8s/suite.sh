@@ -224,6 +224,15 @@ brokers_ready() {
   [ "$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.readyBrokers}')" = "$1" ] && cluster_ready
 }
 poll "5 brokers ready and registered" 240 brokers_ready 5
+rebalanced() { k get topics -n "$NS" -o json | python3 -c '
+import json, sys
+topics = json.load(sys.stdin)["items"]
+parts = [p for t in topics for p in (t.get("status") or {}).get("partitions", [])]
+used = {r for p in parts for r in p.get("replicas", [])}
+in_sync = all(sorted(p.get("isr", [])) == sorted(p.get("replicas", [])) for p in parts)
+sys.exit(0 if {3, 4} <= used and in_sync else 1)'
+}
+poll "the rebalance moved replicas onto the new brokers 3 and 4, all in sync" 300 rebalanced
 # A topic placed over all five brokers, with data, then back to three.
 k apply -n "$NS" -f - >/dev/null <<'YAML'
 apiVersion: fjord.dev/v1alpha1

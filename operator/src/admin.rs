@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use fjord_crds::Cluster;
+use fjord_proto::admin::v1 as pb;
 use fjord_proto::admin::v1::admin_client::AdminClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -29,4 +30,43 @@ pub async fn connect(ctx: &Context, cluster: &Cluster) -> Result<Admin, Error> {
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     Ok(AdminClient::new(channel))
+}
+
+/// Starts reassignments (topic, partition, target replicas); returns the
+/// refused ones as "topic-partition: reason".
+pub async fn reassign(client: &mut Admin, moves: Vec<(String, i32, Vec<i32>)>) -> Result<Vec<String>, Error> {
+    let reassignments = moves
+        .into_iter()
+        .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
+            topic,
+            partition,
+            target_replicas,
+            cancel: false,
+        })
+        .collect();
+    let answer = client
+        .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest { reassignments })
+        .await?
+        .into_inner();
+    Ok(answer
+        .results
+        .into_iter()
+        .filter(|r| !r.error.is_empty())
+        .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
+        .collect())
+}
+
+/// Every partition's replicas, as the pure plans (scale, placement) take them.
+pub fn partition_replicas(topics: &[pb::TopicDescription]) -> Vec<crate::scale::PartitionReplicas> {
+    topics
+        .iter()
+        .flat_map(|t| {
+            t.partition_states.iter().map(|p| crate::scale::PartitionReplicas {
+                topic: t.name.clone(),
+                partition: p.partition,
+                replicas: p.replicas.clone(),
+                moving: !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty(),
+            })
+        })
+        .collect()
 }

@@ -63,6 +63,68 @@ pub fn replication_targets(
     out
 }
 
+/// A minimal-movement rebalance over `brokers` (say after a scale-up left
+/// new brokers empty): while the fullest broker holds two replicas more than
+/// the emptiest, one replica of a partition on the fullest moves to the
+/// emptiest (a partition already on it is skipped), preferring a partition
+/// whose other replicas do not use the emptiest broker's rack. Every move
+/// takes from a broker above its share (total / brokers) or gives to one
+/// below it, so the plan moves no more replicas than balance needs. The moved replica
+/// keeps its place in the list, so a moved preferred leader's partition is
+/// then led by the new broker: preferred leaders spread with the replicas.
+/// Partitions already moving are left alone.
+pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) -> Vec<(String, i32, Vec<i32>)> {
+    if brokers.is_empty() {
+        return Vec::new();
+    }
+    let rack: BTreeMap<i32, &str> = brokers.iter().map(|b| (b.id, b.rack.as_str())).collect();
+    let mut targets: Vec<Vec<i32>> = partitions.iter().map(|p| p.replicas.clone()).collect();
+    let mut load: BTreeMap<i32, usize> = brokers.iter().map(|b| (b.id, 0)).collect();
+    for t in &targets {
+        for r in t {
+            if let Some(n) = load.get_mut(r) {
+                *n += 1;
+            }
+        }
+    }
+    let mut moved = vec![false; partitions.len()];
+    loop {
+        let Some((&from, &high)) = load.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))) else {
+            break;
+        };
+        let Some((&to, &low)) = load.iter().min_by_key(|(b, n)| (**n, **b)) else {
+            break;
+        };
+        // Each move from the fullest to the emptiest lowers the spread.
+        if high - low <= 1 {
+            break;
+        }
+        // A partition on `from` without `to`, not moving: rack-keeping first.
+        let candidate = (0..partitions.len())
+            .filter(|i| !partitions[*i].moving && targets[*i].contains(&from) && !targets[*i].contains(&to))
+            .min_by_key(|i| {
+                let others: Vec<&str> = targets[*i]
+                    .iter()
+                    .filter(|r| **r != from)
+                    .filter_map(|r| rack.get(r).copied())
+                    .collect();
+                (others.contains(&rack.get(&to).copied().unwrap_or("")), moved[*i], *i)
+            });
+        let Some(i) = candidate else { break };
+        let slot = targets[i].iter().position(|r| *r == from).expect("contains from");
+        targets[i][slot] = to;
+        moved[i] = true;
+        *load.get_mut(&from).expect("a broker") -= 1;
+        *load.get_mut(&to).expect("a broker") += 1;
+    }
+    partitions
+        .iter()
+        .zip(targets)
+        .filter(|(p, t)| p.replicas != *t)
+        .map(|(p, t)| (p.topic.clone(), p.partition, t))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +163,67 @@ mod tests {
         let brokers = candidates(&["a", "a", "b"]);
         let t = replication_targets(&[part(0, &[0, 1, 2]), part(1, &[2, 0, 1])], 2, &brokers);
         assert_eq!(t, vec![("t".into(), 0, vec![0, 2]), ("t".into(), 1, vec![2, 0])]);
+    }
+
+    #[test]
+    fn a_scale_up_fills_the_new_brokers_with_their_share() {
+        let brokers = candidates(&["", "", "", "", ""]);
+        let parts: Vec<PartitionReplicas> = (0..10).map(|i| part(i, &[i % 3, (i + 1) % 3, (i + 2) % 3])).collect();
+        let moves = rebalance_moves(&parts, &brokers);
+        let mut load = [0usize; 5];
+        for p in &parts {
+            let t = moves.iter().find(|m| m.1 == p.partition).map_or(&p.replicas, |m| &m.2);
+            t.iter().for_each(|r| load[*r as usize] += 1);
+        }
+        assert_eq!(load, [6, 6, 6, 6, 6], "{moves:?}");
+        let changed: usize = moves
+            .iter()
+            .map(|(_, p, t)| {
+                parts[*p as usize]
+                    .replicas
+                    .iter()
+                    .zip(t)
+                    .filter(|(a, b)| a != b)
+                    .count()
+            })
+            .sum();
+        assert_eq!(changed, 12, "twelve replicas to the new brokers, nothing else");
+    }
+
+    proptest! {
+        /// A rebalance moves exactly the replicas above the brokers' share
+        /// (no more), leaves the spread at most one where partitions allow it,
+        /// keeps replicas distinct, and never moves a partition already moving.
+        #[test]
+        fn a_rebalance_moves_only_what_balance_needs(
+            n in 2usize..7,
+            parts in proptest::collection::vec((proptest::sample::subsequence((0..3).collect::<Vec<i32>>(), 1..=3), any::<bool>()), 1..16),
+        ) {
+            let brokers: Vec<Candidate> = (0..n).map(|id| Candidate { id: id as i32, rack: String::new(), load: 0 }).collect();
+            let partitions: Vec<PartitionReplicas> = parts.iter().enumerate().map(|(i, (replicas, moving))| PartitionReplicas {
+                topic: "t".into(), partition: i as i32, replicas: replicas.iter().map(|r| r % n as i32).collect(), moving: *moving }).collect();
+            let partitions: Vec<PartitionReplicas> = partitions.into_iter().filter(|p| { let mut d = p.replicas.clone(); d.sort_unstable(); d.dedup(); d.len() == p.replicas.len() }).collect();
+            let moves = rebalance_moves(&partitions, &brokers);
+            let total: usize = partitions.iter().map(|p| p.replicas.len()).sum();
+            let ceil = total.div_ceil(n);
+            let mut before = vec![0usize; n];
+            let mut after = vec![0usize; n];
+            let mut changed = 0;
+            for p in &partitions {
+                p.replicas.iter().for_each(|r| before[*r as usize] += 1);
+                let t = moves.iter().find(|m| m.1 == p.partition).map_or(&p.replicas, |m| &m.2);
+                if t != &p.replicas { prop_assert!(!p.moving); }
+                changed += p.replicas.iter().zip(t).filter(|(a, b)| a != b).count();
+                let mut d = t.clone(); d.sort_unstable(); d.dedup();
+                prop_assert_eq!(d.len(), t.len());
+                t.iter().for_each(|r| after[*r as usize] += 1);
+            }
+            let floor = total / n;
+            let excess: usize = before.iter().map(|l| l.saturating_sub(ceil)).sum();
+            let deficit: usize = before.iter().map(|l| floor.saturating_sub(*l)).sum();
+            prop_assert!(changed <= excess.max(deficit), "{} replicas moved; {} above, {} below the share", changed, excess, deficit);
+            prop_assert!(after.iter().max() <= before.iter().max());
+        }
     }
 
     proptest! {

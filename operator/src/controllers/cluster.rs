@@ -18,12 +18,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{key, now, paused, write_status, Timer, MANAGER};
+use crate::placement::{rebalance_moves, Candidate};
 use crate::plan::{
     cluster_conditions, condition, rack_condition, volume_condition, volumes_to_expand, PodState, RegisteredBroker,
     VolumeState,
 };
 use crate::roll::{next_restart, Blocked, RollBroker, RollPartition, RollStep};
-use crate::scale::{drain_moves, scale_plan, HostedReplicas, PartitionReplicas, ScalePlan};
+use crate::scale::{drain_moves, scale_plan, HostedReplicas, ScalePlan};
 use crate::{admin, desired, Context, Error};
 
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
@@ -175,6 +176,31 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         }
     }
 
+    // After a scale-up the new brokers hold nothing: a minimal-movement
+    // rebalance (placement.rs) fills them, once every broker is up and
+    // nothing is rolling or moving.
+    let mut rebalanced = 0;
+    if roll.is_none() && matches!(scale, ScalePlan::Size(n) if n == running) {
+        if let Ok(d) = &described {
+            let members: Vec<Candidate> = d
+                .brokers
+                .iter()
+                .filter(|b| b.id < cluster.spec.replicas && !b.fenced)
+                .map(|b| Candidate {
+                    id: b.id,
+                    rack: b.rack.clone(),
+                    load: b.replica_count.max(0) as usize,
+                })
+                .collect();
+            if members.len() as i32 == cluster.spec.replicas && members.iter().any(|b| b.load == 0) {
+                let listed = list_topics(&mut admin_client, &described, &mut topics).await.clone();
+                if let (Ok(client), Ok(listed)) = (admin_client.as_mut(), &listed) {
+                    rebalanced = rebalance(&ctx, &cluster, client, &members, listed).await?;
+                }
+            }
+        }
+    }
+
     let ready = sts_api
         .get_opt(&name)
         .await?
@@ -216,7 +242,16 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         cluster.metadata.generation,
         now(),
     ));
-    conditions.extend(scale_condition(&cluster, &scale, running).map(|(ok, reason, message)| {
+    let scaling = scale_condition(&cluster, &scale, running).or_else(|| {
+        (rebalanced > 0).then(|| {
+            (
+                true,
+                "Rebalancing",
+                format!("moving {rebalanced} partitions to spread replicas over the brokers"),
+            )
+        })
+    });
+    conditions.extend(scaling.map(|(ok, reason, message)| {
         condition(
             &previous,
             "Scaling",
@@ -292,7 +327,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     // Pods becoming ready change the owned StatefulSet's status, which starts
     // the next reconcile; the periodic one only catches what no watch sees.
     // A roll in progress waits on ISRs no watch sees: look again soon, not hot.
-    let busy = roll.is_some() || matches!(scale, ScalePlan::Drain { .. });
+    let busy = roll.is_some() || rebalanced > 0 || matches!(scale, ScalePlan::Drain { .. });
     Ok(Action::requeue(Duration::from_secs(if busy { 5 } else { 60 })))
 }
 
@@ -355,42 +390,14 @@ async fn drain(
     leaving: &[i32],
     topics: &[pb::TopicDescription],
 ) -> Result<(), Error> {
-    let partitions: Vec<PartitionReplicas> = topics
-        .iter()
-        .flat_map(|t| {
-            t.partition_states.iter().map(|p| PartitionReplicas {
-                topic: t.name.clone(),
-                partition: p.partition,
-                replicas: p.replicas.clone(),
-                moving: !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty(),
-            })
-        })
-        .collect();
+    let partitions = admin::partition_replicas(topics);
     let staying: Vec<i32> = (0..cluster.spec.replicas).collect();
     let moves = drain_moves(leaving, &staying, &partitions);
     if moves.is_empty() {
         return Ok(());
     }
     let count = moves.len();
-    let reassignments = moves
-        .into_iter()
-        .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
-            topic,
-            partition,
-            target_replicas,
-            cancel: false,
-        })
-        .collect();
-    let answer = client
-        .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest { reassignments })
-        .await?
-        .into_inner();
-    let refused: Vec<String> = answer
-        .results
-        .iter()
-        .filter(|r| !r.error.is_empty())
-        .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
-        .collect();
+    let refused = admin::reassign(client, moves).await?;
     ctx.event(
         cluster,
         !refused.is_empty(),
@@ -407,6 +414,41 @@ async fn drain(
     )
     .await;
     Ok(())
+}
+
+/// Starts the rebalance moves onto empty brokers, unless partitions are
+/// already moving (one plan at a time). Returns the partitions it moved.
+async fn rebalance(
+    ctx: &Context,
+    cluster: &Cluster,
+    client: &mut admin::Admin,
+    members: &[Candidate],
+    topics: &[pb::TopicDescription],
+) -> Result<usize, Error> {
+    let partitions = admin::partition_replicas(topics);
+    if partitions.iter().any(|p| p.moving) {
+        return Ok(0);
+    }
+    let moves = rebalance_moves(&partitions, members);
+    if moves.is_empty() {
+        return Ok(0);
+    }
+    let count = moves.len();
+    let empty: Vec<i32> = members.iter().filter(|b| b.load == 0).map(|b| b.id).collect();
+    let refused = admin::reassign(client, moves).await?;
+    ctx.event(
+        cluster,
+        !refused.is_empty(),
+        "Rebalance",
+        "Reassign",
+        if refused.is_empty() {
+            format!("moving {count} partitions to balance replicas onto brokers {empty:?}")
+        } else {
+            format!("rebalancing onto brokers {empty:?}; refused: {}", refused.join("; "))
+        },
+    )
+    .await;
+    Ok(count)
 }
 
 /// The `Scaling` condition while a scale-down drains or is refused.

@@ -16,7 +16,6 @@ use kube::{Api, ResourceExt};
 use super::{key, now, paused, write_status, Timer};
 use crate::placement::{replication_targets, Candidate};
 use crate::plan::{condition, plan_topic, topic_owner, ObservedTopic, Refusal, TopicAction};
-use crate::scale::PartitionReplicas;
 use crate::{admin, Context, Error};
 
 pub const FINALIZER: &str = "fjord.dev/topic";
@@ -204,31 +203,16 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
                         load: b.replica_count.max(0) as usize,
                     })
                     .collect();
-                let targets = replication_targets(&partition_replicas(described), to.max(1) as usize, &candidates);
+                let targets = replication_targets(
+                    &admin::partition_replicas(std::slice::from_ref(described)),
+                    to.max(1) as usize,
+                    &candidates,
+                );
                 if targets.is_empty() {
                     continue;
                 }
                 let count = targets.len();
-                let answer = client
-                    .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest {
-                        reassignments: targets
-                            .into_iter()
-                            .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
-                                topic,
-                                partition,
-                                target_replicas,
-                                cancel: false,
-                            })
-                            .collect(),
-                    })
-                    .await?
-                    .into_inner();
-                let refused: Vec<String> = answer
-                    .results
-                    .iter()
-                    .filter(|r| !r.error.is_empty())
-                    .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
-                    .collect();
+                let refused = admin::reassign(&mut client, targets).await?;
                 ctx.event(
                     topic.as_ref(),
                     !refused.is_empty(),
@@ -357,18 +341,6 @@ fn uniform_replication_factor(t: &pb::TopicDescription) -> i32 {
     } else {
         first as i32
     }
-}
-
-fn partition_replicas(t: &pb::TopicDescription) -> Vec<PartitionReplicas> {
-    t.partition_states
-        .iter()
-        .map(|p| PartitionReplicas {
-            topic: t.name.clone(),
-            partition: p.partition,
-            replicas: p.replicas.clone(),
-            moving: !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty(),
-        })
-        .collect()
 }
 
 fn refused_message(r: &Refusal) -> String {
