@@ -78,6 +78,9 @@ client_pod() {
   k delete pod "$name" -n "$NS" --wait=false >/dev/null
 }
 
+# kcat gives up when every broker connection is down at once (ALL_BROKERS_DOWN);
+# with librdkafka's sparse connections a roll reaches that moment when the broker
+# going down held every leader, so the producers keep a connection to each broker.
 # produce_job NAME TOPIC FROM TO [PER_100MS]: an idempotent acks=all producer Job
 # sending the numbers FROM..TO, one record each; with PER_100MS it is fed that
 # many records every 100 ms through a FIFO (a load that lasts while a fault
@@ -112,6 +115,7 @@ spec:
         image: $IMAGE_REPO:$IMAGE_TAG
         command: [/usr/bin/kcat, -P, -b, "$BOOTSTRAP", -t, "$2", -l,
                   -X, acks=all, -X, enable.idempotence=true, -X, message.timeout.ms=300000,
+                  -X, enable.sparse.connections=false,
                   /work/input]
         volumeMounts: [{name: work, mountPath: /work}]$writer
 YAML

@@ -88,10 +88,7 @@ pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) 
         }
     }
     let mut moved = vec![false; partitions.len()];
-    loop {
-        let Some((&from, &high)) = load.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))) else {
-            break;
-        };
+    while let Some((&from, &high)) = load.iter().max_by_key(|(b, n)| (**n, std::cmp::Reverse(**b))) {
         let Some((&to, &low)) = load.iter().min_by_key(|(b, n)| (**n, **b)) else {
             break;
         };

@@ -31,6 +31,8 @@ pub struct RollBroker {
 pub struct RollPartition {
     pub topic: String,
     pub partition: i32,
+    /// -1 when offline.
+    pub leader: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
     pub min_isr: usize,
@@ -53,6 +55,11 @@ pub enum Blocked {
     BrokersNotBack { brokers: Vec<i32>, partitions: Vec<String> },
     /// Partitions not yet fully in sync (a broker catching up).
     UnderReplicated { partitions: Vec<String> },
+    /// Leadership has not come back to the restarted brokers: clients that
+    /// connect only to leaders (librdkafka's sparse connections) would lose
+    /// every connection when the broker holding them all restarts. The
+    /// controller asks for a preferred leader election.
+    LeadersNotPreferred { partitions: Vec<String> },
     /// Restarting the next broker would take these below their min ISR.
     MinIsr { broker: i32, partitions: Vec<String> },
     /// Restarting the next broker would leave the quorum without a majority.
@@ -70,6 +77,7 @@ impl Blocked {
         match self {
             Blocked::BrokersNotBack { .. } => "WaitingForBrokers",
             Blocked::UnderReplicated { .. } => "WaitingForIsr",
+            Blocked::LeadersNotPreferred { .. } => "WaitingForPreferredLeaders",
             Blocked::MinIsr { .. } => "BlockedByMinIsr",
             Blocked::Quorum { .. } => "BlockedByQuorum",
             Blocked::AdminUnreachable { .. } => "AdminUnreachable",
@@ -97,6 +105,10 @@ impl Blocked {
             ),
             Blocked::UnderReplicated { partitions } => format!(
                 "rolling restart waits for every replica to be back in sync: {} under-replicated",
+                list(partitions)
+            ),
+            Blocked::LeadersNotPreferred { partitions } => format!(
+                "rolling restart moves leadership back to preferred replicas before the next broker: {}",
                 list(partitions)
             ),
             Blocked::MinIsr { broker, partitions } => format!(
@@ -157,6 +169,22 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
     if !lagging.is_empty() {
         return RollStep::Wait(Blocked::UnderReplicated { partitions: lagging });
     }
+    // Leaders back on their preferred replicas (live and in sync), so load
+    // and client connections spread again before the next broker goes.
+    let unpreferred: Vec<String> = partitions
+        .iter()
+        .filter(|p| {
+            p.replicas
+                .first()
+                .is_some_and(|r| *r != p.leader && live.contains(r) && p.isr.contains(r))
+        })
+        .map(name)
+        .collect();
+    if !unpreferred.is_empty() {
+        return RollStep::Wait(Blocked::LeadersNotPreferred {
+            partitions: unpreferred,
+        });
+    }
     // The active controller last, then by id.
     let next = stale
         .iter()
@@ -212,6 +240,7 @@ mod tests {
         RollPartition {
             topic: "t".into(),
             partition: p,
+            leader: replicas[0],
             replicas: replicas.to_vec(),
             isr: isr.to_vec(),
             min_isr,
@@ -323,6 +352,7 @@ mod tests {
                     .map(|(i, (replicas, mask, min_isr))| RollPartition {
                         topic: "t".into(),
                         partition: i as i32,
+                        leader: replicas[(mask as usize) % replicas.len()],
                         isr: replicas
                             .iter()
                             .enumerate()

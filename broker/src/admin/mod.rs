@@ -580,6 +580,17 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListPartitionReassignmentsResponse { reassignments }))
     }
 
+    async fn elect_preferred_leaders(
+        &self,
+        _: Request<pb::ElectPreferredLeadersRequest>,
+    ) -> Result<Response<pb::ElectPreferredLeadersResponse>, Status> {
+        let n = self.elect_preferred().await.map_err(status)?;
+        tracing::info!(partitions = n, "elected preferred leaders (admin)");
+        Ok(Response::new(pb::ElectPreferredLeadersResponse {
+            partitions_elected: n as i32,
+        }))
+    }
+
     async fn drain_broker(
         &self,
         request: Request<pb::DrainBrokerRequest>,
@@ -595,6 +606,19 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
+    async fn elect_preferred(&self) -> Result<usize, Error> {
+        use crate::controller::{ControllerOp, OpResult};
+        match self
+            .ctx
+            .controller
+            .execute(ControllerOp::ElectPreferredLeaders { partitions: None })
+            .await?
+        {
+            OpResult::Elected(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
     /// This broker's groups (those it coordinates).
     fn local_groups(&self) -> Result<Vec<pb::GroupSummary>, Status> {
         let groups = self

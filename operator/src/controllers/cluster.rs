@@ -154,6 +154,27 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
+    // Between restarts (and once the roll is over: the last pass had a
+    // RollingRestart condition), leadership goes back to preferred replicas.
+    let roll_ended = roll.is_none()
+        && cluster
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "RollingRestart"));
+    if matches!(roll, Some(RollStep::Wait(Blocked::LeadersNotPreferred { .. }))) || roll_ended {
+        if let Ok(client) = admin_client.as_mut() {
+            match client
+                .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {})
+                .await
+            {
+                Ok(r) => tracing::info!(
+                    partitions = r.into_inner().partitions_elected,
+                    "elected preferred leaders during a roll"
+                ),
+                Err(e) => tracing::info!(error = %e, "preferred leader election failed; retrying"),
+            }
+        }
+    }
     if let Some(RollStep::Restart(id)) = roll {
         let pod = format!("{name}-{id}");
         // Through the Eviction API, so the PodDisruptionBudget is honoured.
@@ -516,6 +537,7 @@ fn roll_step(
             t.partition_states.iter().map(move |p| RollPartition {
                 topic: t.name.clone(),
                 partition: p.partition,
+                leader: p.leader,
                 replicas: p.replicas.clone(),
                 isr: p.isr.clone(),
                 min_isr,
