@@ -138,29 +138,12 @@ wait_job() {
 }
 
 # expect_records TOPIC N: read TOPIC from the beginning, one reader pod per
-# partition (a pod's log is rotated past 10 MiB, CRI prefixes included, and
+# partition, one after another (a pod's log is rotated past 10 MiB, CRI prefixes included, and
 # `kubectl logs` shows only the current file); 1..N each once, in order per partition.
 expect_records() {
-  local topic=$1 n=$2 pods=() p name phase deadline
+  local topic=$1 n=$2 p
   for p in $(k get topic "$topic" -n "$NS" -o jsonpath='{.status.partitions[*].partition}'); do
-    name="read-$topic-$p-$RANDOM"
-    k run "$name" -n "$NS" --image="$IMAGE_REPO:$IMAGE_TAG" --image-pull-policy=IfNotPresent --restart=Never \
-      --command -- /usr/bin/kcat -C -b "$BOOTSTRAP" -t "$topic" -p "$p" -o beginning -e -q -f '%p %o %s\n' >/dev/null
-    pods+=("$name")
-  done
-  deadline=$(( $(date +%s) + 300 ))
-  for name in "${pods[@]}"; do
-    while phase=$(k get pod "$name" -n "$NS" -o jsonpath='{.status.phase}'); [ "$phase" != Succeeded ]; do
-      if [ "$phase" = Failed ] || [ "$(date +%s)" -ge "$deadline" ]; then
-        k logs "$name" -n "$NS" | tail -20 >&2 || true
-        fail "reader pod $name: $phase"
-      fi
-      sleep 1
-    done
-  done
-  for name in "${pods[@]}"; do
-    k logs "$name" -n "$NS"
-    k delete pod "$name" -n "$NS" --wait=false >/dev/null
+    client_pod "read-$topic-$p-$RANDOM" 300 -C -b "$BOOTSTRAP" -t "$topic" -p "$p" -o beginning -e -q -f '%p %o %s\n'
   done | $CHECK records "$n" || fail "$topic does not hold 1..$n exactly once"
   say "$topic: every one of $n records read back once, in order per partition"
 }
