@@ -32,9 +32,21 @@ pub async fn connect(ctx: &Context, cluster: &Cluster) -> Result<Admin, Error> {
     Ok(AdminClient::new(channel))
 }
 
-/// Starts reassignments (topic, partition, target replicas); returns the
-/// refused ones as "topic-partition: reason".
-pub async fn reassign(client: &mut Admin, moves: Vec<(String, i32, Vec<i32>)>) -> Result<Vec<String>, Error> {
+/// Starts reassignments (topic, partition, target replicas) and reports them
+/// on `obj` as one event: "moving N partitions {purpose}", a warning naming
+/// the refused ones if any. Returns how many it asked for.
+pub async fn reassign<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    client: &mut Admin,
+    moves: Vec<(String, i32, Vec<i32>)>,
+    reason: &str,
+    purpose: &str,
+) -> Result<usize, Error> {
+    let count = moves.len();
+    if count == 0 {
+        return Ok(0);
+    }
     let reassignments = moves
         .into_iter()
         .map(|(topic, partition, target_replicas)| pb::PartitionReassignment {
@@ -48,12 +60,18 @@ pub async fn reassign(client: &mut Admin, moves: Vec<(String, i32, Vec<i32>)>) -
         .alter_partition_reassignments(pb::AlterPartitionReassignmentsRequest { reassignments })
         .await?
         .into_inner();
-    Ok(answer
+    let refused: Vec<String> = answer
         .results
         .into_iter()
         .filter(|r| !r.error.is_empty())
         .map(|r| format!("{}-{}: {}", r.topic, r.partition, r.error))
-        .collect())
+        .collect();
+    let mut note = format!("moving {count} partitions {purpose}");
+    if !refused.is_empty() {
+        note.push_str(&format!("; refused: {}", refused.join("; ")));
+    }
+    ctx.event(obj, !refused.is_empty(), reason, "Reassign", note).await;
+    Ok(count)
 }
 
 /// Every partition's replicas, as the pure plans (scale, placement) take them.

@@ -414,26 +414,8 @@ async fn drain(
     let partitions = admin::partition_replicas(topics);
     let staying: Vec<i32> = (0..cluster.spec.replicas).collect();
     let moves = drain_moves(leaving, &staying, &partitions);
-    if moves.is_empty() {
-        return Ok(());
-    }
-    let count = moves.len();
-    let refused = admin::reassign(client, moves).await?;
-    ctx.event(
-        cluster,
-        !refused.is_empty(),
-        "DrainBrokers",
-        "ScaleDown",
-        if refused.is_empty() {
-            format!("moving {count} partitions off brokers {leaving:?} before the StatefulSet shrinks")
-        } else {
-            format!(
-                "moving partitions off brokers {leaving:?}; refused: {}",
-                refused.join("; ")
-            )
-        },
-    )
-    .await;
+    let purpose = format!("off brokers {leaving:?} before the StatefulSet shrinks");
+    admin::reassign(ctx, cluster, client, moves, "DrainBrokers", &purpose).await?;
     Ok(())
 }
 
@@ -451,25 +433,9 @@ async fn rebalance(
         return Ok(0);
     }
     let moves = rebalance_moves(&partitions, members);
-    if moves.is_empty() {
-        return Ok(0);
-    }
-    let count = moves.len();
     let empty: Vec<i32> = members.iter().filter(|b| b.load == 0).map(|b| b.id).collect();
-    let refused = admin::reassign(client, moves).await?;
-    ctx.event(
-        cluster,
-        !refused.is_empty(),
-        "Rebalance",
-        "Reassign",
-        if refused.is_empty() {
-            format!("moving {count} partitions to balance replicas onto brokers {empty:?}")
-        } else {
-            format!("rebalancing onto brokers {empty:?}; refused: {}", refused.join("; "))
-        },
-    )
-    .await;
-    Ok(count)
+    let purpose = format!("to balance replicas onto brokers {empty:?}");
+    admin::reassign(ctx, cluster, client, moves, "Rebalance", &purpose).await
 }
 
 /// The `Scaling` condition while a scale-down drains or is refused.

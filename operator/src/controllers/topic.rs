@@ -208,26 +208,16 @@ async fn apply(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, Error> {
                     to.max(1) as usize,
                     &candidates,
                 );
-                if targets.is_empty() {
-                    continue;
-                }
-                let count = targets.len();
-                let refused = admin::reassign(&mut client, targets).await?;
-                ctx.event(
+                let purpose = format!("of {name} to {to} replicas");
+                admin::reassign(
+                    &ctx,
                     topic.as_ref(),
-                    !refused.is_empty(),
+                    &mut client,
+                    targets,
                     "ReplicationFactorChanging",
-                    "Reassign",
-                    if refused.is_empty() {
-                        format!("moving {count} partitions of {name} to {to} replicas")
-                    } else {
-                        format!(
-                            "moving partitions of {name} to {to} replicas; refused: {}",
-                            refused.join("; ")
-                        )
-                    },
+                    &purpose,
                 )
-                .await;
+                .await?;
             }
             TopicAction::AlterConfigs {
                 changes,
