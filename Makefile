@@ -25,14 +25,14 @@ cluster-node:
 build:
 	$(CARGO) build --release --bin fjord-broker
 
-## The Fjord image (broker, operator, kcat) as a docker archive, built from the
+## The Fjord image (broker, operator, fjord-verifiable, kcat) as a docker archive, built from the
 ## release binaries without a registry: `ctr -n k8s.io images import` or `docker load -i`.
 ## PROFILE=debug builds it from target/debug instead (faster to compile).
 IMAGE ?= localhost/fjord:dev
 PROFILE ?= release
 image:
 	@case "$(PROFILE)" in debug|release) ;; *) echo "PROFILE must be debug or release" >&2; exit 2 ;; esac
-	$(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --bin fjord-broker --bin fjord-operator
+	$(CARGO) build $(if $(filter release,$(PROFILE)),--release,) --bin fjord-broker --bin fjord-operator --bin fjord-verifiable
 	python3 e2e/k8s/image.py build --profile $(PROFILE) --tag $(IMAGE) --out target/fjord-image.tar
 
 ## The whole suite: unit and property tests, client-compatibility tests with
@@ -46,7 +46,7 @@ test:
 ## the image from debug binaries, `helm install`, the examples, clients as pods,
 ## faults and metrics; the node is torn down afterwards. CI runs it after `make test`.
 k8s-test:
-	$(CARGO) build --bin fjord-broker --bin fjord-operator
+	$(CARGO) build --bin fjord-broker --bin fjord-operator --bin fjord-verifiable
 	PROFILE=debug bash e2e/k8s/suite.sh
 
 ## A local Kubernetes quick start (needs root): the node, the image, the chart and

@@ -51,9 +51,24 @@ pub struct ClusterSpec {
     /// where the StorageClass allows it); the class is fixed once created.
     #[serde(default)]
     pub storage: StorageSpec,
-    /// Broker configuration (Kafka names), written into the broker ConfigMap.
+    /// Broker configuration (Kafka names). Static configs go into the broker
+    /// ConfigMap and a change rolls the brokers; the cluster-wide dynamic
+    /// broker configs Fjord applies at run time (log.retention.*, log.segment.*,
+    /// min.insync.replicas, compression.type, message.max.bytes, the
+    /// replication throttle rates...) are set through the admin API
+    /// (IncrementalAlterConfigs on the default broker entity) without a
+    /// restart. The Cluster owns those: a change made elsewhere is reverted.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Bytes per second each broker may send and receive for the replicas a
+    /// reassignment adds (the operator's drains, rebalances and Topic
+    /// replication-factor changes, and any other reassignment), as
+    /// `kafka-reassign-partitions --throttle`: leader and follower
+    /// `replication.throttled.rate`. Replication into the ISR is never
+    /// throttled. Unset: reassignments copy as fast as they can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1024").message("the replication throttle is in bytes per second, at least 1024"))]
+    pub replication_throttle: Option<i64>,
     /// Rack awareness: `broker.rack` from this node label of each broker's node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<RackSpec>,
@@ -217,6 +232,28 @@ pub struct ClusterStatus {
     /// scaling changes brokers, never the voters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_voters: Option<i32>,
+    /// Partition reassignments in progress (drain, rebalance, replication
+    /// factor changes): progress and an estimate of the time left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reassignment: Option<ReassignmentStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReassignmentStatus {
+    /// When partitions started moving (RFC 3339).
+    pub started_at: String,
+    /// Partitions moving now.
+    pub partitions_moving: i32,
+    /// Partitions whose move finished since `startedAt`.
+    pub partitions_done: i32,
+    /// Bytes the moving partitions' new replicas copy in all (each
+    /// partition's size at its leader, once per replica added).
+    pub bytes_to_copy: i64,
+    /// Seconds left: from the pace so far once a move finished, else from
+    /// `bytesToCopy` and the replication throttle; absent when neither is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds_remaining: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

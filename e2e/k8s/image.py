@@ -8,7 +8,7 @@
 `build` writes a docker archive (what `docker save` writes: manifest.json, the config JSON
 and one uncompressed layer tar), which `ctr -n k8s.io images import FILE` and
 `docker load -i FILE` both take. No base image is pulled and nothing is downloaded: the
-layer holds target/<profile>/fjord-broker and fjord-operator, the host's kcat and CA
+layer holds target/<profile>/fjord-broker, fjord-operator and fjord-verifiable, the host's kcat and CA
 bundle, the shared libraries these programs load (found with ldd, at the same paths as on
 the host), /etc/passwd and /etc/group with the fjord user, /var/lib/fjord and /tmp.
 
@@ -47,6 +47,7 @@ DOCKERFILE = os.path.join(REPO, "Dockerfile")
 BINARIES = {
     "/usr/local/bin/fjord-broker": "fjord-broker",
     "/usr/local/bin/fjord-operator": "fjord-operator",
+    "/usr/local/bin/fjord-verifiable": "fjord-verifiable",
 }
 # useradd --system --uid 10001 --user-group --home-dir /var/lib/fjord fjord
 USER_NAME = "fjord"

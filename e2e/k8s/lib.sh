@@ -121,6 +121,39 @@ spec:
 YAML
 }
 
+# verifiable_start NAME TOPIC [RATE [PRELOAD]]: fjord-verifiable
+# (e2e/src/bin/verifiable.rs) in a pod: an idempotent acks=all producer
+# (PRELOAD records at once, then RATE records/s, default 1000) and a member of
+# consumer group NAME committing as it goes, until verifiable_stop.
+verifiable_start() {
+  k run "$1" -n "$NS" --image="$IMAGE_REPO:$IMAGE_TAG" --image-pull-policy=IfNotPresent \
+    --restart=Never --command -- /usr/local/bin/fjord-verifiable run \
+    --bootstrap "$BOOTSTRAP" --topic "$2" --group "$1" --rate "${3:-1000}" --preload "${4:-0}" >/dev/null
+  poll "$1 producing to $2 and consuming in group $1" 300 verifiable_producing "$1"
+}
+verifiable_producing() { k logs -n "$NS" "$1" | grep -q 'records/s'; }
+
+# verifiable_stop NAME: stops it and waits for its verdict: every acknowledged
+# record read back once at its offset and in order, the group's committed
+# offsets never backwards (sampled every second) and at the end. Prints its
+# summary; a violation fails the run. Sets ACKED to the records acknowledged.
+verifiable_stop() {
+  k exec -n "$NS" "$1" -- /usr/local/bin/fjord-verifiable stop
+  local deadline=$(( $(date +%s) + 600 )) phase out
+  while true; do
+    phase=$(k get pod "$1" -n "$NS" -o jsonpath='{.status.phase}')
+    case "$phase" in Succeeded | Failed) break ;; esac
+    [ "$(date +%s)" -lt "$deadline" ] || { k logs -n "$NS" "$1" | tail -40 >&2; fail "$1 did not finish verifying"; }
+    sleep 1
+  done
+  out=$(k logs -n "$NS" "$1" | grep '^\[verifiable')
+  echo "$out" | sed 's/^/    /'
+  [ "$phase" = Succeeded ] || fail "$1 found violations"
+  ACKED=$(sed -n 's/.*acknowledged \([0-9]*\), failed.*/\1/p' <<<"$out")
+  [ "${ACKED:-0}" -gt 0 ] || fail "$1 had no record acknowledged"
+  k delete pod "$1" -n "$NS" --wait=false >/dev/null
+}
+
 job_running() {
   [ "$(k get pods -n "$NS" -l job-name="$1" -o jsonpath='{.items[0].status.phase}')" = Running ]
 }
@@ -146,6 +179,44 @@ expect_records() {
     client_pod "read-$topic-$p-$RANDOM" 300 -C -b "$BOOTSTRAP" -t "$topic" -p "$p" -o beginning -e -q -f '%p %o %s\n'
   done | $CHECK records "$n" || fail "$topic does not hold 1..$n exactly once"
   say "$topic: every one of $n records read back once, in order per partition"
+}
+
+# apply_topic NAME PARTITIONS REPLICAS [CONFIG-JSON-FIELDS]: a Topic of my-cluster.
+apply_topic() {
+  k apply -n "$NS" -f - >/dev/null <<YAML
+apiVersion: fjord.dev/v1alpha1
+kind: Topic
+metadata: {name: $1}
+spec: {clusterRef: my-cluster, partitions: $2, replicas: $3, config: {${4:-}}}
+YAML
+}
+
+broker_uids() { k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{.items[*].metadata.uid}'; }
+cluster_ready() {
+  [ "$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+# The RollingRestart condition as "STATUS REASON MESSAGE" (empty: no roll due).
+roll_condition() {
+  k get cluster my-cluster -n "$NS" -o jsonpath='{range .status.conditions[?(@.type=="RollingRestart")]}{.status} {.reason} {.message}{end}'
+}
+# rolled: every broker pod in $brokers_before replaced, every broker Ready, the
+# Cluster Ready with no roll due.
+rolled() {
+  local now
+  now=$(k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{range .items[*]}{.metadata.uid}={.status.conditions[?(@.type=="Ready")].status} {end}')
+  for uid in $brokers_before; do case " $now" in *" $uid="*) return 1 ;; esac; done
+  [ "$(grep -o '=True' <<<"$now" | wc -l)" = 3 ] && cluster_ready && [ -z "$(roll_condition)" ]
+}
+# pending_successor POD UID: POD was recreated (another uid) and waits to be scheduled.
+pending_successor() {
+  local got
+  got=$(k get pod "$1" -n "$NS" -o jsonpath='{.metadata.uid} {.status.phase}')
+  [ "${got% *}" != "$2" ] && [ "${got#* }" = Pending ]
+}
+# event_says OBJECT REASON TEXT: an event on OBJECT with REASON whose message has TEXT.
+event_says() {
+  k get events -n "$NS" --field-selector "involvedObject.name=$1,reason=$2" -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' |
+    grep -qF "$3"
 }
 
 topic_in_sync() { k get topic "$1" -n "$NS" -o json | $CHECK topic-in-sync "$2" "$3"; }

@@ -44,9 +44,6 @@ k create namespace "$NS" >/dev/null
 k apply -n "$NS" -f helm/fjord/examples/cluster.yaml -f helm/fjord/examples/topic.yaml >/dev/null
 
 # --------------------------------------------------------------- one cluster
-cluster_ready() {
-  [ "$(k get cluster my-cluster -n $NS -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
-}
 poll "Cluster my-cluster Ready=True" 240 cluster_ready
 cluster_id=$(k get cluster my-cluster -n $NS -o jsonpath='{.status.clusterId}')
 [ -n "$cluster_id" ] || fail "the Cluster's status has no cluster id"
@@ -117,12 +114,7 @@ say "ConsumerGroup: lag and resets by timestamp, latest, earliest and offset; a 
 
 # ------------------------------------------------------------------- faults
 # A broker pod deleted under an acks=all load: nothing acknowledged is lost.
-k apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: fjord.dev/v1alpha1
-kind: Topic
-metadata: {name: load}
-spec: {clusterRef: my-cluster, partitions: 6, replicas: 3, config: {min.insync.replicas: "2"}}
-YAML
+apply_topic load 6 3 '"min.insync.replicas": "2"'
 poll "Topic load Ready" 120 topic_in_sync load 6 3
 produce_job produce-2 load 1 "$(( RECORDS * 3 ))" 1000
 poll "the load running" 60 job_running produce-2
@@ -164,55 +156,75 @@ poll "the operator pods replaced" 120 replaced
 say "operator pods deleted mid-reconcile: the Topic converged, brokers and StatefulSet untouched"
 
 # ---------------------------------------------- a rolling restart under load
-# A config change rolls every broker through the gate (operator/src/roll.rs):
-# one at a time, each back in every ISR before the next, the controller last.
-k apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: fjord.dev/v1alpha1
-kind: Topic
-metadata: {name: rolling}
-spec: {clusterRef: my-cluster, partitions: 6, replicas: 3, config: {min.insync.replicas: "2"}}
-YAML
+# A change of a static config rolls every broker through the gate
+# (operator/src/roll.rs): one at a time, each back in every ISR before the
+# next, the controller last, while fjord-verifiable produces (idempotent,
+# acks=all) and consumes in a group that commits throughout.
+apply_topic rolling 6 3 '"min.insync.replicas": "2"'
 poll "Topic rolling Ready" 120 topic_in_sync rolling 6 3
-# The records go in before the roll: kcat, the only client in the image, exits
-# on librdkafka's ALL_BROKERS_DOWN, which a leader-only client can meet while
-# a roll moves leaders (a load during the roll is left to a client that retries).
-roll_records=$(( RECORDS * 4 ))
-produce_job produce-3 rolling 1 "$roll_records"
-wait_job produce-3 300
-brokers_before=$(k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{.items[*].metadata.uid}')
+verifiable_start roll-load rolling 1000 "$RECORDS"
+brokers_before=$(broker_uids)
 roll_start=$(date +%s)
-k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"config":{"log.retention.ms":"172800000"}}}' >/dev/null
-rolled() { # every broker pod replaced and Ready, the Cluster Ready with no roll pending
-  local now
-  now=$(k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jsonpath='{range .items[*]}{.metadata.uid}={.status.conditions[?(@.type=="Ready")].status} {end}')
-  for uid in $brokers_before; do case " $now" in *" $uid="*) return 1 ;; esac; done
-  [ "$(grep -o '=True' <<<"$now" | wc -l)" = 3 ] && cluster_ready &&
-    [ -z "$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="RollingRestart")].status}')" ]
-}
+k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"config":{"replica.lag.time.max.ms":"20000"}}}' >/dev/null
 poll "every broker restarted with the new config" 600 rolled
 roll_secs=$(( $(date +%s) - roll_start ))
-expect_records rolling "$roll_records"
+verifiable_stop roll-load
 poll "every replica back in sync" 120 topic_in_sync rolling 6 3
 python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( roll_secs + 10 ))"
-say "rolling restart of 3 brokers holding $roll_records records took ${roll_secs}s: every record read back, no partition offline"
+say "rolling restart of 3 brokers took ${roll_secs}s ($RECORDS records preloaded, 1000 records/s during it): $ACKED acknowledged records read back once and in order, the group's committed offsets never went back, no partition offline"
+
+# A dynamic broker config changes through IncrementalAlterConfigs, without a restart.
+brokers_before=$(broker_uids)
+k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"config":{"log.retention.ms":"172800000"}}}' >/dev/null
+poll "log.retention.ms applied to the running brokers" 120 event_says my-cluster DynamicConfig "log.retention.ms=172800000"
+for _ in 1 2 3 4 5; do
+  [ "$(broker_uids)" = "$brokers_before" ] || fail "a dynamic config change restarted brokers"
+  [ -z "$(roll_condition)" ] || fail "a dynamic config change started a roll: $(roll_condition)"
+  sleep 2
+done
+say "dynamic config log.retention.ms changed without a restart"
+
+# ------------------------------------------- a roll blocked by a broker kept down
+# Broker 2's pod cannot be scheduled (the node cordoned): every partition of
+# rolling is at its min ISR (2 of 3), so restarting broker 0 or 1 would take it
+# below; the roll waits, says so, and completes once broker 2 is back.
+verifiable_start blocked-load rolling 1000
+node=$(k get nodes -o jsonpath='{.items[0].metadata.name}')
+k cordon "$node" >/dev/null
+uid2=$(k get pod -n "$NS" my-cluster-2 -o jsonpath='{.metadata.uid}')
+k delete pod -n "$NS" my-cluster-2 --wait=false >/dev/null
+poll "my-cluster-2 replaced by a pod that cannot be scheduled" 120 pending_successor my-cluster-2 "$uid2"
+brokers_before=$(k get pods -n "$NS" my-cluster-0 my-cluster-1 -o jsonpath='{.items[*].metadata.uid}')
+block_start=$(date +%s)
+k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"config":{"replica.lag.time.max.ms":"25000"}}}' >/dev/null
+roll_blocked() { case "$(roll_condition)" in "False BlockedByMinIsr "*rolling-*) return 0 ;; *) roll_condition; return 1 ;; esac; }
+poll "the roll blocked: RollingRestart=False BlockedByMinIsr naming rolling's partitions" 120 roll_blocked
+say "  $(roll_condition)"
+for _ in $(seq 10); do
+  [ "$(k get pods -n "$NS" my-cluster-0 my-cluster-1 -o jsonpath='{.items[*].metadata.uid}')" = "$brokers_before" ] ||
+    fail "a broker restarted while the roll was blocked"
+  roll_blocked >/dev/null || fail "the roll stopped being blocked while broker 2 was down: $(roll_condition)"
+  sleep 2
+done
+k uncordon "$node" >/dev/null
+poll "broker 2 back, the roll completed" 600 rolled
+verifiable_stop blocked-load
+python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( $(date +%s) - block_start + 10 ))"
+say "a roll blocked by a broker kept down held for $(( $(date +%s) - block_start ))s in all, then completed: $ACKED acknowledged records read back, offsets never back, no partition offline"
 
 # --------------------------------------------------- replication factor 1 -> 3 -> 2
-k apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: fjord.dev/v1alpha1
-kind: Topic
-metadata: {name: grows}
-spec: {clusterRef: my-cluster, partitions: 6, replicas: 1}
-YAML
+apply_topic grows 6 1
 poll "Topic grows Ready with RF 1" 120 topic_in_sync grows 6 1
-produce_job produce-5 grows 1 "$RECORDS"
-wait_job produce-5 300
+verifiable_start rf-load grows 1000 "$RECORDS"
 rf_start=$(date +%s)
 k patch topic grows -n "$NS" --type merge -p '{"spec":{"replicas":3}}' >/dev/null
 poll "Topic grows at RF 3, every replica in sync" 300 topic_in_sync grows 6 3
 k patch topic grows -n "$NS" --type merge -p '{"spec":{"replicas":2}}' >/dev/null
 poll "Topic grows at RF 2, every replica in sync" 300 topic_in_sync grows 6 2
-expect_records grows "$RECORDS"
-say "replication factor 1 -> 3 -> 2 with $RECORDS records in $(( $(date +%s) - rf_start ))s, nothing lost"
+rf_secs=$(( $(date +%s) - rf_start ))
+verifiable_stop rf-load
+python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( rf_secs + 10 ))"
+say "replication factor 1 -> 3 -> 2 in ${rf_secs}s ($RECORDS records preloaded, 1000 records/s during it): $ACKED acknowledged records read back, offsets never back, no partition offline"
 
 # ------------------------------------------------------------ scale 3 -> 5 -> 3
 # A scale-down that would remove a quorum voter is refused, the StatefulSet kept.
@@ -222,6 +234,9 @@ scaling_reason() {
 }
 poll "scaling to 2 refused: it would remove a voter" 60 scaling_reason WouldRemoveVoters
 [ "$(k get sts my-cluster -n "$NS" -o jsonpath='{.spec.replicas}')" = 3 ] || fail "the StatefulSet shrank below the voters"
+apply_topic wide 10 3
+poll "Topic wide Ready" 120 topic_in_sync wide 10 3
+verifiable_start scale-load wide 1000 "$RECORDS"
 scale_start=$(date +%s)
 k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":5}}' >/dev/null
 brokers_ready() {
@@ -237,16 +252,7 @@ in_sync = all(sorted(p.get("isr", [])) == sorted(p.get("replicas", [])) for p in
 sys.exit(0 if {3, 4} <= used and in_sync else 1)'
 }
 poll "the rebalance moved replicas onto the new brokers 3 and 4, all in sync" 300 rebalanced
-# A topic placed over all five brokers, with data, then back to three.
-k apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: fjord.dev/v1alpha1
-kind: Topic
-metadata: {name: wide}
-spec: {clusterRef: my-cluster, partitions: 10, replicas: 3}
-YAML
-poll "Topic wide Ready" 120 topic_in_sync wide 10 3
-produce_job produce-4 wide 1 "$RECORDS"
-wait_job produce-4 300
+up_secs=$(( $(date +%s) - scale_start ))
 k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":3}}' >/dev/null
 shrunk() {
   [ "$(k get sts my-cluster -n "$NS" -o jsonpath='{.spec.replicas}')" = 3 ] &&
@@ -259,8 +265,10 @@ parts = json.load(sys.stdin)["status"]["partitions"]
 sys.exit(0 if all(set(p["replicas"]) <= {0, 1, 2} and sorted(p["isr"]) == sorted(p["replicas"]) for p in parts) else 1)'
 }
 poll "every replica of wide on brokers 0-2 and in sync" 120 on_three
-expect_records wide "$RECORDS"
-say "scaled 3 -> 5 -> 3 with $RECORDS records on a 10-partition RF 3 topic in $(( $(date +%s) - scale_start ))s: drained first, nothing lost"
+scale_secs=$(( $(date +%s) - scale_start ))
+verifiable_stop scale-load
+python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( scale_secs + 10 ))"
+say "scaled 3 -> 5 in ${up_secs}s and back to 3 in $(( scale_secs - up_secs ))s (10-partition RF 3 topic, $RECORDS records preloaded, 1000 records/s during it): $ACKED acknowledged records read back, offsets never back, no partition offline"
 
 # -------------------------------------------------------------------- metrics
 python3 "$here/metrics.py" wait "$PROM"

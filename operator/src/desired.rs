@@ -127,9 +127,11 @@ pub fn quorum_voters(cluster: &Cluster) -> String {
         .join(",")
 }
 
-/// `server.properties`: the user's config over defaults for running in a pod.
-/// Per-pod values (node id, advertised listener, rack) come from the pod: the
-/// environment and the pod name.
+/// `server.properties`: the user's static config over defaults for running
+/// in a pod. Per-pod values (node id, advertised listener, rack) come from the
+/// pod: the environment and the pod name. The dynamic configs are not here:
+/// the brokers take them at run time from the metadata log (dynamic_config.rs),
+/// so changing one changes neither this file nor the template hash.
 pub fn broker_properties(cluster: &Cluster) -> String {
     let l = &cluster.spec.listeners;
     let mut props = BTreeMap::from([
@@ -139,9 +141,7 @@ pub fn broker_properties(cluster: &Cluster) -> String {
         ("metrics.listener".to_string(), format!("0.0.0.0:{}", l.metrics)),
         ("log.dirs".to_string(), format!("{DATA_DIR}/data")),
     ]);
-    for (k, v) in &cluster.spec.config {
-        props.insert(k.clone(), v.clone());
-    }
+    props.extend(crate::dynamic_config::static_configs(&cluster.spec.config));
     props.into_iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 

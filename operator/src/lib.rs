@@ -5,10 +5,12 @@
 pub mod admin;
 pub mod controllers;
 pub mod desired;
+pub mod dynamic_config;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod plan;
+pub mod reassignment;
 pub mod roll;
 pub mod scale;
 

@@ -148,8 +148,32 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
     if let Some(down) = stale.iter().filter(|b| !up(b)).min_by_key(|b| b.id) {
         return RollStep::Restart(down.id);
     }
-    // The cluster whole again before the next broker goes.
+    // The active controller last, then by id.
+    let next = stale
+        .iter()
+        .min_by_key(|b| (b.id == active_controller, b.id))
+        .expect("stale is not empty");
+    // In sync and live: a replica on a broker that is gone (not among
+    // `brokers`) may still be listed in the ISR until the controller fences it.
+    let in_sync_without = |p: &RollPartition| p.isr.iter().filter(|r| **r != next.id && live.contains(r)).count();
+    // A partition with no more replicas than its min ISR is unavailable to
+    // acks=all through any restart; holding every roll for it would not help
+    // it (Strimzi's KafkaRoller lets it pass too).
+    let below: Vec<String> = partitions
+        .iter()
+        .filter(|p| p.replicas.len() > p.min_isr && p.replicas.contains(&next.id) && in_sync_without(p) < p.min_isr)
+        .map(name)
+        .collect();
+    // The cluster whole again before the next broker goes. While a broker is
+    // down, the partitions it leaves at their min ISR are what hold the roll:
+    // they are named first.
     let not_back: Vec<i32> = brokers.iter().filter(|b| !up(b)).map(|b| b.id).collect();
+    if !not_back.is_empty() && !below.is_empty() {
+        return RollStep::Wait(Blocked::MinIsr {
+            broker: next.id,
+            partitions: below,
+        });
+    }
     if !not_back.is_empty() {
         let partitions = partitions
             .iter()
@@ -185,11 +209,6 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
             partitions: unpreferred,
         });
     }
-    // The active controller last, then by id.
-    let next = stale
-        .iter()
-        .min_by_key(|b| (b.id == active_controller, b.id))
-        .expect("stale is not empty");
     if next.voter && live_voters.saturating_sub(1) < majority {
         return RollStep::Wait(Blocked::Quorum {
             broker: next.id,
@@ -197,17 +216,6 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
             voters: voters.len(),
         });
     }
-    // A partition with no more replicas than its min ISR is unavailable to
-    // acks=all through any restart; holding every roll for it would not help
-    // it (Strimzi's KafkaRoller lets it pass too).
-    // In sync and live: a replica on a broker that is gone (not among
-    // `brokers`) may still be listed in the ISR until the controller fences it.
-    let in_sync_without = |p: &RollPartition| p.isr.iter().filter(|r| **r != next.id && live.contains(r)).count();
-    let below: Vec<String> = partitions
-        .iter()
-        .filter(|p| p.replicas.len() > p.min_isr && p.replicas.contains(&next.id) && in_sync_without(p) < p.min_isr)
-        .map(name)
-        .collect();
     if !below.is_empty() {
         return RollStep::Wait(Blocked::MinIsr {
             broker: next.id,
@@ -283,6 +291,16 @@ mod tests {
         let mut brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, id != 0)).collect();
         brokers[2].ready = false;
         let parts = [partition(0, &[0, 1, 2], &[0, 1], 2), partition(1, &[0, 1], &[0, 1], 1)];
+        // t-0 is at its min ISR while broker 2 is down: it is what holds the roll.
+        assert_eq!(
+            next_restart(&brokers, &parts, 1),
+            RollStep::Wait(Blocked::MinIsr {
+                broker: 0,
+                partitions: vec!["t-0".into()]
+            })
+        );
+        // Nothing at its min ISR: the roll waits for the broker all the same.
+        let parts = [partition(0, &[0, 1, 2], &[0, 1], 1), partition(1, &[0, 1], &[0, 1], 1)];
         assert_eq!(
             next_restart(&brokers, &parts, 1),
             RollStep::Wait(Blocked::BrokersNotBack {
@@ -312,12 +330,12 @@ mod tests {
         brokers[2].ready = false;
         let parts = [partition(0, &[0, 1, 2], &[0, 1], 2)];
         assert_eq!(next_restart(&brokers, &parts, 0), RollStep::Restart(2));
-        // Current, but not back: wait for it.
+        // Current, but not back: wait for it; t-0 at its min ISR holds the roll.
         brokers[2].current = true;
         assert_eq!(
             next_restart(&brokers, &parts, 0),
-            RollStep::Wait(Blocked::BrokersNotBack {
-                brokers: vec![2],
+            RollStep::Wait(Blocked::MinIsr {
+                broker: 1,
                 partitions: vec!["t-0".into()]
             })
         );

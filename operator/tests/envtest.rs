@@ -5,7 +5,8 @@
 //! both on free loopback ports, installs the CRDs, runs the operator in
 //! process against a broker process (its admin endpoint overridden, as when
 //! the operator runs outside a cluster), and checks what users see: owned
-//! objects and status of a Cluster; a Topic created, grown, reconfigured and
+//! objects and status of a Cluster; dynamic configs applied to the running
+//! broker without a template change; a Topic created, grown, reconfigured and
 //! deleted; refusals of invalid resources; a ConsumerGroup offset reset that a
 //! librdkafka member resumes from; a server-side dry run of the whole chart.
 
@@ -467,8 +468,97 @@ async fn operator_against_a_real_apiserver() {
     consumer_group_reset(&client, &broker).await;
     chart_dry_run(&client).await;
     operator_dashboard_has_data(tmp.path(), metrics_addr).await;
+    // Last: its static config change starts a roll.
+    dynamic_configs(&clusters, &sts, &broker).await;
     operator.abort();
     metrics_server.abort();
+}
+
+/// The broker's config `name` and its source as a Kafka client (librdkafka's
+/// DescribeConfigs of broker 0) sees them.
+async fn broker_config(broker: &BrokerProcess, name: &str) -> Option<(String, &'static str)> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+    let admin: AdminClient<_> = kafka_config(broker).create().ok()?;
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Broker(0)], &AdminOptions::new())
+        .await
+        .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    let entry = resource.get(name)?;
+    let source = match entry.source {
+        ConfigSource::DynamicDefaultBroker => "dynamic default broker",
+        ConfigSource::Default => "default",
+        _ => "other",
+    };
+    Some((entry.value.clone()?, source))
+}
+
+/// Dynamic configs and the replication throttle change on the running
+/// brokers (AlterBrokerConfigs) and leave the pod template alone; a static
+/// config changes the template (a roll).
+async fn dynamic_configs(clusters: &Api<Cluster>, sts: &Api<StatefulSet>, broker: &BrokerProcess) {
+    let template_hash = |set: StatefulSet| {
+        set.spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|mut a| a.remove("fjord.dev/template-hash"))
+            .expect("a template hash")
+    };
+    let before = template_hash(sts.get("demo").await.unwrap());
+    clusters
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {
+                "config": {"log.retention.ms": "172800000"}, "replicationThrottle": 10485760
+            }})),
+        )
+        .await
+        .unwrap();
+    for (name, value) in [
+        ("log.retention.ms", "172800000"),
+        ("leader.replication.throttled.rate", "10485760"),
+        ("follower.replication.throttled.rate", "10485760"),
+    ] {
+        let seen = eventually(&format!("{name}={value} on the running broker"), || async {
+            broker_config(broker, name).await.filter(|(v, _)| v == value)
+        })
+        .await;
+        assert_eq!(seen.1, "dynamic default broker", "{name}");
+    }
+    assert_eq!(
+        template_hash(sts.get("demo").await.unwrap()),
+        before,
+        "a dynamic config changed the pod template (a restart)"
+    );
+    // Removed from the Cluster: removed from the brokers, back to the default.
+    clusters
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"config": {"log.retention.ms": null}}})),
+        )
+        .await
+        .unwrap();
+    eventually("log.retention.ms back to its default", || async {
+        broker_config(broker, "log.retention.ms")
+            .await
+            .filter(|(v, source)| v == "604800000" && *source == "default")
+    })
+    .await;
+    // A static config is the file's: the template changes and the brokers roll.
+    clusters
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"config": {"replica.lag.time.max.ms": "20000"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("a static config changes the template", || async {
+        sts.get("demo").await.ok().map(template_hash).filter(|h| *h != before)
+    })
+    .await;
 }
 
 async fn cluster_condition(clusters: &Api<Cluster>, type_: &str) -> Option<Condition> {

@@ -8,7 +8,7 @@ use pb::admin_server::{Admin, AdminServer};
 use tonic::{Request, Response, Status};
 
 use crate::context::BrokerContext;
-use crate::controller::image::{BrokerRegistration, ConfigOp, OpType};
+use crate::controller::image::{BrokerRegistration, ConfigOp, OpType, DYNAMIC_BROKER_CONFIGS};
 use crate::controller::TopicImage;
 use crate::error::Error;
 use crate::replica::partition::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
@@ -278,6 +278,48 @@ impl Admin for AdminService {
             controller_id: c.controller.active_controller().unwrap_or(c.config.node_id),
             brokers,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            broker_configs: image.broker_overrides.clone().into_iter().collect(),
+        }))
+    }
+
+    async fn alter_broker_configs(
+        &self,
+        request: Request<pb::AlterBrokerConfigsRequest>,
+    ) -> Result<Response<pb::AlterBrokerConfigsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = r
+            .ops
+            .into_iter()
+            .map(|o| {
+                if !DYNAMIC_BROKER_CONFIGS.contains(&o.name.as_str()) {
+                    return Err(Status::invalid_argument(format!(
+                        "'{}' is not a broker config Fjord changes at run time; set it in the brokers' config",
+                        o.name
+                    )));
+                }
+                let op = OpType::from_code(o.op as i8)
+                    .ok_or_else(|| Status::invalid_argument(format!("unknown op {}", o.op)))?;
+                Ok(ConfigOp {
+                    name: o.name,
+                    op,
+                    value: o.value,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.ctx
+            .controller
+            .alter_broker_configs(&ops, true, r.validate_only)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::AlterBrokerConfigsResponse {
+            broker_configs: self
+                .ctx
+                .controller
+                .image()
+                .broker_overrides
+                .clone()
+                .into_iter()
+                .collect(),
         }))
     }
 

@@ -16,26 +16,7 @@ use crate::error::{Error, Result};
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 /// Broker configs that may change at run time (Kafka's cluster-wide dynamic configs).
-pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
-    "log.retention.ms",
-    "log.retention.bytes",
-    "log.segment.bytes",
-    "log.roll.ms",
-    "log.index.interval.bytes",
-    "log.flush.interval.messages",
-    "log.flush.interval.ms",
-    "log.cleanup.policy",
-    "log.message.timestamp.type",
-    "log.message.timestamp.before.max.ms",
-    "log.message.timestamp.after.max.ms",
-    "log.cleaner.delete.retention.ms",
-    "compression.type",
-    "message.max.bytes",
-    "min.insync.replicas",
-    "unclean.leader.election.enable",
-    "leader.replication.throttled.rate",
-    "follower.replication.throttled.rate",
-];
+pub use fjord_proto::DYNAMIC_BROKER_CONFIGS;
 
 /// Kafka's dynamic broker configs that Fjord accepts and stores but does not
 /// act on yet (no TLS/SASL listeners, thread pools, quotas or replication

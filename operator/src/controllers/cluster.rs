@@ -2,6 +2,7 @@
 //! apply, owned by the Cluster), operator-driven pod restarts on config
 //! change, and status from the StatefulSet and the brokers' admin API.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +19,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{key, now, paused, write_status, Timer, MANAGER};
+use crate::dynamic_config::{config_changes, describe_changes, desired_dynamic};
 use crate::placement::{rebalance_moves, Candidate};
 use crate::plan::{
     cluster_conditions, condition, rack_condition, volume_condition, volumes_to_expand, PodState, RegisteredBroker,
     VolumeState,
 };
+use crate::reassignment::{progress, Moving};
 use crate::roll::{next_restart, Blocked, RollBroker, RollPartition, RollStep};
 use crate::scale::{drain_moves, scale_plan, HostedReplicas, ScalePlan};
 use crate::{admin, desired, Context, Error};
@@ -86,7 +89,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    // Fetched once, when a scale-down or a roll needs them.
+    // The cluster-wide dynamic configs change at run time, not by a roll.
+    if let (Ok(client), Ok(d)) = (admin_client.as_mut(), &described) {
+        apply_dynamic_configs(&ctx, &cluster, client, d).await;
+    }
+    // Fetched once, when a scale-down, a roll or the reassignment progress needs them.
     let mut topics: Option<Result<Vec<pb::TopicDescription>, String>> = None;
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &ns);
     let mut set = desired::stateful_set(&cluster, &ctx.config.broker_image);
@@ -222,6 +229,18 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         }
     }
 
+    // Progress of the reassignments running now (ours or anyone's).
+    let reassignment = match list_topics(&mut admin_client, &described, &mut topics).await {
+        Ok(listed) => progress(
+            cluster.status.as_ref().and_then(|s| s.reassignment.as_ref()),
+            &moving_partitions(listed),
+            cluster.spec.replication_throttle,
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+        // Unknown while the admin API does not answer: keep what was seen.
+        Err(_) => cluster.status.as_ref().and_then(|s| s.reassignment.clone()),
+    };
+
     let ready = sts_api
         .get_opt(&name)
         .await?
@@ -320,6 +339,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
                     .collect()
             })
             .unwrap_or_default(),
+        reassignment: reassignment.clone(),
         bootstrap: Some(format!(
             "{}.{ns}.svc:{}",
             desired::bootstrap_service_name(&name),
@@ -348,7 +368,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     // Pods becoming ready change the owned StatefulSet's status, which starts
     // the next reconcile; the periodic one only catches what no watch sees.
     // A roll in progress waits on ISRs no watch sees: look again soon, not hot.
-    let busy = roll.is_some() || rebalanced > 0 || matches!(scale, ScalePlan::Drain { .. });
+    let busy = roll.is_some() || rebalanced > 0 || reassignment.is_some() || matches!(scale, ScalePlan::Drain { .. });
     Ok(Action::requeue(Duration::from_secs(if busy { 5 } else { 60 })))
 }
 
@@ -369,6 +389,78 @@ async fn list_topics<'a>(
         });
     }
     topics.as_ref().expect("just set")
+}
+
+/// Brings the brokers' cluster-wide dynamic configs to what the Cluster asks
+/// (dynamic_config.rs), through AlterBrokerConfigs: no restart. One event
+/// per change; a refusal (an invalid value) is a warning event, retried on
+/// the next pass.
+async fn apply_dynamic_configs(
+    ctx: &Context,
+    cluster: &Cluster,
+    client: &mut admin::Admin,
+    described: &pb::DescribeClusterResponse,
+) {
+    let current: BTreeMap<String, String> = described.broker_configs.clone().into_iter().collect();
+    let desired = desired_dynamic(&cluster.spec.config, cluster.spec.replication_throttle);
+    let changes = config_changes(&desired, &current);
+    if changes.is_empty() {
+        return;
+    }
+    let ops = changes
+        .iter()
+        .map(|(name, value)| pb::ConfigOp {
+            name: name.clone(),
+            op: if value.is_some() {
+                pb::config_op::Op::Set
+            } else {
+                pb::config_op::Op::Delete
+            } as i32,
+            value: value.clone(),
+        })
+        .collect();
+    let what = describe_changes(&changes);
+    match client
+        .alter_broker_configs(pb::AlterBrokerConfigsRequest {
+            ops,
+            validate_only: false,
+        })
+        .await
+    {
+        Ok(_) => {
+            ctx.event(
+                cluster,
+                false,
+                "DynamicConfig",
+                "AlterBrokerConfigs",
+                format!("{what} on every broker, without a restart"),
+            )
+            .await
+        }
+        Err(e) => {
+            ctx.event(
+                cluster,
+                true,
+                "DynamicConfigRefused",
+                "AlterBrokerConfigs",
+                format!("the brokers refused to {what}: {}", e.message()),
+            )
+            .await
+        }
+    }
+}
+
+/// The partitions a reassignment is moving, for the progress in status.
+fn moving_partitions(topics: &[pb::TopicDescription]) -> Vec<Moving> {
+    topics
+        .iter()
+        .flat_map(|t| &t.partition_states)
+        .filter(|p| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+        .map(|p| Moving {
+            size_bytes: p.size_bytes,
+            adding: p.adding_replicas.len(),
+        })
+        .collect()
 }
 
 /// The scale plan from what the admin API reports (scale.rs decides).
