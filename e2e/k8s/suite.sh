@@ -238,7 +238,9 @@ apply_topic wide 10 3
 poll "Topic wide Ready" 120 topic_in_sync wide 10 3
 verifiable_start scale-load wide 1000 "$RECORDS"
 scale_start=$(date +%s)
-k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":5}}' >/dev/null
+# The moves copy under a 4 MiB/s replication throttle; the Cluster's status
+# shows their progress and an estimate while they run.
+k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":5,"replicationThrottle":4194304}}' >/dev/null
 brokers_ready() {
   [ "$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.readyBrokers}')" = "$1" ] && cluster_ready
 }
@@ -251,6 +253,13 @@ used = {r for p in parts for r in p.get("replicas", [])}
 in_sync = all(sorted(p.get("isr", [])) == sorted(p.get("replicas", [])) for p in parts)
 sys.exit(0 if {3, 4} <= used and in_sync else 1)'
 }
+reassignment_shown() {
+  local r
+  r=$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.reassignment}')
+  [ -n "$r" ] && grep -q partitionsMoving <<<"$r" && grep -q estimatedSecondsRemaining <<<"$r" && echo "$r"
+}
+poll "the Cluster's status shows the rebalance's progress and an estimate" 240 reassignment_shown
+say "  $(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.reassignment}')"
 poll "the rebalance moved replicas onto the new brokers 3 and 4, all in sync" 300 rebalanced
 up_secs=$(( $(date +%s) - scale_start ))
 k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":3}}' >/dev/null

@@ -89,7 +89,13 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub metrics: Arc<metrics::Metrics>,
-    pub recorder: Recorder,
+    reporter: Reporter,
+    /// Per object, reason and action: the last note published and the
+    /// recorder that published it. kube's Recorder folds events with the same
+    /// object, reason and action into one series keeping the first note; a
+    /// different note (another config change, another set of moves) is a
+    /// new event, so it gets a fresh recorder, and a repeated one counts up.
+    recorders: tokio::sync::Mutex<HashMap<String, (String, Recorder)>>,
     backoffs: Backoffs,
     /// When each object's status was last written (counters are refreshed at most once a period).
     status_writes: std::sync::Mutex<HashMap<String, std::time::Instant>>,
@@ -101,12 +107,12 @@ impl Context {
             controller: "fjord-operator".into(),
             instance: Some(config.pod_name.clone()),
         };
-        let recorder = Recorder::new(client.clone(), reporter);
         Context {
             client,
             config,
             metrics,
-            recorder,
+            reporter,
+            recorders: Default::default(),
             backoffs: Backoffs::default(),
             status_writes: Default::default(),
         }
@@ -121,6 +127,25 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        let reference = obj.object_ref(&());
+        let key = format!(
+            "{}/{}/{}/{}/{reason}/{action}",
+            reference.kind.as_deref().unwrap_or_default(),
+            reference.namespace.as_deref().unwrap_or_default(),
+            reference.name.as_deref().unwrap_or_default(),
+            reference.uid.as_deref().unwrap_or_default(),
+        );
+        let recorder = {
+            let mut recorders = self.recorders.lock().await;
+            match recorders.get(&key) {
+                Some((last, recorder)) if *last == note => recorder.clone(),
+                _ => {
+                    let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+                    recorders.insert(key, (note.clone(), recorder.clone()));
+                    recorder
+                }
+            }
+        };
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
@@ -128,7 +153,7 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, reason, "recording an event failed");
         }
     }

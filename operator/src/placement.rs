@@ -69,10 +69,11 @@ pub fn replication_targets(
 /// emptiest (a partition already on it is skipped), preferring a partition
 /// whose other replicas do not use the emptiest broker's rack. Every move
 /// takes from a broker above its share (total / brokers) or gives to one
-/// below it, so the plan moves no more replicas than balance needs. The moved replica
-/// keeps its place in the list, so a moved preferred leader's partition is
-/// then led by the new broker: preferred leaders spread with the replicas.
-/// Partitions already moving are left alone.
+/// below it, so the plan moves no more replicas than balance needs. A move
+/// never narrows the racks a partition spans. The moved replica keeps its
+/// place in the list; then, among the moved partitions only, the preferred
+/// leader goes to the replica leading the fewest partitions where that evens
+/// leadership out. Partitions already moving are left alone.
 pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) -> Vec<(String, i32, Vec<i32>)> {
     if brokers.is_empty() {
         return Vec::new();
@@ -96,17 +97,23 @@ pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) 
         if high - low <= 1 {
             break;
         }
-        // A partition on `from` without `to`, not moving: rack-keeping first.
+        // A partition on `from` without `to`, not moving, whose racks the move
+        // does not narrow; one whose other replicas do not use `to`'s rack first.
+        let others_racks = |i: usize| -> Vec<&str> {
+            targets[i]
+                .iter()
+                .filter(|r| **r != from)
+                .filter_map(|r| rack.get(r).copied())
+                .collect()
+        };
+        let rack_of = |b: i32| rack.get(&b).copied().unwrap_or("");
         let candidate = (0..partitions.len())
             .filter(|i| !partitions[*i].moving && targets[*i].contains(&from) && !targets[*i].contains(&to))
-            .min_by_key(|i| {
-                let others: Vec<&str> = targets[*i]
-                    .iter()
-                    .filter(|r| **r != from)
-                    .filter_map(|r| rack.get(r).copied())
-                    .collect();
-                (others.contains(&rack.get(&to).copied().unwrap_or("")), moved[*i], *i)
-            });
+            .filter(|i| {
+                let others = others_racks(*i);
+                !(others.contains(&rack_of(to)) && !others.contains(&rack_of(from)))
+            })
+            .min_by_key(|i| (others_racks(*i).contains(&rack_of(to)), moved[*i], *i));
         let Some(i) = candidate else { break };
         let slot = targets[i].iter().position(|r| *r == from).expect("contains from");
         targets[i][slot] = to;
@@ -114,12 +121,46 @@ pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) 
         *load.get_mut(&from).expect("a broker") -= 1;
         *load.get_mut(&to).expect("a broker") += 1;
     }
+    spread_preferred_leaders(&mut targets, &moved);
     partitions
         .iter()
         .zip(targets)
         .filter(|(p, t)| p.replicas != *t)
         .map(|(p, t)| (p.topic.clone(), p.partition, t))
         .collect()
+}
+
+/// Among the partitions a plan moves anyway (reordering their replicas costs
+/// no copy), puts first (the preferred leader) the replica whose broker is
+/// the preferred leader of the fewest partitions, where that evens leadership
+/// out: a new broker then leads its share, not whatever the moved slots held.
+fn spread_preferred_leaders(targets: &mut [Vec<i32>], moved: &[bool]) {
+    let mut leads: BTreeMap<i32, usize> = BTreeMap::new();
+    for t in targets.iter() {
+        if let Some(first) = t.first() {
+            *leads.entry(*first).or_default() += 1;
+        }
+    }
+    // Each swap lowers the sum of squared leader counts, so this ends; it
+    // ends when no moved partition's leader leads two more than one of its
+    // other replicas.
+    let mut swapped = true;
+    while swapped {
+        swapped = false;
+        for (t, _) in targets.iter_mut().zip(moved).filter(|(_, m)| **m) {
+            let Some(&leader) = t.first() else { continue };
+            let count = |b: &i32| leads.get(b).copied().unwrap_or(0);
+            let Some((slot, &fewest)) = t.iter().enumerate().min_by_key(|(_, b)| (count(b), **b)) else {
+                continue;
+            };
+            if count(&fewest) + 1 < count(&leader) {
+                t.swap(0, slot);
+                *leads.entry(leader).or_default() -= 1;
+                *leads.entry(fewest).or_default() += 1;
+                swapped = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,14 +216,7 @@ mod tests {
         assert_eq!(load, [6, 6, 6, 6, 6], "{moves:?}");
         let changed: usize = moves
             .iter()
-            .map(|(_, p, t)| {
-                parts[*p as usize]
-                    .replicas
-                    .iter()
-                    .zip(t)
-                    .filter(|(a, b)| a != b)
-                    .count()
-            })
+            .map(|(_, p, t)| t.iter().filter(|r| !parts[*p as usize].replicas.contains(r)).count())
             .sum();
         assert_eq!(changed, 12, "twelve replicas to the new brokers, nothing else");
     }
@@ -210,7 +244,7 @@ mod tests {
                 p.replicas.iter().for_each(|r| before[*r as usize] += 1);
                 let t = moves.iter().find(|m| m.1 == p.partition).map_or(&p.replicas, |m| &m.2);
                 if t != &p.replicas { prop_assert!(!p.moving); }
-                changed += p.replicas.iter().zip(t).filter(|(a, b)| a != b).count();
+                changed += t.iter().filter(|r| !p.replicas.contains(r)).count();
                 let mut d = t.clone(); d.sort_unstable(); d.dedup();
                 prop_assert_eq!(d.len(), t.len());
                 t.iter().for_each(|r| after[*r as usize] += 1);
@@ -220,6 +254,37 @@ mod tests {
             let deficit: usize = before.iter().map(|l| floor.saturating_sub(*l)).sum();
             prop_assert!(changed <= excess.max(deficit), "{} replicas moved; {} above, {} below the share", changed, excess, deficit);
             prop_assert!(after.iter().max() <= before.iter().max());
+        }
+
+        /// With racks: no moved partition spans fewer racks than before, and
+        /// no moved partition's preferred leader leads two more partitions
+        /// than another of its replicas (leadership evened where it is free).
+        #[test]
+        fn a_rebalance_keeps_rack_spread_and_spreads_leaders(
+            racks in proptest::collection::vec(0u8..3, 2..7),
+            parts in proptest::collection::vec(proptest::sample::subsequence((0..3).collect::<Vec<i32>>(), 1..=3), 1..20),
+            shuffle in any::<u64>(),
+        ) {
+            let n = racks.len();
+            let brokers: Vec<Candidate> = racks.iter().enumerate().map(|(id, r)| Candidate { id: id as i32, rack: format!("r{r}"), load: 0 }).collect();
+            let partitions: Vec<PartitionReplicas> = parts.iter().enumerate().map(|(i, replicas)| {
+                let mut replicas: Vec<i32> = replicas.iter().map(|r| r % n as i32).collect();
+                replicas.sort_unstable(); replicas.dedup();
+                let k = replicas.len();
+                replicas.rotate_left((shuffle as usize >> (i % 32)) % k);
+                PartitionReplicas { topic: "t".into(), partition: i as i32, replicas, moving: false }
+            }).collect();
+            let moves = rebalance_moves(&partitions, &brokers);
+            let rack_count = |rs: &[i32]| { let mut r: Vec<u8> = rs.iter().map(|b| racks[*b as usize]).collect(); r.sort_unstable(); r.dedup(); r.len() };
+            let mut leads = vec![0usize; n];
+            for p in &partitions {
+                let t = moves.iter().find(|m| m.1 == p.partition).map_or(&p.replicas, |m| &m.2);
+                prop_assert!(rack_count(t) >= rack_count(&p.replicas), "{:?} -> {:?} narrows its racks", p.replicas, t);
+                leads[t[0] as usize] += 1;
+            }
+            for (_, _, t) in &moves {
+                prop_assert!(t.iter().all(|r| leads[t[0] as usize] <= leads[*r as usize] + 1), "{:?} with leaders {:?}", t, leads);
+            }
         }
     }
 

@@ -531,6 +531,23 @@ async fn dynamic_configs(clusters: &Api<Cluster>, sts: &Api<StatefulSet>, broker
         before,
         "a dynamic config changed the pod template (a restart)"
     );
+    // What a person reads: an event saying what changed (as `kubectl get events` lists it).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(clusters.clone().into_client(), "envtest");
+    let event_says = |text: &'static str| {
+        let events = events.clone();
+        async move {
+            let selector = "involvedObject.name=demo,reason=DynamicConfig";
+            let listed = events
+                .list(&kube::api::ListParams::default().fields(selector))
+                .await
+                .ok()?;
+            listed
+                .items
+                .into_iter()
+                .find(|e| e.message.as_deref().is_some_and(|m| m.contains(text)))
+        }
+    };
+    eventually("a DynamicConfig event", || event_says("log.retention.ms=172800000")).await;
     // Removed from the Cluster: removed from the brokers, back to the default.
     clusters
         .patch(
@@ -544,6 +561,11 @@ async fn dynamic_configs(clusters: &Api<Cluster>, sts: &Api<StatefulSet>, broker
         broker_config(broker, "log.retention.ms")
             .await
             .filter(|(v, source)| v == "604800000" && *source == "default")
+    })
+    .await;
+    // Another change is another event, not a repeat of the first.
+    eventually("a second DynamicConfig event", || {
+        event_says("removed log.retention.ms")
     })
     .await;
     // A static config is the file's: the template changes and the brokers roll.
