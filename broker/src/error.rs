@@ -57,7 +57,7 @@ pub enum Error {
     RequestTimedOut,
     #[error("appended, but the ISR fell below min.insync.replicas before it was replicated")]
     NotEnoughReplicasAfterAppend,
-    #[error("transactions are not supported yet")]
+    #[error("transactional producers are not supported yet (no transaction coordinator)")]
     TransactionsUnsupported,
     #[error(transparent)]
     Sequence(#[from] SequenceError),

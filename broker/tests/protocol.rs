@@ -248,6 +248,17 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
         ApiKey::ListPartitionReassignments => {
             RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default().with_topics(None))
         }
+        // A commit marker for a producer with nothing open: written all the same.
+        ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+            write_txn_markers_request::WritableTxnMarker::default()
+                .with_producer_id(ProducerId(9999))
+                .with_producer_epoch(0)
+                .with_transaction_result(true)
+                .with_coordinator_epoch(0)
+                .with_topics(vec![write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(name("sweep"))
+                    .with_partition_indexes(vec![0])]),
+        ])),
         other => panic!("no sweep request for {other:?}"),
     }
 }
@@ -294,6 +305,9 @@ async fn every_advertised_version_answers() {
                     ResponseError::NoReassignmentInProgress.code()
                 ),
                 (ResponseKind::ListPartitionReassignments(r), _) => assert!(r.topics.is_empty()),
+                (ResponseKind::WriteTxnMarkers(r), _) => {
+                    assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 0, "markers v{v}")
+                }
                 (ResponseKind::OffsetForLeaderEpoch(r), _) => {
                     let ps = &r.topics[0].partitions;
                     let leo = b.broker().ctx.replicas.get("sweep", 0).unwrap().log_end_offset();

@@ -111,7 +111,8 @@ pub fn rebalance_moves(partitions: &[PartitionReplicas], brokers: &[Candidate]) 
             .filter(|i| !partitions[*i].moving && targets[*i].contains(&from) && !targets[*i].contains(&to))
             .filter(|i| {
                 let others = others_racks(*i);
-                !(others.contains(&rack_of(to)) && !others.contains(&rack_of(from)))
+                // Moving to a rack it already has from one it has no other copy on narrows it.
+                !others.contains(&rack_of(to)) || others.contains(&rack_of(from))
             })
             .min_by_key(|i| (others_racks(*i).contains(&rack_of(to)), moved[*i], *i));
         let Some(i) = candidate else { break };

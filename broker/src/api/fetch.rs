@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_response::{
-    EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::list_offsets::READ_COMMITTED;
 use super::{str, Apis};
 use crate::error::Error;
 use crate::network::zero_copy::FileRecords;
 use crate::replica::fetch::{PartitionFetch, PartitionRead};
-
-const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(apis: &Apis, request: FetchRequest, version: i16) -> (FetchResponse, FileRecords) {
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64);
@@ -92,6 +91,7 @@ fn read_all(
                 last_fetched_epoch: p.last_fetched_epoch,
                 log_start_offset: p.log_start_offset,
                 max_bytes: (p.partition_max_bytes.max(0) as usize).min(remaining),
+                read_committed: request.isolation_level == READ_COMMITTED,
             };
             let result = match &name {
                 None => Err(Error::UnknownTopicId),
@@ -115,6 +115,8 @@ fn read_all(
                 Ok(PartitionRead::Records {
                     info,
                     high_watermark: hw,
+                    last_stable_offset,
+                    aborted,
                     news,
                 }) => {
                     errors |= news;
@@ -131,8 +133,19 @@ fn read_all(
                         Ok(records) => {
                             total += len;
                             remaining = remaining.saturating_sub(len);
+                            let aborted = (request.isolation_level == READ_COMMITTED).then(|| {
+                                aborted
+                                    .iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect()
+                            });
                             data.with_high_watermark(hw)
-                                .with_last_stable_offset(hw)
+                                .with_last_stable_offset(last_stable_offset)
+                                .with_aborted_transactions(aborted)
                                 .with_log_start_offset(if version >= 5 { info.log_start_offset } else { -1 })
                                 .with_records(Some(records))
                         }

@@ -5,6 +5,10 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Apis;
+use crate::replica::partition::LATEST_TIMESTAMP;
+
+/// Kafka's IsolationLevel READ_COMMITTED (ListOffsets and Fetch).
+pub const READ_COMMITTED: i8 = 1;
 
 pub fn handle(apis: &Apis, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let topics = request
@@ -21,7 +25,13 @@ pub fn handle(apis: &Apis, request: ListOffsetsRequest, version: i16) -> ListOff
                         .get(topic.name.as_str(), p.partition_index)
                         .and_then(|part| {
                             part.check_leader_epoch(p.current_leader_epoch)?;
-                            let (offset, timestamp) = part.offset_for(p.timestamp)?;
+                            // read_committed consumers' latest is the last stable offset.
+                            let (offset, timestamp) = match p.timestamp {
+                                LATEST_TIMESTAMP if request.isolation_level == READ_COMMITTED => {
+                                    (part.last_stable_offset(), -1)
+                                }
+                                ts => part.offset_for(ts)?,
+                            };
                             Ok((offset, timestamp, part.leader_epoch()))
                         });
                     match result {

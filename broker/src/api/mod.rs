@@ -17,6 +17,7 @@ mod producer_id;
 mod reassignments;
 mod records;
 mod topics;
+mod txn_markers;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetForLeaderEpoch, 0, 4),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::WriteTxnMarkers, 0, 1),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -212,6 +214,7 @@ impl Apis {
             }
             RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r).await),
             RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r).await),
+            RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(txn_markers::handle(self, r).await),
             RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(self, r, version)),
             RequestKind::IncrementalAlterConfigs(r) => {
                 ResponseKind::IncrementalAlterConfigs(configs::incremental_alter(self, r).await)

@@ -37,10 +37,12 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     let mut delayed: Vec<(String, i32, DelayedProduce)> = Vec::new();
+    // Transactional batches are taken as Kafka takes them without
+    // transaction.partition.verification (KIP-890 verification comes with
+    // the transaction coordinator): the partition tracks the open
+    // transaction until its coordinator's marker.
     let request_error = if !matches!(acks, -1..=1) {
         Some(Error::InvalidRequiredAcks(acks))
-    } else if request.transactional_id.is_some() {
-        Some(Error::TransactionsUnsupported)
     } else {
         None
     };

@@ -1,15 +1,15 @@
 //! InitProducerId for idempotent producers (no transactional id).
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use super::Apis;
+use crate::error::Error;
 
 pub async fn handle(apis: &Apis, request: InitProducerIdRequest) -> InitProducerIdResponse {
     let response = InitProducerIdResponse::default();
     if request.transactional_id.is_some() {
         // Transactions arrive with their own issue; refuse clearly until then.
-        return response.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+        return response.with_error_code(Error::TransactionsUnsupported.code());
     }
     match apis.controller.allocate_producer_id().await {
         Ok(id) => response.with_producer_id(ProducerId(id)).with_producer_epoch(0),

@@ -98,6 +98,10 @@ impl<'a> BatchHeader<'a> {
     pub fn base_offset(&self) -> i64 {
         i64_at(self.0, BASE_OFFSET)
     }
+    /// The bytes viewed: the whole batch where the caller passed it whole.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
     /// Size of the whole batch including the offset and length fields.
     pub fn total_size(&self) -> usize {
         i32_at(self.0, LENGTH) as usize + LOG_OVERHEAD

@@ -19,7 +19,8 @@ use parking_lot::RwLock;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::txn::producer_state::{BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::txn::marker::{self, Marker};
+use crate::txn::producer_state::{AbortedTxn, BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
 use epoch::{EpochEntry, LeaderEpochCache};
 pub use segment::FileSlice;
@@ -329,6 +330,68 @@ impl Log {
         self.state.read().producers.entry(producer_id).cloned()
     }
 
+    /// The first offset of the earliest open transaction, if any.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.state.read().producers.first_unstable_offset()
+    }
+
+    /// The aborted transactions a read_committed fetch of [from, to) names.
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.state.read().producers.aborted_between(from, to)
+    }
+
+    /// Appends a transaction marker as the leader (a WriteTxnMarkers from
+    /// the transaction's coordinator): the control batch ends the
+    /// producer's transaction in this partition. A marker of an older
+    /// producer epoch than the log's is a zombie coordinator's and refused.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        marker: Marker,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo> {
+        self.check_online()?;
+        let config = self.config();
+        let now = now_ms();
+        let batch = marker::encode(producer_id, producer_epoch, coordinator_epoch, marker, now)
+            .map_err(Error::CorruptMessage)?;
+        let mut st = self.state.write();
+        st.producers.check_marker(producer_id, producer_epoch)?;
+        self.maybe_roll(&mut st, batch.len(), now, &config)?;
+        let offset = st.next_offset;
+        let mut header = PatchedHeader::from_batch(&batch);
+        header.set_base_offset(offset);
+        header.set_partition_leader_epoch(leader_epoch);
+        let out = [OutgoingBatch {
+            header,
+            body: batch.slice(HEADER_SIZE..),
+        }];
+        let epochs_before = st.epochs.is_new(leader_epoch).then(|| st.epochs.entries().to_vec());
+        st.epochs.assign(leader_epoch, offset).map_err(io_err)?;
+        if let Err(e) = st.active().append(&out) {
+            if let Some(before) = epochs_before {
+                let _ = st.epochs.restore(before);
+            }
+            return Err(io_err(e));
+        }
+        st.producers.complete_txn(producer_id, producer_epoch, marker, offset);
+        st.next_offset = offset + 1;
+        st.unflushed_messages += 1;
+        Ok(AppendInfo {
+            first_offset: offset,
+            last_offset: offset,
+            log_append_time: -1,
+            log_start_offset: st.log_start_offset,
+            records: 1,
+            bytes: out[0].size() as u64,
+            duplicate: false,
+            flush_due: st.unflushed_messages >= config.flush_messages,
+            truncations: st.truncations,
+        })
+    }
+
     /// Validates a client's record set, assigns offsets and appends it.
     pub fn append_as_leader(&self, records: &Bytes, leader_epoch: i32) -> Result<AppendInfo> {
         self.check_online()?;
@@ -358,8 +421,8 @@ impl Log {
             if h.is_control() {
                 return Err(Error::InvalidRecord("clients may not send control batches".into()));
             }
-            if h.is_transactional() {
-                return Err(Error::TransactionsUnsupported);
+            if h.is_transactional() && h.producer_id() < 0 {
+                return Err(Error::InvalidRecord("a transactional batch needs a producer id".into()));
             }
             let validated = validator::validate_records(&b, &policy)?;
             let codec = h.compression();
@@ -439,6 +502,7 @@ impl Log {
                         last_offset,
                         timestamp: h.max_timestamp(),
                     },
+                    h.is_transactional(),
                 );
             }
             let mut header = PatchedHeader::from_batch(b);
@@ -938,6 +1002,7 @@ impl Log {
         st.log_start_offset = st.log_start_offset.max(new_start);
         let start = st.log_start_offset;
         st.epochs.truncate_from_start(start)?;
+        st.producers.prune_aborted(start);
         for seg in removed {
             tracing::info!(segment = %seg.log_path().display(), "deleting segment by retention");
             seg.delete()?;
@@ -961,6 +1026,7 @@ impl Log {
             st.log_start_offset = st.log_start_offset.max(target);
             let start = st.log_start_offset;
             st.epochs.truncate_from_start(start)?;
+            st.producers.prune_aborted(start);
         }
         self.delete_old_segments()?;
         Ok(self.log_start_offset())

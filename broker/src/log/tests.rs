@@ -539,3 +539,49 @@ fn a_leader_epoch_starts_at_the_log_end_and_an_unused_one_is_dropped() {
     log.truncate_to(8).unwrap();
     assert_eq!(log.last_epoch(), 5, "epoch 7 never had a batch here");
 }
+
+/// A transactional batch of one value from producer 7 at `sequence`.
+fn txn_batch(sequence: i32) -> Bytes {
+    let mut records = vec![batch::plain_record(0, 1_000, None, Some(Bytes::from_static(b"t")))];
+    records[0].transactional = true;
+    records[0].sequence = sequence;
+    batch::encode_records(&mut records, Compression::None, 7, 0, sequence).unwrap()
+}
+
+#[test]
+fn transactions_replicate_and_survive_a_reopen_and_a_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Log::open(&dir.path().join("leader"), config(1 << 20), None, None).unwrap();
+    leader.append_as_leader(&txn_batch(0), 0).unwrap(); // 0
+    leader.append_marker(7, 0, 0, Marker::Abort, 0).unwrap(); // 1
+    leader.append_as_leader(&txn_batch(1), 0).unwrap(); // 2, open
+    assert_eq!(leader.first_unstable_offset(), Some(2));
+    let aborted = vec![AbortedTxn {
+        producer_id: 7,
+        first_offset: 0,
+        last_offset: 1,
+    }];
+    assert_eq!(leader.aborted_transactions(0, 3), aborted);
+
+    // A follower replaying the leader's batches, markers included, agrees.
+    let follower = Log::open(&dir.path().join("follower"), config(1 << 20), None, None).unwrap();
+    // (The marker's timestamp is now, the records' 1970: it rolled a segment.)
+    let mut next = 0;
+    while next < leader.log_end_offset() {
+        let chunk = leader.read(next, 1 << 20, i64::MAX, true).unwrap().records;
+        next = follower.append_as_follower(&chunk).unwrap().last_offset + 1;
+    }
+    assert_eq!(follower.first_unstable_offset(), Some(2));
+    assert_eq!(follower.aborted_transactions(0, 3), aborted);
+
+    // Reopened (recovery replays past the snapshot): the same.
+    drop(follower);
+    let follower = Log::open(&dir.path().join("follower"), config(1 << 20), Some(0), None).unwrap();
+    assert_eq!(follower.first_unstable_offset(), Some(2));
+    assert_eq!(follower.aborted_transactions(0, 3), aborted);
+
+    // Cut below the abort marker: that transaction is open again, not aborted.
+    follower.truncate_to(1).unwrap();
+    assert_eq!(follower.first_unstable_offset(), Some(0));
+    assert!(follower.aborted_transactions(0, 3).is_empty());
+}

@@ -12,6 +12,7 @@ use super::purgatory::Event;
 use super::ReplicaManager;
 use crate::error::Result;
 use crate::log::SliceInfo;
+use crate::txn::producer_state::AbortedTxn;
 
 /// What a fetch asks of one partition.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,9 @@ pub struct PartitionFetch {
     /// A follower's: where its log starts.
     pub log_start_offset: i64,
     pub max_bytes: usize,
+    /// A consumer's isolation level is read_committed: it reads below the
+    /// last stable offset and learns the aborted transactions there.
+    pub read_committed: bool,
 }
 
 /// One partition's share of a fetch.
@@ -36,6 +40,9 @@ pub enum PartitionRead {
     Records {
         info: SliceInfo,
         high_watermark: i64,
+        last_stable_offset: i64,
+        /// For read_committed consumers: the aborted transactions in the region.
+        aborted: Vec<AbortedTxn>,
         news: bool,
     },
     /// A follower whose last epoch ends earlier here, or that this log
@@ -86,10 +93,16 @@ impl ReplicaManager {
             None => {}
         }
         if replica < 0 {
-            let info = part.read_slice(p.fetch_offset, p.max_bytes, first)?;
+            let (info, aborted) = if p.read_committed {
+                part.read_slice_committed(p.fetch_offset, p.max_bytes, first)?
+            } else {
+                (part.read_slice(p.fetch_offset, p.max_bytes, first)?, Vec::new())
+            };
             return Ok(PartitionRead::Records {
                 info,
                 high_watermark: part.high_watermark(),
+                last_stable_offset: part.last_stable_offset(),
+                aborted,
                 news: false,
             });
         }
@@ -113,6 +126,8 @@ impl ReplicaManager {
         Ok(PartitionRead::Records {
             info,
             high_watermark: part.high_watermark(),
+            last_stable_offset: part.last_stable_offset(),
+            aborted: Vec::new(),
             news,
         })
     }

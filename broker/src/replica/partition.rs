@@ -21,6 +21,8 @@ use super::purgatory::{Event, Purgatory};
 use crate::error::{Error, Result};
 use crate::log::manager::TopicPartition;
 use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
+use crate::txn::marker::Marker;
+use crate::txn::producer_state::AbortedTxn;
 
 /// ListOffsets' special timestamps (Kafka's `ListOffsetsRequest` constants).
 pub const LATEST_TIMESTAMP: i64 = -1;
@@ -539,6 +541,49 @@ impl Partition {
     /// The file region a fetch serves (zero-copy path).
     pub fn read_slice(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<SliceInfo> {
         self.log.read_slice(offset, max_bytes, self.high_watermark(), min_one)
+    }
+
+    /// The last stable offset: the high watermark, or the first offset of
+    /// the earliest open transaction where that is lower. read_committed
+    /// consumers read below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.log.first_unstable_offset().map_or(hw, |first| first.min(hw))
+    }
+
+    /// What a read_committed consumer fetches: the region below the last
+    /// stable offset and the aborted transactions in it.
+    pub fn read_slice_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<(SliceInfo, Vec<AbortedTxn>)> {
+        let lso = self.last_stable_offset();
+        let info = self.log.read_slice(offset, max_bytes, lso, min_one)?;
+        Ok((info, self.log.aborted_transactions(offset, lso)))
+    }
+
+    /// As leader, a transaction marker (WriteTxnMarkers), under the
+    /// leadership as `append`; the caller waits for the high watermark to
+    /// pass it, as the marker is written with acks=all.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        marker: Marker,
+    ) -> Result<(AppendInfo, i32)> {
+        let l = self.leadership.read();
+        if !l.leading {
+            return Err(Error::NotLeaderOrFollower);
+        }
+        let info = self
+            .log
+            .append_marker(producer_id, producer_epoch, coordinator_epoch, marker, l.leader_epoch)?;
+        self.purgatory.complete(Event::Append);
+        self.advance_high_watermark(&l);
+        Ok((info, l.leader_epoch))
     }
 
     /// What a follower fetches: up to the log end offset, not the high

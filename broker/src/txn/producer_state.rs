@@ -1,10 +1,15 @@
-//! Per-partition idempotent producer state: <producer id, epoch, sequence>.
+//! Per-partition producer state: <producer id, epoch, sequence>, and the
+//! transactions of each producer in the partition.
 //!
 //! Each producer keeps the metadata of its last five batches so a retried
 //! batch is answered with its original offsets instead of being written
-//! twice, as Kafka's ProducerStateManager does. The state is snapshotted at
-//! segment rolls and on clean shutdown, and rebuilt from batch headers past
-//! the latest snapshot on start.
+//! twice, as Kafka's ProducerStateManager does. A transactional producer's
+//! open transaction is the first offset it wrote since its last marker; the
+//! earliest of them bounds the last stable offset, and an abort marker adds
+//! the transaction to the aborted ones that read_committed fetches return.
+//! The state is snapshotted at segment rolls and on clean shutdown, and
+//! rebuilt from the batches past the latest snapshot on start (and on
+//! truncation), markers included, so followers and restarts agree.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -12,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::marker::{self, Marker};
 use crate::log::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's NUM_BATCHES_TO_RETAIN).
@@ -31,6 +37,18 @@ pub struct BatchMetadata {
 pub struct ProducerEntry {
     pub epoch: i16,
     pub batches: VecDeque<BatchMetadata>,
+    /// The first offset of its open transaction in this partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_first_offset: Option<i64>,
+}
+
+/// An aborted transaction, as a read_committed fetch names it (Kafka's
+/// AbortedTxn): its producer, its first offset and its marker's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +70,9 @@ pub enum SequenceCheck {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStateManager {
     producers: HashMap<i64, ProducerEntry>,
+    /// Aborted transactions in the log, in the order of their markers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aborted: Vec<AbortedTxn>,
     /// The last snapshot written and whether the state changed since: an
     /// unchanged state is linked to the new offset, not written again.
     #[serde(skip)]
@@ -123,10 +144,12 @@ impl ProducerStateManager {
     /// Kafka counts, so every replica expires the same producers).
     pub fn remove_expired(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
+        // A producer with an open transaction stays: it holds the LSO back.
         self.producers.retain(|_, e| {
-            e.batches
-                .back()
-                .is_some_and(|b| now_ms.saturating_sub(b.timestamp) < expiration_ms)
+            e.txn_first_offset.is_some()
+                || e.batches
+                    .back()
+                    .is_some_and(|b| now_ms.saturating_sub(b.timestamp) < expiration_ms)
         });
         let removed = before - self.producers.len();
         if removed > 0 {
@@ -135,13 +158,17 @@ impl ProducerStateManager {
         removed
     }
 
-    /// Records a written batch.
-    pub fn update(&mut self, producer_id: i64, epoch: i16, meta: BatchMetadata) {
+    /// Records a written batch; a transactional one opens the producer's
+    /// transaction here if none is open.
+    pub fn update(&mut self, producer_id: i64, epoch: i16, meta: BatchMetadata, transactional: bool) {
         self.changed();
         let entry = self.producers.entry(producer_id).or_default();
         if epoch != entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
+        }
+        if transactional && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(meta.first_offset);
         }
         entry.batches.push_back(meta);
         while entry.batches.len() > BATCHES_TO_RETAIN {
@@ -162,9 +189,73 @@ impl ProducerStateManager {
         }
     }
 
-    /// Replays a stored batch (recovery, snapshots' tails).
+    /// Whether a marker of `epoch` may end `producer_id`'s transaction: one
+    /// from an older epoch is a zombie coordinator's (Kafka's
+    /// INVALID_PRODUCER_EPOCH for a WriteTxnMarkers).
+    pub fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), SequenceError> {
+        match self.producers.get(&producer_id) {
+            Some(e) if epoch < e.epoch => Err(SequenceError::InvalidProducerEpoch {
+                got: epoch,
+                current: e.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A marker written at `offset` ends the producer's open transaction
+    /// here: an abort adds it to the aborted transactions. A marker of a
+    /// bumped epoch (a fenced producer's transaction aborted) moves the
+    /// producer to that epoch.
+    pub fn complete_txn(&mut self, producer_id: i64, epoch: i16, marker: Marker, offset: i64) {
+        self.changed();
+        let entry = self.producers.entry(producer_id).or_default();
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        if let (Some(first_offset), Marker::Abort) = (entry.txn_first_offset.take(), marker) {
+            self.aborted.push(AbortedTxn {
+                producer_id,
+                first_offset,
+                last_offset: offset,
+            });
+        }
+    }
+
+    /// The first offset of the earliest open transaction: the last stable
+    /// offset is this or the high watermark, whichever is lower.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producers.values().filter_map(|e| e.txn_first_offset).min()
+    }
+
+    /// The aborted transactions a read_committed fetch of [from, to) must
+    /// name: those whose marker is at or past `from` and that began before `to`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions whose marker is below the log start.
+    pub fn prune_aborted(&mut self, log_start_offset: i64) {
+        let before = self.aborted.len();
+        self.aborted.retain(|a| a.last_offset >= log_start_offset);
+        if self.aborted.len() != before {
+            self.changed();
+        }
+    }
+
+    /// Replays a stored batch (recovery, snapshots' tails, followers).
     pub fn replay(&mut self, h: &BatchHeader) {
-        if h.producer_id() < 0 || h.is_control() {
+        if h.producer_id() < 0 {
+            return;
+        }
+        if h.is_control() {
+            if let Some(marker) = marker::decode(h.bytes()) {
+                self.complete_txn(h.producer_id(), h.producer_epoch(), marker, h.base_offset());
+            }
             return;
         }
         self.update(
@@ -177,6 +268,7 @@ impl ProducerStateManager {
                 last_offset: h.last_offset(),
                 timestamp: h.max_timestamp(),
             },
+            h.is_transactional(),
         );
     }
 
@@ -214,10 +306,12 @@ impl ProducerStateManager {
                     let entry = ProducerEntry {
                         epoch: e.epoch,
                         batches: e.batches.back().copied().into_iter().collect(),
+                        txn_first_offset: e.txn_first_offset,
                     };
                     (*id, entry)
                 })
                 .collect(),
+            aborted: self.aborted.clone(),
             snapshot: None,
         };
         let data = serde_json::to_vec(&last_batches).map_err(io::Error::other)?;
@@ -304,12 +398,40 @@ mod tests {
     }
 
     #[test]
+    fn transactions_bound_the_lso_and_aborts_are_remembered() {
+        let mut s = ProducerStateManager::default();
+        s.update(1, 0, meta(0, 1, 10), true);
+        s.update(2, 0, meta(0, 0, 12), true);
+        s.update(1, 0, meta(2, 2, 13), true);
+        s.update(3, 0, meta(0, 0, 14), false);
+        assert_eq!(s.first_unstable_offset(), Some(10));
+        s.complete_txn(1, 0, Marker::Abort, 15);
+        assert_eq!(s.first_unstable_offset(), Some(12));
+        s.complete_txn(2, 0, Marker::Commit, 16);
+        assert_eq!(s.first_unstable_offset(), None);
+        let aborted = AbortedTxn {
+            producer_id: 1,
+            first_offset: 10,
+            last_offset: 15,
+        };
+        assert_eq!(s.aborted_between(0, 20), vec![aborted]);
+        assert_eq!(s.aborted_between(16, 20), vec![]);
+        assert_eq!(s.aborted_between(0, 10), vec![]);
+        // A zombie coordinator's marker is refused; a bumped epoch's is taken.
+        s.update(1, 2, meta(0, 0, 17), true);
+        assert!(s.check_marker(1, 1).is_err());
+        assert!(s.check_marker(1, 3).is_ok());
+        s.prune_aborted(16);
+        assert_eq!(s.aborted_between(0, 20), vec![]);
+    }
+
+    #[test]
     fn sequences_must_follow_and_duplicates_are_found() {
         let mut s = ProducerStateManager::default();
         assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Append));
-        s.update(1, 0, meta(0, 4, 100));
+        s.update(1, 0, meta(0, 4, 100), false);
         assert_eq!(s.check(1, 0, 5, 9), Ok(SequenceCheck::Append));
-        s.update(1, 0, meta(5, 9, 105));
+        s.update(1, 0, meta(5, 9, 105), false);
         assert_eq!(s.check(1, 0, 0, 4), Ok(SequenceCheck::Duplicate(meta(0, 4, 100))));
         assert_eq!(
             s.check(1, 0, 12, 13),
@@ -320,7 +442,7 @@ mod tests {
     #[test]
     fn epochs_fence_old_producers_and_reset_sequences() {
         let mut s = ProducerStateManager::default();
-        s.update(1, 3, meta(0, 0, 0));
+        s.update(1, 3, meta(0, 0, 0), false);
         assert_eq!(
             s.check(1, 2, 1, 1),
             Err(SequenceError::InvalidProducerEpoch { got: 2, current: 3 })
@@ -333,7 +455,7 @@ mod tests {
     fn only_five_batches_are_remembered() {
         let mut s = ProducerStateManager::default();
         for i in 0..7 {
-            s.update(9, 0, meta(i, i, i as i64));
+            s.update(9, 0, meta(i, i, i as i64), false);
         }
         assert_eq!(s.entry(9).unwrap().batches.len(), BATCHES_TO_RETAIN);
         // The oldest batches are forgotten: a retry that old is out of order.
@@ -348,8 +470,8 @@ mod tests {
             timestamp: ts,
             ..meta(0, 0, 0)
         };
-        s.update(1, 0, at(1_000));
-        s.update(2, 0, at(5_000));
+        s.update(1, 0, at(1_000), false);
+        s.update(2, 0, at(5_000), false);
         assert_eq!(s.remove_expired(10_000, 6_000), 1);
         assert!(s.entry(1).is_none() && s.entry(2).is_some());
         assert_eq!(s.remove_expired(10_000, 6_000), 0);
@@ -360,7 +482,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ProducerStateManager::default();
         for i in 0..5 {
-            s.update(1, 0, meta(i, i, i as i64));
+            s.update(1, 0, meta(i, i, i as i64), false);
         }
         s.write_snapshot(dir.path(), 5).unwrap();
         let (loaded, _) = ProducerStateManager::load_latest(dir.path(), 5).unwrap();
@@ -377,7 +499,7 @@ mod tests {
         let a = std::fs::metadata(snapshot_path(dir.path(), 5)).unwrap();
         let b = std::fs::metadata(snapshot_path(dir.path(), 9)).unwrap();
         assert_eq!(a.ino(), b.ino(), "an unchanged state is not written again");
-        s.update(1, 0, meta(5, 5, 9));
+        s.update(1, 0, meta(5, 5, 9), false);
         s.write_snapshot(dir.path(), 10).unwrap();
         let c = std::fs::metadata(snapshot_path(dir.path(), 10)).unwrap();
         assert_ne!(c.ino(), a.ino());
@@ -387,9 +509,9 @@ mod tests {
     fn snapshots_round_trip_and_newer_ones_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ProducerStateManager::default();
-        s.update(1, 0, meta(0, 1, 0));
+        s.update(1, 0, meta(0, 1, 0), false);
         s.write_snapshot(dir.path(), 2).unwrap();
-        s.update(1, 0, meta(2, 3, 2));
+        s.update(1, 0, meta(2, 3, 2), false);
         s.write_snapshot(dir.path(), 4).unwrap();
         let (loaded, at) = ProducerStateManager::load_latest(dir.path(), 3).unwrap();
         assert_eq!(at, 2);
@@ -433,7 +555,7 @@ mod tests {
                 );
                 proptest::prop_assert_eq!(s.check(1, 0, first, last), Ok(SequenceCheck::Append));
                 let m = meta(first, last, next_offset);
-                s.update(1, 0, m);
+                s.update(1, 0, m, false);
                 appended.push(m);
                 next_seq = last + 1;
                 next_offset = m.last_offset + 1;

@@ -171,7 +171,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let _ = std::fs::remove_file(&args.stop_file);
     let partitions = partition_count(&args)?;
-    log(start, format!("{} has {partitions} partitions", args.topic));
+    // What the topic held before this run is not this run's to verify.
+    let from = end_offsets(&args, partitions)?;
+    log(
+        start,
+        format!("{} has {partitions} partitions, ending at {from:?}", args.topic),
+    );
 
     let stop_producing = Arc::new(AtomicBool::new(false));
     let group_targets: Arc<Mutex<Option<BTreeMap<i32, i64>>>> = Arc::default();
@@ -211,7 +216,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let read = read_back(&args, partitions, start)?;
+    let read = read_back(&args, &from, start)?;
     let ends: BTreeMap<i32, i64> = read.iter().map(|(p, r)| (*p, r.end)).collect();
     *group_targets.lock().expect("targets") = Some(ends.clone());
     let report = group.join().map_err(|_| anyhow::anyhow!("group thread panicked"))??;
@@ -288,6 +293,24 @@ fn partition_count(args: &RunArgs) -> anyhow::Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Each partition's high watermark now.
+fn end_offsets(args: &RunArgs, partitions: i32) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = config(&args.bootstrap).create()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ends = BTreeMap::new();
+    for p in 0..partitions {
+        let (_, high) = loop {
+            match consumer.fetch_watermarks(&args.topic, p, Duration::from_secs(10)) {
+                Ok(w) => break w,
+                Err(e) if Instant::now() >= deadline => bail!("watermarks of {}-{p}: {e}", args.topic),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        ends.insert(p, high);
+    }
+    Ok(ends)
 }
 
 fn value(seq: u64, size: usize) -> Vec<u8> {
@@ -369,13 +392,16 @@ fn produce(
 }
 
 /// One partition as a fresh reader found it: (offset, sequence number) of
-/// every record, and its end (high watermark) when read.
+/// every record from `first` (its end when the run began), and its end (high
+/// watermark) when read.
 struct Partition {
     records: Vec<(i64, u64)>,
+    first: i64,
     end: i64,
 }
 
-fn read_back(args: &RunArgs, partitions: i32, start: Instant) -> anyhow::Result<BTreeMap<i32, Partition>> {
+/// Reads every partition from where this run began (`from`) to its end.
+fn read_back(args: &RunArgs, from: &BTreeMap<i32, i64>, start: Instant) -> anyhow::Result<BTreeMap<i32, Partition>> {
     let consumer: BaseConsumer = config(&args.bootstrap)
         .set("group.id", format!("{}-verifier", args.group))
         .set("enable.auto.commit", "false")
@@ -383,7 +409,7 @@ fn read_back(args: &RunArgs, partitions: i32, start: Instant) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(args.drain_seconds);
     let mut read = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
+    for (&p, &first) in from {
         let (low, high) = loop {
             match consumer.fetch_watermarks(&args.topic, p, Duration::from_secs(10)) {
                 Ok(w) => break w,
@@ -391,20 +417,24 @@ fn read_back(args: &RunArgs, partitions: i32, start: Instant) -> anyhow::Result<
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
         };
-        if low != 0 {
-            bail!("{}-{p} starts at offset {low}: records were deleted", args.topic);
+        if low > first {
+            bail!(
+                "{}-{p} starts at offset {low}, past {first}: records were deleted",
+                args.topic
+            );
         }
         read.insert(
             p,
             Partition {
                 records: Vec::new(),
+                first,
                 end: high,
             },
         );
-        assignment.add_partition_offset(&args.topic, p, Offset::Beginning)?;
+        assignment.add_partition_offset(&args.topic, p, Offset::Offset(first))?;
     }
     consumer.assign(&assignment)?;
-    let mut remaining: Vec<i32> = read.iter().filter(|(_, r)| r.end > 0).map(|(p, _)| *p).collect();
+    let mut remaining: Vec<i32> = read.iter().filter(|(_, r)| r.end > r.first).map(|(p, _)| *p).collect();
     while !remaining.is_empty() {
         if Instant::now() >= deadline {
             bail!("the verification read did not reach the end of partitions {remaining:?}");
@@ -428,7 +458,10 @@ fn read_back(args: &RunArgs, partitions: i32, start: Instant) -> anyhow::Result<
         }
     }
     let total: usize = read.values().map(|r| r.records.len()).sum();
-    log(start, format!("read back {total} records from {partitions} partitions"));
+    log(
+        start,
+        format!("read back {total} records from {} partitions", from.len()),
+    );
     Ok(read)
 }
 
