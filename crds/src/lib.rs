@@ -250,8 +250,9 @@ pub struct ReassignmentStatus {
     /// Bytes the moving partitions' new replicas copy in all (each
     /// partition's size at its leader, once per replica added).
     pub bytes_to_copy: i64,
-    /// Seconds left: from the pace so far once a move finished, else from
-    /// `bytesToCopy` and the replication throttle; absent when neither is known.
+    /// Seconds left: from the pace so far once a move finished (after 10 s
+    /// of moving), else from `bytesToCopy` at the replication throttle;
+    /// absent when neither is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_seconds_remaining: Option<i64>,
 }

@@ -6,6 +6,9 @@
 use fjord_crds::ReassignmentStatus;
 use k8s_openapi::jiff::Timestamp;
 
+/// Seconds of moving before the pace so far gives the estimate.
+const PACE_AFTER_SECS: i64 = 10;
+
 /// A partition a reassignment is moving, as the admin API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moving {
@@ -17,7 +20,8 @@ pub struct Moving {
 
 /// The progress after this pass: `None` once nothing moves. Partitions that
 /// stopped moving since the last pass count as done; the estimate follows
-/// the pace so far once one finished, else the bytes left at the throttle.
+/// the pace so far once one finished (after 10 s), else the bytes of the
+/// moving partitions at the throttle.
 pub fn progress(
     previous: Option<&ReassignmentStatus>,
     moving: &[Moving],
@@ -43,7 +47,9 @@ pub fn progress(
         .parse::<Timestamp>()
         .map(|t| (now.as_second() - t.as_second()).max(0))
         .unwrap_or(0);
-    let estimate = if done > 0 {
+    // The pace needs some history to mean anything; until then the bytes
+    // at the throttle (each broker copies at most that much a second).
+    let estimate = if done > 0 && elapsed >= PACE_AFTER_SECS {
         Some(elapsed * i64::from(count) / i64::from(done))
     } else {
         throttle.filter(|t| *t > 0).map(|t| bytes_to_copy / t)
