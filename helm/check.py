@@ -46,7 +46,8 @@ BROKER_METRICS = {
     "fjord_consumer_group_lag",
     "fjord_consumer_group_lag_sum",
     "fjord_consumer_group_members",
-    # Not exported yet (replication); dashboards and alerts are ready for them.
+    "fjord_last_stable_offset",
+    "fjord_partition_open_transactions",
     "fjord_partition_under_min_isr",
     "fjord_partition_offline",
     "fjord_isr_shrinks_total",

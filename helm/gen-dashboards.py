@@ -433,6 +433,14 @@ def topics():
                 ("sum by (topic) (%s - %s)" % (leo, hw), "{{topic}}"),
             ), description="Log end offset minus high watermark: messages not yet replicated to "
                "all in-sync replicas (not yet visible to consumers)."), 12, 8),
+            (timeseries("Open transactions and messages held from read_committed by topic", targets(
+                ("sum by (topic) (max by (%s) (fjord_partition_open_transactions{%s}))" % (PART, tsel),
+                 "{{topic}} open transactions"),
+                ("sum by (topic) (%s - max by (%s) (fjord_last_stable_offset{%s}))" % (hw, PART, tsel),
+                 "{{topic}} above the LSO"),
+            ), description="Transactions open in the topic's partitions, and high watermark minus "
+               "last stable offset: messages read_committed consumers wait for (an open "
+               "transaction's records and everything after them)."), 12, 8),
         ],
         row("Partitions"),
         [

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub log_end_offset: IntGaugeVec,
     pub log_start_offset: IntGaugeVec,
     pub high_watermark: IntGaugeVec,
+    pub last_stable_offset: IntGaugeVec,
+    pub open_transactions: IntGaugeVec,
     pub segments: IntGaugeVec,
     pub under_replicated: IntGaugeVec,
     pub under_min_isr: IntGaugeVec,
@@ -200,6 +202,18 @@ impl Metrics {
                 tp,
             ),
             high_watermark: gauge(&registry, "fjord_high_watermark", "High watermark per partition", tp),
+            last_stable_offset: gauge(
+                &registry,
+                "fjord_last_stable_offset",
+                "Last stable offset per partition: read_committed consumers read below it",
+                tp,
+            ),
+            open_transactions: gauge(
+                &registry,
+                "fjord_partition_open_transactions",
+                "Producers with a transaction open in the partition",
+                tp,
+            ),
             segments: gauge(&registry, "fjord_log_segments", "Segments per partition", tp),
             under_replicated: gauge(
                 &registry,
@@ -296,6 +310,8 @@ impl Metrics {
             &self.log_end_offset,
             &self.log_start_offset,
             &self.high_watermark,
+            &self.last_stable_offset,
+            &self.open_transactions,
             &self.segments,
             &self.under_replicated,
             &self.under_min_isr,
@@ -315,6 +331,12 @@ impl Metrics {
                 .with_label_values(&labels)
                 .set(p.log_start_offset());
             self.high_watermark.with_label_values(&labels).set(p.high_watermark());
+            self.last_stable_offset
+                .with_label_values(&labels)
+                .set(p.last_stable_offset());
+            self.open_transactions
+                .with_label_values(&labels)
+                .set(p.open_transactions() as i64);
             self.segments.with_label_values(&labels).set(p.segment_count() as i64);
             self.under_replicated
                 .with_label_values(&labels)

@@ -330,6 +330,11 @@ impl Log {
         self.state.read().producers.entry(producer_id).cloned()
     }
 
+    /// Producers with a transaction open here.
+    pub fn open_transactions(&self) -> usize {
+        self.state.read().producers.open_transactions()
+    }
+
     /// The first offset of the earliest open transaction, if any.
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.state.read().producers.first_unstable_offset()

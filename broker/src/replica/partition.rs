@@ -551,6 +551,11 @@ impl Partition {
         self.log.first_unstable_offset().map_or(hw, |first| first.min(hw))
     }
 
+    /// Producers with a transaction open in this partition.
+    pub fn open_transactions(&self) -> usize {
+        self.log.open_transactions()
+    }
+
     /// What a read_committed consumer fetches: the region below the last
     /// stable offset and the aborted transactions in it.
     pub fn read_slice_committed(

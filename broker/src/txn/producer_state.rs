@@ -11,7 +11,7 @@
 //! rebuilt from the batches past the latest snapshot on start (and on
 //! truncation), markers included, so followers and restarts agree.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -77,6 +77,11 @@ pub struct ProducerStateManager {
     /// unchanged state is linked to the new offset, not written again.
     #[serde(skip)]
     snapshot: Option<(PathBuf, bool)>,
+    /// The open transactions as (first offset, producer id), so the last
+    /// stable offset, asked on every fetch, is one lookup rather than a
+    /// scan of the producers. Derived from the entries; rebuilt on load.
+    #[serde(skip)]
+    ongoing: BTreeSet<(i64, i64)>,
 }
 
 fn next_seq(seq: i32) -> i32 {
@@ -169,6 +174,7 @@ impl ProducerStateManager {
         }
         if transactional && entry.txn_first_offset.is_none() {
             entry.txn_first_offset = Some(meta.first_offset);
+            self.ongoing.insert((meta.first_offset, producer_id));
         }
         entry.batches.push_back(meta);
         while entry.batches.len() > BATCHES_TO_RETAIN {
@@ -179,6 +185,12 @@ impl ProducerStateManager {
     /// Puts back an entry saved before a failed append.
     pub fn restore(&mut self, producer_id: i64, entry: Option<ProducerEntry>) {
         self.changed();
+        if let Some(first) = self.producers.get(&producer_id).and_then(|e| e.txn_first_offset) {
+            self.ongoing.remove(&(first, producer_id));
+        }
+        if let Some(first) = entry.as_ref().and_then(|e| e.txn_first_offset) {
+            self.ongoing.insert((first, producer_id));
+        }
         match entry {
             Some(e) => {
                 self.producers.insert(producer_id, e);
@@ -213,7 +225,11 @@ impl ProducerStateManager {
             entry.epoch = epoch;
             entry.batches.clear();
         }
-        if let (Some(first_offset), Marker::Abort) = (entry.txn_first_offset.take(), marker) {
+        let first = entry.txn_first_offset.take();
+        if let Some(first_offset) = first {
+            self.ongoing.remove(&(first_offset, producer_id));
+        }
+        if let (Some(first_offset), Marker::Abort) = (first, marker) {
             self.aborted.push(AbortedTxn {
                 producer_id,
                 first_offset,
@@ -222,10 +238,15 @@ impl ProducerStateManager {
         }
     }
 
+    /// Producers with a transaction open in this partition.
+    pub fn open_transactions(&self) -> usize {
+        self.ongoing.len()
+    }
+
     /// The first offset of the earliest open transaction: the last stable
     /// offset is this or the high watermark, whichever is lower.
     pub fn first_unstable_offset(&self) -> Option<i64> {
-        self.producers.values().filter_map(|e| e.txn_first_offset).min()
+        self.ongoing.first().map(|(offset, _)| *offset)
     }
 
     /// The aborted transactions a read_committed fetch of [from, to) must
@@ -313,6 +334,7 @@ impl ProducerStateManager {
                 .collect(),
             aborted: self.aborted.clone(),
             snapshot: None,
+            ongoing: BTreeSet::new(),
         };
         let data = serde_json::to_vec(&last_batches).map_err(io::Error::other)?;
         std::fs::write(&tmp, data)?;
@@ -341,6 +363,11 @@ impl ProducerStateManager {
                 Some(mut state) => {
                     // Replay past the snapshot changes the state: the next roll writes anew.
                     state.snapshot = Some((path, true));
+                    state.ongoing = state
+                        .producers
+                        .iter()
+                        .filter_map(|(pid, e)| e.txn_first_offset.map(|first| (first, *pid)))
+                        .collect();
                     return Ok((state, offset));
                 }
                 None => {
@@ -423,6 +450,13 @@ mod tests {
         assert!(s.check_marker(1, 3).is_ok());
         s.prune_aborted(16);
         assert_eq!(s.aborted_between(0, 20), vec![]);
+        // A failed append puts the entry back: its transaction goes with it.
+        assert_eq!(s.first_unstable_offset(), Some(17));
+        let before = s.entry(4).cloned();
+        s.update(4, 0, meta(0, 0, 18), true);
+        assert_eq!(s.open_transactions(), 2);
+        s.restore(4, before);
+        assert_eq!((s.first_unstable_offset(), s.open_transactions()), (Some(17), 1));
     }
 
     #[test]
