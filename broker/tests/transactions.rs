@@ -77,6 +77,10 @@ fn batch(producer_id: i64, sequence: i32, values: &[&str], transactional: bool) 
 }
 
 async fn produce(raw: &mut Raw, transactional_id: Option<&'static str>, records: Bytes) {
+    assert_eq!(produce_code(raw, transactional_id, records).await, 0);
+}
+
+async fn produce_code(raw: &mut Raw, transactional_id: Option<&'static str>, records: Bytes) -> i16 {
     let request = ProduceRequest::default()
         .with_transactional_id(transactional_id.map(|t| TransactionalId(StrBytes::from_static_str(t))))
         .with_acks(-1)
@@ -90,7 +94,7 @@ async fn produce(raw: &mut Raw, transactional_id: Option<&'static str>, records:
         .request(ApiKey::Produce, 9, RequestKind::Produce(request))
         .await
         .unwrap();
-    assert_eq!(common::raw::produce_error(&response), 0);
+    common::raw::produce_error(&response)
 }
 
 async fn end_txn(raw: &mut Raw, producer_id: i64, commit: bool) {
@@ -203,6 +207,11 @@ async fn read_committed_reads_committed_transactions_below_the_lso() {
     // t1 writes two records (offsets 0-1) and aborts (marker 2); t2 writes
     // one (3) and commits (marker 4); t1 opens another transaction (5) and
     // leaves it open; a plain idempotent record follows (6).
+    // A transactional batch without the request's transactional id is refused.
+    assert_eq!(
+        produce_code(&mut raw, None, batch(t1, 0, &["no-id"], true)).await,
+        kafka_protocol::error::ResponseError::InvalidRecord.code()
+    );
     produce(&mut raw, Some("t1"), batch(t1, 0, &["aborted-1", "aborted-2"], true)).await;
     end_txn(&mut raw, t1, false).await;
     produce(&mut raw, Some("t2"), batch(t2, 0, &["committed-1"], true)).await;

@@ -65,6 +65,7 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                                 .to_string_and_code())
                         }
                         (None, Some(records)) => one_batch(&records)
+                            .and_then(|()| transactional_needs_id(&records, request.transactional_id.is_some()))
                             .and_then(|()| apis.replicas.append_records(&name, p.index, &records, acks))
                             .map(|(info, waits)| {
                                 if !waits.is_done() {
@@ -204,6 +205,18 @@ fn one_batch(records: &bytes::Bytes) -> Result<(), Error> {
     if first < records.len() {
         return Err(Error::InvalidRecord(
             "produce requests may carry exactly one record batch per partition".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// As Kafka: a transactional batch comes with the transactional id whose
+/// coordinator will end it, or not at all.
+fn transactional_needs_id(records: &bytes::Bytes, has_id: bool) -> Result<(), Error> {
+    let transactional = crate::log::batch::BatchHeader::parse(records).is_ok_and(|h| h.is_transactional());
+    if transactional && !has_id {
+        return Err(Error::InvalidRecord(
+            "a transactional batch needs the request's transactional id".into(),
         ));
     }
     Ok(())
