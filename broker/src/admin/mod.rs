@@ -297,13 +297,7 @@ impl Admin for AdminService {
                         o.name
                     )));
                 }
-                let op = OpType::from_code(o.op as i8)
-                    .ok_or_else(|| Status::invalid_argument(format!("unknown op {}", o.op)))?;
-                Ok(ConfigOp {
-                    name: o.name,
-                    op,
-                    value: o.value,
-                })
+                config_op(o)
             })
             .collect::<Result<Vec<_>, Status>>()?;
         self.ctx
@@ -549,19 +543,7 @@ impl Admin for AdminService {
         request: Request<pb::AlterTopicConfigsRequest>,
     ) -> Result<Response<pb::TopicDescription>, Status> {
         let r = request.into_inner();
-        let ops = r
-            .ops
-            .into_iter()
-            .map(|o| {
-                let op = OpType::from_code(o.op as i8)
-                    .ok_or_else(|| Status::invalid_argument(format!("unknown op {}", o.op)))?;
-                Ok(ConfigOp {
-                    name: o.name,
-                    op,
-                    value: o.value,
-                })
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
+        let ops = r.ops.into_iter().map(config_op).collect::<Result<Vec<_>, Status>>()?;
         self.ctx
             .controller
             .alter_topic_configs(&r.name, &ops, r.validate_only)
@@ -811,4 +793,14 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::error!(error = %e, "admin API failed");
     }
+}
+
+/// An admin API config operation as the controller takes it.
+fn config_op(o: pb::ConfigOp) -> Result<ConfigOp, Status> {
+    let op = OpType::from_code(o.op as i8).ok_or_else(|| Status::invalid_argument(format!("unknown op {}", o.op)))?;
+    Ok(ConfigOp {
+        name: o.name,
+        op,
+        value: o.value,
+    })
 }
