@@ -13,7 +13,10 @@ CHECK="python3 $PWD/e2e/k8s/check.py"
 T0=$(date +%s)
 
 say() { echo "[k8s +$(( $(date +%s) - T0 ))s] $*"; }
-fail() { echo "[k8s +$(( $(date +%s) - T0 ))s] FAIL: $*" >&2; exit 1; }
+# The failure is kept in FAILURE so the exit handler repeats it after the
+# diagnostics: a log read from its tail still says what failed.
+FAILURE=""
+fail() { FAILURE="[k8s +$(( $(date +%s) - T0 ))s] FAIL: $*"; echo "$FAILURE" >&2; exit 1; }
 # Every kubectl call is bounded: a hung API call fails the step, not the run.
 k() { timeout 120 kubectl "$@"; }
 
@@ -70,7 +73,7 @@ client_pod() {
     fi
     if [ "$phase" = Failed ] || [ "$(date +%s)" -ge "$deadline" ]; then
       k logs "$name" -n "$NS" >&2 || true
-      fail "client pod $name: $phase"
+      fail "client pod $name: $phase; its log ends: $(k logs "$name" -n "$NS" 2>&1 | tail -5)"
     fi
     sleep 1
   done
