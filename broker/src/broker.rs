@@ -20,6 +20,7 @@ use crate::log::manager::LogManager;
 use crate::metrics::Metrics;
 use crate::replica::ReplicaManager;
 use crate::shutdown::stopped;
+use crate::txn::{TransactionCoordinator, TxnConfig};
 
 pub struct Broker {
     pub ctx: Arc<BrokerContext>,
@@ -84,6 +85,13 @@ impl Broker {
             controller.clone(),
             replicas.clone(),
         ));
+        let txns = Arc::new(TransactionCoordinator::new(
+            TxnConfig::from_broker(&config),
+            config.node_id,
+            controller.clone(),
+            replicas.clone(),
+            groups.clone(),
+        ));
         let admin_addr = admin.local_addr()?;
         let registration = BrokerRegistration {
             id: config.node_id,
@@ -115,6 +123,7 @@ impl Broker {
             replicas: replicas.clone(),
             metrics: metrics.clone(),
             groups: groups.clone(),
+            txns,
             advertised,
             registration,
         });
@@ -132,6 +141,7 @@ impl Broker {
             )),
             tokio::spawn(background(ctx.clone(), rx.clone())),
             tokio::spawn(group_timers(ctx.clone(), rx.clone())),
+            tokio::spawn(txn_timers(ctx.clone(), rx.clone())),
         ];
         // The admin listener serves the quorum's RPCs now, so the voters can
         // elect a controller; the first one chooses the cluster id.
@@ -250,6 +260,27 @@ async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<boo
                     tracing::info!(offsets = n, "expired committed offsets");
                 }
             }
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The transaction coordinator following leadership of `__transaction_state`
+/// (and resuming the transactions it finds ending), and the timeout aborts.
+async fn txn_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut timeouts = tokio::time::interval(ctx.txns.config().abort_check_interval.max(Duration::from_millis(10)));
+    timeouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let txns = ctx.txns.clone();
+                // Loading a newly led partition reads its log: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || txns.follow_leadership()).await;
+                ctx.txns.resume_completions();
+            }
+            _ = timeouts.tick() => ctx.txns.abort_timed_out().await,
             () = stopped(&mut shutdown) => return,
         }
     }

@@ -269,6 +269,18 @@ config_struct! {
         offsets_commit_timeout_ms: i64 = "offsets.commit.timeout.ms", 5000;
         /// Largest metadata string stored with a committed offset.
         offset_metadata_max_bytes: i32 = "offset.metadata.max.bytes", 4096;
+        /// Partitions of __transaction_state (fixed once created).
+        transaction_state_log_num_partitions: i32 = "transaction.state.log.num.partitions", 50;
+        /// Replicas of each __transaction_state partition (at most the live brokers when it is created).
+        transaction_state_log_replication_factor: i32 = "transaction.state.log.replication.factor", 3;
+        /// min.insync.replicas of __transaction_state (at most its replication factor).
+        transaction_state_log_min_isr: i32 = "transaction.state.log.min.isr", 2;
+        /// Segment size of __transaction_state.
+        transaction_state_log_segment_bytes: i32 = "transaction.state.log.segment.bytes", 104_857_600;
+        /// Largest transaction.timeout.ms a producer may ask for (INVALID_TRANSACTION_TIMEOUT above it).
+        transaction_max_timeout_ms: i32 = "transaction.max.timeout.ms", 900_000;
+        /// How often the coordinator looks for transactions open past their timeout, to abort them.
+        transaction_abort_timed_out_transaction_cleanup_interval_ms: i64 = "transaction.abort.timed.out.transaction.cleanup.interval.ms", 10_000;
         /// Idempotent producer state is forgotten after this long without a batch.
         producer_id_expiration_ms: i64 = "producer.id.expiration.ms", DAY_MS;
         /// How often idle producer ids are looked for.

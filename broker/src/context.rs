@@ -9,6 +9,7 @@ use crate::controller::Controller;
 use crate::group::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::replica::ReplicaManager;
+use crate::txn::TransactionCoordinator;
 
 pub struct BrokerContext {
     pub config: BrokerConfig,
@@ -16,6 +17,7 @@ pub struct BrokerContext {
     pub replicas: Arc<ReplicaManager>,
     pub metrics: Arc<Metrics>,
     pub groups: Arc<GroupCoordinator>,
+    pub txns: Arc<TransactionCoordinator>,
     /// The Kafka endpoint clients are told to use (the bound port when configured as 0).
     pub advertised: Endpoint,
     /// This broker as it registers with the controller (a new incarnation per start).

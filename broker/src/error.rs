@@ -3,7 +3,7 @@
 use kafka_protocol::error::ResponseError;
 
 use crate::log::batch::BatchError;
-use crate::txn::producer_state::SequenceError;
+use crate::log::producer_state::SequenceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,8 +57,6 @@ pub enum Error {
     RequestTimedOut,
     #[error("appended, but the ISR fell below min.insync.replicas before it was replicated")]
     NotEnoughReplicasAfterAppend,
-    #[error("transactional producers are not supported yet (no transaction coordinator)")]
-    TransactionsUnsupported,
     #[error(transparent)]
     Sequence(#[from] SequenceError),
     #[error("storage error: {0}")]
@@ -93,6 +91,30 @@ impl RecordError {
 impl From<BatchError> for Error {
     fn from(e: BatchError) -> Self {
         Error::CorruptMessage(e.to_string())
+    }
+}
+
+/// What a transaction coordinator answers when a transition is refused.
+impl crate::txn::metadata::TxnError {
+    pub fn response_error(&self) -> ResponseError {
+        use crate::txn::metadata::TxnError;
+        match self {
+            TxnError::ProducerFenced { .. } => ResponseError::ProducerFenced,
+            TxnError::InvalidProducerIdMapping { .. } => ResponseError::InvalidProducerIdMapping,
+            TxnError::ConcurrentTransactions => ResponseError::ConcurrentTransactions,
+            TxnError::InvalidTxnState => ResponseError::InvalidTxnState,
+            TxnError::InvalidTransactionTimeout(_) => ResponseError::InvalidTransactionTimeout,
+        }
+    }
+}
+
+/// PRODUCER_FENCED is known to clients from the request versions of KIP-588
+/// (`fenced_from`); older ones are told INVALID_PRODUCER_EPOCH, as Kafka does.
+pub fn fenced_for_version(e: ResponseError, version: i16, fenced_from: i16) -> ResponseError {
+    if e == ResponseError::ProducerFenced && version < fenced_from {
+        ResponseError::InvalidProducerEpoch
+    } else {
+        e
     }
 }
 
@@ -141,7 +163,6 @@ impl Error {
             Error::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
             Error::RequestTimedOut => ResponseError::RequestTimedOut,
             Error::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
-            Error::TransactionsUnsupported => ResponseError::TransactionalIdAuthorizationFailed,
             Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
             Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
             Error::Storage(_) => ResponseError::KafkaStorageError,

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod api;
 pub mod blocking;
 pub mod broker;
+pub mod broker_client;
 pub mod config;
 pub mod context;
 pub mod controller;

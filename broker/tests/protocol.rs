@@ -259,6 +259,50 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                     .with_name(name("sweep"))
                     .with_partition_indexes(vec![0])]),
         ])),
+        // The transactional APIs for an id the coordinator never saw.
+        ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(s("sweep-tx")))
+                .with_v3_and_below_producer_id(ProducerId(9999))
+                .with_v3_and_below_topics(vec![add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(name("sweep"))
+                    .with_partitions(vec![0])]),
+        ),
+        ApiKey::AddOffsetsToTxn => RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("sweep-tx")))
+                .with_producer_id(ProducerId(9999))
+                .with_group_id(GroupId(s("sweep-group"))),
+        ),
+        ApiKey::EndTxn => RequestKind::EndTxn(
+            EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("sweep-tx")))
+                .with_producer_id(ProducerId(9999))
+                .with_committed(true),
+        ),
+        ApiKey::TxnOffsetCommit => RequestKind::TxnOffsetCommit(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(TransactionalId(s("sweep-tx")))
+                .with_group_id(GroupId(s("sweep-group")))
+                .with_producer_id(ProducerId(9999))
+                .with_generation_id(-1)
+                .with_topics(vec![txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                    .with_name(name("other"))
+                    .with_partitions(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1),
+                    ])]),
+        ),
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("sweep-tx"))]),
+        ),
+        ApiKey::ListTransactions => RequestKind::ListTransactions(ListTransactionsRequest::default()),
+        ApiKey::DescribeProducers => RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(
+            vec![describe_producers_request::TopicRequest::default()
+                .with_name(name("sweep"))
+                .with_partition_indexes(vec![0])],
+        )),
         other => panic!("no sweep request for {other:?}"),
     }
 }
@@ -329,6 +373,19 @@ async fn every_advertised_version_answers() {
                 (ResponseKind::Heartbeat(r), _) => assert_eq!(r.error_code, ResponseError::UnknownMemberId.code()),
                 (ResponseKind::OffsetCommit(r), _) => {
                     assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit v{v}")
+                }
+                (ResponseKind::AddPartitionsToTxn(r), _) => assert_ne!(
+                    r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0,
+                    "add partitions v{v}"
+                ),
+                (ResponseKind::EndTxn(r), _) => assert_ne!(r.error_code, 0, "end txn v{v}"),
+                (ResponseKind::TxnOffsetCommit(r), _) => assert_eq!(
+                    r.topics[0].partitions[0].error_code,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    "txn offset commit v{v}"
+                ),
+                (ResponseKind::DescribeProducers(r), _) => {
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "describe producers v{v}")
                 }
                 _ => {}
             }

@@ -3,8 +3,9 @@
 //! transaction coordinator sends) ends it, the last stable offset holds
 //! read_committed consumers below the earliest open transaction, and their
 //! fetches name the aborted transactions so librdkafka drops those records.
-//! The transaction coordinator itself is not here yet: the producer side is
-//! driven with raw requests.
+//! The first test drives the partition side with raw requests; the others
+//! run librdkafka's transactional producer against the transaction
+//! coordinator.
 
 mod common;
 
@@ -284,4 +285,266 @@ async fn read_committed_reads_committed_transactions_below_the_lso() {
     let (hw, lso, aborted, _) = fetch_committed(&mut raw).await;
     assert_eq!((hw, lso, aborted), (10, 10, vec![(t1, 0), (t2, 8)]));
     assert_eq!(consume_all(&b, "read_committed"), ["committed-1", "open", "plain"]);
+}
+
+/// Values a read_committed or read_uncommitted consumer reads from the
+/// beginning of `partitions` partitions of `topic` up to each partition's
+/// end as it sees it (the LSO for read_committed).
+fn read_to_end(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Vec<String> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "eos-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut values, mut ended) = (Vec::new(), std::collections::BTreeSet::new());
+    while ended.len() < partitions as usize {
+        assert!(
+            Instant::now() < deadline,
+            "no end of {topic} within 30 s; read {values:?}"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    values.sort();
+    values
+}
+
+/// `read_to_end` again until it reads `expected` (markers are written after
+/// EndTxn is answered, so a commit becomes readable a moment later), at most 30 s.
+fn read_until(bootstrap: &str, topic: &str, partitions: i32, isolation: &str, expected: &[String]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = read_to_end(bootstrap, topic, partitions, isolation);
+        if read == expected || Instant::now() >= deadline {
+            return read;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn txn_producer(bootstrap: &str, transactional_id: &str, extra: &[(&str, &str)]) -> rdkafka::producer::BaseProducer {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("transactional.id", transactional_id)
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().unwrap()
+}
+
+fn send(p: &rdkafka::producer::BaseProducer, topic: &str, partition: i32, value: &str) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    p.send(BaseRecord::<(), str>::to(topic).partition(partition).payload(value))
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn sorted(values: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = values.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// A librdkafka transactional producer against the transaction coordinator:
+/// commits and aborts over several partitions, an empty transaction, an
+/// open transaction invisible to read_committed only, zombie fencing, an
+/// abandoned transaction aborted by its timeout, a timeout above
+/// transaction.max.timeout.ms, and offsets sent to a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_transactions_commit_abort_fence_and_time_out() {
+    let b = TestBroker::start(&[("transaction.abort.timed.out.transaction.cleanup.interval.ms", "200")]).await;
+    b.create_topic("eos", 3, &[]).await;
+    let bootstrap = b.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        let t = Duration::from_secs(30);
+        let p = txn_producer(&bootstrap, "tx-a", &[]);
+        p.init_transactions(t).unwrap();
+        p.begin_transaction().unwrap();
+        for part in 0..3 {
+            send(&p, "eos", part, &format!("c1-{part}"));
+        }
+        p.commit_transaction(t).unwrap();
+        p.begin_transaction().unwrap();
+        for part in 0..3 {
+            send(&p, "eos", part, &format!("a1-{part}"));
+        }
+        p.abort_transaction(t).unwrap();
+        p.begin_transaction().unwrap();
+        p.commit_transaction(t).unwrap(); // empty
+        p.begin_transaction().unwrap();
+        send(&p, "eos", 0, "c2-0");
+        send(&p, "eos", 1, "c2-1");
+        p.commit_transaction(t).unwrap();
+        p.begin_transaction().unwrap();
+        send(&p, "eos", 2, "open");
+
+        let committed = sorted(&["c1-0", "c1-1", "c1-2", "c2-0", "c2-1"]);
+        assert_eq!(read_to_end(&bootstrap, "eos", 3, "read_committed"), committed);
+        let mut everything = committed.clone();
+        everything.extend(sorted(&["a1-0", "a1-1", "a1-2", "open"]));
+        everything.sort();
+        assert_eq!(read_to_end(&bootstrap, "eos", 3, "read_uncommitted"), everything);
+
+        // A second incarnation fences the first and aborts its open transaction.
+        let q = txn_producer(&bootstrap, "tx-a", &[]);
+        q.init_transactions(t).unwrap();
+        let fenced = p.commit_transaction(t);
+        assert!(fenced.is_err(), "the zombie's commit went through: {fenced:?}");
+        q.begin_transaction().unwrap();
+        send(&q, "eos", 2, "after");
+        q.commit_transaction(t).unwrap();
+        let mut with_after = committed.clone();
+        with_after.push("after".into());
+        with_after.sort();
+        assert_eq!(
+            read_until(&bootstrap, "eos", 3, "read_committed", &with_after),
+            with_after,
+            "the zombie's open transaction was aborted; the new one committed"
+        );
+
+        // An abandoned transaction is aborted by the coordinator after its timeout.
+        let r = txn_producer(
+            &bootstrap,
+            "tx-timeout",
+            &[("transaction.timeout.ms", "1000"), ("message.timeout.ms", "1000")],
+        );
+        r.init_transactions(t).unwrap();
+        r.begin_transaction().unwrap();
+        send(&r, "eos", 0, "hanging");
+        q.begin_transaction().unwrap();
+        send(&q, "eos", 0, "behind-the-hanging-one");
+        q.commit_transaction(t).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let read = read_to_end(&bootstrap, "eos", 3, "read_committed");
+            if read.contains(&"behind-the-hanging-one".to_string()) {
+                assert!(
+                    !read.contains(&"hanging".to_string()),
+                    "the abandoned transaction was committed"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned transaction still holds the LSO"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(r.commit_transaction(t).is_err(), "the timed-out producer committed");
+
+        // A timeout above transaction.max.timeout.ms is refused.
+        let greedy = txn_producer(
+            &bootstrap,
+            "tx-greedy",
+            &[("transaction.timeout.ms", "1000000"), ("message.timeout.ms", "1000")],
+        );
+        match greedy.init_transactions(t) {
+            Err(KafkaError::Transaction(e)) => {
+                assert_eq!(e.code(), rdkafka::types::RDKafkaErrorCode::InvalidTransactionTimeout)
+            }
+            other => panic!("a timeout above the maximum was accepted: {other:?}"),
+        }
+
+        // Offsets sent to a transaction: committed with it, dropped with an abort.
+        let group: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("broker.address.family", "v4")
+            .set("group.id", "eos-group")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let cgm = group.group_metadata().unwrap();
+        let offsets = |o: i64| {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset("eos", 0, Offset::Offset(o)).unwrap();
+            tpl
+        };
+        q.begin_transaction().unwrap();
+        send(&q, "eos", 1, "with-offsets");
+        q.send_offsets_to_transaction(&offsets(5), &cgm, t).unwrap();
+        q.commit_transaction(t).unwrap();
+        let committed_offset = || {
+            let c = group.committed_offsets(offsets(0), t).unwrap();
+            c.find_partition("eos", 0).unwrap().offset()
+        };
+        assert_eq!(committed_offset(), Offset::Offset(5));
+        q.begin_transaction().unwrap();
+        send(&q, "eos", 1, "aborted-with-offsets");
+        q.send_offsets_to_transaction(&offsets(7), &cgm, t).unwrap();
+        q.abort_transaction(t).unwrap();
+        assert_eq!(
+            committed_offset(),
+            Offset::Offset(5),
+            "an aborted transaction's offsets"
+        );
+    })
+    .await
+    .unwrap();
+
+    // The admin view: the coordinator lists and describes its transactions.
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    match raw
+        .request(
+            ApiKey::ListTransactions,
+            0,
+            RequestKind::ListTransactions(ListTransactionsRequest::default()),
+        )
+        .await
+        .unwrap()
+    {
+        ResponseKind::ListTransactions(r) => {
+            let ids: Vec<(&str, &str)> = r
+                .transaction_states
+                .iter()
+                .map(|s| (s.transactional_id.as_str(), s.transaction_state.as_str()))
+                .collect();
+            assert!(ids.contains(&("tx-a", "CompleteAbort")), "{ids:?}");
+            assert!(ids.contains(&("tx-timeout", "CompleteAbort")), "{ids:?}");
+        }
+        other => panic!("not a ListTransactions response: {other:?}"),
+    }
+    match raw
+        .request(
+            ApiKey::DescribeTransactions,
+            0,
+            RequestKind::DescribeTransactions(DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                TransactionalId(StrBytes::from_static_str("tx-a")),
+                TransactionalId(StrBytes::from_static_str("no-such-id")),
+            ])),
+        )
+        .await
+        .unwrap()
+    {
+        ResponseKind::DescribeTransactions(r) => {
+            assert_eq!(r.transaction_states[0].error_code, 0);
+            assert!(
+                r.transaction_states[0].producer_epoch >= 1,
+                "bumped by the second incarnation"
+            );
+            assert_eq!(
+                r.transaction_states[1].error_code,
+                kafka_protocol::error::ResponseError::TransactionalIdNotFound.code()
+            );
+        }
+        other => panic!("not a DescribeTransactions response: {other:?}"),
+    }
 }

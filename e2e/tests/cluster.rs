@@ -2081,3 +2081,294 @@ async fn a_dead_broker_is_fenced_before_its_session_ends_and_a_paused_one_is_not
             .unwrap();
     }
 }
+
+/// The consume-transform-produce loop of an exactly-once application, as
+/// librdkafka's transactions example runs it: read_committed input, each
+/// batch's output and input offsets in one transaction; on an abortable
+/// error the transaction is aborted and the input rewound to the committed
+/// offsets; on a fatal one (fenced) a new incarnation starts from them.
+fn exactly_once_app(
+    bootstrap: String,
+    stop: fjord_e2e::StopFlag,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use rdkafka::error::KafkaError;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let t = Duration::from_secs(30);
+    let incarnation = || {
+        let consumer: BaseConsumer = kafka(&bootstrap)
+            .set("group.id", "eos-app")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let producer: BaseProducer = kafka(&bootstrap)
+            .set("transactional.id", "eos-app-tx")
+            .set("transaction.timeout.ms", "20000")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        producer.init_transactions(Duration::from_secs(120)).unwrap();
+        (consumer, producer)
+    };
+    // The input from the group's committed offsets (the beginning when none).
+    let rewind = |consumer: &BaseConsumer| {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..3 {
+            tpl.add_partition_offset("eos-in", p, Offset::Beginning).unwrap();
+        }
+        let committed = consumer.committed_offsets(tpl.clone(), t).unwrap_or(tpl);
+        let mut from = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => Offset::Beginning,
+            };
+            from.add_partition_offset("eos-in", e.partition(), offset).unwrap();
+        }
+        consumer.assign(&from).unwrap();
+    };
+    let (mut consumer, mut producer) = incarnation();
+    rewind(&consumer);
+    while !stop.is_stopped() {
+        let mut batch = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        while batch.len() < 25 && Instant::now() < until {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                batch.push((m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let attempt = (|| -> Result<(), KafkaError> {
+            producer.begin_transaction()?;
+            let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
+            for (p, o, v) in &batch {
+                loop {
+                    match producer.send(BaseRecord::<(), [u8]>::to("eos-out").partition(*p).payload(v)) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            producer.poll(Duration::from_millis(10));
+                        }
+                        Err((e, _)) => return Err(e),
+                    }
+                }
+                next.insert(*p, o + 1);
+            }
+            let mut offsets = TopicPartitionList::new();
+            for (p, o) in &next {
+                offsets.add_partition_offset("eos-in", *p, Offset::Offset(*o)).unwrap();
+            }
+            let cgm = consumer.group_metadata().expect("a group");
+            producer.send_offsets_to_transaction(&offsets, &cgm, t)?;
+            loop {
+                match producer.commit_transaction(t) {
+                    Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() => continue,
+                    other => return other,
+                }
+            }
+        })();
+        match attempt {
+            Ok(()) => {
+                progress.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                let _ = producer.abort_transaction(t);
+                rewind(&consumer);
+            }
+            Err(e) => {
+                // Fatal for this incarnation (or a state it cannot leave): a
+                // new one fences it and resumes from the committed offsets.
+                eprintln!("exactly-once app: {e}; starting a new incarnation");
+                drop((consumer, producer));
+                (consumer, producer) = incarnation();
+                rewind(&consumer);
+            }
+        }
+    }
+}
+
+/// Exactly once under failure: a consume-transform-produce application runs
+/// while the leader of an output partition and then the transaction
+/// coordinator are SIGKILLed. The output holds every input record exactly
+/// once, and the committed input offsets match the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_leader_and_coordinator_kills() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+
+    const RECORDS: u64 = 6000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::launch(tmp.path(), &[]);
+    eventually("three registered brokers", || async {
+        describe(&cluster.brokers[0])
+            .await
+            .filter(|d| live_ids(d) == vec![1, 2, 3])
+    })
+    .await;
+    create_topic(&cluster.bootstrap(), "eos-in", 3, 3).await.unwrap();
+    create_topic(&cluster.bootstrap(), "eos-out", 3, 3).await.unwrap();
+    let producer: FutureProducer = kafka(&cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let values: Vec<String> = (0..RECORDS).map(|i| i.to_string()).collect();
+    let deliveries: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            producer
+                .send_result(FutureRecord::to("eos-in").partition((i % 3) as i32).key(v).payload(v))
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    for d in deliveries {
+        d.await.unwrap().unwrap();
+    }
+
+    let stop = fjord_e2e::StopFlag::default();
+    let _stop_on_failure = stop.guard();
+    let progress = Arc::new(AtomicU64::new(0));
+    let app = {
+        let (bootstrap, stop, progress) = (cluster.bootstrap(), stop.clone(), progress.clone());
+        std::thread::spawn(move || exactly_once_app(bootstrap, stop, progress))
+    };
+    let processed = |n: u64| {
+        let progress = progress.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while progress.load(Ordering::Relaxed) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "the application processed {} of {n}",
+                    progress.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Slow the application's progress down to the kills: the first third, then
+    // the leader of eos-out's partition 0 dies.
+    processed(RECORDS / 3).await;
+    let out = describe_topic(&cluster.brokers[0], "eos-out").await.unwrap();
+    let leader = out.partition_states[0].leader;
+    let victim = (leader - 1) as usize;
+    eprintln!("killing broker {leader}, leader of eos-out-0");
+    cluster.brokers[victim].kill9();
+    let before = progress.load(Ordering::Relaxed);
+    processed((before + 300).min(RECORDS)).await;
+    cluster.brokers[victim].relaunch();
+    cluster.brokers[victim].wait_ready(WAIT).unwrap();
+
+    // Then the transaction coordinator of the application's transactional id.
+    let any = cluster.brokers.iter().find(|b| b.pid().is_some()).unwrap().bootstrap();
+    let found: FindCoordinatorResponse = raw_request(
+        &any,
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(kafka_protocol::protocol::StrBytes::from_static_str("eos-app-tx"))
+            .with_key_type(1),
+    )
+    .await;
+    assert_eq!(found.error_code, 0, "no transaction coordinator");
+    let coordinator = (found.node_id.0 - 1) as usize;
+    eprintln!("killing broker {}, the transaction coordinator", found.node_id.0);
+    cluster.brokers[coordinator].kill9();
+    let before = progress.load(Ordering::Relaxed);
+    processed((before + 300).min(RECORDS)).await;
+    cluster.brokers[coordinator].relaunch();
+    cluster.brokers[coordinator].wait_ready(WAIT).unwrap();
+
+    // Every input record processed and committed.
+    let bootstrap = cluster.bootstrap();
+    let committed_total = || {
+        let bootstrap = bootstrap.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let c: BaseConsumer = kafka(&bootstrap).set("group.id", "eos-app").create().unwrap();
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..3 {
+                    tpl.add_partition("eos-in", p);
+                }
+                let committed = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+                let offsets: Vec<i64> = committed
+                    .elements()
+                    .iter()
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => o,
+                        _ => 0,
+                    })
+                    .collect();
+                (offsets.iter().sum::<i64>() == RECORDS as i64).then_some(offsets)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let committed = eventually("every input offset committed", committed_total).await;
+    stop.stop();
+    app.join().unwrap();
+
+    // The output, read_committed: every input value exactly once, and each
+    // partition holds as many records as its input partition's committed offset.
+    let bootstrap = cluster.bootstrap();
+    let output = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = kafka(&bootstrap)
+            .set("group.id", "eos-check")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        fjord_e2e::assign_from_beginning(&c, "eos-out", 3);
+        let mut by_partition: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        let mut ended = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + WAIT;
+        while ended.len() < 3 {
+            assert!(Instant::now() < deadline, "eos-out not read to its end");
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let v = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
+                    by_partition[m.partition() as usize].push(v);
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    ended.insert(p);
+                }
+                _ => {}
+            }
+        }
+        by_partition
+    })
+    .await
+    .unwrap();
+    let mut all: Vec<u64> = output.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let duplicates = all.windows(2).filter(|w| w[0] == w[1]).count();
+    assert_eq!(duplicates, 0, "records in the output more than once");
+    assert_eq!(
+        all,
+        (0..RECORDS).collect::<Vec<_>>(),
+        "every input record in the output once"
+    );
+    for (p, records) in output.iter().enumerate() {
+        assert_eq!(
+            records.len() as i64,
+            committed[p],
+            "output partition {p} against its input's committed offset"
+        );
+        assert!(
+            records.iter().all(|v| v % 3 == p as u64),
+            "output partition {p} holds records of another input partition"
+        );
+    }
+    eprintln!(
+        "exactly once: {RECORDS} records through a leader kill and a coordinator kill; committed offsets {committed:?}"
+    );
+}

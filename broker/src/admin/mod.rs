@@ -1,5 +1,7 @@
 //! The admin gRPC service (`proto/admin.proto`) for tools and the operator.
 
+mod transactions;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -602,6 +604,27 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ListPartitionReassignmentsResponse { reassignments }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        self.list_transactions_rpc(request).await
+    }
+
+    async fn describe_producers(
+        &self,
+        request: Request<pb::DescribeProducersRequest>,
+    ) -> Result<Response<pb::DescribeProducersResponse>, Status> {
+        self.describe_producers_rpc(request).await
+    }
+
+    async fn abort_transaction(
+        &self,
+        request: Request<pb::AbortTransactionRequest>,
+    ) -> Result<Response<pb::AbortTransactionResponse>, Status> {
+        self.abort_transaction_rpc(request).await
     }
 
     async fn elect_preferred_leaders(

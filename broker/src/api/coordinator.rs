@@ -1,8 +1,8 @@
 //! FindCoordinator for group and transaction keys (batched from v4).
 //!
-//! A group's coordinator is the leader of its `__consumer_offsets` partition.
-//! Transactional ids stay with the broker asked (transactions are not
-//! supported yet).
+//! A group's coordinator is the leader of its `__consumer_offsets` partition,
+//! a transactional id's the leader of its `__transaction_state` partition;
+//! the lookup creates the topic, as Kafka does.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -28,40 +28,52 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
     let host = str(apis.advertised.host.clone());
     let port = apis.advertised.port as i32;
     let known_type = matches!(request.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
-    // Group coordination lives in __consumer_offsets: create it on first lookup, as Kafka does.
+    // Coordination lives in __consumer_offsets and __transaction_state: the
+    // first lookup creates the topic, as Kafka does.
     if request.key_type == KEY_TYPE_GROUP {
         ensure_offsets_topic(apis).await;
+    } else if request.key_type == KEY_TYPE_TRANSACTION {
+        if let Err(e) = apis.txns.ensure_state_topic().await {
+            tracing::warn!(error = %e, "creating {} failed", crate::txn::TRANSACTION_STATE_TOPIC);
+        }
     }
-    // The broker leading a group's partition of __consumer_offsets.
-    let group_coordinator = |group: &str| -> Option<(BrokerId, StrBytes, i32)> {
+    let is_group = request.key_type == KEY_TYPE_GROUP;
+    // The broker leading the key's partition of its topic.
+    let coordinator_for = |key: &str| -> Option<(BrokerId, StrBytes, i32)> {
         let image = apis.controller.image();
-        let topic = image.topics.get(crate::group::OFFSETS_TOPIC)?;
-        let leader = image.leader(topic, apis.groups.partition_for(group))?;
+        let (topic, partition) = if is_group {
+            (crate::group::OFFSETS_TOPIC, apis.groups.partition_for(key))
+        } else {
+            (crate::txn::TRANSACTION_STATE_TOPIC, apis.txns.partition_for(key))
+        };
+        let leader = image.leader(image.topics.get(topic)?, partition)?;
         if leader == node.0 {
-            // Until its partition is open and its groups loaded here, the
-            // coordinator is not available yet (the client looks again).
-            return apis.groups.is_ready_for(group).then(|| (node, host.clone(), port));
+            // Until its partition is open and loaded here, the coordinator
+            // is not available yet (the client looks again).
+            let ready = if is_group {
+                apis.groups.is_ready_for(key)
+            } else {
+                apis.txns.unavailable(key).is_none()
+            };
+            return ready.then(|| (node, host.clone(), port));
         }
         let b = image.brokers.get(&leader)?;
         Some((BrokerId(b.id), str(b.host.clone()), b.port))
     };
-    let is_group = request.key_type == KEY_TYPE_GROUP;
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
                 let c = Coordinator::default().with_key(key.clone());
-                if is_group {
-                    match group_coordinator(key.as_str()) {
+                if known_type {
+                    match coordinator_for(key.as_str()) {
                         Some((id, h, p)) => c.with_node_id(id).with_host(h).with_port(p),
                         None => c
                             .with_node_id(BrokerId(-1))
                             .with_port(-1)
                             .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
                     }
-                } else if known_type {
-                    c.with_node_id(node).with_host(host.clone()).with_port(port)
                 } else {
                     c.with_node_id(BrokerId(-1))
                         .with_port(-1)
@@ -77,20 +89,14 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
             .with_node_id(BrokerId(-1))
             .with_port(-1);
     }
-    if is_group {
-        return match group_coordinator(request.key.as_str()) {
-            Some((id, h, p)) => FindCoordinatorResponse::default()
-                .with_node_id(id)
-                .with_host(h)
-                .with_port(p),
-            None => FindCoordinatorResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_node_id(BrokerId(-1))
-                .with_port(-1),
-        };
+    match coordinator_for(request.key.as_str()) {
+        Some((id, h, p)) => FindCoordinatorResponse::default()
+            .with_node_id(id)
+            .with_host(h)
+            .with_port(p),
+        None => FindCoordinatorResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_node_id(BrokerId(-1))
+            .with_port(-1),
     }
-    FindCoordinatorResponse::default()
-        .with_node_id(node)
-        .with_host(host)
-        .with_port(port)
 }

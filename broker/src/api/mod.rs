@@ -17,6 +17,7 @@ mod producer_id;
 mod reassignments;
 mod records;
 mod topics;
+mod txn;
 mod txn_markers;
 
 use std::sync::Arc;
@@ -64,6 +65,16 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::WriteTxnMarkers, 0, 1),
+    // Transactions as clients use them before KIP-890 part 2 (transaction
+    // version 2): AddPartitionsToTxn v4+ is broker-to-broker, EndTxn v5 and
+    // TxnOffsetCommit v5 are transaction version 2.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// librdkafka up to 2.11 decides whether gzip, snappy and lz4 may be used by
@@ -213,7 +224,18 @@ impl Apis {
                 ResponseKind::CreatePartitions(topics::create_partitions(self, r).await)
             }
             RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(records::delete_records(self, r).await),
-            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r).await),
+            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(producer_id::handle(self, r, version).await),
+            RequestKind::AddPartitionsToTxn(r) => {
+                ResponseKind::AddPartitionsToTxn(txn::add_partitions(self, r, version).await)
+            }
+            RequestKind::AddOffsetsToTxn(r) => ResponseKind::AddOffsetsToTxn(txn::add_offsets(self, r, version).await),
+            RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end(self, r, version).await),
+            RequestKind::TxnOffsetCommit(r) => {
+                ResponseKind::TxnOffsetCommit(txn::offset_commit(self, r, version).await)
+            }
+            RequestKind::DescribeTransactions(r) => ResponseKind::DescribeTransactions(txn::describe(self, r)),
+            RequestKind::ListTransactions(r) => ResponseKind::ListTransactions(txn::list(self, r)),
+            RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(txn::describe_producers(self, r)),
             RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(txn_markers::handle(self, r).await),
             RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(configs::describe(self, r, version)),
             RequestKind::IncrementalAlterConfigs(r) => {

@@ -4,8 +4,6 @@
 //! requiredAcks -1), so a partition answers once the marker is replicated to
 //! its ISR and the last stable offset can pass it.
 
-use std::time::Duration;
-
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
@@ -13,10 +11,7 @@ use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 
 use super::Apis;
 use crate::error::Error;
-use crate::txn::marker::Marker;
-
-/// How long a marker waits for its ISR (Kafka's request.timeout.ms default).
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::log::marker::Marker;
 
 pub async fn handle(apis: &Apis, request: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
     let mut markers = Vec::with_capacity(request.markers.len());
@@ -73,15 +68,16 @@ async fn write(
     coordinator_epoch: i32,
     marker: Marker,
 ) -> Result<(), Error> {
-    let part = apis.replicas.get(topic, partition)?;
-    let (info, leader_epoch) = part.append_marker(producer_id, producer_epoch, coordinator_epoch, marker)?;
-    match tokio::time::timeout(
-        REPLICATION_TIMEOUT,
-        part.wait_for_high_watermark(info.last_offset, leader_epoch),
+    crate::txn::markers::write_local(
+        &apis.replicas,
+        &apis.groups,
+        topic,
+        partition,
+        producer_id,
+        producer_epoch,
+        coordinator_epoch,
+        marker,
     )
     .await
-    {
-        Ok(replicated) => replicated,
-        Err(_) => Err(Error::RequestTimedOut),
-    }
+    .map(|_| ())
 }

@@ -40,6 +40,7 @@ use crate::controller::Controller;
 use crate::error::{Error, Result};
 use crate::log::batch;
 use crate::log::segment::now_ms;
+use crate::log::AppendOrigin;
 use crate::replica::ReplicaManager;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -95,6 +96,11 @@ pub(super) struct PendingCommit {
 /// latest per partition.
 pub(super) type PendingCommits = HashMap<String, BTreeMap<(String, i32), PendingCommit>>;
 
+/// Transactional offset commits (TxnOffsetCommit) whose transaction is still
+/// open, by producer id, then group, then (topic, partition): the commit
+/// marker makes them committed offsets, the abort marker drops them.
+pub(super) type PendingTxnOffsets = HashMap<i64, HashMap<String, BTreeMap<(String, i32), Committed>>>;
+
 /// A group record holding a leader's assignment, appended but not yet
 /// replicated: its members hear of the assignment once it is.
 pub(super) struct PendingStore {
@@ -149,6 +155,7 @@ pub(super) struct Shard {
     pub(super) offsets: OffsetCache,
     pub(super) pending_commits: PendingCommits,
     pub(super) pending_stores: HashMap<String, PendingStore>,
+    pub(super) pending_txn_offsets: PendingTxnOffsets,
 }
 
 pub struct GroupCoordinator {
@@ -295,6 +302,18 @@ impl GroupCoordinator {
     }
 
     pub(super) fn append_to(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>) -> Result<i64> {
+        self.append_as(partition, records, None)
+    }
+
+    /// Appends records to a partition of `__consumer_offsets`; with a
+    /// producer (id, epoch) they are a transactional batch of its open
+    /// transaction (TxnOffsetCommit), which its marker ends.
+    pub(super) fn append_as(
+        &self,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        producer: Option<(i64, i16)>,
+    ) -> Result<i64> {
         if records.is_empty() {
             return Ok(-1);
         }
@@ -304,11 +323,17 @@ impl GroupCoordinator {
         let mut recs: Vec<Record> = records
             .into_iter()
             .enumerate()
-            .map(|(i, (key, value))| batch::plain_record(i as i64, ts, Some(key), value))
+            .map(|(i, (key, value))| {
+                let mut r = batch::plain_record(i as i64, ts, Some(key), value);
+                r.transactional = producer.is_some();
+                r
+            })
             .collect();
-        let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
+        let (producer_id, epoch) = producer.unwrap_or((-1, -1));
+        let batch = batch::encode_records(&mut recs, Compression::None, producer_id, epoch, -1)
+            .map_err(Error::CorruptMessage)?;
         crate::blocking::blocking(|| {
-            let (info, _) = part.append(&batch, -1)?;
+            let (info, _) = part.append_from(&batch, -1, AppendOrigin::Coordinator)?;
             if info.flush_due {
                 // Only with a flush.messages override on __consumer_offsets.
                 part.flush()?;

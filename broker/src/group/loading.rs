@@ -10,12 +10,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use super::coordinator::{GroupCoordinator, OffsetCache, Shard};
+use super::coordinator::{GroupCoordinator, OffsetCache, PendingTxnOffsets, Shard};
 use super::records::{GroupValue, OffsetValue, RecordKey};
 use super::state::Group;
 use super::OFFSETS_TOPIC;
 use crate::error::Result;
 use crate::log::batch;
+use crate::log::marker::{self, Marker};
 
 impl GroupCoordinator {
     /// Rebuilds groups and committed offsets from `__consumer_offsets`.
@@ -29,13 +30,15 @@ impl GroupCoordinator {
         let mut stray_keys: HashMap<(i32, Bytes), bool> = HashMap::new();
         let mut records_read = 0usize;
         let mut led = Vec::new();
+        let mut pending_txn = Vec::new();
         if self.controller.image().topics.contains_key(OFFSETS_TOPIC) {
             for p in 0..self.config.offsets_partitions {
                 if self.replicas.get(OFFSETS_TOPIC, p).is_err() {
                     continue;
                 }
                 led.push(p);
-                records_read += self.read_partition(p, |key, raw_key, value| {
+                let mut open = OpenTxnOffsets::default();
+                records_read += self.read_partition(p, &mut open, |key, raw_key, value| {
                     if self.partition_for(key.group()) == p {
                         home.apply(key, value);
                     } else {
@@ -43,6 +46,7 @@ impl GroupCoordinator {
                         strays.apply(key, value);
                     }
                 })?;
+                pending_txn.push((p, open.into_pending()));
             }
         }
         let moved = home.merge_strays(strays);
@@ -66,6 +70,9 @@ impl GroupCoordinator {
         for (id, committed) in offsets {
             self.shard(&id).offsets.insert(id, committed);
         }
+        for (p, pending) in pending_txn {
+            self.shards[p as usize].lock().pending_txn_offsets = pending;
+        }
         for p in led {
             self.shards[p as usize].lock().loaded = true;
         }
@@ -80,8 +87,15 @@ impl GroupCoordinator {
 
     /// Reads one partition of `__consumer_offsets` up to its high watermark,
     /// handing each record's key, raw key and value to `f`; answers the
-    /// number of records read.
-    fn read_partition(&self, p: i32, mut f: impl FnMut(RecordKey, Bytes, Option<Bytes>)) -> Result<usize> {
+    /// number of records read. Transactional offsets reach `f` when their
+    /// commit marker is read (an abort drops them); those of transactions
+    /// still open are left in `open`.
+    fn read_partition(
+        &self,
+        p: i32,
+        open: &mut OpenTxnOffsets,
+        mut f: impl FnMut(RecordKey, Bytes, Option<Bytes>),
+    ) -> Result<usize> {
         let part = self.replicas.get(OFFSETS_TOPIC, p)?;
         let mut read_count = 0;
         let mut next = part.log_start_offset();
@@ -94,6 +108,12 @@ impl GroupCoordinator {
             for (at, h) in batch::complete_batches(&read.records) {
                 next = h.next_offset();
                 if h.is_control() {
+                    let ended = open.0.remove(&h.producer_id());
+                    if let (Some(records), Some(Marker::Commit)) = (ended, marker::decode(h.bytes())) {
+                        for (key, raw_key, value) in records {
+                            f(key, raw_key, value);
+                        }
+                    }
                     continue;
                 }
                 let mut one = read.records.slice(at..at + h.total_size());
@@ -108,6 +128,9 @@ impl GroupCoordinator {
                     read_count += 1;
                     let Some(raw_key) = r.key else { continue };
                     match RecordKey::decode(raw_key.clone()) {
+                        Ok(key) if h.is_transactional() => {
+                            open.0.entry(h.producer_id()).or_default().push((key, raw_key, r.value));
+                        }
                         Ok(key) => f(key, raw_key, r.value),
                         Err(e) => tracing::warn!(partition = p, error = %e, "skipping record"),
                     }
@@ -145,8 +168,9 @@ impl GroupCoordinator {
     /// not locked while the log is read.
     fn load_shard(&self, p: i32) {
         let mut state = GroupsAndOffsets::default();
+        let mut open = OpenTxnOffsets::default();
         let started = Instant::now();
-        let read = self.read_partition(p, |key, _, value| {
+        let read = self.read_partition(p, &mut open, |key, _, value| {
             // Records of groups that live elsewhere were moved by the first load.
             if self.partition_for(key.group()) == p {
                 state.apply(key, value);
@@ -167,6 +191,7 @@ impl GroupCoordinator {
                     loaded: true,
                     groups,
                     offsets: state.offsets,
+                    pending_txn_offsets: open.into_pending(),
                     ..Shard::default()
                 };
                 tracing::info!(
@@ -212,6 +237,44 @@ impl GroupCoordinator {
             "moved groups to their __consumer_offsets partition (abs(hashCode) % partitions, as Kafka)"
         );
         Ok(())
+    }
+}
+
+/// Records of transactions read without their marker yet, by producer id.
+#[derive(Default)]
+struct OpenTxnOffsets(HashMap<i64, Vec<(RecordKey, Bytes, Option<Bytes>)>>);
+
+impl OpenTxnOffsets {
+    /// The offsets of transactions still open after a load: pending until their marker.
+    fn into_pending(self) -> PendingTxnOffsets {
+        let mut pending = PendingTxnOffsets::new();
+        for (producer_id, records) in self.0 {
+            for (key, _, value) in records {
+                let (
+                    RecordKey::Offset {
+                        group,
+                        topic,
+                        partition,
+                    },
+                    Some(value),
+                ) = (key, value)
+                else {
+                    continue;
+                };
+                match OffsetValue::decode(value) {
+                    Ok(v) => {
+                        pending
+                            .entry(producer_id)
+                            .or_default()
+                            .entry(group)
+                            .or_default()
+                            .insert((topic, partition), v);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping transactional offset record"),
+                }
+            }
+        }
+        pending
     }
 }
 

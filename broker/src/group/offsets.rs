@@ -2,6 +2,7 @@
 //! the group's `__consumer_offsets` partition has replicated it),
 //! OffsetFetch, OffsetDelete, and the expiry of offsets and empty groups.
 
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 
 use super::coordinator::{
@@ -51,9 +52,7 @@ impl GroupCoordinator {
         // Still pending: it becomes committed if its record is replicated
         // after all (a later commit or fetch finds it so), as the log says.
         tracing::warn!(group = group_id, error = ?failed, "offset commit not replicated");
-        for r in results.iter_mut().filter(|r| r.2 == 0) {
-            r.2 = failed.code();
-        }
+        fail_accepted(&mut results, failed.code());
         results
     }
 
@@ -102,15 +101,59 @@ impl GroupCoordinator {
         generation: i32,
         offsets: Vec<CommitRequest>,
     ) -> (Vec<(String, i32, i16)>, Option<i64>) {
+        let (mut results, records, accepted) =
+            match self.commit_records(group_id, member_id, instance_id, generation, offsets) {
+                Ok(built) => built,
+                Err(failed) => return (failed, None),
+            };
+        if accepted.is_empty() {
+            return (results, None);
+        }
+        // Appended and registered as pending under the shard's lock, so that
+        // a concurrent commit's completion cannot pass over this one.
+        let mut shard = self.shard(group_id);
+        let record_offset = match self.append(group_id, records) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(group = group_id, error = %e, "writing offsets failed");
+                fail_accepted(&mut results, e.coordinator_write_error().code());
+                return (results, None);
+            }
+        };
+        let waiting = shard.pending_commits.entry(group_id.to_string()).or_default();
+        for (topic, partition, value) in accepted {
+            waiting.insert((topic, partition), PendingCommit { record_offset, value });
+        }
+        (results, Some(record_offset))
+    }
+
+    /// Checks a commit's group, member and offsets and builds its records:
+    /// each partition's code, the records, and the accepted offsets; or, when
+    /// the whole commit is refused, each partition's code.
+    #[allow(clippy::type_complexity)]
+    fn commit_records(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<CommitRequest>,
+    ) -> Result<
+        (
+            Vec<(String, i32, i16)>,
+            Vec<(Bytes, Option<Bytes>)>,
+            Vec<(String, i32, Committed)>,
+        ),
+        Vec<(String, i32, i16)>,
+    > {
         let fail_all = |code: i16, offsets: Vec<CommitRequest>| {
-            let results = offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect();
-            (results, None)
+            offsets.into_iter().map(|o| (o.topic, o.partition, code)).collect()
         };
         if let Some(error) = self.unavailable(group_id) {
-            return fail_all(error, offsets);
+            return Err(fail_all(error, offsets));
         }
         if !valid_group_id(group_id) {
-            return fail_all(ResponseError::InvalidGroupId.code(), offsets);
+            return Err(fail_all(ResponseError::InvalidGroupId.code(), offsets));
         }
         let check = {
             let shard = self.shard(group_id);
@@ -121,7 +164,7 @@ impl GroupCoordinator {
             }
         };
         if let Err(code) = check {
-            return fail_all(code, offsets);
+            return Err(fail_all(code, offsets));
         }
         let ts = now_ms();
         // Any partition the cluster has may be committed, wherever it is led.
@@ -169,28 +212,98 @@ impl GroupCoordinator {
             }
             results.push((o.topic, o.partition, code));
         }
+        Ok((results, records, accepted))
+    }
+
+    /// TxnOffsetCommit: the offsets are written to the group's partition of
+    /// `__consumer_offsets` in the producer's transaction, replicated before
+    /// the answer, and stay pending until the transaction ends: its commit
+    /// marker makes them the group's committed offsets, an abort drops them.
+    /// Meanwhile OffsetFetch with `require_stable` answers
+    /// UNSTABLE_OFFSET_COMMIT for them (KIP-447).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn txn_commit(
+        &self,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<CommitRequest>,
+    ) -> Vec<(String, i32, i16)> {
+        let (mut results, records, accepted) =
+            match self.commit_records(group_id, member_id, instance_id, generation, offsets) {
+                Ok(built) => built,
+                Err(failed) => return failed,
+            };
         if accepted.is_empty() {
-            return (results, None);
+            return results;
         }
-        // Appended and registered as pending under the shard's lock, so that
-        // a concurrent commit's completion cannot pass over this one.
-        let mut shard = self.shard(group_id);
-        let record_offset = match self.append(group_id, records) {
-            Ok(at) => at,
-            Err(e) => {
-                tracing::error!(group = group_id, error = %e, "writing offsets failed");
-                let code = e.coordinator_write_error().code();
-                for r in results.iter_mut().filter(|r| r.2 == 0) {
-                    r.2 = code;
+        let record_offset = {
+            let mut shard = self.shard(group_id);
+            match self.append_as(
+                self.partition_for(group_id),
+                records,
+                Some((producer_id, producer_epoch)),
+            ) {
+                Ok(at) => {
+                    let pending = shard
+                        .pending_txn_offsets
+                        .entry(producer_id)
+                        .or_default()
+                        .entry(group_id.to_string())
+                        .or_default();
+                    for (topic, partition, value) in accepted {
+                        pending.insert((topic, partition), value);
+                    }
+                    at
                 }
-                return (results, None);
+                Err(e) => {
+                    tracing::warn!(group = group_id, producer_id, error = %e, "writing transactional offsets failed");
+                    let code = match e {
+                        Error::Sequence(_) => ResponseError::ProducerFenced.code(),
+                        e => e.coordinator_write_error().code(),
+                    };
+                    fail_accepted(&mut results, code);
+                    return results;
+                }
             }
         };
-        let waiting = shard.pending_commits.entry(group_id.to_string()).or_default();
-        for (topic, partition, value) in accepted {
-            waiting.insert((topic, partition), PendingCommit { record_offset, value });
+        let Ok(part) = self.replicas.get(OFFSETS_TOPIC, self.partition_for(group_id)) else {
+            fail_accepted(&mut results, ResponseError::NotCoordinator.code());
+            return results;
+        };
+        let replicated = tokio::time::timeout(
+            self.config.offsets_commit_timeout,
+            part.wait_for_high_watermark(record_offset, part.leader_epoch()),
+        );
+        match replicated.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => fail_accepted(&mut results, ResponseError::NotCoordinator.code()),
+            Err(_) => fail_accepted(&mut results, ResponseError::CoordinatorNotAvailable.code()),
         }
-        (results, Some(record_offset))
+        results
+    }
+
+    /// A transaction marker was written to (and replicated in) `partition`
+    /// of `__consumer_offsets`: the producer's transactional offsets there
+    /// become committed (a commit) or are dropped (an abort).
+    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let Some(shard) = self.shards.get(partition.max(0) as usize) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        let Some(by_group) = shard.pending_txn_offsets.remove(&producer_id) else {
+            return;
+        };
+        if !commit {
+            return;
+        }
+        for (group, offsets) in by_group {
+            let committed = shard.offsets.entry(group).or_default();
+            committed.extend(offsets);
+        }
     }
 
     /// Committed offsets of a group: the listed partitions, or all of them.
@@ -211,8 +324,16 @@ impl GroupCoordinator {
         let shard = self.shard(group_id);
         let group = shard.offsets.get(group_id);
         let waiting = shard.pending_commits.get(group_id);
+        let in_txn = |tp: &(String, i32)| {
+            shard
+                .pending_txn_offsets
+                .values()
+                .any(|groups| groups.get(group_id).is_some_and(|o| o.contains_key(tp)))
+        };
         let fetched = |t: String, p: i32, c: Option<&Committed>| {
-            let unstable = require_stable && waiting.is_some_and(|w| w.contains_key(&(t.clone(), p)));
+            let tp = (t, p);
+            let unstable = require_stable && (waiting.is_some_and(|w| w.contains_key(&tp)) || in_txn(&tp));
+            let (t, p) = tp;
             let committed = if unstable {
                 Err(ResponseError::UnstableOffsetCommit.code())
             } else {
@@ -382,6 +503,13 @@ impl GroupCoordinator {
             }));
         }
         out
+    }
+}
+
+/// Fails every partition a commit had accepted (code 0) with `code`.
+fn fail_accepted(results: &mut [(String, i32, i16)], code: i16) {
+    for r in results.iter_mut().filter(|r| r.2 == 0) {
+        r.2 = code;
     }
 }
 

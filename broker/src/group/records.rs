@@ -47,26 +47,26 @@ pub struct GroupValue {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("malformed __consumer_offsets record: {0}")]
-pub struct RecordError(String);
+#[error("malformed coordinator record: {0}")]
+pub struct RecordError(pub(crate) String);
 
 /// A string longer than the record format's i16 length allows: the write is
 /// refused, never stored truncated.
 #[derive(Debug, thiserror::Error)]
-#[error("{field} of {len} bytes does not fit a __consumer_offsets record (at most 32767)")]
+#[error("{field} of {len} bytes does not fit a coordinator record (at most 32767)")]
 pub struct StringTooLong {
     pub field: &'static str,
     pub len: usize,
 }
 
-fn put_str(buf: &mut BytesMut, field: &'static str, s: &str) -> Result<(), StringTooLong> {
+pub(crate) fn put_str(buf: &mut BytesMut, field: &'static str, s: &str) -> Result<(), StringTooLong> {
     let len = i16::try_from(s.len()).map_err(|_| StringTooLong { field, len: s.len() })?;
     buf.put_i16(len);
     buf.put_slice(s.as_bytes());
     Ok(())
 }
 
-fn put_nullable_str(buf: &mut BytesMut, field: &'static str, s: Option<&str>) -> Result<(), StringTooLong> {
+pub(crate) fn put_nullable_str(buf: &mut BytesMut, field: &'static str, s: Option<&str>) -> Result<(), StringTooLong> {
     match s {
         Some(s) => put_str(buf, field, s),
         None => {
@@ -82,28 +82,33 @@ fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
 }
 
 /// A bounds-checked reader: malformed records are errors, never panics.
-struct Reader(Bytes);
+/// (The transaction coordinator's records use it too.)
+pub(crate) struct Reader(pub(crate) Bytes);
 
 impl Reader {
-    fn need(&self, n: usize) -> Result<(), RecordError> {
+    pub(crate) fn need(&self, n: usize) -> Result<(), RecordError> {
         if self.0.remaining() < n {
             return Err(RecordError(format!("needs {n} more bytes, has {}", self.0.remaining())));
         }
         Ok(())
     }
-    fn i16(&mut self) -> Result<i16, RecordError> {
+    pub(crate) fn i8(&mut self) -> Result<i8, RecordError> {
+        self.need(1)?;
+        Ok(self.0.get_i8())
+    }
+    pub(crate) fn i16(&mut self) -> Result<i16, RecordError> {
         self.need(2)?;
         Ok(self.0.get_i16())
     }
-    fn i32(&mut self) -> Result<i32, RecordError> {
+    pub(crate) fn i32(&mut self) -> Result<i32, RecordError> {
         self.need(4)?;
         Ok(self.0.get_i32())
     }
-    fn i64(&mut self) -> Result<i64, RecordError> {
+    pub(crate) fn i64(&mut self) -> Result<i64, RecordError> {
         self.need(8)?;
         Ok(self.0.get_i64())
     }
-    fn nullable_str(&mut self) -> Result<Option<String>, RecordError> {
+    pub(crate) fn nullable_str(&mut self) -> Result<Option<String>, RecordError> {
         let len = self.i16()?;
         if len < 0 {
             return Ok(None);
@@ -114,10 +119,10 @@ impl Reader {
             .map(Some)
             .map_err(|e| RecordError(e.to_string()))
     }
-    fn str(&mut self) -> Result<String, RecordError> {
+    pub(crate) fn str(&mut self) -> Result<String, RecordError> {
         self.nullable_str().map(Option::unwrap_or_default)
     }
-    fn bytes(&mut self) -> Result<Bytes, RecordError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, RecordError> {
         let len = self.i32()?;
         if len < 0 {
             return Ok(Bytes::new());

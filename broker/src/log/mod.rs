@@ -6,7 +6,9 @@ pub mod cleaner;
 pub mod epoch;
 pub mod index;
 pub mod manager;
+pub mod marker;
 pub mod page_cache;
+pub mod producer_state;
 pub mod record;
 pub mod segment;
 pub mod validator;
@@ -19,12 +21,22 @@ use parking_lot::RwLock;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
-use crate::txn::marker::{self, Marker};
-use crate::txn::producer_state::{AbortedTxn, BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::log::marker::Marker;
+use crate::log::producer_state::{
+    AbortedTxn, ActiveProducer, BatchMetadata, ProducerEntry, ProducerStateManager, SequenceCheck,
+};
 use batch::{BatchHeader, PatchedHeader, HEADER_SIZE};
 use epoch::{EpochEntry, LeaderEpochCache};
 pub use segment::FileSlice;
 use segment::{now_ms, OutgoingBatch, Segment, LOG_SUFFIX};
+
+/// Who appends to a leader's log (Kafka's AppendOrigin): a client's batches
+/// have their sequences checked; a coordinator's records do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOrigin {
+    Client,
+    Coordinator,
+}
 
 /// What an append wrote (or, for a retried batch, had already written).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +342,11 @@ impl Log {
         self.state.read().producers.entry(producer_id).cloned()
     }
 
+    /// The producers with state in this log (DescribeProducers).
+    pub fn producers(&self) -> Vec<ActiveProducer> {
+        self.state.read().producers.active()
+    }
+
     /// Producers with a transaction open here.
     pub fn open_transactions(&self) -> usize {
         self.state.read().producers.open_transactions()
@@ -399,6 +416,11 @@ impl Log {
 
     /// Validates a client's record set, assigns offsets and appends it.
     pub fn append_as_leader(&self, records: &Bytes, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_validated(records, leader_epoch, AppendOrigin::Client)
+    }
+
+    /// Validates a record set from `origin`, assigns offsets and appends it.
+    pub fn append_validated(&self, records: &Bytes, leader_epoch: i32, origin: AppendOrigin) -> Result<AppendInfo> {
         self.check_online()?;
         let config = self.config();
         let batches = batch::split_batches(records)?;
@@ -469,12 +491,20 @@ impl Log {
             let h = BatchHeader::parse(b)?;
             let last_offset = offset + h.last_offset_delta() as i64;
             if h.producer_id() >= 0 {
-                let check = st.producers.check(
-                    h.producer_id(),
-                    h.producer_epoch(),
-                    h.base_sequence(),
-                    h.last_sequence(),
-                );
+                let check = match origin {
+                    AppendOrigin::Client => st.producers.check(
+                        h.producer_id(),
+                        h.producer_epoch(),
+                        h.base_sequence(),
+                        h.last_sequence(),
+                    ),
+                    // A coordinator's transactional offsets carry the producer
+                    // but no sequence (Kafka checks sequences of clients only).
+                    AppendOrigin::Coordinator => st
+                        .producers
+                        .check_marker(h.producer_id(), h.producer_epoch())
+                        .map(|()| SequenceCheck::Append),
+                };
                 match check {
                     Ok(SequenceCheck::Append) => {}
                     Ok(SequenceCheck::Duplicate(meta)) => {

@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 use super::purgatory::Event;
 use super::ReplicaManager;
 use crate::error::Result;
+use crate::log::producer_state::AbortedTxn;
 use crate::log::SliceInfo;
-use crate::txn::producer_state::AbortedTxn;
 
 /// What a fetch asks of one partition.
 #[derive(Debug, Clone, Copy)]

@@ -14,18 +14,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::{Partition, ReplicaManager};
+use crate::broker_client;
 use crate::controller::Controller;
 
 /// Fetch v12: topics by name, the follower's last fetched epoch, and the
@@ -34,8 +32,6 @@ const FETCH_VERSION: i16 = 12;
 const MAX_WAIT_MS: i32 = 500;
 const PARTITION_MAX_BYTES: i32 = 1 << 20;
 const MAX_BYTES: i32 = 16 << 20;
-/// A response larger than this from a leader is refused (hostile or broken peer).
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Keeps one fetcher task per leader this broker follows partitions from.
 pub async fn run(
@@ -117,7 +113,16 @@ async fn fetch_from(node_id: i32, leader: i32, replicas: Arc<ReplicaManager>, co
                 conn = Some(TcpStream::connect(&addr).await?);
             }
             let stream = conn.as_mut().expect("connected");
-            exchange(stream, &mut buffer, correlation, &request).await
+            broker_client::exchange::<_, FetchResponse>(
+                stream,
+                &mut buffer,
+                ApiKey::Fetch,
+                FETCH_VERSION,
+                correlation,
+                "fjord-replica-fetcher",
+                &request,
+            )
+            .await
         };
         let response = match tokio::time::timeout(Duration::from_secs(30), answer).await {
             Ok(Ok(r)) => r,
@@ -317,59 +322,6 @@ async fn truncate(part: &Arc<Partition>, to: i64) -> crate::error::Result<()> {
         part.reset_high_watermark(leo);
     }
     Ok(())
-}
-
-/// One request and its response over the Kafka wire format.
-async fn exchange(
-    stream: &mut TcpStream,
-    buffer: &mut BytesMut,
-    correlation: i32,
-    request: &FetchRequest,
-) -> std::io::Result<FetchResponse> {
-    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(FETCH_VERSION)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("fjord-replica-fetcher")));
-    let mut body = BytesMut::new();
-    header
-        .encode(&mut body, ApiKey::Fetch.request_header_version(FETCH_VERSION))
-        .map_err(|e| bad(e.to_string()))?;
-    request
-        .encode(&mut body, FETCH_VERSION)
-        .map_err(|e| bad(e.to_string()))?;
-    let mut frame = BytesMut::with_capacity(body.len() + 4);
-    frame.put_i32(body.len() as i32);
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await?;
-    let len = stream.read_i32().await?;
-    let len = usize::try_from(len).map_err(|_| bad(format!("negative frame size {len}")))?;
-    if len > MAX_RESPONSE_BYTES {
-        return Err(bad(format!("response of {len} bytes")));
-    }
-    buffer.clear();
-    buffer.reserve(len);
-    while buffer.len() < len {
-        let want = len - buffer.len();
-        if (&mut *stream).take(want as u64).read_buf(buffer).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    let mut buf = buffer.split_to(len).freeze();
-    let header = ResponseHeader::decode(&mut buf, ApiKey::Fetch.response_header_version(FETCH_VERSION))
-        .map_err(|e| bad(e.to_string()))?;
-    if header.correlation_id != correlation {
-        return Err(bad(format!(
-            "correlation id {} for {correlation}",
-            header.correlation_id
-        )));
-    }
-    let response = FetchResponse::decode(&mut buf, FETCH_VERSION).map_err(|e| bad(e.to_string()))?;
-    if buf.has_remaining() {
-        return Err(bad(format!("{} bytes after the response", buf.remaining())));
-    }
-    Ok(response)
 }
 
 #[cfg(test)]

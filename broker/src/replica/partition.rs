@@ -20,9 +20,9 @@ use uuid::Uuid;
 use super::purgatory::{Event, Purgatory};
 use crate::error::{Error, Result};
 use crate::log::manager::TopicPartition;
-use crate::log::{AppendInfo, Log, ReadInfo, SliceInfo};
-use crate::txn::marker::Marker;
-use crate::txn::producer_state::AbortedTxn;
+use crate::log::marker::Marker;
+use crate::log::producer_state::AbortedTxn;
+use crate::log::{AppendInfo, AppendOrigin, Log, ReadInfo, SliceInfo};
 
 /// ListOffsets' special timestamps (Kafka's `ListOffsetsRequest` constants).
 pub const LATEST_TIMESTAMP: i64 = -1;
@@ -489,6 +489,11 @@ impl Partition {
     /// an acks=all produce is refused before appending. The high watermark
     /// moves at once when the ISR is this broker alone.
     pub fn append(&self, records: &Bytes, acks: i16) -> Result<(AppendInfo, i32)> {
+        self.append_from(records, acks, AppendOrigin::Client)
+    }
+
+    /// `append` for records from `origin` (a coordinator's own records).
+    pub fn append_from(&self, records: &Bytes, acks: i16, origin: AppendOrigin) -> Result<(AppendInfo, i32)> {
         let l = self.leadership.read();
         if !l.leading {
             return Err(Error::NotLeaderOrFollower);
@@ -498,7 +503,7 @@ impl Partition {
                 return Err(Error::NotEnoughReplicas { isr: l.isr.len(), min });
             }
         }
-        let info = self.log.append_as_leader(records, l.leader_epoch)?;
+        let info = self.log.append_validated(records, l.leader_epoch, origin)?;
         if !info.duplicate {
             self.purgatory.complete(Event::Append);
         }
@@ -549,6 +554,11 @@ impl Partition {
     pub fn last_stable_offset(&self) -> i64 {
         let hw = self.high_watermark();
         self.log.first_unstable_offset().map_or(hw, |first| first.min(hw))
+    }
+
+    /// The producers with state in this partition (DescribeProducers).
+    pub fn producers(&self) -> Vec<crate::log::producer_state::ActiveProducer> {
+        self.log.producers()
     }
 
     /// Producers with a transaction open in this partition.

@@ -42,6 +42,17 @@ pub struct ProducerEntry {
     pub txn_first_offset: Option<i64>,
 }
 
+/// One producer's state in a partition (DescribeProducers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    /// The first offset of its open transaction here.
+    pub txn_first_offset: Option<i64>,
+}
+
 /// An aborted transaction, as a read_committed fetch names it (Kafka's
 /// AbortedTxn): its producer, its first offset and its marker's offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +310,23 @@ impl ProducerStateManager {
 
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+
+    /// Every producer with state here, as DescribeProducers shows them.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut out: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, e)| ActiveProducer {
+                producer_id,
+                epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: e.batches.back().map_or(-1, |b| b.timestamp),
+                txn_first_offset: e.txn_first_offset,
+            })
+            .collect();
+        out.sort_by_key(|a| a.producer_id);
+        out
     }
 
     pub fn entry(&self, producer_id: i64) -> Option<&ProducerEntry> {
