@@ -3,6 +3,7 @@
 
 pub mod prometheus;
 pub mod replica_proxy;
+pub mod txn_bench;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -160,7 +161,11 @@ impl BrokerProcess {
             cmd.arg("--override").arg(format!("{k}={v}"));
         }
         let child = cmd
-            .env("FJORD_LOG", "info")
+            // FJORD_E2E_LOG narrows in on a failure (e.g. "info,fjord_broker::txn=debug").
+            .env(
+                "FJORD_LOG",
+                std::env::var("FJORD_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -156,6 +156,43 @@ pub(super) struct Shard {
     pub(super) pending_commits: PendingCommits,
     pub(super) pending_stores: HashMap<String, PendingStore>,
     pub(super) pending_txn_offsets: PendingTxnOffsets,
+    /// Transactions ended by a marker while the shard was not loaded yet
+    /// (producer id, committed): the load may have read the log before the
+    /// marker, so they are applied again once it is installed.
+    pub(super) ended_while_loading: Vec<(i64, bool)>,
+}
+
+/// At most this many transaction ends are remembered for a shard still loading.
+const MAX_ENDED_WHILE_LOADING: usize = 100_000;
+
+impl Shard {
+    /// A transaction marker ended `producer_id`'s transactional offsets here.
+    pub(super) fn end_txn(&mut self, producer_id: i64, commit: bool) {
+        if !self.loaded {
+            if self.ended_while_loading.len() < MAX_ENDED_WHILE_LOADING {
+                self.ended_while_loading.push((producer_id, commit));
+            }
+            return;
+        }
+        let Some(by_group) = self.pending_txn_offsets.remove(&producer_id) else {
+            return;
+        };
+        if commit {
+            for (group, offsets) in by_group {
+                self.offsets.entry(group).or_default().extend(offsets);
+            }
+        }
+    }
+
+    /// Installs a freshly loaded shard in place of this one, applying the
+    /// transaction ends that arrived meanwhile.
+    pub(super) fn install(&mut self, loaded: Shard) {
+        let ended = std::mem::take(&mut self.ended_while_loading);
+        *self = loaded;
+        for (producer_id, commit) in ended {
+            self.end_txn(producer_id, commit);
+        }
+    }
 }
 
 pub struct GroupCoordinator {

@@ -60,8 +60,12 @@ impl GroupCoordinator {
         }
         let GroupsAndOffsets { groups, offsets } = home;
         let now = Instant::now();
+        // Markers written while this ran are applied once the shards are in.
+        let mut ended: Vec<Vec<(i64, bool)>> = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
-            *shard.lock() = Shard::default();
+            let mut shard = shard.lock();
+            ended.push(std::mem::take(&mut shard.ended_while_loading));
+            *shard = Shard::default();
         }
         for (id, v) in groups {
             let group = Group::from_value(&id, v, now);
@@ -74,7 +78,13 @@ impl GroupCoordinator {
             self.shards[p as usize].lock().pending_txn_offsets = pending;
         }
         for p in led {
-            self.shards[p as usize].lock().loaded = true;
+            let mut shard = self.shards[p as usize].lock();
+            shard.loaded = true;
+            let mut all = std::mem::take(&mut ended[p as usize]);
+            all.append(&mut shard.ended_while_loading);
+            for (producer_id, commit) in all {
+                shard.end_txn(producer_id, commit);
+            }
         }
         self.loaded.store(true, Ordering::Release);
         tracing::info!(
@@ -187,13 +197,13 @@ impl GroupCoordinator {
                         (id, group)
                     })
                     .collect();
-                *self.shards[p as usize].lock() = Shard {
+                self.shards[p as usize].lock().install(Shard {
                     loaded: true,
                     groups,
                     offsets: state.offsets,
                     pending_txn_offsets: open.into_pending(),
                     ..Shard::default()
-                };
+                });
                 tracing::info!(
                     partition = p,
                     records,

@@ -290,19 +290,8 @@ impl GroupCoordinator {
     /// of `__consumer_offsets`: the producer's transactional offsets there
     /// become committed (a commit) or are dropped (an abort).
     pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
-        let Some(shard) = self.shards.get(partition.max(0) as usize) else {
-            return;
-        };
-        let mut shard = shard.lock();
-        let Some(by_group) = shard.pending_txn_offsets.remove(&producer_id) else {
-            return;
-        };
-        if !commit {
-            return;
-        }
-        for (group, offsets) in by_group {
-            let committed = shard.offsets.entry(group).or_default();
-            committed.extend(offsets);
+        if let Some(shard) = self.shards.get(partition.max(0) as usize) {
+            shard.lock().end_txn(producer_id, commit);
         }
     }
 

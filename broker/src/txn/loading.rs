@@ -32,10 +32,10 @@ impl TransactionCoordinator {
                 (shard.loaded, shard.epoch)
             };
             match led {
-                Some(part) if !loaded || epoch != part.leader_epoch() => {
-                    if part.high_watermark() >= part.log_end_offset() {
-                        self.load_shard(p, &part);
-                    }
+                Some(part)
+                    if (!loaded || epoch != part.leader_epoch()) && part.high_watermark() >= part.log_end_offset() =>
+                {
+                    self.load_shard(p, &part);
                 }
                 None if loaded => {
                     *self.shards[p as usize].lock() = Shard::default();

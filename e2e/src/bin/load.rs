@@ -55,6 +55,10 @@ struct Args {
     /// Also run three brokers as one cluster (3 partitions, one leader each).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cluster: bool,
+    /// Records per transactional produce run (idempotent, commit every 1000
+    /// records, commit every 100 ms); 0 skips them.
+    #[arg(long, default_value_t = 200_000)]
+    txn_records: usize,
     /// Also run the durable (flush.messages=1) ingest.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     durable: bool,
@@ -1085,6 +1089,29 @@ async fn main() {
             f.leaders_moved.as_millis(),
             f.first_ack.as_millis()
         );
+    }
+    if args.txn_records > 0 {
+        use fjord_e2e::txn_bench::{run as txn_run, Commits};
+        let broker = BrokerProcess::start(&tmp.path().join("data-txn"), &[]);
+        println!(
+            "transactions: one broker, 1 partition, {} records of {} B, acks=all, linger.ms 5",
+            args.txn_records, args.record_size
+        );
+        for (name, commits) in [
+            ("idempotent", Commits::None),
+            ("commit every 1000 records", Commits::EveryRecords(1000)),
+            ("commit every 100 ms", Commits::Every(Duration::from_millis(100))),
+        ] {
+            let topic = format!("txn-{}", name.replace(' ', "-"));
+            create_topic(&broker, &topic, 1).await;
+            let r = tokio::task::block_in_place(|| {
+                txn_run(&broker, &topic, args.txn_records, args.record_size, commits, &topic)
+            });
+            println!(
+                "      {name:<26} {:>7.1} MB/s {:>9.0} rec/s {:>6.2} broker CPU-s/GB; {} transactions, commit p50 {:.2} ms p99 {:.2} ms",
+                r.mbs, r.records_per_s, r.broker_cpu_per_gb, r.transactions, r.commit_p50_ms, r.commit_p99_ms
+            );
+        }
     }
     if args.group_records > 0 {
         let broker = BrokerProcess::start(
