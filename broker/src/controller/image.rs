@@ -398,6 +398,12 @@ impl MetadataImage {
     }
 
     /// The partition's leader, as the controller last elected it.
+    /// Registered brokers not fenced, at least 1: the most replicas an
+    /// internal topic is created with (a single node gets one).
+    pub fn live_broker_count(&self) -> usize {
+        self.brokers.values().filter(|b| !b.fenced).count().max(1)
+    }
+
     pub fn leader(&self, topic: &TopicImage, partition: i32) -> Option<i32> {
         topic.state(partition)?.leader()
     }

@@ -297,14 +297,7 @@ impl GroupCoordinator {
         ]);
         // Replicated like any topic, so committed offsets outlive a broker;
         // never more replicas than live brokers (a single node gets one).
-        let live = self
-            .controller
-            .image()
-            .brokers
-            .values()
-            .filter(|b| !b.fenced)
-            .count()
-            .max(1);
+        let live = self.controller.image().live_broker_count();
         let rf = self.config.offsets_replication_factor.min(live as i16);
         match self
             .controller

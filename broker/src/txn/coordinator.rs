@@ -165,15 +165,7 @@ impl TransactionCoordinator {
         if self.controller.image().topics.contains_key(TRANSACTION_STATE_TOPIC) {
             return Ok(());
         }
-        // Never more replicas than live brokers (a single node gets one).
-        let live = self
-            .controller
-            .image()
-            .brokers
-            .values()
-            .filter(|b| !b.fenced)
-            .count()
-            .max(1);
+        let live = self.controller.image().live_broker_count();
         let rf = self.config.state_replication_factor.min(live as i16);
         let configs = BTreeMap::from([
             ("cleanup.policy".to_string(), "compact".to_string()),
@@ -450,19 +442,7 @@ impl TransactionCoordinator {
     /// epoch so their producer is fenced (Kafka's abortTimedOutTransactions).
     pub async fn abort_timed_out(self: &Arc<Self>) {
         let now = now_ms();
-        let expired: Vec<String> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                let shard = shard.lock();
-                shard
-                    .txns
-                    .iter()
-                    .filter(|(id, m)| !shard.writing.contains(*id) && m.expire(0, now).is_some())
-                    .map(|(id, _)| id.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let expired = self.ids_where(|shard, id, m| !shard.writing.contains(id) && m.expire(0, now).is_some());
         for id in expired {
             let new_producer_id = if self.needs_new_producer_id(&id) {
                 match self.new_producer_id().await {
@@ -486,6 +466,22 @@ impl TransactionCoordinator {
                 Err(e) => tracing::debug!(transactional_id = %id, error = ?e, "timed-out transaction not aborted yet"),
             }
         }
+    }
+
+    /// The transactional ids of every shard whose state `pick` chooses.
+    pub(super) fn ids_where(&self, pick: impl Fn(&Shard, &str, &TxnMetadata) -> bool) -> Vec<String> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock();
+                shard
+                    .txns
+                    .iter()
+                    .filter(|(id, m)| pick(&shard, id, m))
+                    .map(|(id, _)| id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// ListTransactions: the ids this broker coordinates, filtered by state
@@ -539,16 +535,5 @@ impl TransactionCoordinator {
             .get(transactional_id)
             .cloned()
             .ok_or(ResponseError::TransactionalIdNotFound)
-    }
-
-    /// Transactions this broker coordinates, by state (for metrics).
-    pub fn state_counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
-        for shard in &self.shards {
-            for m in shard.lock().txns.values() {
-                *counts.entry(m.state.name()).or_default() += 1;
-            }
-        }
-        counts
     }
 }

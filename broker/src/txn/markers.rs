@@ -95,24 +95,9 @@ impl TransactionCoordinator {
     /// Resumes the ending of every transaction loaded in a Prepare state
     /// (after a coordinator failover, or a Complete write that failed).
     pub fn resume_completions(self: &Arc<Self>) {
-        let preparing: Vec<String> = self
-            .shards
-            .iter()
-            .flat_map(|shard| {
-                let shard = shard.lock();
-                shard
-                    .txns
-                    .iter()
-                    .filter(|(id, m)| {
-                        shard.loaded
-                            && m.state.is_preparing()
-                            && !shard.completing.contains(*id)
-                            && !shard.writing.contains(*id)
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let preparing = self.ids_where(|shard, id, m| {
+            shard.loaded && m.state.is_preparing() && !shard.completing.contains(id) && !shard.writing.contains(id)
+        });
         for id in preparing {
             self.spawn_completion(&id);
         }
