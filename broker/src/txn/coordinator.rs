@@ -38,6 +38,8 @@ pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 /// How long a state write waits for the ISR before the client is told to
 /// retry (COORDINATOR_NOT_AVAILABLE), as a group commit does.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long EndTxn waits for the markers before answering (see `end_txn`).
+const END_TXN_COMPLETION_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct TxnConfig {
@@ -411,8 +413,12 @@ impl TransactionCoordinator {
     }
 
     /// EndTxn: the transaction moves to PrepareCommit or PrepareAbort (once
-    /// replicated, the outcome is decided and answered), then its markers
-    /// are written to every partition and it completes.
+    /// replicated, the outcome is decided), then its markers are written to
+    /// every partition and it completes. The answer waits for that, up to
+    /// END_TXN_COMPLETION_WAIT: the client's next AddPartitionsToTxn would
+    /// otherwise meet CONCURRENT_TRANSACTIONS and back off (librdkafka's
+    /// `retry.backoff.ms`, 100 ms per transaction), and a read_committed
+    /// reader sees the transaction once its commit returns.
     pub async fn end_txn(
         self: &Arc<Self>,
         transactional_id: &str,
@@ -433,7 +439,11 @@ impl TransactionCoordinator {
             })
             .await?;
         if prepared {
-            self.spawn_completion(transactional_id);
+            if let Some(completion) = self.spawn_completion(transactional_id) {
+                // Past the bound (a partition without a leader) the outcome
+                // stands all the same: the completion goes on in the background.
+                let _ = tokio::time::timeout(END_TXN_COMPLETION_WAIT, completion).await;
+            }
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, Wri
 use kafka_protocol::messages::{ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use super::coordinator::TransactionCoordinator;
 use super::metadata::{TxnMetadata, TxnState};
@@ -79,17 +80,18 @@ pub async fn write_local(
 
 impl TransactionCoordinator {
     /// Ends the transaction of `transactional_id` (in a Prepare state) in
-    /// the background, unless that is already under way.
-    pub(super) fn spawn_completion(self: &Arc<Self>, transactional_id: &str) {
+    /// the background, unless that is already under way; the task, to wait
+    /// for (dropping it does not stop it).
+    pub(super) fn spawn_completion(self: &Arc<Self>, transactional_id: &str) -> Option<JoinHandle<()>> {
         let p = self.partition_for(transactional_id) as usize;
         if !self.shards[p].lock().completing.insert(transactional_id.to_string()) {
-            return;
+            return None;
         }
         let (this, id) = (self.clone(), transactional_id.to_string());
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             this.complete(&id).await;
             this.shards[p].lock().completing.remove(&id);
-        });
+        }))
     }
 
     /// Resumes the ending of every transaction loaded in a Prepare state
