@@ -279,6 +279,9 @@ config_struct! {
         transaction_state_log_segment_bytes: i32 = "transaction.state.log.segment.bytes", 104_857_600;
         /// Largest transaction.timeout.ms a producer may ask for (INVALID_TRANSACTION_TIMEOUT above it).
         transaction_max_timeout_ms: i32 = "transaction.max.timeout.ms", 900_000;
+        /// A partition asks the transaction's coordinator before it takes the first
+        /// transactional batch of a transaction (KIP-890 part 1).
+        transaction_partition_verification_enable: bool = "transaction.partition.verification.enable", true;
         /// How often the coordinator looks for transactions open past their timeout, to abort them.
         transaction_abort_timed_out_transaction_cleanup_interval_ms: i64 = "transaction.abort.timed.out.transaction.cleanup.interval.ms", 10_000;
         /// Idempotent producer state is forgotten after this long without a batch.

@@ -57,6 +57,10 @@ pub enum Error {
     RequestTimedOut,
     #[error("appended, but the ISR fell below min.insync.replicas before it was replicated")]
     NotEnoughReplicasAfterAppend,
+    /// A transactional batch whose transaction its coordinator does not
+    /// know in this partition (KIP-890 verification), with the code to answer.
+    #[error("the transaction's coordinator refused the batch: {0:?}")]
+    TxnVerification(ResponseError),
     #[error(transparent)]
     Sequence(#[from] SequenceError),
     #[error("storage error: {0}")]
@@ -136,6 +140,7 @@ impl Error {
     pub fn response_error(&self) -> ResponseError {
         match self {
             Error::CorruptMessage(_) => ResponseError::CorruptMessage,
+            Error::TxnVerification(e) => *e,
             Error::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             Error::InvalidRecord(_) => ResponseError::InvalidRecord,
             // Kafka answers INVALID_TIMESTAMP when any record's timestamp is at fault.

@@ -260,6 +260,18 @@ fn request(api: ApiKey, v: i16, topic_id: uuid::Uuid) -> RequestKind {
                     .with_partition_indexes(vec![0])]),
         ])),
         // The transactional APIs for an id the coordinator never saw.
+        // v4 is a partition leader's verification (batched, verify_only).
+        ApiKey::AddPartitionsToTxn if v >= 4 => {
+            RequestKind::AddPartitionsToTxn(AddPartitionsToTxnRequest::default().with_transactions(vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(TransactionalId(s("sweep-tx")))
+                    .with_producer_id(ProducerId(9999))
+                    .with_verify_only(true)
+                    .with_topics(vec![add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(name("sweep"))
+                        .with_partitions(vec![0])]),
+            ]))
+        }
         ApiKey::AddPartitionsToTxn => RequestKind::AddPartitionsToTxn(
             AddPartitionsToTxnRequest::default()
                 .with_v3_and_below_transactional_id(TransactionalId(s("sweep-tx")))
@@ -374,6 +386,10 @@ async fn every_advertised_version_answers() {
                 (ResponseKind::OffsetCommit(r), _) => {
                     assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit v{v}")
                 }
+                (ResponseKind::AddPartitionsToTxn(r), _) if v >= 4 => assert_ne!(
+                    r.results_by_transaction[0].topic_results[0].results_by_partition[0].partition_error_code, 0,
+                    "verify partitions v{v}"
+                ),
                 (ResponseKind::AddPartitionsToTxn(r), _) => assert_ne!(
                     r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0,
                     "add partitions v{v}"

@@ -196,7 +196,8 @@ fn consume_all(b: &TestBroker, isolation: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_committed_reads_committed_transactions_below_the_lso() {
-    let mut b = TestBroker::start(&[]).await;
+    // Raw transactional batches without a coordinator: KIP-890 verification off.
+    let mut b = TestBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
     b.create_topic(TOPIC, 1, &[]).await;
     let mut raw = Raw::connect(&b.bootstrap).await;
     let (t1, t2, plain) = (
@@ -547,4 +548,129 @@ async fn librdkafka_transactions_commit_abort_fence_and_time_out() {
         }
         other => panic!("not a DescribeTransactions response: {other:?}"),
     }
+}
+
+/// The admin gRPC API's view of transactions, as `kafka-transactions.sh`
+/// uses it: the coordinator lists an open transaction; DescribeProducers
+/// shows the partition's open transactions, among them one no coordinator
+/// knows (a hanging transaction, written here with raw requests); aborting
+/// that one in its partition releases the last stable offset, so a later
+/// committed transaction becomes readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_admin_lists_describes_and_aborts_a_hanging_transaction() {
+    use fjord_proto::admin::v1 as pb;
+    use rdkafka::producer::Producer;
+
+    // The hanging transaction is written as a broker before KIP-890 took it.
+    let b = TestBroker::start(&[("transaction.partition.verification.enable", "false")]).await;
+    b.create_topic(TOPIC, 1, &[]).await;
+    let mut admin = pb::admin_client::AdminClient::connect(format!("http://{}", b.broker().admin_addr))
+        .await
+        .unwrap();
+    let t = Duration::from_secs(30);
+
+    // A hanging transaction: a transactional batch whose producer never
+    // went through a coordinator.
+    let mut raw = Raw::connect(&b.bootstrap).await;
+    let hanging = producer_id(&mut raw).await;
+    produce(&mut raw, Some("hanging-id"), batch(hanging, 0, &["hanging"], true)).await;
+
+    // A well-behaved transaction, open.
+    let bootstrap = b.bootstrap.clone();
+    let open = tokio::task::spawn_blocking(move || {
+        let p = txn_producer(&bootstrap, "tx-open", &[]);
+        p.init_transactions(t).unwrap();
+        p.begin_transaction().unwrap();
+        send(&p, TOPIC, 0, "committed-later");
+        p
+    })
+    .await
+    .unwrap();
+
+    let listed = admin
+        .list_transactions(pb::ListTransactionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    let tx = listed
+        .iter()
+        .find(|d| d.transactional_id == "tx-open")
+        .unwrap_or_else(|| panic!("tx-open not listed: {listed:?}"));
+    assert_eq!(tx.state, "Ongoing");
+    assert_eq!(tx.coordinator, b.broker().ctx.config.node_id);
+    assert!(tx.start_time_ms > 0);
+    assert_eq!(tx.partitions.len(), 1);
+    assert_eq!(
+        (tx.partitions[0].topic.as_str(), &tx.partitions[0].partitions[..]),
+        (TOPIC, &[0][..])
+    );
+
+    let describe = pb::DescribeProducersRequest {
+        partitions: vec![pb::TopicPartitions {
+            topic: TOPIC.into(),
+            partitions: vec![0],
+        }],
+    };
+    let producers = admin
+        .describe_producers(describe.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .producers;
+    let open_in_partition: Vec<i64> = producers
+        .iter()
+        .filter(|p| p.current_txn_start_offset >= 0)
+        .map(|p| p.producer_id)
+        .collect();
+    assert_eq!(open_in_partition.len(), 2, "{producers:?}");
+    assert!(open_in_partition.contains(&hanging) && open_in_partition.contains(&tx.producer_id));
+    let hung = producers.iter().find(|p| p.producer_id == hanging).unwrap();
+    assert_eq!(
+        hung.current_txn_start_offset, 0,
+        "the hanging batch is the partition's first"
+    );
+    assert!(
+        listed.iter().all(|d| d.producer_id != hanging),
+        "no coordinator knows the hanging producer"
+    );
+
+    // An abort for a partition that does not exist is refused.
+    let missing = admin
+        .abort_transaction(pb::AbortTransactionRequest {
+            topic: "no-such-topic".into(),
+            partition: 0,
+            producer_id: hanging,
+            producer_epoch: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let aborted = admin
+        .abort_transaction(pb::AbortTransactionRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            producer_id: hanging,
+            producer_epoch: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(aborted.marker_offset >= 1, "the marker follows the hanging batch");
+    let producers = admin.describe_producers(describe).await.unwrap().into_inner().producers;
+    let hung = producers.iter().find(|p| p.producer_id == hanging).unwrap();
+    assert_eq!(
+        hung.current_txn_start_offset, -1,
+        "the hanging transaction ended: {producers:?}"
+    );
+
+    // The open transaction commits; read_committed reads it, and not the aborted record.
+    let bootstrap = b.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        open.commit_transaction(t).unwrap();
+        let expected = vec!["committed-later".to_string()];
+        assert_eq!(read_until(&bootstrap, TOPIC, 1, "read_committed", &expected), expected);
+    })
+    .await
+    .unwrap();
 }

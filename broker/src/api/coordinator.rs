@@ -39,7 +39,7 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
     }
     let is_group = request.key_type == KEY_TYPE_GROUP;
     // The broker leading the key's partition of its topic.
-    let coordinator_for = |key: &str| -> Option<(BrokerId, StrBytes, i32)> {
+    let lookup = |key: &str| -> Option<(BrokerId, StrBytes, i32)> {
         let image = apis.controller.image();
         let (topic, partition) = if is_group {
             (crate::group::OFFSETS_TOPIC, apis.groups.partition_for(key))
@@ -59,6 +59,11 @@ pub async fn find(apis: &Apis, request: FindCoordinatorRequest, version: i16) ->
         }
         let b = image.brokers.get(&leader)?;
         Some((BrokerId(b.id), str(b.host.clone()), b.port))
+    };
+    let coordinator_for = |key: &str| {
+        let found = lookup(key);
+        tracing::debug!(key, is_group, coordinator = ?found.as_ref().map(|c| c.0 .0), "FindCoordinator");
+        found
     };
     if version >= 4 {
         let coordinators = request

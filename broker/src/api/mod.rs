@@ -66,9 +66,10 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::WriteTxnMarkers, 0, 1),
     // Transactions as clients use them before KIP-890 part 2 (transaction
-    // version 2): AddPartitionsToTxn v4+ is broker-to-broker, EndTxn v5 and
-    // TxnOffsetCommit v5 are transaction version 2.
-    (ApiKey::AddPartitionsToTxn, 0, 3),
+    // version 2): AddPartitionsToTxn v4 is broker-to-broker (a partition
+    // leader's verification, KIP-890 part 1; clients stay at v3), EndTxn v5
+    // and TxnOffsetCommit v5 are transaction version 2.
+    (ApiKey::AddPartitionsToTxn, 0, 4),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 4),
     (ApiKey::TxnOffsetCommit, 0, 4),
@@ -158,7 +159,11 @@ impl crate::network::handler::RequestHandler for Apis {
         ResponseKind::ApiVersions(api_versions::unsupported_version_response())
     }
 
-    fn begin_produce(&self, request: kafka_protocol::messages::ProduceRequest, version: i16) -> ProduceAppended {
+    fn begin_produce(
+        &self,
+        request: kafka_protocol::messages::ProduceRequest,
+        version: i16,
+    ) -> impl std::future::Future<Output = ProduceAppended> + Send {
         produce::append(self, request, version)
     }
 

@@ -7,6 +7,7 @@ use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::{str, Apis};
 use crate::error::Error;
+use crate::log::batch::BatchHeader;
 use crate::log::AppendInfo;
 use crate::replica::produce::DelayedProduce;
 
@@ -29,18 +30,71 @@ pub struct Appended {
 /// NOT_ENOUGH_REPLICAS_AFTER_APPEND when the ISR fell below
 /// min.insync.replicas meanwhile).
 pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Option<ProduceResponse> {
-    append(apis, request, version).answer().await
+    append(apis, request, version).await.answer().await
 }
 
-/// Validates and appends each partition's record set, in request order.
-pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
+/// KIP-890 part 1: the transactional batches of `request` that would open
+/// their producer's transaction in a partition, verified with the
+/// transaction's coordinator; the partitions refused, and why. Batches the
+/// append refuses anyway (malformed, a partition not led here) are left to it.
+async fn verify_transactions(
+    apis: &Apis,
+    request: &ProduceRequest,
+) -> std::collections::HashMap<(String, i32), kafka_protocol::error::ResponseError> {
+    let mut refused = std::collections::HashMap::new();
+    let Some(transactional_id) = request.transactional_id.as_ref() else {
+        return refused;
+    };
+    if !apis.ctx.config.transaction_partition_verification_enable {
+        return refused;
+    }
+    let mut opening: std::collections::BTreeMap<(i64, i16), Vec<(String, i32)>> = Default::default();
+    for topic in &request.topic_data {
+        for p in &topic.partition_data {
+            let Some(header) = p.records.as_deref().and_then(|r| BatchHeader::parse(r).ok()) else {
+                continue;
+            };
+            if !header.is_transactional() {
+                continue;
+            }
+            let (producer_id, epoch) = (header.producer_id(), header.producer_epoch());
+            let opens = apis
+                .replicas
+                .get(topic.name.as_str(), p.index)
+                .is_ok_and(|part| !part.in_transaction(producer_id, epoch));
+            if opens {
+                opening
+                    .entry((producer_id, epoch))
+                    .or_default()
+                    .push((topic.name.as_str().to_string(), p.index));
+            }
+        }
+    }
+    for ((producer_id, epoch), partitions) in opening {
+        let verified = apis
+            .txns
+            .verify(transactional_id.as_str(), producer_id, epoch, partitions)
+            .await;
+        for (tp, e) in verified {
+            if let Some(e) = e {
+                tracing::debug!(topic = %tp.0, partition = tp.1, producer_id, epoch, error = ?e, "transactional batch not verified");
+                refused.insert(tp, e);
+            }
+        }
+    }
+    refused
+}
+
+/// Validates and appends each partition's record set, in request order. A
+/// transactional batch that would open its producer's transaction in a
+/// partition is first verified with the transaction's coordinator
+/// (KIP-890 part 1); the connection's next request waits meanwhile, so
+/// requests still append in order.
+pub async fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
+    let refused = verify_transactions(apis, &request).await;
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.clamp(0, 300_000) as u64);
     let mut delayed: Vec<(String, i32, DelayedProduce)> = Vec::new();
-    // Transactional batches are taken as Kafka takes them without
-    // transaction.partition.verification (KIP-890 verification comes with
-    // the transaction coordinator): the partition tracks the open
-    // transaction until its coordinator's marker.
     let request_error = if !matches!(acks, -1..=1) {
         Some(Error::InvalidRequiredAcks(acks))
     } else {
@@ -63,6 +117,9 @@ pub fn append(apis: &Apis, request: ProduceRequest, version: i16) -> Appended {
                         (None, Some(_)) if name == crate::group::OFFSETS_TOPIC => {
                             Err(Error::InvalidTopic(format!("cannot append to internal topic {name}"))
                                 .to_string_and_code())
+                        }
+                        (None, Some(_)) if refused.contains_key(&(name.clone(), p.index)) => {
+                            Err(Error::TxnVerification(refused[&(name.clone(), p.index)]).to_string_and_code())
                         }
                         (None, Some(records)) => one_batch(&records)
                             .and_then(|()| transactional_needs_id(&records, request.transactional_id.is_some()))
@@ -213,7 +270,7 @@ fn one_batch(records: &bytes::Bytes) -> Result<(), Error> {
 /// As Kafka: a transactional batch comes with the transactional id whose
 /// coordinator will end it, or not at all.
 fn transactional_needs_id(records: &bytes::Bytes, has_id: bool) -> Result<(), Error> {
-    let transactional = crate::log::batch::BatchHeader::parse(records).is_ok_and(|h| h.is_transactional());
+    let transactional = BatchHeader::parse(records).is_ok_and(|h| h.is_transactional());
     if transactional && !has_id {
         return Err(Error::InvalidRecord(
             "a transactional batch needs the request's transactional id".into(),

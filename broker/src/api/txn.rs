@@ -4,8 +4,9 @@
 //! ListTransactions, and DescribeProducers (to a partition's leader).
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
@@ -27,27 +28,60 @@ use crate::group::coordinator::CommitRequest;
 const FENCED_FROM: i16 = 2;
 const TXN_OFFSET_COMMIT_FENCED_FROM: i16 = 3;
 
+/// AddPartitionsToTxn: up to v3 one producer's partitions (clients); from
+/// v4 batched by transactional id, with `verify_only` for a partition
+/// leader's KIP-890 verification (broker to broker).
 pub async fn add_partitions(apis: &Apis, r: AddPartitionsToTxnRequest, version: i16) -> AddPartitionsToTxnResponse {
-    let partitions: Vec<(String, i32)> = r
-        .v3_and_below_topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str().to_string(), *p)))
-        .collect();
+    let partitions_of = |topics: &[AddPartitionsToTxnTopic]| -> Vec<(String, i32)> {
+        topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str().to_string(), *p)))
+            .collect()
+    };
+    if version >= 4 {
+        let mut results = Vec::new();
+        for txn in r.transactions {
+            let (id, producer_id, epoch) = (txn.transactional_id.as_str(), txn.producer_id.0, txn.producer_epoch);
+            let partitions = partitions_of(&txn.topics);
+            let codes: Vec<((String, i32), i16)> = if txn.verify_only {
+                apis.txns
+                    .verify_here(id, producer_id, epoch, partitions)
+                    .into_iter()
+                    .map(|(tp, e)| (tp, e.map_or(0, |e| e.code())))
+                    .collect()
+            } else {
+                apis.txns.add_partitions(id, producer_id, epoch, partitions).await
+            };
+            results.push(
+                AddPartitionsToTxnResult::default()
+                    .with_transactional_id(txn.transactional_id)
+                    .with_topic_results(topic_results(codes)),
+            );
+        }
+        return AddPartitionsToTxnResponse::default().with_results_by_transaction(results);
+    }
     let results = apis
         .txns
         .add_partitions(
             r.v3_and_below_transactional_id.as_str(),
             r.v3_and_below_producer_id.0,
             r.v3_and_below_producer_epoch,
-            partitions,
+            partitions_of(&r.v3_and_below_topics),
         )
-        .await;
+        .await
+        .into_iter()
+        .map(|(tp, code)| match ResponseError::try_from_code(code) {
+            Some(e) => (tp, fenced_for_version(e, version, FENCED_FROM).code()),
+            None => (tp, code),
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(topic_results(results))
+}
+
+/// Per-partition codes grouped by topic, in their order.
+fn topic_results(results: Vec<((String, i32), i16)>) -> Vec<AddPartitionsToTxnTopicResult> {
     let mut topics: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
     for ((topic, partition), code) in results {
-        let code = match ResponseError::try_from_code(code) {
-            Some(e) => fenced_for_version(e, version, FENCED_FROM).code(),
-            None => code,
-        };
         let result = AddPartitionsToTxnPartitionResult::default()
             .with_partition_index(partition)
             .with_partition_error_code(code);
@@ -60,7 +94,7 @@ pub async fn add_partitions(apis: &Apis, r: AddPartitionsToTxnRequest, version: 
             ),
         }
     }
-    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(topics)
+    topics
 }
 
 pub async fn add_offsets(apis: &Apis, r: AddOffsetsToTxnRequest, version: i16) -> AddOffsetsToTxnResponse {
@@ -76,6 +110,12 @@ pub async fn add_offsets(apis: &Apis, r: AddOffsetsToTxnRequest, version: i16) -
     let code = result
         .err()
         .map_or(0, |e| fenced_for_version(e, version, FENCED_FROM).code());
+    tracing::debug!(
+        transactional_id = r.transactional_id.as_str(),
+        group = r.group_id.as_str(),
+        code,
+        "AddOffsetsToTxn"
+    );
     AddOffsetsToTxnResponse::default().with_error_code(code)
 }
 
@@ -122,6 +162,7 @@ pub async fn offset_commit(apis: &Apis, r: TxnOffsetCommitRequest, version: i16)
             offsets,
         )
         .await;
+    tracing::debug!(group = r.group_id.as_str(), producer_id = r.producer_id.0, codes = ?results.iter().map(|r| r.2).collect::<Vec<_>>(), "TxnOffsetCommit");
     let mut topics: Vec<TxnOffsetCommitResponseTopic> = Vec::new();
     for (topic, partition, code) in results {
         let code = match ResponseError::try_from_code(code) {

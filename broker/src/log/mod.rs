@@ -347,6 +347,15 @@ impl Log {
         self.state.read().producers.active()
     }
 
+    /// Whether the producer, at `epoch`, has a transaction open here.
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        self.state
+            .read()
+            .producers
+            .entry(producer_id)
+            .is_some_and(|e| e.epoch == epoch && e.txn_first_offset.is_some())
+    }
+
     /// Producers with a transaction open here.
     pub fn open_transactions(&self) -> usize {
         self.state.read().producers.open_transactions()

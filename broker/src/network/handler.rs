@@ -24,8 +24,13 @@ pub trait RequestHandler: Send + Sync + 'static {
     /// The ApiVersions v0 answer to a client that asked in a newer version.
     fn api_versions_fallback(&self) -> ResponseKind;
 
-    /// Appends a Produce request now, in the connection's request order.
-    fn begin_produce(&self, request: ProduceRequest, version: i16) -> Self::Produce;
+    /// Appends a Produce request, in the connection's request order (the
+    /// next request is read once this is done).
+    fn begin_produce(
+        &self,
+        request: ProduceRequest,
+        version: i16,
+    ) -> impl std::future::Future<Output = Self::Produce> + Send;
 
     /// Answers any other request (`None`: no answer is sent). Fetch answers
     /// come with the file regions behind their record sets.

@@ -291,7 +291,7 @@ async fn dispatch<H: RequestHandler>(
     let started = Instant::now();
     let correlation_id = header.correlation_id;
     let response = if let RequestKind::Produce(produce) = body {
-        let appended = span.in_scope(|| apis.begin_produce(produce, version));
+        let appended = apis.begin_produce(produce, version).instrument(span.clone()).await;
         if !appended.is_ready() {
             let apis = apis.clone();
             let answer = async move {

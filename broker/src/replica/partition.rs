@@ -561,6 +561,11 @@ impl Partition {
         self.log.producers()
     }
 
+    /// Whether the producer, at `epoch`, has a transaction open here.
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        self.log.in_transaction(producer_id, epoch)
+    }
+
     /// Producers with a transaction open in this partition.
     pub fn open_transactions(&self) -> usize {
         self.log.open_transactions()

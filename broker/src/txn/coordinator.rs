@@ -21,9 +21,10 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::records::{Compression, Record};
 use parking_lot::Mutex;
 
-use super::markers::MarkerChannels;
+use super::markers::PEER_TIMEOUT;
 use super::metadata::{EndOutcome, InitOutcome, TxnMetadata, TxnState};
 use super::records;
+use crate::broker_client::BrokerChannels;
 use crate::config::BrokerConfig;
 use crate::controller::Controller;
 use crate::error::{Error, Result};
@@ -90,7 +91,8 @@ pub struct TransactionCoordinator {
     pub(super) replicas: Arc<ReplicaManager>,
     pub(super) groups: Arc<GroupCoordinator>,
     pub(super) shards: Vec<Mutex<Shard>>,
-    pub(super) channels: MarkerChannels,
+    /// Connections to other brokers, for markers and verifications.
+    pub(super) channels: BrokerChannels,
 }
 
 /// What DescribeTransactions and ListTransactions show of one id.
@@ -131,7 +133,7 @@ impl TransactionCoordinator {
             replicas,
             groups,
             shards,
-            channels: MarkerChannels::default(),
+            channels: BrokerChannels::new("fjord-txn-coordinator", PEER_TIMEOUT),
         }
     }
 

@@ -8,22 +8,17 @@
 //! A marker in a partition of `__consumer_offsets` also ends the producer's
 //! transactional offset commits there (the group coordinator's part).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures::future::join_all;
 use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
 use kafka_protocol::messages::{ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
-use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::coordinator::TransactionCoordinator;
 use super::metadata::{TxnMetadata, TxnState};
-use crate::broker_client;
 use crate::error::Error;
 use crate::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::log::marker::Marker;
@@ -35,15 +30,8 @@ const WRITE_TXN_MARKERS_VERSION: i16 = 1;
 /// How long a marker waits for its partition's ISR (Kafka's request.timeout.ms default).
 pub const MARKER_REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounds one exchange with another broker, so a hung peer is retried.
-const PEER_TIMEOUT: Duration = Duration::from_secs(40);
+pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(40);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Idle connections to other brokers, by broker id, reused for markers.
-#[derive(Default)]
-pub(super) struct MarkerChannels {
-    idle: Mutex<HashMap<i32, Vec<TcpStream>>>,
-    correlation: AtomicI32,
-}
 
 /// Writes a marker to a partition this broker leads, as acks=all: answers
 /// its offset once the partition's ISR has it. In `__consumer_offsets` it
@@ -263,7 +251,17 @@ impl TransactionCoordinator {
                     })
                     .collect(),
             )]);
-        let response = match self.channels.send(leader, &addr, &request).await {
+        let sent = self
+            .channels
+            .send(
+                leader,
+                &addr,
+                ApiKey::WriteTxnMarkers,
+                WRITE_TXN_MARKERS_VERSION,
+                &request,
+            )
+            .await;
+        let response: WriteTxnMarkersResponse = match sent {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(leader, error = %e, "WriteTxnMarkers failed; retrying");
@@ -283,40 +281,5 @@ impl TransactionCoordinator {
             }
         }
         written
-    }
-}
-
-impl MarkerChannels {
-    /// One WriteTxnMarkers exchange with `broker`, on an idle connection or
-    /// a new one; the connection is kept only after a clean exchange.
-    async fn send(
-        &self,
-        broker: i32,
-        addr: &str,
-        request: &WriteTxnMarkersRequest,
-    ) -> std::io::Result<WriteTxnMarkersResponse> {
-        let idle = self.idle.lock().get_mut(&broker).and_then(Vec::pop);
-        let mut stream = match idle {
-            Some(s) => s,
-            None => tokio::time::timeout(PEER_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??,
-        };
-        let correlation = self.correlation.fetch_add(1, Ordering::Relaxed);
-        let mut buffer = BytesMut::new();
-        let exchange = broker_client::exchange(
-            &mut stream,
-            &mut buffer,
-            ApiKey::WriteTxnMarkers,
-            WRITE_TXN_MARKERS_VERSION,
-            correlation,
-            "fjord-txn-coordinator",
-            request,
-        );
-        let response = tokio::time::timeout(PEER_TIMEOUT, exchange)
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        self.idle.lock().entry(broker).or_default().push(stream);
-        Ok(response)
     }
 }

@@ -198,6 +198,18 @@ impl TxnMetadata {
         Ok(next)
     }
 
+    /// KIP-890 verification: whether `partition` is in the producer's
+    /// ongoing transaction (its leader asks before it takes the first
+    /// transactional batch of the transaction there).
+    pub fn verify(&self, producer_id: i64, epoch: i16, partition: &(String, i32)) -> Result<(), TxnError> {
+        self.check_producer(producer_id, epoch)?;
+        if self.state == TxnState::Ongoing && self.partitions.contains(partition) {
+            Ok(())
+        } else {
+            Err(TxnError::InvalidTxnState)
+        }
+    }
+
     /// EndTxn: an Ongoing transaction moves to PrepareCommit or
     /// PrepareAbort (the markers go out next). A retried EndTxn of the
     /// outcome already reached is answered again, as Kafka does.
@@ -300,6 +312,34 @@ mod tests {
         assert_eq!(m.end(7, 0, false, 41), Err(TxnError::InvalidTxnState));
         let m = m.add_partitions(7, 0, &[tp(3)], 50).unwrap();
         assert_eq!((m.state, m.started_ms, m.partitions.len()), (TxnState::Ongoing, 50, 1));
+    }
+
+    #[test]
+    fn verification_answers_only_for_partitions_of_the_ongoing_transaction() {
+        let m = ready(TxnMetadata::init(None, 60_000, 900_000, 7, None, 0));
+        assert_eq!(
+            m.verify(7, 0, &tp(0)),
+            Err(TxnError::InvalidTxnState),
+            "no transaction yet"
+        );
+        let m = m.add_partitions(7, 0, &[tp(0)], 10).unwrap();
+        assert_eq!(m.verify(7, 0, &tp(0)), Ok(()));
+        assert_eq!(m.verify(7, 0, &tp(1)), Err(TxnError::InvalidTxnState), "not added");
+        assert_eq!(
+            m.verify(7, 1, &tp(0)),
+            Err(TxnError::ProducerFenced { got: 1, current: 0 })
+        );
+        assert!(matches!(
+            m.verify(8, 0, &tp(0)),
+            Err(TxnError::InvalidProducerIdMapping { .. })
+        ));
+        // A late batch of a transaction that ended (aborted by its timeout, say).
+        let EndOutcome::Prepare(m) = m.end(7, 0, false, 20).unwrap() else {
+            panic!("prepare")
+        };
+        assert_eq!(m.verify(7, 0, &tp(0)), Err(TxnError::InvalidTxnState));
+        let m = m.complete(30).unwrap();
+        assert_eq!(m.verify(7, 0, &tp(0)), Err(TxnError::InvalidTxnState));
     }
 
     #[test]
