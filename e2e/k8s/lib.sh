@@ -18,7 +18,20 @@ say() { echo "[k8s +$(( $(date +%s) - T0 ))s] $*"; }
 FAILURE=""
 fail() { FAILURE="[k8s +$(( $(date +%s) - T0 ))s] FAIL: $*"; echo "$FAILURE" >&2; exit 1; }
 # Every kubectl call is bounded: a hung API call fails the step, not the run.
-k() { timeout 120 kubectl "$@"; }
+# A read is tried three times: one refused connection to the apiserver (seen
+# on CI while the node recreated every pod sandbox) is not a failed check.
+k() {
+  local attempt rc
+  for attempt in 1 2 3; do
+    rc=0
+    timeout 120 kubectl "$@" && return 0 || rc=$?
+    [ "$1" = get ] && [ "$attempt" -lt 3 ] || return "$rc"
+    echo "kubectl $1 failed (exit $rc), trying again" >&2
+    sleep 2
+  done
+}
+# The command that ended a run outside a checked step, for the failure line.
+LAST_ERR=""
 
 # poll WHAT SECONDS CMD...: until CMD succeeds, at most SECONDS; the last
 # failure's output is shown when it gives up.
@@ -246,4 +259,13 @@ diagnose() {
   done
   kubectl get clusters,topics,consumergroups -A -o yaml 2>/dev/null | grep -A8 "conditions:" | head -80 || true
   kubectl get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -40 || true
+  # The node itself, last: a run's log is read from its tail.
+  local svc
+  for svc in etcd kube-apiserver containerd kubelet; do
+    echo "----- $svc (pid $(cat "$KN_DIR/run/$svc.pid" 2>/dev/null), alive: $(kill -0 "$(cat "$KN_DIR/run/$svc.pid" 2>/dev/null)" 2>/dev/null && echo yes || echo no))"
+    grep -iE "error|fail|kill|oom|sandbox" "$KN_DIR/log/$svc.log" 2>/dev/null | tail -8 | cut -c1-300 || true
+  done
+  echo "----- kernel"
+  dmesg 2>/dev/null | grep -iE "oom|killed process|out of memory|segfault" | tail -8 || true
+  free -m || true
 }

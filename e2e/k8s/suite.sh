@@ -27,7 +27,7 @@ on_exit() {
   if [ "$rc" -ne 0 ] && [ -f "$KUBECONFIG" ]; then
     say "FAILED (exit $rc): what the node has"
     diagnose || true
-    echo "${FAILURE:-FAILED (exit $rc) outside a checked step}" >&2
+    echo "${FAILURE:-FAILED (exit $rc) outside a checked step: $LAST_ERR}" >&2
   fi
   if [ "${KEEP_NODE:-0}" = 1 ]; then
     say "KEEP_NODE=1: the node stays up (KUBECONFIG=$KUBECONFIG; bash $KN_SCRIPTS/down.sh)"
@@ -37,6 +37,8 @@ on_exit() {
   exit "$rc"
 }
 trap on_exit EXIT
+set -E
+trap 'LAST_ERR="line $LINENO: $BASH_COMMAND"' ERR
 
 start_node_with_image "$PROFILE"
 install_chart
