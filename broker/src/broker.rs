@@ -266,12 +266,20 @@ async fn group_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<boo
 }
 
 /// The transaction coordinator following leadership of `__transaction_state`
-/// (and resuming the transactions it finds ending), and the timeout aborts.
+/// (and resuming the transactions it finds ending), the timeout aborts and
+/// the expiry of idle transactional ids.
 async fn txn_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut timeouts = tokio::time::interval(ctx.txns.config().abort_check_interval.max(Duration::from_millis(10)));
     timeouts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut id_expiry = tokio::time::interval(
+        ctx.txns
+            .config()
+            .id_expiration_check_interval
+            .max(Duration::from_millis(10)),
+    );
+    id_expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -281,6 +289,12 @@ async fn txn_timers(ctx: Arc<BrokerContext>, mut shutdown: watch::Receiver<bool>
                 ctx.txns.resume_completions();
             }
             _ = timeouts.tick() => ctx.txns.abort_timed_out().await,
+            _ = id_expiry.tick() => {
+                let n = ctx.txns.remove_expired_ids().await;
+                if n > 0 {
+                    tracing::info!(transactional_ids = n, "expired transactional ids");
+                }
+            }
             () = stopped(&mut shutdown) => return,
         }
     }

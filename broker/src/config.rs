@@ -284,6 +284,10 @@ config_struct! {
         transaction_partition_verification_enable: bool = "transaction.partition.verification.enable", true;
         /// How often the coordinator looks for transactions open past their timeout, to abort them.
         transaction_abort_timed_out_transaction_cleanup_interval_ms: i64 = "transaction.abort.timed.out.transaction.cleanup.interval.ms", 10_000;
+        /// A transactional id with no transaction open is forgotten after this long without an update.
+        transactional_id_expiration_ms: i64 = "transactional.id.expiration.ms", 7 * DAY_MS;
+        /// How often expired transactional ids are looked for.
+        transaction_remove_expired_transaction_cleanup_interval_ms: i64 = "transaction.remove.expired.transaction.cleanup.interval.ms", 3_600_000;
         /// Idempotent producer state is forgotten after this long without a batch.
         producer_id_expiration_ms: i64 = "producer.id.expiration.ms", DAY_MS;
         /// How often idle producer ids are looked for.

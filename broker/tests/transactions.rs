@@ -674,3 +674,91 @@ async fn grpc_admin_lists_describes_and_aborts_a_hanging_transaction() {
     .await
     .unwrap();
 }
+
+/// transactional.id.expiration.ms: an id idle with no transaction open is
+/// forgotten (a tombstone in `__transaction_state`), one with a transaction
+/// open is kept; the forgotten id starts afresh with a new producer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire() {
+    use fjord_proto::admin::v1 as pb;
+    use rdkafka::producer::Producer;
+
+    let b = TestBroker::start(&[
+        ("transactional.id.expiration.ms", "1500"),
+        ("transaction.remove.expired.transaction.cleanup.interval.ms", "100"),
+    ])
+    .await;
+    b.create_topic(TOPIC, 1, &[]).await;
+    let admin = pb::admin_client::AdminClient::connect(format!("http://{}", b.broker().admin_addr))
+        .await
+        .unwrap();
+    let t = Duration::from_secs(30);
+
+    // tx-idle commits one transaction and goes quiet; tx-busy keeps one open.
+    let bootstrap = b.bootstrap.clone();
+    let busy = tokio::task::spawn_blocking(move || {
+        let idle = txn_producer(&bootstrap, "tx-idle", &[]);
+        idle.init_transactions(t).unwrap();
+        idle.begin_transaction().unwrap();
+        send(&idle, TOPIC, 0, "idle-1");
+        idle.commit_transaction(t).unwrap();
+        let busy = txn_producer(&bootstrap, "tx-busy", &[]);
+        busy.init_transactions(t).unwrap();
+        busy.begin_transaction().unwrap();
+        send(&busy, TOPIC, 0, "busy-1");
+        busy
+    })
+    .await
+    .unwrap();
+    let listed = || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_transactions(pb::ListTransactionsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .transactions
+        }
+    };
+    let before = listed().await;
+    let idle_pid = before
+        .iter()
+        .find(|d| d.transactional_id == "tx-idle")
+        .unwrap_or_else(|| panic!("tx-idle not listed: {before:?}"))
+        .producer_id;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now = listed().await;
+        if now.iter().all(|d| d.transactional_id != "tx-idle") {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "tx-idle never expired: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kept = after.iter().find(|d| d.transactional_id == "tx-busy");
+    assert_eq!(
+        kept.map(|d| d.state.as_str()),
+        Some("Ongoing"),
+        "an open transaction's id is kept: {after:?}"
+    );
+
+    // The forgotten id starts afresh; the open transaction still commits.
+    let bootstrap = b.bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let again = txn_producer(&bootstrap, "tx-idle", &[]);
+        again.init_transactions(t).unwrap();
+        again.begin_transaction().unwrap();
+        send(&again, TOPIC, 0, "idle-2");
+        again.commit_transaction(t).unwrap();
+        busy.commit_transaction(t).unwrap();
+        let expected = sorted(&["idle-1", "busy-1", "idle-2"]);
+        assert_eq!(read_until(&bootstrap, TOPIC, 1, "read_committed", &expected), expected);
+    })
+    .await
+    .unwrap();
+    let renewed = listed().await;
+    let idle = renewed.iter().find(|d| d.transactional_id == "tx-idle").unwrap();
+    assert_ne!(idle.producer_id, idle_pid, "a forgotten id gets a new producer id");
+}

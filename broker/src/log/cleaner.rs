@@ -4,8 +4,13 @@
 //! `min.compaction.lag.ms`), keep the newest record of each key, keep
 //! tombstones until `delete.retention.ms` after they were first cleaned
 //! (KIP-534), and keep every surviving record's offset and bytes (batches
-//! keep their base offset and last offset delta; gaps are allowed). Control
-//! batches are kept. A pass runs when the dirty part (written since the last
+//! keep their base offset and last offset delta; gaps are allowed).
+//! Transactions, as Kafka's cleaner treats them: only segments below the
+//! first open transaction are cleaned; an aborted transaction's batches are
+//! removed and never supersede a committed record; a marker stays while any
+//! batch of its transaction does, then gets a delete horizon like a
+//! tombstone and goes after it (KIP-534); a cleaned segment's `.txnindex`
+//! keeps the aborted transactions whose markers stayed. A pass runs when the dirty part (written since the last
 //! pass) reaches `min.cleanable.dirty.ratio`, when dirty data is older than
 //! `max.compaction.lag.ms`, or when kept tombstones are due. Segments are
 //! streamed batch by batch and the key map is bounded by
@@ -17,7 +22,7 @@
 //! discarded and a `.swap` file completes its swap, so a crash at any point
 //! leaves either the old segments or the new one, never a mix.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,8 +30,11 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 
 use super::batch::{self, BatchHeader};
+use super::marker::{self, Marker};
+use super::producer_state::AbortedTxn;
 use super::record;
 use super::segment::{file_path, now_ms, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use super::txn_index::TXN_INDEX_SUFFIX;
 use super::{Log, LogState};
 use crate::error::Result;
 
@@ -69,7 +77,7 @@ pub fn recover_interrupted(dir: &Path) -> std::io::Result<()> {
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let Some(stem) = name.split('.').next() else { continue };
             let Ok(seg_base) = stem.parse::<i64>() else { continue };
-            let is_segment_file = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX]
+            let is_segment_file = [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX]
                 .iter()
                 .any(|s| name.ends_with(s));
             if is_segment_file && seg_base >= base && seg_base < end {
@@ -181,6 +189,88 @@ fn for_each_batch(path: &Path, mut f: impl FnMut(Bytes) -> Result<bool>) -> Resu
     Ok(())
 }
 
+/// What a pass knows of transactions (Kafka's CleanedTransactionMetadata):
+/// the aborted ones, and, as batches pass in offset order, which
+/// transactions still have a batch in the log, so that their marker stays.
+struct TxnCleaning {
+    /// Each producer's aborted transactions: [first offset, marker offset).
+    aborted: HashMap<i64, Vec<(i64, i64)>>,
+    /// Producers whose current committed transaction keeps a batch.
+    committed_kept: HashSet<i64>,
+    /// Producers whose current aborted transaction keeps a batch (an empty
+    /// one kept for the producer's sequence).
+    aborted_kept: HashSet<i64>,
+}
+
+impl TxnCleaning {
+    fn new(aborted: &[AbortedTxn]) -> TxnCleaning {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for a in aborted {
+            by_producer
+                .entry(a.producer_id)
+                .or_default()
+                .push((a.first_offset, a.last_offset));
+        }
+        TxnCleaning {
+            aborted: by_producer,
+            committed_kept: HashSet::new(),
+            aborted_kept: HashSet::new(),
+        }
+    }
+
+    /// Whether a transactional batch at `offset` is part of an aborted transaction.
+    fn is_aborted(&self, h: &BatchHeader<'_>) -> bool {
+        let offset = h.base_offset();
+        h.is_transactional()
+            && !h.is_control()
+            && self
+                .aborted
+                .get(&h.producer_id())
+                .is_some_and(|txns| txns.iter().any(|&(first, end)| first <= offset && offset < end))
+    }
+
+    /// A transactional batch stays in the log (with records or empty).
+    fn kept(&mut self, h: &BatchHeader<'_>) {
+        if !h.is_transactional() || h.is_control() {
+            return;
+        }
+        if self.is_aborted(h) {
+            self.aborted_kept.insert(h.producer_id());
+        } else {
+            self.committed_kept.insert(h.producer_id());
+        }
+    }
+
+    /// The aborted transaction a kept abort marker ends, for the cleaned
+    /// segment's `.txnindex`.
+    fn ended_by(&self, raw: &[u8], h: &BatchHeader<'_>) -> Option<AbortedTxn> {
+        if !h.is_control() || marker::decode(raw) != Some(Marker::Abort) {
+            return None;
+        }
+        let (first_offset, last_offset) = *self
+            .aborted
+            .get(&h.producer_id())?
+            .iter()
+            .find(|(_, end)| *end == h.base_offset())?;
+        Some(AbortedTxn {
+            producer_id: h.producer_id(),
+            first_offset,
+            last_offset,
+        })
+    }
+
+    /// Whether the marker ending `producer_id`'s transaction may go: no batch
+    /// of that transaction is left (replaying a kept batch without its
+    /// marker would reopen the transaction).
+    fn marker_may_go(&mut self, producer_id: i64, marker: Option<Marker>) -> bool {
+        match marker {
+            Some(Marker::Commit) => !self.committed_kept.remove(&producer_id),
+            Some(Marker::Abort) => !self.aborted_kept.remove(&producer_id),
+            None => false,
+        }
+    }
+}
+
 /// What one cleaning pass decides for the records of a batch.
 struct Cleaning<'a> {
     map: &'a OffsetMap,
@@ -206,11 +296,55 @@ impl Cleaning<'_> {
     /// tombstone is cleaned, so the consumers that read it have that long,
     /// whatever its CreateTime. Surviving records keep their bytes; the
     /// batch keeps its base offset, last offset delta, producer and sequence.
-    fn batch(&self, raw: &Bytes, removed: &mut u64) -> Result<Cleaned> {
+    /// An aborted transaction's batch goes whole; a marker is [`Self::marker`]'s.
+    fn batch(&self, raw: &Bytes, removed: &mut u64, txns: &mut TxnCleaning) -> Result<Cleaned> {
         let h = BatchHeader::parse(raw)?;
         if h.is_control() {
+            return self.marker(raw, &h, removed, txns);
+        }
+        if txns.is_aborted(&h) {
+            *removed += h.records_count().max(0) as u64;
+            return Ok(Cleaned::Empty);
+        }
+        let cleaned = self.records(raw, &h, removed)?;
+        if !matches!(cleaned, Cleaned::Empty) {
+            txns.kept(&h);
+        }
+        Ok(cleaned)
+    }
+
+    /// A marker whose transaction left no batch gets a delete horizon the
+    /// first time, and goes once it is past; otherwise it stays as stored.
+    fn marker(&self, raw: &Bytes, h: &BatchHeader<'_>, removed: &mut u64, txns: &mut TxnCleaning) -> Result<Cleaned> {
+        if !txns.marker_may_go(h.producer_id(), marker::decode(raw)) {
             return Ok(Cleaned::Unchanged);
         }
+        match h.delete_horizon() {
+            Some(horizon) if self.now >= horizon => {
+                *removed += h.records_count().max(0) as u64;
+                Ok(Cleaned::Empty)
+            }
+            Some(_) => Ok(Cleaned::Unchanged),
+            None => {
+                let mut records = Vec::new();
+                record::for_each(
+                    record::records_section(raw, STORED_MAX_UNCOMPRESSED)?,
+                    h.records_count(),
+                    |_, r| {
+                        records.push(r);
+                        Ok(())
+                    },
+                )?;
+                let horizon = self.now + self.delete_retention_ms;
+                Ok(Cleaned::Rewritten {
+                    batch: rewrite(raw, h, &records, Some(horizon))?,
+                    delete_horizon: Some(horizon),
+                })
+            }
+        }
+    }
+
+    fn records(&self, raw: &Bytes, h: &BatchHeader<'_>, removed: &mut u64) -> Result<Cleaned> {
         let base = h.base_offset();
         let tombstones_due = h.delete_horizon().is_some_and(|horizon| self.now >= horizon);
         let mut survivors = Vec::new();
@@ -242,35 +376,46 @@ impl Cleaning<'_> {
         if survivors.is_empty() {
             return Ok(Cleaned::Empty);
         }
-        let mut header = batch::PatchedHeader::from_batch(raw);
-        let mut section = BytesMut::new();
-        match new_horizon {
-            Some(horizon) => {
-                // The base timestamp becomes the horizon: re-frame each record's delta.
-                let base_timestamp = h.base_timestamp();
-                for r in &survivors {
-                    section.extend_from_slice(&r.with_timestamp_delta(base_timestamp + r.timestamp_delta - horizon));
-                }
-                header.set_delete_horizon(horizon);
-            }
-            None => survivors.iter().for_each(|r| section.extend_from_slice(&r.raw)),
-        }
-        let body = record::compress(h.compression(), &section)?;
-        header.set_records(survivors.len() as i32, body.len());
-        header.recompute_crc(&body);
-        let mut out = BytesMut::with_capacity(batch::HEADER_SIZE + body.len());
-        out.extend_from_slice(&header.0);
-        out.extend_from_slice(&body);
         let delete_horizon = if tombstones {
-            header.view().delete_horizon()
+            new_horizon.or(h.delete_horizon())
         } else {
             None
         };
         Ok(Cleaned::Rewritten {
-            batch: out.freeze(),
+            batch: rewrite(raw, h, &survivors, new_horizon)?,
             delete_horizon,
         })
     }
+}
+
+/// The batch with only `survivors`, and with a delete horizon when one is
+/// newly set (the base timestamp becomes the horizon: each record's
+/// timestamp delta is re-framed).
+fn rewrite(
+    raw: &Bytes,
+    h: &BatchHeader<'_>,
+    survivors: &[record::RecordView],
+    new_horizon: Option<i64>,
+) -> Result<Bytes> {
+    let mut header = batch::PatchedHeader::from_batch(raw);
+    let mut section = BytesMut::new();
+    match new_horizon {
+        Some(horizon) => {
+            let base_timestamp = h.base_timestamp();
+            for r in survivors {
+                section.extend_from_slice(&r.with_timestamp_delta(base_timestamp + r.timestamp_delta - horizon));
+            }
+            header.set_delete_horizon(horizon);
+        }
+        None => survivors.iter().for_each(|r| section.extend_from_slice(&r.raw)),
+    }
+    let body = record::compress(h.compression(), &section)?;
+    header.set_records(survivors.len() as i32, body.len());
+    header.recompute_crc(&body);
+    let mut out = BytesMut::with_capacity(batch::HEADER_SIZE + body.len());
+    out.extend_from_slice(&header.0);
+    out.extend_from_slice(&body);
+    Ok(out.freeze())
 }
 
 /// An empty batch in place of one whose records all went: kept when it is
@@ -296,13 +441,17 @@ impl Log {
         let _cleaning = self.cleaner_lock.lock();
         let now = now_ms();
         let checkpoint = read_checkpoint(&self.dir);
-        let sources: Vec<Source> = {
+        // Segments below the first open transaction only: whether its batches
+        // are committed or aborted is not known yet (Kafka's first unstable offset).
+        let (sources, aborted): (Vec<Source>, Vec<AbortedTxn>) = {
             let st = self.state.read();
             let n = st.segments.len().saturating_sub(1);
-            st.segments[..n]
+            let unstable = st.producers.first_unstable_offset().unwrap_or(i64::MAX);
+            let sources = st.segments[..n]
                 .iter()
                 .take_while(|s| {
-                    config.min_compaction_lag_ms <= 0 || s.max_timestamp() < now - config.min_compaction_lag_ms
+                    (config.min_compaction_lag_ms <= 0 || s.max_timestamp() < now - config.min_compaction_lag_ms)
+                        && s.next_offset() <= unstable
                 })
                 .map(|s| Source {
                     base: s.base_offset,
@@ -310,8 +459,10 @@ impl Log {
                     size: s.size(),
                     data_path: s.log_path().to_path_buf(),
                 })
-                .collect()
+                .collect();
+            (sources, st.producers.aborted_between(0, i64::MAX))
         };
+        let mut txns = TxnCleaning::new(&aborted);
         if sources.is_empty() {
             return Ok(None);
         }
@@ -346,7 +497,8 @@ impl Log {
             }
             for_each_batch(&src.data_path, |raw| {
                 let h = BatchHeader::parse(&raw)?;
-                if h.next_offset() <= map_end || h.is_control() {
+                // An aborted record never supersedes a committed one.
+                if h.next_offset() <= map_end || h.is_control() || txns.is_aborted(&h) {
                     map_end = map_end.max(h.next_offset());
                     return Ok(true);
                 }
@@ -395,7 +547,7 @@ impl Log {
                 size += u64::from(cleanable[end].size);
                 end += 1;
             }
-            let (bytes, removed, horizon) = self.clean_group(&cleanable[start..end], &cleaning)?;
+            let (bytes, removed, horizon) = self.clean_group(&cleanable[start..end], &cleaning, &mut txns)?;
             stats.bytes_after += bytes;
             stats.records_removed += removed;
             stats.segments_after += 1;
@@ -435,16 +587,22 @@ impl Log {
 
     /// Rewrites one group of segments into one and swaps it in; returns the
     /// bytes written, the records removed and the earliest delete horizon kept.
-    fn clean_group(&self, group: &[&Source], cleaning: &Cleaning<'_>) -> Result<(u64, u64, i64)> {
+    fn clean_group(
+        &self,
+        group: &[&Source],
+        cleaning: &Cleaning<'_>,
+        txns: &mut TxnCleaning,
+    ) -> Result<(u64, u64, i64)> {
         let base = group[0].base;
         let cleaned = file_path(&self.dir, base, CLEANED_SUFFIX);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&cleaned)?);
         let mut written = 0u64;
         let mut removed = 0u64;
         let mut next_delete_horizon = i64::MAX;
+        let mut kept_aborts = Vec::new();
         let outcome = group.iter().try_for_each(|src| {
             for_each_batch(&src.data_path, |raw| {
-                let kept = match cleaning.batch(&raw, &mut removed)? {
+                let kept = match cleaning.batch(&raw, &mut removed, txns)? {
                     Cleaned::Unchanged => {
                         if let Some(h) = BatchHeader::parse(&raw)?.delete_horizon() {
                             next_delete_horizon = next_delete_horizon.min(h);
@@ -455,9 +613,13 @@ impl Log {
                         next_delete_horizon = next_delete_horizon.min(delete_horizon.unwrap_or(i64::MAX));
                         batch
                     }
-                    Cleaned::Empty if self.is_last_batch_of_producer(&BatchHeader::parse(&raw)?) => empty_batch(&raw),
+                    Cleaned::Empty if self.is_last_batch_of_producer(&BatchHeader::parse(&raw)?) => {
+                        txns.kept(&BatchHeader::parse(&raw)?);
+                        empty_batch(&raw)
+                    }
                     Cleaned::Empty => return Ok(true),
                 };
+                kept_aborts.extend(txns.ended_by(&kept, &BatchHeader::parse(&kept)?));
                 out.write_all(&kept)?;
                 written += kept.len() as u64;
                 Ok(true)
@@ -490,6 +652,10 @@ impl Log {
             seg.delete()?;
         }
         std::fs::rename(&swap, file_path(&self.dir, base, LOG_SUFFIX))?;
+        // The aborted transactions whose markers stayed (their last stable
+        // offset is not known here: the marker's next offset stands in).
+        let entries: Vec<(AbortedTxn, i64)> = kept_aborts.iter().map(|a| (*a, a.last_offset + 1)).collect();
+        super::txn_index::append(&file_path(&self.dir, base, TXN_INDEX_SUFFIX), &entries)?;
         let mut seg = Segment::open(&self.dir, base, config.index_interval_bytes.max(0) as u32, None)?;
         seg.recover(|_| {})?;
         seg.on_become_inactive()?;
@@ -670,6 +836,131 @@ mod tests {
             .unwrap()
             .expect("due tombstones make the log cleanable");
         assert!(!contents(&log).iter().any(|r| r.1 == "k"), "k is gone");
+    }
+
+    /// One transactional batch of `kvs` from `producer`; its first offset.
+    fn txn_put(log: &Log, producer: i64, sequence: i32, kvs: &[(&str, &str)], now: i64) -> i64 {
+        let mut records: Vec<Record> = kvs
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| Record {
+                offset: i as i64,
+                sequence: sequence + i as i32,
+                transactional: true,
+                ..record(k, Some(v), now)
+            })
+            .collect();
+        let b = batch::encode_records(&mut records, Compression::None, producer, 0, sequence).unwrap();
+        log.append_as_leader(&b, 0).unwrap().first_offset
+    }
+
+    /// Every stored batch: (base offset, control, producer, delete horizon).
+    fn batches(log: &Log) -> Vec<(i64, bool, i64, Option<i64>)> {
+        let read = log
+            .read(log.log_start_offset(), 1 << 20, i64::MAX, true)
+            .unwrap()
+            .records;
+        batch::complete_batches(&read)
+            .map(|(_, h)| (h.base_offset(), h.is_control(), h.producer_id(), h.delete_horizon()))
+            .collect()
+    }
+
+    /// Transactions under compaction: an aborted transaction's records go
+    /// and never supersede the committed value of their key; its marker
+    /// gets a delete horizon and goes after it; a commit marker stays while
+    /// its transaction keeps a record; an open transaction's segment is not
+    /// cleaned.
+    #[test]
+    fn aborted_records_go_and_markers_stay_while_their_transaction_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), config_with(0), None, None).unwrap();
+        let now = now_ms();
+        let committed = txn_put(&log, 7, 0, &[("k", "committed"), ("c", "kept")], now);
+        let commit = log.append_marker(7, 0, 0, Marker::Commit, 0).unwrap().first_offset;
+        let aborted = txn_put(&log, 8, 0, &[("k", "aborted")], now);
+        let abort = log.append_marker(8, 0, 0, Marker::Abort, 0).unwrap().first_offset;
+        // Producer 8 writes again, so its aborted batch is not its last.
+        txn_put(&log, 8, 1, &[("x", "later")], now);
+        log.append_marker(8, 0, 0, Marker::Commit, 0).unwrap();
+        roll_out(&log, now);
+
+        log.clean(1 << 20).unwrap().expect("a pass ran");
+        let got = contents(&log);
+        let value = |key: &str| {
+            got.iter()
+                .filter(|r| r.1 == key)
+                .map(|r| r.2.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            value("k"),
+            vec![Some("committed".to_string())],
+            "the aborted value superseded nothing"
+        );
+        assert!(got.iter().all(|r| r.0 != aborted), "the aborted batch is gone");
+        let after = batches(&log);
+        let at = |offset: i64| after.iter().find(|b| b.0 == offset).copied();
+        assert!(at(committed).is_some());
+        assert_eq!(
+            at(commit).map(|b| b.3),
+            Some(None),
+            "the commit marker stays, no horizon: {after:?}"
+        );
+        let horizon = at(abort).and_then(|b| b.3);
+        assert!(horizon.is_some(), "the abort marker has its horizon: {after:?}");
+        let indexed = || -> Vec<AbortedTxn> {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with(TXN_INDEX_SUFFIX))
+                .flat_map(|p| super::super::txn_index::read(&p).unwrap())
+                .map(|(a, _)| a)
+                .collect()
+        };
+        assert_eq!(
+            indexed().iter().map(|a| a.last_offset).collect::<Vec<_>>(),
+            vec![abort],
+            "the kept marker's transaction stays indexed"
+        );
+
+        // Past its horizon (delete.retention.ms = 0) the abort marker goes;
+        // the commit marker stays while "c" does.
+        log.clean(1 << 20)
+            .unwrap()
+            .expect("the due horizon makes the log cleanable");
+        let after = batches(&log);
+        assert!(
+            after.iter().all(|b| b.0 != abort),
+            "the abort marker is gone: {after:?}"
+        );
+        assert!(indexed().is_empty(), "and its index entry with it");
+        assert!(after.iter().any(|b| b.0 == commit));
+        assert_eq!(log.first_unstable_offset(), None);
+
+        // Once every record of the committed transaction is superseded (and
+        // its batch is not producer 7's last), its marker goes too.
+        put(&log, "k", Some("newer"), now);
+        put(&log, "c", Some("newer"), now);
+        txn_put(&log, 7, 2, &[("y", "again")], now);
+        log.append_marker(7, 0, 0, Marker::Commit, 0).unwrap();
+        roll_out(&log, now);
+        log.clean(1 << 20).unwrap().expect("a pass ran");
+        log.clean(1 << 20).unwrap();
+        let after = batches(&log);
+        assert!(
+            after.iter().all(|b| b.0 != commit && b.0 != committed),
+            "the committed transaction and its marker are gone: {after:?}"
+        );
+
+        // An open transaction holds back every segment from its first batch on.
+        let open = txn_put(&log, 9, 0, &[("o", "open")], now);
+        put(&log, "o", Some("plain"), now);
+        roll_out(&log, now);
+        log.clean(1 << 20).unwrap();
+        assert!(
+            contents(&log).iter().any(|r| r.0 == open),
+            "an open transaction's record is not cleaned"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod page_cache;
 pub mod producer_state;
 pub mod record;
 pub mod segment;
+pub mod txn_index;
 pub mod validator;
 
 use std::path::{Path, PathBuf};
@@ -96,6 +97,13 @@ struct LogState {
 }
 
 impl LogState {
+    /// Indexes the transactions aborted by markers appended since the
+    /// producer state knew `count` of them.
+    fn index_aborted_since(&self, count: usize) -> std::io::Result<()> {
+        let lso = self.producers.first_unstable_offset().unwrap_or(self.next_offset);
+        index_aborted(&self.segments, self.producers.aborted_since(count), lso)
+    }
+
     fn active(&mut self) -> &mut Segment {
         self.segments.last_mut().expect("a log always has an active segment")
     }
@@ -160,6 +168,8 @@ fn epochs_in(segments: &[Segment]) -> Result<Vec<EpochEntry>> {
 
 /// Producer state as of `next_offset`: the latest snapshot at or below it
 /// (newer ones are dropped), then the batches after it replayed.
+/// The aborted transactions come from the segments' `.txnindex` files up to
+/// the replay's start (entries past it are cut: the replay indexes them again).
 fn rebuild_producers(
     dir: &Path,
     segments: &[Segment],
@@ -168,6 +178,22 @@ fn rebuild_producers(
 ) -> Result<ProducerStateManager> {
     let (mut producers, snapshot_offset) = ProducerStateManager::load_latest(dir, next_offset)?;
     let replay_from = snapshot_offset.max(log_start_offset);
+    let mut aborted = Vec::new();
+    for seg in segments {
+        let entries = txn_index::retain(&seg.txn_index_path(), |a| a.last_offset < replay_from)?;
+        aborted.extend(entries.into_iter().filter(|a| a.last_offset >= log_start_offset));
+    }
+    // A snapshot written before the indexes existed names its aborted transactions.
+    let unindexed: Vec<AbortedTxn> = producers
+        .replace_aborted(Vec::new())
+        .into_iter()
+        .filter(|a| (log_start_offset..replay_from).contains(&a.last_offset) && !aborted.contains(a))
+        .collect();
+    index_aborted(segments, &unindexed, replay_from)?;
+    aborted.extend(unindexed);
+    aborted.sort_by_key(|a| a.last_offset);
+    producers.replace_aborted(aborted);
+    let indexed = producers.aborted_count();
     let start = segments
         .partition_point(|s| s.base_offset <= replay_from)
         .saturating_sub(1);
@@ -178,7 +204,31 @@ fn rebuild_producers(
             }
         })?;
     }
+    let lso = producers.first_unstable_offset().unwrap_or(next_offset);
+    index_aborted(segments, producers.aborted_since(indexed), lso)?;
     Ok(producers)
+}
+
+/// Adds aborted transactions to the `.txnindex` of the segment holding each
+/// one's marker, with the last stable offset after them.
+fn index_aborted(segments: &[Segment], aborted: &[AbortedTxn], last_stable_offset: i64) -> std::io::Result<()> {
+    let mut i = 0;
+    while i < aborted.len() {
+        let seg_at = segments
+            .partition_point(|s| s.base_offset <= aborted[i].last_offset)
+            .saturating_sub(1);
+        let Some(seg) = segments.get(seg_at) else { break };
+        let next_base = segments.get(seg_at + 1).map_or(i64::MAX, |s| s.base_offset);
+        let n = aborted[i..]
+            .iter()
+            .take_while(|a| a.last_offset < next_base)
+            .count()
+            .max(1);
+        let entries: Vec<(AbortedTxn, i64)> = aborted[i..i + n].iter().map(|a| (*a, last_stable_offset)).collect();
+        txn_index::append(&seg.txn_index_path(), &entries)?;
+        i += n;
+    }
+    Ok(())
 }
 
 impl Log {
@@ -407,9 +457,11 @@ impl Log {
             }
             return Err(io_err(e));
         }
+        let indexed = st.producers.aborted_count();
         st.producers.complete_txn(producer_id, producer_epoch, marker, offset);
         st.next_offset = offset + 1;
         st.unflushed_messages += 1;
+        st.index_aborted_since(indexed).map_err(io_err)?;
         Ok(AppendInfo {
             first_offset: offset,
             last_offset: offset,
@@ -662,6 +714,7 @@ impl Log {
             return Err(io_err(e));
         }
         let mut count = 0u64;
+        let indexed = st.producers.aborted_count();
         for h in &headers {
             st.producers.replay(h);
             count += h.records_count() as u64;
@@ -669,6 +722,7 @@ impl Log {
         let first_offset = st.next_offset;
         st.next_offset = expected;
         st.unflushed_messages += count as i64;
+        st.index_aborted_since(indexed).map_err(io_err)?;
         Ok(AppendInfo {
             first_offset,
             last_offset: expected - 1,

@@ -9,7 +9,9 @@
 //! the transaction to the aborted ones that read_committed fetches return.
 //! The state is snapshotted at segment rolls and on clean shutdown, and
 //! rebuilt from the batches past the latest snapshot on start (and on
-//! truncation), markers included, so followers and restarts agree.
+//! truncation), markers included, so followers and restarts agree. The
+//! aborted transactions are kept in the segments' `.txnindex` files
+//! ([`super::txn_index`]) rather than in the snapshots.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -81,8 +83,10 @@ pub enum SequenceCheck {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStateManager {
     producers: HashMap<i64, ProducerEntry>,
-    /// Aborted transactions in the log, in the order of their markers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Aborted transactions in the log, in the order of their markers. Their
+    /// durable home is each segment's `.txnindex`; snapshots no longer carry
+    /// them (an older snapshot's are read once and indexed).
+    #[serde(default, skip_serializing)]
     aborted: Vec<AbortedTxn>,
     /// The last snapshot written and whether the state changed since: an
     /// unchanged state is linked to the new offset, not written again.
@@ -268,6 +272,22 @@ impl ProducerStateManager {
             .filter(|a| a.last_offset >= from && a.first_offset < to)
             .copied()
             .collect()
+    }
+
+    /// How many aborted transactions are known: the ones added by later
+    /// markers are `aborted_since` that count.
+    pub fn aborted_count(&self) -> usize {
+        self.aborted.len()
+    }
+
+    pub fn aborted_since(&self, count: usize) -> &[AbortedTxn] {
+        self.aborted.get(count..).unwrap_or_default()
+    }
+
+    /// Replaces the aborted transactions (read from the segments' indexes);
+    /// answers what was there (an older snapshot's).
+    pub fn replace_aborted(&mut self, aborted: Vec<AbortedTxn>) -> Vec<AbortedTxn> {
+        std::mem::replace(&mut self.aborted, aborted)
     }
 
     /// Forgets aborted transactions whose marker is below the log start.

@@ -471,6 +471,7 @@ impl Segment {
             self.log_path.clone(),
             self.offset_index.path().to_path_buf(),
             self.time_index.path().to_path_buf(),
+            self.txn_index_path(),
         ];
         drop(self);
         for p in paths {
@@ -502,6 +503,11 @@ impl Segment {
     pub fn index_full(&self) -> bool {
         self.offset_index.is_full() || self.time_index.is_full()
     }
+    /// The segment's aborted-transaction index (see `log::txn_index`).
+    pub fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(&super::txn_index::TXN_INDEX_SUFFIX[1..])
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }

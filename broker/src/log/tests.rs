@@ -585,3 +585,66 @@ fn transactions_replicate_and_survive_a_reopen_and_a_truncation() {
     assert_eq!(follower.first_unstable_offset(), Some(0));
     assert!(follower.aborted_transactions(0, 3).is_empty());
 }
+
+/// The `.txnindex` files of a log directory and their entries.
+fn txn_indexes(dir: &std::path::Path) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(txn_index::TXN_INDEX_SUFFIX))
+        .map(|p| {
+            let n = txn_index::read(&p).unwrap().len();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), n)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An aborted transaction is kept in the `.txnindex` of the segment holding
+/// its marker (Kafka's layout), not in the producer snapshots: a clean
+/// reopen (nothing replayed) still names it, and it goes with its segment.
+#[test]
+fn aborted_transactions_live_in_the_txn_index_of_their_markers_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+    log.append_as_leader(&txn_batch(0), 0).unwrap(); // 0
+                                                     // (The marker's timestamp is now, the record's 1970: it rolls a segment at 1.)
+    log.append_marker(7, 0, 0, Marker::Abort, 0).unwrap(); // 1
+    log.append_as_leader(&txn_batch(1), 0).unwrap(); // 2
+    log.append_marker(7, 0, 0, Marker::Commit, 0).unwrap(); // 3
+    let aborted = vec![AbortedTxn {
+        producer_id: 7,
+        first_offset: 0,
+        last_offset: 1,
+    }];
+    assert_eq!(
+        txn_indexes(dir.path()),
+        vec![(format!("{:020}.txnindex", 1), 1)],
+        "one entry, in the marker's segment"
+    );
+
+    log.close().unwrap();
+    drop(log);
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with(producer_state::SNAPSHOT_SUFFIX) {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                !text.contains("aborted"),
+                "a snapshot carries no aborted transactions: {text}"
+            );
+        }
+    }
+    let log = Log::open(dir.path(), config(1 << 20), None, None).unwrap();
+    assert_eq!(log.aborted_transactions(0, 4), aborted, "read back from the index");
+
+    // Cut below the marker: the marker's segment and its index go.
+    log.truncate_to(1).unwrap();
+    assert!(log.aborted_transactions(0, 4).is_empty());
+    assert!(
+        txn_indexes(dir.path()).iter().all(|(_, n)| *n == 0),
+        "{:?}",
+        txn_indexes(dir.path())
+    );
+}

@@ -52,6 +52,10 @@ pub struct TxnConfig {
     pub max_timeout_ms: i32,
     /// How often transactions open past their timeout are looked for.
     pub abort_check_interval: Duration,
+    /// transactional.id.expiration.ms
+    pub id_expiration_ms: i64,
+    /// How often expired transactional ids are looked for.
+    pub id_expiration_check_interval: Duration,
 }
 
 impl TxnConfig {
@@ -64,6 +68,10 @@ impl TxnConfig {
             max_timeout_ms: c.transaction_max_timeout_ms,
             abort_check_interval: Duration::from_millis(
                 c.transaction_abort_timed_out_transaction_cleanup_interval_ms.max(1) as u64,
+            ),
+            id_expiration_ms: c.transactional_id_expiration_ms.max(1),
+            id_expiration_check_interval: Duration::from_millis(
+                c.transaction_remove_expired_transaction_cleanup_interval_ms.max(1) as u64,
             ),
         }
     }
@@ -93,6 +101,13 @@ pub struct TransactionCoordinator {
     pub(super) shards: Vec<Mutex<Shard>>,
     /// Connections to other brokers, for markers and verifications.
     pub(super) channels: BrokerChannels,
+}
+
+/// What a state write puts in `__transaction_state`.
+enum StateWrite {
+    Put(TxnMetadata),
+    /// The id is forgotten.
+    Tombstone,
 }
 
 /// What DescribeTransactions and ListTransactions show of one id.
@@ -212,6 +227,32 @@ impl TransactionCoordinator {
         transactional_id: &str,
         decide: impl FnOnce(Option<&TxnMetadata>) -> Result<(Option<TxnMetadata>, T), ResponseError>,
     ) -> Result<T, ResponseError> {
+        self.write_state(transactional_id, |current| {
+            decide(current).map(|(next, answer)| (next.map(StateWrite::Put), answer))
+        })
+        .await
+    }
+
+    /// Forgets a transactional id with a tombstone, if `still` holds of its
+    /// state when the write starts.
+    async fn remove(
+        &self,
+        transactional_id: &str,
+        still: impl FnOnce(&TxnMetadata) -> bool,
+    ) -> Result<bool, ResponseError> {
+        self.write_state(transactional_id, |current| match current {
+            Some(m) if still(m) => Ok((Some(StateWrite::Tombstone), true)),
+            _ => Ok((None, false)),
+        })
+        .await
+    }
+
+    /// [`Self::transition`], for a state or a tombstone.
+    async fn write_state<T>(
+        &self,
+        transactional_id: &str,
+        decide: impl FnOnce(Option<&TxnMetadata>) -> Result<(Option<StateWrite>, T), ResponseError>,
+    ) -> Result<T, ResponseError> {
         if let Some(e) = self.unavailable(transactional_id) {
             return Err(e);
         }
@@ -232,7 +273,11 @@ impl TransactionCoordinator {
                 .replicas
                 .get(TRANSACTION_STATE_TOPIC, p)
                 .map_err(|_| ResponseError::NotCoordinator)?;
-            let (record_offset, leader_epoch) = self.append(&part, transactional_id, &next).map_err(|e| {
+            let value = match &next {
+                StateWrite::Put(m) => Some(m),
+                StateWrite::Tombstone => None,
+            };
+            let (record_offset, leader_epoch) = self.append(&part, transactional_id, value).map_err(|e| {
                 tracing::warn!(transactional_id, error = %e, "writing transaction state failed");
                 e.coordinator_write_error()
             })?;
@@ -245,7 +290,10 @@ impl TransactionCoordinator {
         shard.writing.remove(transactional_id);
         match replicated {
             Ok(Ok(())) if shard.loaded && shard.epoch == coordinator_epoch => {
-                shard.txns.insert(transactional_id.to_string(), next);
+                match next {
+                    StateWrite::Put(m) => shard.txns.insert(transactional_id.to_string(), m),
+                    StateWrite::Tombstone => shard.txns.remove(transactional_id),
+                };
                 Ok(answer)
             }
             // Not replicated in time: the client retries; if the record makes it
@@ -255,11 +303,12 @@ impl TransactionCoordinator {
         }
     }
 
-    /// Appends one state record; answers its offset and the leader epoch.
-    fn append(&self, part: &Partition, transactional_id: &str, m: &TxnMetadata) -> Result<(i64, i32)> {
+    /// Appends one state record (None: a tombstone); answers its offset and
+    /// the leader epoch.
+    fn append(&self, part: &Partition, transactional_id: &str, m: Option<&TxnMetadata>) -> Result<(i64, i32)> {
         let key = records::encode_key(transactional_id)?;
-        let value = records::encode_value(m)?;
-        let mut recs: Vec<Record> = vec![batch::plain_record(0, now_ms(), Some(key), Some(value))];
+        let value = m.map(records::encode_value).transpose()?;
+        let mut recs: Vec<Record> = vec![batch::plain_record(0, now_ms(), Some(key), value)];
         let batch = batch::encode_records(&mut recs, Compression::None, -1, -1, -1).map_err(Error::CorruptMessage)?;
         crate::blocking::blocking(|| {
             let (info, epoch) = part.append_from(&batch, -1, AppendOrigin::Coordinator)?;
@@ -478,6 +527,28 @@ impl TransactionCoordinator {
                 Err(e) => tracing::debug!(transactional_id = %id, error = ?e, "timed-out transaction not aborted yet"),
             }
         }
+    }
+
+    /// Forgets the transactional ids idle past `transactional.id.expiration.ms`
+    /// with no transaction open (Kafka's removeExpiredTransactionalIds): a
+    /// tombstone each, so the compacted log drops them too. Answers how many.
+    pub async fn remove_expired_ids(&self) -> usize {
+        let expiration_ms = self.config.id_expiration_ms;
+        let now = now_ms();
+        let expired = self.ids_where(|shard, id, m| {
+            !shard.writing.contains(id) && !shard.completing.contains(id) && m.id_expired(expiration_ms, now)
+        });
+        let mut removed = 0;
+        for id in expired {
+            match self.remove(&id, |m| m.id_expired(expiration_ms, now_ms())).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(transactional_id = %id, error = ?e, "expired transactional id not removed yet")
+                }
+            }
+        }
+        removed
     }
 
     /// The transactional ids of every shard whose state `pick` chooses.

@@ -259,6 +259,16 @@ impl TxnMetadata {
         next.state = TxnState::PrepareAbort;
         Some(next)
     }
+
+    /// A transactional id idle for `transactional.id.expiration.ms` with no
+    /// transaction open or ending is forgotten (Kafka's
+    /// removeExpiredTransactionalIds): its next InitProducerId starts afresh.
+    pub fn id_expired(&self, expiration_ms: i64, now_ms: i64) -> bool {
+        matches!(
+            self.state,
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+        ) && now_ms >= self.updated_ms.saturating_add(expiration_ms)
+    }
 }
 
 /// What EndTxn leads to.
@@ -284,6 +294,31 @@ mod tests {
 
     fn tp(p: i32) -> (String, i32) {
         ("t".to_string(), p)
+    }
+
+    #[test]
+    fn only_an_idle_id_without_an_open_transaction_expires() {
+        let m = ready(TxnMetadata::init(None, 60_000, 900_000, 7, None, 100));
+        assert!(!m.id_expired(1_000, 1_099), "idle for less than the expiration");
+        assert!(m.id_expired(1_000, 1_100), "Empty and idle long enough");
+        let open = m.add_partitions(7, 0, &[tp(0)], 200).unwrap();
+        assert!(
+            !open.id_expired(1_000, 10_000_000),
+            "an Ongoing transaction is never forgotten"
+        );
+        let EndOutcome::Prepare(preparing) = open.end(7, 0, true, 300).unwrap() else {
+            panic!("not prepared")
+        };
+        assert!(
+            !preparing.id_expired(1_000, 10_000_000),
+            "nor one whose markers are being written"
+        );
+        let done = preparing.complete(400).unwrap();
+        assert!(!done.id_expired(1_000, 1_399));
+        assert!(
+            done.id_expired(1_000, 1_400),
+            "a completed transaction's id expires from its last update"
+        );
     }
 
     #[test]
