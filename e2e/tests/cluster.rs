@@ -2274,12 +2274,14 @@ async fn group_coordinator(addr: &str, group: &str) -> Option<i32> {
 /// Moves `group`'s coordinator off broker `avoid` when it is there: its
 /// `__consumer_offsets` partition (Kafka's `abs(hashCode) % 50`) gets another
 /// broker as first replica, which a preferred election then makes leader.
-async fn move_group_coordinator_off(cluster: &Cluster, group: &str, avoid: i32) {
+/// Whether it moved: the application then needs a commit or two to meet
+/// NOT_COORDINATOR at the old one and look the new one up.
+async fn move_group_coordinator_off(cluster: &Cluster, group: &str, avoid: i32) -> bool {
     use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
     use kafka_protocol::messages::{ApiKey, ElectLeadersRequest, ElectLeadersResponse, TopicName};
     let addr = cluster.bootstrap().split(',').next().unwrap().to_string();
     if group_coordinator(&addr, group).await != Some(avoid) {
-        return;
+        return false;
     }
     let hash = group
         .encode_utf16()
@@ -2314,6 +2316,7 @@ async fn move_group_coordinator_off(cluster: &Cluster, group: &str, avoid: i32) 
         (group_coordinator(&addr, group).await == Some(target)).then_some(())
     })
     .await;
+    true
 }
 
 /// Exactly once under failure: a consume-transform-produce application runs
@@ -2329,7 +2332,8 @@ async fn move_group_coordinator_off(cluster: &Cluster, group: &str, avoid: i32) 
 /// Kafka answers the same way, so the test keeps the group's coordinator off
 /// the brokers it kills: when it sits on the next victim, the group's
 /// `__consumer_offsets` partition is first moved elsewhere (reassignment,
-/// then a preferred election).
+/// then a preferred election) and the application commits through the new
+/// coordinator before the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_leader_and_coordinator_kills() {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -2414,7 +2418,10 @@ async fn exactly_once_through_leader_and_coordinator_kills() {
     let out = describe_topic(&cluster.brokers[0], "eos-out").await.unwrap();
     let leader = out.partition_states[0].leader;
     let victim = (leader - 1) as usize;
-    move_group_coordinator_off(&cluster, "eos-app", leader).await;
+    if move_group_coordinator_off(&cluster, "eos-app", leader).await {
+        let moved_at = progress.load(Ordering::Relaxed);
+        processed(&cluster, &progress, &trace, (moved_at + 100).min(RECORDS)).await;
+    }
     eprintln!("killing broker {leader}, leader of eos-out-0");
     cluster.brokers[victim].kill9();
     let before = progress.load(Ordering::Relaxed);
@@ -2435,7 +2442,10 @@ async fn exactly_once_through_leader_and_coordinator_kills() {
     .await;
     assert_eq!(found.error_code, 0, "no transaction coordinator");
     let txn_coordinator = found.node_id.0;
-    move_group_coordinator_off(&cluster, "eos-app", txn_coordinator).await;
+    if move_group_coordinator_off(&cluster, "eos-app", txn_coordinator).await {
+        let moved_at = progress.load(Ordering::Relaxed);
+        processed(&cluster, &progress, &trace, (moved_at + 100).min(RECORDS)).await;
+    }
     let coordinator = (txn_coordinator - 1) as usize;
     eprintln!("killing broker {}, the transaction coordinator", found.node_id.0);
     cluster.brokers[coordinator].kill9();

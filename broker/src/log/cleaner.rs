@@ -10,8 +10,9 @@
 //! removed and never supersede a committed record; a marker stays while any
 //! batch of its transaction does, then gets a delete horizon like a
 //! tombstone and goes after it (KIP-534); a cleaned segment's `.txnindex`
-//! keeps the aborted transactions whose markers stayed. A pass runs when the dirty part (written since the last
-//! pass) reaches `min.cleanable.dirty.ratio`, when dirty data is older than
+//! keeps the aborted transactions whose markers stayed. A pass runs when
+//! the dirty part (written since the last pass) reaches
+//! `min.cleanable.dirty.ratio`, when dirty data is older than
 //! `max.compaction.lag.ms`, or when kept tombstones are due. Segments are
 //! streamed batch by batch and the key map is bounded by
 //! `log.cleaner.dedupe.buffer.size`.
