@@ -142,10 +142,28 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
     let live_voters = voters.iter().filter(|b| up(b)).count();
     let majority = voters.len() / 2 + 1;
 
-    // A stale broker that is down serves nothing: restarting it costs nothing
-    // and may be what brings it back. Only while the quorum keeps a majority
-    // without it, which it does, being down already.
-    if let Some(down) = stale.iter().filter(|b| !up(b)).min_by_key(|b| b.id) {
+    // A stale broker that is not up goes first: restarting it may be what
+    // brings it back. Free when it is fenced (it leads nothing and is in no
+    // ISR); a registered broker whose pod is merely not Ready still serves
+    // its replicas and its quorum vote, so it goes only when the partitions
+    // and the quorum keep enough without it.
+    let serving: BTreeSet<i32> = brokers.iter().filter(|b| b.registered).map(|b| b.id).collect();
+    let safe_without = |b: &RollBroker| {
+        if !b.registered {
+            return true;
+        }
+        let partitions_keep = partitions.iter().all(|p| {
+            p.replicas.len() <= p.min_isr
+                || !p.isr.contains(&b.id)
+                || p.isr.iter().filter(|r| **r != b.id && serving.contains(r)).count() >= p.min_isr
+        });
+        let voters_left = voters
+            .iter()
+            .filter(|v| v.id != b.id && serving.contains(&v.id))
+            .count();
+        partitions_keep && (!b.voter || voters_left >= majority)
+    };
+    if let Some(down) = stale.iter().filter(|b| !up(b) && safe_without(b)).min_by_key(|b| b.id) {
         return RollStep::Restart(down.id);
     }
     // The active controller last, then by id.
@@ -341,6 +359,30 @@ mod tests {
         );
     }
 
+    /// A broker whose pod is not Ready but that is registered still serves:
+    /// it is not restarted ahead of the gate while another broker is fenced
+    /// and its partitions are at their min ISR; a fenced one is.
+    #[test]
+    fn a_registered_broker_that_is_not_ready_still_counts() {
+        let mut brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, false)).collect();
+        brokers[1].ready = false; // stale, registered, in the ISR
+        brokers[2].registered = false; // fenced, out of the ISR
+        brokers[2].current = true;
+        let parts = [partition(0, &[0, 1, 2], &[0, 1], 2)];
+        match next_restart(&brokers, &parts, 0) {
+            RollStep::Wait(Blocked::MinIsr { partitions, .. }) => assert_eq!(partitions, vec!["t-0"]),
+            other => panic!("broker 1 serves t-0 at its min ISR: {other:?}"),
+        }
+        brokers[1].registered = false;
+        brokers[2].registered = true;
+        let parts = [partition(0, &[0, 1, 2], &[0, 2], 2)];
+        assert_eq!(
+            next_restart(&brokers, &parts, 0),
+            RollStep::Restart(1),
+            "a fenced broker goes first"
+        );
+    }
+
     fn cluster() -> impl Strategy<Value = (Vec<RollBroker>, Vec<RollPartition>, i32)> {
         (3usize..7).prop_flat_map(|n| {
             let brokers = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), n);
@@ -395,6 +437,21 @@ mod tests {
             if let RollStep::Restart(id) = step {
                 let b = brokers.iter().find(|b| b.id == id).unwrap();
                 prop_assert!(!b.current);
+                // A broker that serves (registered, unfenced: in ISRs, voting),
+                // ready or not, never goes where its partitions or the quorum
+                // would be left short by its going.
+                if b.registered {
+                    let serving: Vec<i32> = brokers.iter().filter(|b| b.registered).map(|b| b.id).collect();
+                    for p in &partitions {
+                        if p.isr.contains(&id) && p.replicas.len() > p.min_isr {
+                            let left = p.isr.iter().filter(|r| **r != id && serving.contains(r)).count();
+                            prop_assert!(left >= p.min_isr, "{p:?} short of min ISR without serving broker {id}");
+                        }
+                    }
+                    let voters = brokers.iter().filter(|b| b.voter).count();
+                    let left = brokers.iter().filter(|o| o.voter && o.registered && o.id != id).count();
+                    prop_assert!(!b.voter || left > voters / 2, "quorum without serving broker {id}");
+                }
                 let live = b.ready && b.registered;
                 if live {
                     let live: Vec<i32> = brokers.iter().filter(|b| b.ready && b.registered).map(|b| b.id).collect();
