@@ -308,6 +308,16 @@ async fn three_brokers_form_one_cluster() {
         ids.push(d.cluster_id);
     }
     assert!(ids.iter().all(|id| id == &ids[0] && !id.is_empty()), "{ids:?}");
+    // Every broker's metadata lag, as the active controller knows it, from
+    // any broker (the others forward DescribeCluster to it): known, caught up.
+    for b in &cluster.brokers {
+        eventually("every broker's metadata lag known and small", || async {
+            describe(b)
+                .await
+                .filter(|d| d.brokers.len() == 3 && d.brokers.iter().all(|b| (0..=100).contains(&b.metadata_lag)))
+        })
+        .await;
+    }
     // librdkafka sees three brokers from any one of them.
     for b in &cluster.brokers {
         let consumer: BaseConsumer = kafka(&b.bootstrap()).create().unwrap();

@@ -6,8 +6,9 @@
 //! Kafka's own rule (and Strimzi's KafkaRoller's): a broker may restart when
 //! every partition it hosts keeps at least `min.insync.replicas` in-sync
 //! replicas without it. On top of that the gate waits for the cluster to be
-//! whole again between brokers (every pod ready, every broker registered and
-//! unfenced, no partition under-replicated), so a restarted broker is back in
+//! whole again between brokers (every pod ready, every broker registered,
+//! unfenced and caught up on the metadata log, no partition
+//! under-replicated), so a restarted broker is back in
 //! every ISR before the next goes; it restarts a broker whose pod is not
 //! ready first (it serves nothing), and the active controller last.
 
@@ -23,7 +24,24 @@ pub struct RollBroker {
     pub ready: bool,
     /// Registered with the controller and unfenced.
     pub registered: bool,
+    /// Its copy of the metadata log is close to the active controller's
+    /// (see [`metadata_caught_up`]).
+    pub caught_up: bool,
     pub voter: bool,
+}
+
+/// Metadata records a broker's copy of the quorum log may be behind the
+/// active controller's and still count as caught up: a few moments of
+/// metadata changes in flight, where a restarted broker replaying the log is
+/// behind by its whole tail.
+pub const MAX_METADATA_LAG: i64 = 100;
+
+/// Whether a broker's metadata lag (the admin API's `metadata_lag`) is caught
+/// up. An unknown lag (-1: the active controller could not say) counts as
+/// caught up: the broker unfenced, so it had applied the log as far as the
+/// controller when it registered.
+pub fn metadata_caught_up(lag: i64) -> bool {
+    lag <= MAX_METADATA_LAG
 }
 
 /// A partition as the admin API reports it, with its topic's min ISR.
@@ -96,10 +114,10 @@ impl Blocked {
         }
         match self {
             Blocked::BrokersNotBack { brokers, partitions } if partitions.is_empty() => {
-                format!("rolling restart waits for brokers {brokers:?} to be ready, registered and unfenced")
+                format!("rolling restart waits for brokers {brokers:?} to be ready, registered, unfenced and caught up on metadata")
             }
             Blocked::BrokersNotBack { brokers, partitions } => format!(
-                "rolling restart waits for brokers {brokers:?} to be ready, registered and unfenced; \
+                "rolling restart waits for brokers {brokers:?} to be ready, registered, unfenced and caught up on metadata; \
                  their partitions {} are short of replicas until then",
                 list(partitions)
             ),
@@ -136,7 +154,7 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
     if stale.is_empty() {
         return RollStep::Done;
     }
-    let up = |b: &RollBroker| b.ready && b.registered;
+    let up = |b: &RollBroker| b.ready && b.registered && b.caught_up;
     let live: BTreeSet<i32> = brokers.iter().filter(|b| up(b)).map(|b| b.id).collect();
     let voters: Vec<&RollBroker> = brokers.iter().filter(|b| b.voter).collect();
     let live_voters = voters.iter().filter(|b| up(b)).count();
@@ -159,7 +177,7 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
         });
         let voters_left = voters
             .iter()
-            .filter(|v| v.id != b.id && serving.contains(&v.id))
+            .filter(|v| v.id != b.id && v.caught_up && serving.contains(&v.id))
             .count();
         partitions_keep && (!b.voter || voters_left >= majority)
     };
@@ -258,6 +276,7 @@ mod tests {
             current,
             ready: true,
             registered: true,
+            caught_up: true,
             voter: id < 3,
         }
     }
@@ -359,6 +378,21 @@ mod tests {
         );
     }
 
+    /// A broker back (Ready, registered) but still replaying the metadata log
+    /// holds the roll; a voter behind does not count toward the quorum.
+    #[test]
+    fn a_broker_behind_on_metadata_is_not_back() {
+        let mut brokers: Vec<RollBroker> = (0..3).map(|id| broker(id, id == 2)).collect();
+        brokers[2].caught_up = false;
+        let parts = [partition(0, &[0, 1, 2], &[0, 1, 2], 1)];
+        match next_restart(&brokers, &parts, 0) {
+            RollStep::Wait(Blocked::BrokersNotBack { brokers, .. }) => assert_eq!(brokers, vec![2]),
+            other => panic!("broker 2 is behind on metadata: {other:?}"),
+        }
+        assert!(metadata_caught_up(-1) && metadata_caught_up(MAX_METADATA_LAG));
+        assert!(!metadata_caught_up(MAX_METADATA_LAG + 1));
+    }
+
     /// A broker whose pod is not Ready but that is registered still serves:
     /// it is not restarted ahead of the gate while another broker is fenced
     /// and its partitions are at their min ISR; a fenced one is.
@@ -385,7 +419,7 @@ mod tests {
 
     fn cluster() -> impl Strategy<Value = (Vec<RollBroker>, Vec<RollPartition>, i32)> {
         (3usize..7).prop_flat_map(|n| {
-            let brokers = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), n);
+            let brokers = proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()), n);
             let parts = proptest::collection::vec(
                 (
                     proptest::sample::subsequence((0..n as i32 + 2).collect::<Vec<_>>(), 1..=n.min(3)),
@@ -398,11 +432,12 @@ mod tests {
                 let brokers = bs
                     .into_iter()
                     .enumerate()
-                    .map(|(id, (current, ready, registered))| RollBroker {
+                    .map(|(id, (current, ready, registered, caught_up))| RollBroker {
                         id: id as i32,
                         current,
                         ready,
                         registered,
+                        caught_up,
                         voter: id < 3,
                     })
                     .collect();
@@ -449,12 +484,12 @@ mod tests {
                         }
                     }
                     let voters = brokers.iter().filter(|b| b.voter).count();
-                    let left = brokers.iter().filter(|o| o.voter && o.registered && o.id != id).count();
-                    prop_assert!(!b.voter || left > voters / 2, "quorum without serving broker {id}");
+                    let left = brokers.iter().filter(|o| o.voter && o.registered && o.caught_up && o.id != id).count();
+                    prop_assert!(!b.voter || left > voters / 2, "no caught-up quorum without serving broker {id}");
                 }
-                let live = b.ready && b.registered;
+                let live = b.ready && b.registered && b.caught_up;
                 if live {
-                    let live: Vec<i32> = brokers.iter().filter(|b| b.ready && b.registered).map(|b| b.id).collect();
+                    let live: Vec<i32> = brokers.iter().filter(|b| b.ready && b.registered && b.caught_up).map(|b| b.id).collect();
                     for p in &partitions {
                         if p.replicas.contains(&id) && p.replicas.len() > p.min_isr {
                             let left = p.isr.iter().filter(|r| **r != id && live.contains(r)).count();
@@ -462,10 +497,10 @@ mod tests {
                         }
                     }
                     let voters = brokers.iter().filter(|b| b.voter).count();
-                    let live_voters = brokers.iter().filter(|b| b.voter && b.ready && b.registered && b.id != id).count();
+                    let live_voters = brokers.iter().filter(|b| b.voter && b.ready && b.registered && b.caught_up && b.id != id).count();
                     prop_assert!(!b.voter || live_voters > voters / 2, "quorum without {id}");
                     // Never a second broker down at once.
-                    prop_assert!(brokers.iter().all(|b| b.ready && b.registered));
+                    prop_assert!(brokers.iter().all(|b| b.ready && b.registered && b.caught_up));
                     if brokers.iter().any(|o| !o.current && o.id != controller) {
                         prop_assert!(id != controller, "the controller before another stale broker");
                     }

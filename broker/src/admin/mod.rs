@@ -253,11 +253,31 @@ async fn peer(addr: &str) -> Result<pb::admin_client::AdminClient<tonic::transpo
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    /// Answered by the active controller (forwarded to it), which alone knows
+    /// how far behind each broker's copy of the metadata log is; by this
+    /// broker, with unknown lags, when it cannot be asked.
     async fn describe_cluster(
         &self,
-        _: Request<pb::DescribeClusterRequest>,
+        request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
         let c = &self.ctx;
+        let lags = c.controller.metadata_lags();
+        if lags.is_none() && !forwarded(&request) {
+            let controller_admin = c
+                .controller
+                .active_controller()
+                .filter(|id| *id != c.config.node_id)
+                .and_then(|id| c.controller.image().brokers.get(&id).map(|b| b.admin.clone()));
+            if let Some(addr) = controller_admin {
+                match peer(&addr).await {
+                    Ok(mut client) => match client.describe_cluster(forward(pb::DescribeClusterRequest {})).await {
+                        Ok(answer) => return Ok(answer),
+                        Err(e) => tracing::debug!(error = %e, "the active controller did not describe the cluster"),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "the active controller is unreachable"),
+                }
+            }
+        }
         let image = c.controller.image();
         let voters = c.controller.voter_ids();
         let as_pb = |b: &BrokerRegistration| pb::Broker {
@@ -269,6 +289,10 @@ impl Admin for AdminService {
             controller_voter: voters.contains(&b.id),
             leader_count: image.leader_count(b.id) as i32,
             replica_count: image.replica_count(b.id) as i32,
+            metadata_lag: lags
+                .as_ref()
+                .and_then(|l| l.get(&b.id))
+                .map_or(-1, |lag| i64::try_from(*lag).unwrap_or(i64::MAX)),
         };
         let mut brokers: Vec<pb::Broker> = image.brokers.values().map(as_pb).collect();
         // Before its registration is applied, this broker still answers for itself.

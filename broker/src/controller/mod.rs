@@ -247,6 +247,33 @@ impl Controller {
         }
     }
 
+    /// How many metadata records each node's copy of the quorum log is
+    /// behind this one's, when this node is the active controller (openraft's
+    /// replication progress; the controller itself is 0). A broker the
+    /// controller does not replicate to yet is missing.
+    pub fn metadata_lags(&self) -> Option<BTreeMap<i32, u64>> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader {
+            return None;
+        }
+        let end = m.last_log_index.unwrap_or(0);
+        let mut lags: BTreeMap<i32, u64> = m
+            .replication
+            .as_ref()?
+            .iter()
+            .map(|(id, matched)| {
+                let lag = match matched {
+                    Some(log_id) => end.saturating_sub(log_id.index),
+                    None => end + 1,
+                };
+                (*id as i32, lag)
+            })
+            .collect();
+        lags.insert(self.node_id as i32, 0);
+        Some(lags)
+    }
+
     pub fn voter_ids(&self) -> Vec<i32> {
         self.voters.keys().map(|id| *id as i32).collect()
     }

@@ -26,7 +26,7 @@ use crate::plan::{
     VolumeState,
 };
 use crate::reassignment::{progress, Moving};
-use crate::roll::{next_restart, Blocked, RollBroker, RollPartition, RollStep};
+use crate::roll::{metadata_caught_up, next_restart, Blocked, RollBroker, RollPartition, RollStep};
 use crate::scale::{drain_moves, scale_plan, HostedReplicas, ScalePlan};
 use crate::{admin, desired, Context, Error};
 
@@ -569,6 +569,7 @@ fn roll_step(
                 current: pod.is_none_or(|p| p.template_hash == desired_hash),
                 ready: pod.is_some_and(|p| p.ready),
                 registered: registered.is_some_and(|b| !b.fenced),
+                caught_up: registered.is_some_and(|b| metadata_caught_up(b.metadata_lag)),
                 // The quorum's voters are fixed (node ids 0..voters), registered or not.
                 voter: id < voters,
             }
