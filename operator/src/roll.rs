@@ -152,7 +152,9 @@ impl Blocked {
 pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active_controller: i32) -> RollStep {
     let stale: Vec<&RollBroker> = brokers.iter().filter(|b| !b.current).collect();
     if stale.is_empty() {
-        return RollStep::Done;
+        // The roll ends once the last broker is back too, in every ISR, with
+        // leadership on the preferred replicas again.
+        return settling(brokers, partitions).map_or(RollStep::Done, RollStep::Wait);
     }
     let up = |b: &RollBroker| b.ready && b.registered && b.caught_up;
     let live: BTreeSet<i32> = brokers.iter().filter(|b| up(b)).map(|b| b.id).collect();
@@ -210,40 +212,8 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
             partitions: below,
         });
     }
-    if !not_back.is_empty() {
-        let partitions = partitions
-            .iter()
-            .filter(|p| p.replicas.iter().any(|r| not_back.contains(r)))
-            .map(name)
-            .collect();
-        return RollStep::Wait(Blocked::BrokersNotBack {
-            brokers: not_back,
-            partitions,
-        });
-    }
-    let lagging: Vec<String> = partitions
-        .iter()
-        .filter(|p| p.replicas.iter().any(|r| live.contains(r) && !p.isr.contains(r)))
-        .map(name)
-        .collect();
-    if !lagging.is_empty() {
-        return RollStep::Wait(Blocked::UnderReplicated { partitions: lagging });
-    }
-    // Leaders back on their preferred replicas (live and in sync), so load
-    // and client connections spread again before the next broker goes.
-    let unpreferred: Vec<String> = partitions
-        .iter()
-        .filter(|p| {
-            p.replicas
-                .first()
-                .is_some_and(|r| *r != p.leader && live.contains(r) && p.isr.contains(r))
-        })
-        .map(name)
-        .collect();
-    if !unpreferred.is_empty() {
-        return RollStep::Wait(Blocked::LeadersNotPreferred {
-            partitions: unpreferred,
-        });
+    if let Some(blocked) = settling(brokers, partitions) {
+        return RollStep::Wait(blocked);
     }
     if next.voter && live_voters.saturating_sub(1) < majority {
         return RollStep::Wait(Blocked::Quorum {
@@ -259,6 +229,47 @@ pub fn next_restart(brokers: &[RollBroker], partitions: &[RollPartition], active
         });
     }
     RollStep::Restart(next.id)
+}
+
+/// What the cluster lacks to be whole again after a restart: every broker
+/// back (ready, registered, unfenced, caught up on metadata), every live
+/// replica in its ISR, leaders on their preferred replicas (live and in
+/// sync), so load and client connections spread again. None: whole.
+pub fn settling(brokers: &[RollBroker], partitions: &[RollPartition]) -> Option<Blocked> {
+    let up = |b: &RollBroker| b.ready && b.registered && b.caught_up;
+    let live: BTreeSet<i32> = brokers.iter().filter(|b| up(b)).map(|b| b.id).collect();
+    let not_back: Vec<i32> = brokers.iter().filter(|b| !up(b)).map(|b| b.id).collect();
+    if !not_back.is_empty() {
+        let partitions = partitions
+            .iter()
+            .filter(|p| p.replicas.iter().any(|r| not_back.contains(r)))
+            .map(name)
+            .collect();
+        return Some(Blocked::BrokersNotBack {
+            brokers: not_back,
+            partitions,
+        });
+    }
+    let lagging: Vec<String> = partitions
+        .iter()
+        .filter(|p| p.replicas.iter().any(|r| live.contains(r) && !p.isr.contains(r)))
+        .map(name)
+        .collect();
+    if !lagging.is_empty() {
+        return Some(Blocked::UnderReplicated { partitions: lagging });
+    }
+    let unpreferred: Vec<String> = partitions
+        .iter()
+        .filter(|p| {
+            p.replicas
+                .first()
+                .is_some_and(|r| *r != p.leader && live.contains(r) && p.isr.contains(r))
+        })
+        .map(name)
+        .collect();
+    (!unpreferred.is_empty()).then_some(Blocked::LeadersNotPreferred {
+        partitions: unpreferred,
+    })
 }
 
 fn name(p: &RollPartition) -> String {
@@ -301,6 +312,22 @@ mod tests {
         let mut done = brokers.clone();
         done.iter_mut().for_each(|b| b.current = true);
         assert_eq!(next_restart(&done, &parts, 0), RollStep::Done);
+        // The last broker restarted but not back, then back but not leading
+        // what it prefers: the roll is not over yet.
+        done[2].ready = false;
+        assert!(matches!(
+            next_restart(&done, &parts, 0),
+            RollStep::Wait(Blocked::BrokersNotBack { .. })
+        ));
+        done[2].ready = true;
+        let moved = [RollPartition {
+            leader: 1,
+            ..partition(0, &[2, 0, 1], &[0, 1, 2], 2)
+        }];
+        assert!(matches!(
+            next_restart(&done, &moved, 0),
+            RollStep::Wait(Blocked::LeadersNotPreferred { .. })
+        ));
     }
 
     #[test]
@@ -507,7 +534,7 @@ mod tests {
                 }
             }
             if brokers.iter().all(|b| b.current) {
-                prop_assert_eq!(step, RollStep::Done);
+                prop_assert_eq!(step == RollStep::Done, settling(&brokers, &partitions).is_none());
             }
         }
     }

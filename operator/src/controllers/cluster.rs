@@ -148,7 +148,13 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         })
         .collect();
     let desired_hash = desired::desired_template_hash(&cluster, &ctx.config.broker_image);
-    let roll = if observed.iter().any(|p| p.template_hash != desired_hash) {
+    // A roll lasts from the first stale pod until the cluster is whole again
+    // after the last restart (the RollingRestart condition is set meanwhile).
+    let was_rolling = cluster
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "RollingRestart"));
+    let roll = if was_rolling || observed.iter().any(|p| p.template_hash != desired_hash) {
         let topics = list_topics(&mut admin_client, &described, &mut topics).await;
         Some(roll_step(
             &observed,
@@ -161,14 +167,9 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
-    // Between restarts (and once the roll is over: the last pass had a
-    // RollingRestart condition), leadership goes back to preferred replicas.
-    let roll_ended = roll.is_none()
-        && cluster
-            .status
-            .as_ref()
-            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "RollingRestart"));
-    if matches!(roll, Some(RollStep::Wait(Blocked::LeadersNotPreferred { .. }))) || roll_ended {
+    // Between restarts and after the last one, leadership goes back to the
+    // preferred replicas; once it has, the roll is over (no condition).
+    if matches!(roll, Some(RollStep::Wait(Blocked::LeadersNotPreferred { .. }))) {
         if let Ok(client) = admin_client.as_mut() {
             match client
                 .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {})
@@ -182,6 +183,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
             }
         }
     }
+    let roll = roll.filter(|step| *step != RollStep::Done);
     if let Some(RollStep::Restart(id)) = roll {
         let pod = format!("{name}-{id}");
         // Through the Eviction API, so the PodDisruptionBudget is honoured.
