@@ -95,7 +95,10 @@ pub struct StorageSpec {
     #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("storage.storageClass cannot be changed: a broker's volume keeps its class"))]
     pub storage_class: Option<String>,
-    /// Delete the brokers' volumes when the Cluster is deleted.
+    /// Delete a broker's volume when a scale-down removes it (the operator
+    /// deletes its claim), and the brokers' volumes when the Cluster is
+    /// deleted (the StatefulSet's claim retention policy, where Kubernetes
+    /// enables it: 1.27 on).
     #[serde(default)]
     pub delete_claim: bool,
 }

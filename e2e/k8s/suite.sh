@@ -265,7 +265,8 @@ poll "the Cluster's status shows the rebalance's progress and an estimate" 240 r
 say "  $(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.reassignment}')"
 poll "the rebalance moved replicas onto the new brokers 3 and 4, all in sync" 300 rebalanced
 up_secs=$(( $(date +%s) - scale_start ))
-k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":3}}' >/dev/null
+# storage.deleteClaim: the removed brokers' claims go with them.
+k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":3,"storage":{"deleteClaim":true}}}' >/dev/null
 shrunk() {
   [ "$(k get sts my-cluster -n "$NS" -o jsonpath='{.spec.replicas}')" = 3 ] &&
     [ -z "$(k get pod -n "$NS" my-cluster-3 my-cluster-4 --ignore-not-found -o name)" ] && brokers_ready 3
@@ -277,6 +278,9 @@ parts = json.load(sys.stdin)["status"]["partitions"]
 sys.exit(0 if all(set(p["replicas"]) <= {0, 1, 2} and sorted(p["isr"]) == sorted(p["replicas"]) for p in parts) else 1)'
 }
 poll "every replica of wide on brokers 0-2 and in sync" 120 on_three
+claims_gone() { [ -z "$(k get pvc -n "$NS" data-my-cluster-3 data-my-cluster-4 --ignore-not-found -o name)" ]; }
+poll "the removed brokers' claims deleted (storage.deleteClaim)" 120 claims_gone
+[ -n "$(k get pvc -n "$NS" data-my-cluster-0 -o name)" ] || fail "a staying broker's claim was deleted"
 scale_secs=$(( $(date +%s) - scale_start ))
 verifiable_stop scale-load
 python3 "$here/metrics.py" never "$PROM" "max(fjord_controller_offline_partitions)" "$(( scale_secs + 10 ))"

@@ -411,6 +411,25 @@ pub fn volumes_to_expand(desired_size: &str, volumes: &[VolumeState]) -> Vec<Str
         .collect()
 }
 
+/// The claims of brokers a scale-down removed (`data-<cluster>-<ordinal>`
+/// with an ordinal at or past the StatefulSet's `replicas`), to delete when
+/// `storage.deleteClaim` is set, as Strimzi does: the StatefulSet's own
+/// retention policy needs a feature gate before Kubernetes 1.27. A claim
+/// still mounted is kept by Kubernetes until its pod is gone.
+pub fn claims_left_behind(cluster: &str, replicas: i32, volumes: &[VolumeState]) -> Vec<String> {
+    let prefix = format!("data-{cluster}-");
+    volumes
+        .iter()
+        .filter(|v| {
+            v.name
+                .strip_prefix(&prefix)
+                .and_then(|ordinal| ordinal.parse::<i32>().ok())
+                .is_some_and(|ordinal| ordinal >= replicas)
+        })
+        .map(|v| v.name.clone())
+        .collect()
+}
+
 /// `VolumesExpanded`: True once every bound claim has at least the desired
 /// capacity; False while a resize is pending, when the apiserver refused it
 /// (the StorageClass does not allow expansion, or the claim is not bound),
@@ -503,6 +522,28 @@ pub fn volume_condition(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_claims_of_removed_brokers_are_left_behind() {
+        let v = |name: &str| super::VolumeState {
+            name: name.into(),
+            requested: "1Gi".into(),
+            capacity: None,
+        };
+        let volumes = [
+            v("data-kafka-0"),
+            v("data-kafka-2"),
+            v("data-kafka-3"),
+            v("data-kafka-10"),
+            v("data-kafka-x-4"),
+            v("data-other-5"),
+        ];
+        assert_eq!(
+            super::claims_left_behind("kafka", 3, &volumes),
+            vec!["data-kafka-3", "data-kafka-10"]
+        );
+        assert!(super::claims_left_behind("kafka", 11, &volumes).is_empty());
+    }
+
     use super::*;
     use fjord_crds::{OffsetReset, ResetTo};
     use proptest::prelude::*;

@@ -125,9 +125,10 @@ RBAC rules the operator needs on the objects it manages, in every watched namesp
   resources: ["pods/eviction"]
   verbs: ["create"]
 - apiGroups: [""]
-  # Volumes grow by patching the brokers' claims.
+  # Volumes grow by patching the brokers' claims; a scale-down deletes the
+  # removed brokers' claims when storage.deleteClaim is set.
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   # The admin port's NetworkPolicy (networkPolicy.enabled).
   resources: ["networkpolicies"]

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -22,8 +22,8 @@ use super::{key, now, paused, write_status, Timer, MANAGER};
 use crate::dynamic_config::{config_changes, describe_changes, desired_dynamic};
 use crate::placement::{rebalance_moves, Candidate};
 use crate::plan::{
-    cluster_conditions, condition, rack_condition, volume_condition, volumes_to_expand, PodState, RegisteredBroker,
-    VolumeState,
+    claims_left_behind, cluster_conditions, condition, rack_condition, volume_condition, volumes_to_expand, PodState,
+    RegisteredBroker, VolumeState,
 };
 use crate::reassignment::{progress, Moving};
 use crate::roll::{metadata_caught_up, next_restart, Blocked, RollBroker, RollPartition, RollStep};
@@ -123,7 +123,32 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let asked_class = cluster.spec.storage.storage_class.clone().unwrap_or_default();
     let class_change = created_class.filter(|c| *c != asked_class);
     apply(&sts_api, &set).await?;
-    let (volumes, refused) = expand_volumes(&ctx, &cluster).await?;
+    let (mut volumes, refused) = expand_volumes(&ctx, &cluster).await?;
+    if cluster.spec.storage.delete_claim {
+        let replicas = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(cluster.spec.replicas);
+        let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+        for claim in claims_left_behind(&name, replicas, &volumes) {
+            match claims.delete(&claim, &DeleteParams::default()).await {
+                Ok(_) => {
+                    ctx.event(
+                        cluster.as_ref(),
+                        false,
+                        "DeleteClaim",
+                        "ScaleDown",
+                        format!("deleting {claim} of a removed broker (storage.deleteClaim)"),
+                    )
+                    .await;
+                    volumes.retain(|v| v.name != claim);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => volumes.retain(|v| v.name != claim),
+                Err(e) => tracing::warn!(claim, error = %e, "deleting a removed broker's claim failed; retrying"),
+            }
+        }
+    }
 
     // Restarts are ours (OnDelete): the roll gate (roll.rs) picks the broker.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
