@@ -275,6 +275,12 @@ reassignment_shown() {
 poll "the Cluster's status shows the rebalance's progress and an estimate" 240 reassignment_shown
 say "  $(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.reassignment}')"
 poll "the rebalance moved replicas onto the new brokers 3 and 4, all in sync" 300 rebalanced
+new_leaders() { k get topics -n "$NS" -o json | python3 -c '
+import json, sys
+parts = [p for t in json.load(sys.stdin)["items"] for p in (t.get("status") or {}).get("partitions", [])]
+sys.exit(0 if {3, 4} <= {p.get("leader") for p in parts} else 1)'
+}
+poll "brokers 3 and 4 lead partitions (a preferred election after the moves)" 120 new_leaders
 up_secs=$(( $(date +%s) - scale_start ))
 # storage.deleteClaim: the removed brokers' claims go with them.
 k patch cluster my-cluster -n "$NS" --type merge -p '{"spec":{"replicas":3,"storage":{"deleteClaim":true}}}' >/dev/null

@@ -196,16 +196,7 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     // preferred replicas; once it has, the roll is over (no condition).
     if matches!(roll, Some(RollStep::Wait(Blocked::LeadersNotPreferred { .. }))) {
         if let Ok(client) = admin_client.as_mut() {
-            match client
-                .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {})
-                .await
-            {
-                Ok(r) => tracing::info!(
-                    partitions = r.into_inner().partitions_elected,
-                    "elected preferred leaders during a roll"
-                ),
-                Err(e) => tracing::info!(error = %e, "preferred leader election failed; retrying"),
-            }
+            elect_preferred_leaders(client, "during a roll").await;
         }
     }
     let roll = roll.filter(|step| *step != RollStep::Done);
@@ -267,6 +258,15 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         // Unknown while the admin API does not answer: keep what was seen.
         Err(_) => cluster.status.as_ref().and_then(|s| s.reassignment.clone()),
     };
+    // Moves just ended: their new preferred replicas take leadership, so the
+    // brokers a rebalance filled lead their share now rather than at the
+    // brokers' next automatic leader rebalance.
+    let moves_ended = reassignment.is_none() && cluster.status.as_ref().is_some_and(|s| s.reassignment.is_some());
+    if moves_ended {
+        if let Ok(client) = admin_client.as_mut() {
+            elect_preferred_leaders(client, "after reassignments").await;
+        }
+    }
 
     let ready = sts_api
         .get_opt(&name)
@@ -631,6 +631,21 @@ fn roll_step(
         })
         .collect();
     next_restart(&brokers, &partitions, d.controller_id)
+}
+
+/// Kafka's preferred leader election over every partition; a failure is
+/// retried by a later pass.
+async fn elect_preferred_leaders(client: &mut admin::Admin, when: &str) {
+    match client
+        .elect_preferred_leaders(pb::ElectPreferredLeadersRequest {})
+        .await
+    {
+        Ok(r) => tracing::info!(
+            partitions = r.into_inner().partitions_elected,
+            "elected preferred leaders {when}"
+        ),
+        Err(e) => tracing::info!(error = %e, "preferred leader election {when} failed; retrying"),
+    }
 }
 
 /// The `RollingRestart` condition for a roll in progress.
