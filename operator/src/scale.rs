@@ -104,11 +104,19 @@ pub struct PartitionReplicas {
 }
 
 /// Reassignments that empty the `leaving` brokers: each of their replicas
-/// goes to the staying broker with the fewest replicas that the partition
-/// does not already have (ties to the lowest id), the rest of the replica
-/// list (and so the preferred leader, unless it leaves) unchanged. Every
-/// staying broker in `staying` may take replicas.
-pub fn drain_moves(leaving: &[i32], staying: &[i32], partitions: &[PartitionReplicas]) -> Vec<(String, i32, Vec<i32>)> {
+/// goes to a staying broker the partition does not already have, first one
+/// whose rack (`racks`; none: no rack) none of the partition's other
+/// replicas is in, so a partition's racks never narrow when they need not;
+/// then the one with the fewest replicas (ties to the lowest id). The rest
+/// of the replica list (and so the preferred leader, unless it leaves) is
+/// unchanged. Every staying broker in `staying` may take replicas.
+pub fn drain_moves(
+    leaving: &[i32],
+    staying: &[i32],
+    racks: &std::collections::BTreeMap<i32, String>,
+    partitions: &[PartitionReplicas],
+) -> Vec<(String, i32, Vec<i32>)> {
+    let rack = |b: &i32| racks.get(b).filter(|r| !r.is_empty());
     let mut load: std::collections::BTreeMap<i32, usize> = staying.iter().map(|b| (*b, 0)).collect();
     for p in partitions {
         for r in &p.replicas {
@@ -127,10 +135,16 @@ pub fn drain_moves(leaving: &[i32], staying: &[i32], partitions: &[PartitionRepl
             if !leaving.contains(&target[slot]) {
                 continue;
             }
+            let other_racks: Vec<&String> = target
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != slot)
+                .filter_map(|(_, b)| rack(b))
+                .collect();
             let Some(to) = load
                 .iter()
                 .filter(|(b, _)| !target.contains(b))
-                .min_by_key(|(b, n)| (**n, **b))
+                .min_by_key(|(b, n)| (rack(b).is_some_and(|r| other_racks.contains(&r)), **n, **b))
                 .map(|(b, _)| *b)
             else {
                 break;
@@ -215,11 +229,34 @@ mod tests {
             moving: false,
         };
         let parts = [p(0, &[3, 0, 1]), p(1, &[4, 3, 2]), p(2, &[0, 1, 2])];
-        let moves = drain_moves(&[3, 4], &[0, 1, 2], &parts);
+        let moves = drain_moves(&[3, 4], &[0, 1, 2], &Default::default(), &parts);
         assert_eq!(
             moves,
             vec![("t".into(), 0, vec![2, 0, 1]), ("t".into(), 1, vec![0, 1, 2])]
         );
+    }
+
+    /// A leaving replica goes to a rack the partition's other replicas are
+    /// not in, even onto a fuller broker.
+    #[test]
+    fn a_drain_keeps_a_partitions_racks() {
+        let racks: std::collections::BTreeMap<i32, String> = [(0, "a"), (1, "b"), (2, "b"), (3, "c"), (4, "a")]
+            .map(|(b, r)| (b, r.to_string()))
+            .into();
+        let p = |n: i32, replicas: &[i32]| PartitionReplicas {
+            topic: "t".into(),
+            partition: n,
+            replicas: replicas.to_vec(),
+            moving: false,
+        };
+        // Broker 3 (rack c) leaves t-0 = [3, 1]; broker 2 is emptiest but
+        // shares rack b with 1: broker 0 (rack a) takes it.
+        let parts = [p(0, &[3, 1]), p(1, &[0, 4]), p(2, &[0, 1]), p(3, &[4, 1])];
+        let moves = drain_moves(&[3], &[0, 1, 2, 4], &racks, &parts);
+        assert_eq!(moves.len(), 1);
+        let target = &moves[0].2;
+        assert_eq!(target[1], 1);
+        assert_eq!(racks[&target[0]], "a", "{target:?}");
     }
 
     fn partitions(brokers: i32) -> impl Strategy<Value = Vec<PartitionReplicas>> {
@@ -251,10 +288,14 @@ mod tests {
         /// A drain plan empties the leaving brokers of every partition it
         /// moves, onto distinct staying brokers, and touches nothing else.
         #[test]
-        fn a_drain_plan_empties_the_drained_brokers(parts in partitions(6), staying in 3i32..6) {
+        fn a_drain_plan_empties_the_drained_brokers(
+            parts in partitions(6), staying in 3i32..6, rack_of in proptest::collection::vec(0u8..3, 6),
+        ) {
             let leaving: Vec<i32> = (staying..6).collect();
             let stay: Vec<i32> = (0..staying).collect();
-            let moves = drain_moves(&leaving, &stay, &parts);
+            let racks: std::collections::BTreeMap<i32, String> =
+                rack_of.iter().enumerate().map(|(b, r)| (b as i32, format!("rack-{r}"))).collect();
+            let moves = drain_moves(&leaving, &stay, &racks, &parts);
             for p in &parts {
                 let moved = moves.iter().find(|(_, n, _)| *n == p.partition);
                 let needs = !p.moving && p.replicas.iter().any(|r| leaving.contains(r));
@@ -269,6 +310,19 @@ mod tests {
                     // Staying replicas keep their places.
                     for (a, b) in p.replicas.iter().zip(target) {
                         prop_assert!(leaving.contains(a) || a == b);
+                    }
+                    // Racks never narrow while each rack of a leaving replica
+                    // has enough staying brokers outside the partition to
+                    // take its place.
+                    let enough = leaving.iter().filter(|b| p.replicas.contains(b)).all(|l| {
+                        let same = |b: &&i32| racks[b] == racks[l];
+                        let spare = stay.iter().filter(|b| !p.replicas.contains(b)).filter(same).count();
+                        let gone = leaving.iter().filter(|b| p.replicas.contains(b)).filter(same).count();
+                        spare >= gone
+                    });
+                    let count = |rs: &[i32]| rs.iter().map(|b| &racks[b]).collect::<std::collections::BTreeSet<_>>().len();
+                    if enough {
+                        prop_assert!(count(target) >= count(&p.replicas), "{:?} -> {:?} over {:?}", p.replicas, target, racks);
                     }
                 }
             }

@@ -108,7 +108,11 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         let listed = list_topics(&mut admin_client, &described, &mut topics).await.clone();
         let plan = scale_down(&cluster, running, &described, &listed);
         if let (ScalePlan::Drain { brokers, .. }, Ok(client), Ok(listed)) = (&plan, admin_client.as_mut(), &listed) {
-            drain(&ctx, &cluster, client, brokers, listed).await?;
+            let racks = described
+                .as_ref()
+                .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
+                .unwrap_or_default();
+            drain(&ctx, &cluster, client, brokers, &racks, listed).await?;
         }
         plan
     } else {
@@ -528,11 +532,12 @@ async fn drain(
     cluster: &Cluster,
     client: &mut admin::Admin,
     leaving: &[i32],
+    racks: &std::collections::BTreeMap<i32, String>,
     topics: &[pb::TopicDescription],
 ) -> Result<(), Error> {
     let partitions = admin::partition_replicas(topics);
     let staying: Vec<i32> = (0..cluster.spec.replicas).collect();
-    let moves = drain_moves(leaving, &staying, &partitions);
+    let moves = drain_moves(leaving, &staying, racks, &partitions);
     let purpose = format!("off brokers {leaving:?} before the StatefulSet shrinks");
     admin::reassign(ctx, cluster, client, moves, "DrainBrokers", &purpose).await?;
     Ok(())
