@@ -313,14 +313,25 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         cluster.metadata.generation,
         now(),
     ));
-    let scaling = scale_condition(&cluster, &scale, running).or_else(|| {
-        (rebalanced > 0).then(|| {
-            (
-                true,
-                "Rebalancing",
-                format!("moving {rebalanced} partitions to spread replicas over the brokers"),
-            )
-        })
+    // A rebalance stays the Scaling condition until its moves are done.
+    let was_rebalancing = previous
+        .iter()
+        .any(|c| c.type_ == "Scaling" && c.reason == "Rebalancing");
+    let scaling = scale_condition(&cluster, &scale, running).or_else(|| match &reassignment {
+        _ if rebalanced > 0 => Some((
+            true,
+            "Rebalancing",
+            format!("moving {rebalanced} partitions to spread replicas over the brokers"),
+        )),
+        Some(r) if was_rebalancing => Some((
+            true,
+            "Rebalancing",
+            format!(
+                "spreading replicas over the brokers: {} partitions moving, {} done",
+                r.partitions_moving, r.partitions_done
+            ),
+        )),
+        _ => None,
     });
     conditions.extend(scaling.map(|(ok, reason, message)| {
         condition(
