@@ -614,11 +614,14 @@ impl Log {
                         next_delete_horizon = next_delete_horizon.min(delete_horizon.unwrap_or(i64::MAX));
                         batch
                     }
-                    Cleaned::Empty if self.is_last_batch_of_producer(&BatchHeader::parse(&raw)?) => {
-                        txns.kept(&BatchHeader::parse(&raw)?);
+                    Cleaned::Empty => {
+                        let h = BatchHeader::parse(&raw)?;
+                        if !self.is_last_batch_of_producer(&h) {
+                            return Ok(true);
+                        }
+                        txns.kept(&h);
                         empty_batch(&raw)
                     }
-                    Cleaned::Empty => return Ok(true),
                 };
                 kept_aborts.extend(txns.ended_by(&kept, &BatchHeader::parse(&kept)?));
                 out.write_all(&kept)?;

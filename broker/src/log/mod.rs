@@ -100,6 +100,9 @@ impl LogState {
     /// Indexes the transactions aborted by markers appended since the
     /// producer state knew `count` of them.
     fn index_aborted_since(&self, count: usize) -> std::io::Result<()> {
+        if self.producers.aborted_count() == count {
+            return Ok(()); // the common case: no abort marker among the batches
+        }
         let lso = self.producers.first_unstable_offset().unwrap_or(self.next_offset);
         index_aborted(&self.segments, self.producers.aborted_since(count), lso)
     }

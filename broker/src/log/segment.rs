@@ -503,6 +503,7 @@ impl Segment {
     pub fn index_full(&self) -> bool {
         self.offset_index.is_full() || self.time_index.is_full()
     }
+
     /// The segment's aborted-transaction index (see `log::txn_index`).
     pub fn txn_index_path(&self) -> PathBuf {
         self.log_path.with_extension(&super::txn_index::TXN_INDEX_SUFFIX[1..])

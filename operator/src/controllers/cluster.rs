@@ -104,14 +104,15 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         desired::keep_claim_templates(&mut set, &existing);
         running = existing.spec.as_ref().and_then(|s| s.replicas).unwrap_or(running);
     }
+    let broker_racks: Vec<(i32, String)> = described
+        .as_ref()
+        .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
+        .unwrap_or_default();
     let scale = if cluster.spec.replicas < running {
         let listed = list_topics(&mut admin_client, &described, &mut topics).await.clone();
         let plan = scale_down(&cluster, running, &described, &listed);
         if let (ScalePlan::Drain { brokers, .. }, Ok(client), Ok(listed)) = (&plan, admin_client.as_mut(), &listed) {
-            let racks = described
-                .as_ref()
-                .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
-                .unwrap_or_default();
+            let racks = broker_racks.iter().cloned().collect();
             drain(&ctx, &cluster, client, brokers, &racks, listed).await?;
         }
         plan
@@ -300,10 +301,6 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         cluster.metadata.generation,
         now(),
     );
-    let broker_racks: Vec<(i32, String)> = described
-        .as_ref()
-        .map(|d| d.brokers.iter().map(|b| (b.id, b.rack.clone())).collect())
-        .unwrap_or_default();
     conditions.extend(volume_condition(
         &previous,
         &cluster.spec.storage.size,
