@@ -681,6 +681,28 @@ pub fn pod_ordinal(pod_name: &str) -> Option<i32> {
     ordinal.parse().ok()
 }
 
+/// `broker.rack` from a file holding just the rack ("" when empty), waiting
+/// up to `wait` for it to appear: on Kubernetes the file is the pod's node's
+/// entry in the operator's rack map, which reaches a mounted volume at the
+/// kubelet's next sync when the node is new to the map.
+pub fn rack_from_file(path: &Path, wait: std::time::Duration) -> Result<String, ConfigError> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut waited = false;
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(rack) => return Ok(rack.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < deadline => {
+                if !waited {
+                    tracing::info!(path = %path.display(), "waiting for this node's rack in the rack map");
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500).min(wait));
+            }
+            Err(e) => return Err(ConfigError::File(path.display().to_string(), e.to_string())),
+        }
+    }
+}
+
 /// Reads `key=value` lines (`.properties`) or a flat TOML table (`.toml`).
 pub fn read_config_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let text =
@@ -726,6 +748,42 @@ pub fn parse_properties(text: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rack_from_file_reads_trims_and_waits_for_the_file() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-a");
+        std::fs::write(&path, "eu-west-1a\n").unwrap();
+        assert_eq!(super::rack_from_file(&path, Duration::ZERO).unwrap(), "eu-west-1a");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(
+            super::rack_from_file(&path, Duration::ZERO).unwrap(),
+            "",
+            "empty: no rack"
+        );
+        let late = dir.path().join("node-b");
+        assert!(
+            super::rack_from_file(&late, Duration::from_millis(50)).is_err(),
+            "gives up after the wait"
+        );
+        // A file that appears while it waits (the kubelet's volume sync).
+        let writer = {
+            let late = late.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                // Renamed into place, as the kubelet's atomic writer does.
+                let tmp = late.with_extension("tmp");
+                std::fs::write(&tmp, "eu-west-1b").unwrap();
+                std::fs::rename(&tmp, &late).unwrap();
+            })
+        };
+        assert_eq!(
+            super::rack_from_file(&late, Duration::from_secs(30)).unwrap(),
+            "eu-west-1b"
+        );
+        writer.join().unwrap();
+    }
+
     #[test]
     fn node_id_and_roles_in_a_stateful_set() {
         assert_eq!(pod_ordinal("demo-2"), Some(2));

@@ -29,7 +29,18 @@ struct Args {
     /// the voters, broker alone on every other node (one config for all pods).
     #[arg(long)]
     roles_from_voters: bool,
+    /// broker.rack from this file: the zone of the node the pod runs on, from
+    /// the operator's rack map (a ConfigMap keyed by node name, mounted as
+    /// files). Empty: no rack. A node new to the map reaches the mounted
+    /// volume at the kubelet's next sync, so start-up waits for the file.
+    #[arg(long, value_name = "PATH")]
+    rack_from_file: Option<PathBuf>,
 }
+
+/// How long start-up waits for `--rack-from-file` (a kubelet syncs a
+/// ConfigMap volume within about a minute; the operator refreshes the map
+/// within one of its own).
+const RACK_FILE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn main() -> anyhow::Result<()> {
     fjord_broker::logging::init();
@@ -51,6 +62,12 @@ fn main() -> anyhow::Result<()> {
         let id = fjord_broker::config::pod_ordinal(pod)
             .ok_or_else(|| anyhow::anyhow!("pod name '{pod}' does not end in a StatefulSet ordinal"))?;
         overrides.push(("node.id".into(), id.to_string()));
+    }
+    if let Some(path) = &args.rack_from_file {
+        let rack = fjord_broker::config::rack_from_file(path, RACK_FILE_WAIT)?;
+        if !rack.is_empty() {
+            overrides.push(("broker.rack".into(), rack));
+        }
     }
     let mut config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     if args.roles_from_voters {

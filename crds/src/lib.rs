@@ -69,7 +69,9 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1024").message("the replication throttle is in bytes per second, at least 1024"))]
     pub replication_throttle: Option<i64>,
-    /// Rack awareness: `broker.rack` from this node label of each broker's node.
+    /// Rack awareness: `broker.rack` from this node label of each broker's node
+    /// (read at broker start-up from the `<name>-racks` ConfigMap, which the
+    /// operator keeps with every node's label), and replicas spread across racks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rack: Option<RackSpec>,
     #[serde(default)]

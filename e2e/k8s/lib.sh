@@ -211,6 +211,14 @@ broker_uids() { k get pods -n "$NS" -l app.kubernetes.io/component=broker -o jso
 cluster_ready() {
   [ "$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
+# Every broker in the Cluster's status has rack $1 (its node's zone label) and RackAware is True.
+racks_are() {
+  local racks aware
+  racks=$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.brokers[*].rack}')
+  aware=$(k get cluster my-cluster -n "$NS" -o jsonpath='{.status.conditions[?(@.type=="RackAware")].status}')
+  [ -n "$racks" ] && [ -z "$(tr ' ' '\n' <<<"$racks" | grep -vx "$1")" ] && [ "$aware" = True ] ||
+    { echo "racks '$racks', RackAware '$aware'"; return 1; }
+}
 # The RollingRestart condition as "STATUS REASON MESSAGE" (empty: no roll due).
 roll_condition() {
   k get cluster my-cluster -n "$NS" -o jsonpath='{range .status.conditions[?(@.type=="RollingRestart")]}{.status} {.reason} {.message}{end}'

@@ -42,6 +42,8 @@ trap 'LAST_ERR="line $LINENO: $BASH_COMMAND"' ERR
 
 start_node_with_image "$PROFILE"
 install_chart
+# The example Cluster is rack-aware (topology.kubernetes.io/zone): the node gets a zone.
+k label nodes --all topology.kubernetes.io/zone=zone-a --overwrite >/dev/null
 say "applying the example Cluster and Topic"
 k create namespace "$NS" >/dev/null
 k apply -n "$NS" -f helm/fjord/examples/cluster.yaml -f helm/fjord/examples/topic.yaml >/dev/null
@@ -53,6 +55,10 @@ cluster_id=$(k get cluster my-cluster -n $NS -o jsonpath='{.status.clusterId}')
 brokers=$(k get cluster my-cluster -n $NS -o jsonpath='{.status.brokers[*].id}')
 [ "$brokers" = "0 1 2" ] || fail "the Cluster's status lists brokers '$brokers', not 0 1 2"
 say "Cluster Ready: cluster id $cluster_id, brokers $brokers"
+# broker.rack from the node's zone label, through the operator's rack map.
+poll "every broker's rack is its node's zone (zone-a), RackAware=True" 60 racks_are zone-a
+k get configmap my-cluster-racks -n "$NS" -o jsonpath='{.data}' | grep -q '"zone-a"' ||
+  fail "the rack map my-cluster-racks does not name the node's zone"
 # What clients see: three brokers in Metadata (only registered, unfenced ones are listed).
 meta=$(client_pod metadata 60 -b "$BOOTSTRAP" -L)
 [ "$(grep -c '^  broker [0-9]* at my-cluster-[0-9].my-cluster-brokers' <<<"$meta")" = 3 ] ||

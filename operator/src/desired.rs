@@ -24,6 +24,8 @@ use kube::Resource;
 pub const DATA_DIR: &str = "/var/lib/fjord";
 pub const CONFIG_DIR: &str = "/etc/fjord";
 pub const CONFIG_FILE: &str = "server.properties";
+/// Where a broker pod mounts its cluster's rack map (one file per node).
+pub const RACK_DIR: &str = "/etc/fjord-racks";
 /// Annotation on the pod template with a hash of everything a broker pod is
 /// made of (image, resources, probes, pod template overrides, the broker
 /// config): a change marks pods as needing an operator-driven restart (the
@@ -64,6 +66,28 @@ pub fn admin_service_name(cluster: &str) -> String {
 
 pub fn config_map_name(cluster: &str) -> String {
     format!("{cluster}-config")
+}
+
+pub fn rack_map_name(cluster: &str) -> String {
+    format!("{cluster}-racks")
+}
+
+/// The rack map of a Cluster with `spec.rack`: every node's name to the value
+/// of its topology label ("" when it has none). A broker reads its node's
+/// entry at start-up as `broker.rack` (Strimzi reads the Node from an init
+/// container instead; a mounted map needs no API access in the broker pods).
+/// Not part of the template hash: nodes coming and going roll no broker.
+pub fn rack_map(cluster: &Cluster, nodes: &[(String, BTreeMap<String, String>)]) -> Option<ConfigMap> {
+    let key = &cluster.spec.rack.as_ref()?.topology_key;
+    let data = nodes
+        .iter()
+        .map(|(node, labels)| (node.clone(), labels.get(key).cloned().unwrap_or_default()))
+        .collect();
+    Some(ConfigMap {
+        metadata: meta(cluster, rack_map_name(&name(cluster))),
+        data: Some(data),
+        ..ConfigMap::default()
+    })
 }
 
 /// The admin endpoint of a cluster from inside Kubernetes.
@@ -394,27 +418,60 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
             ),
         ),
     ];
-    if let Some(rack) = &cluster.spec.rack {
-        // broker.rack from the node's topology label, which Kubernetes copies onto the
-        // pod's labels (PodTopologyLabels admission, KEP-4742) for the downward API.
-        env_vars.push(env_field(
-            "FJORD_BROKER_RACK",
-            &format!("metadata.labels['{}']", rack.topology_key),
-        ));
+    let mut command = vec![
+        "/usr/local/bin/fjord-broker".to_string(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        "--node-id-from-pod-name".into(),
+        "$(POD_NAME)".into(),
+        "--roles-from-voters".into(),
+    ];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(&cluster_name),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    if cluster.spec.rack.is_some() {
+        // broker.rack: this node's entry in the rack map (see [`rack_map`]).
+        env_vars.push(env_field("NODE_NAME", "spec.nodeName"));
+        command.extend(["--rack-from-file".into(), format!("{RACK_DIR}/$(NODE_NAME)")]);
+        volumes.push(Volume {
+            name: "racks".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: rack_map_name(&cluster_name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "racks".into(),
+            mount_path: RACK_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
     }
     let container = Container {
         name: "broker".into(),
         image: Some(cluster.spec.image.clone().unwrap_or_else(|| default_image.to_string())),
         // Node ids are the StatefulSet ordinals, read off the pod name (the
         // pod-index label needs Kubernetes 1.28); the voters also control.
-        command: Some(vec![
-            "/usr/local/bin/fjord-broker".into(),
-            "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            "--node-id-from-pod-name".into(),
-            "$(POD_NAME)".into(),
-            "--roles-from-voters".into(),
-        ]),
+        command: Some(command),
         env: Some(env_vars),
         ports: Some(vec![
             ContainerPort {
@@ -433,19 +490,7 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
                 ..ContainerPort::default()
             },
         ]),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         // Log recovery after a crash may take long: liveness starts only once the
         // broker is up (up to an hour here), so it cannot kill a recovering broker in a loop.
         startup_probe: Some(Probe {
@@ -502,14 +547,7 @@ pub fn stateful_set(cluster: &Cluster, default_image: &str) -> StatefulSet {
         }),
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&cluster_name),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(volumes),
             affinity: overrides.affinity.clone(),
             tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
             image_pull_secrets: (!overrides.image_pull_secrets.is_empty())
@@ -576,6 +614,33 @@ mod tests {
     }
 
     #[test]
+    fn rack_map_names_each_nodes_zone() {
+        let node = |name: &str, zone: Option<&str>| {
+            let labels = zone.map(|z| ("topology.kubernetes.io/zone".to_string(), z.to_string()));
+            (name.to_string(), labels.into_iter().collect::<BTreeMap<_, _>>())
+        };
+        let nodes = [node("node-a", Some("eu-1a")), node("node-b", None)];
+        assert!(
+            rack_map(&cluster(serde_json::json!({})), &nodes).is_none(),
+            "no rack, no map"
+        );
+        let map = rack_map(&cluster(serde_json::json!({"rack": {}})), &nodes).unwrap();
+        assert_eq!(map.metadata.name.as_deref(), Some("events-racks"));
+        let data = map.data.unwrap();
+        assert_eq!(data["node-a"], "eu-1a");
+        assert_eq!(data["node-b"], "", "a node without the label: no rack");
+        // Without a rack the pods mount no map and read no rack file.
+        let sts = stateful_set(&cluster(serde_json::json!({})), "fjord:test");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        assert!(pod.volumes.unwrap().iter().all(|v| v.name != "racks"));
+        assert!(!pod.containers[0]
+            .command
+            .as_ref()
+            .unwrap()
+            .contains(&"--rack-from-file".to_string()));
+    }
+
+    #[test]
     fn statefulset_follows_the_spec() {
         let c = cluster(serde_json::json!({
             "replicas": 3,
@@ -615,15 +680,33 @@ mod tests {
             .windows(2)
             .any(|w| w == ["--node-id-from-pod-name", "$(POD_NAME)"]));
         assert!(command.contains(&"--roles-from-voters".to_string()));
-        let rack = container
+        // broker.rack: the node's file in the rack map, named by the pod's node.
+        let node = container
             .env
             .as_ref()
             .unwrap()
             .iter()
-            .find(|e| e.name == "FJORD_BROKER_RACK")
+            .find(|e| e.name == "NODE_NAME")
             .unwrap();
-        let field = rack.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
-        assert_eq!(field.field_path, "metadata.labels['topology.kubernetes.io/zone']");
+        let field = node.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+        assert_eq!(field.field_path, "spec.nodeName");
+        assert!(command
+            .windows(2)
+            .any(|w| w == ["--rack-from-file", "/etc/fjord-racks/$(NODE_NAME)"]));
+        let racks = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "racks")
+            .unwrap();
+        assert_eq!(racks.config_map.as_ref().unwrap().name, "events-racks");
+        assert!(container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "racks" && m.mount_path == RACK_DIR));
         let advertised = container
             .env
             .as_ref()

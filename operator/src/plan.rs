@@ -313,8 +313,7 @@ pub fn cluster_conditions(
 
 /// `RackAware` when the Cluster asks for rack awareness: True once every
 /// broker that answered reports a rack, False naming the brokers without one
-/// (their pods lack the topology label, e.g. a key other than zone or region
-/// that the PodTopologyLabels admission plugin does not copy). None without
+/// (their nodes lack the topology label). None without
 /// `rack` in the spec or before any broker answered.
 pub fn rack_condition(
     previous: &[Condition],
@@ -352,8 +351,8 @@ pub fn rack_condition(
             false,
             "RackLabelMissing",
             &format!(
-                "brokers {} have no rack: their pods carry no '{key}' label (Kubernetes copies the node's \
-                 zone and region labels onto pods from 1.35, or with the PodTopologyLabels admission plugin)",
+                "brokers {} have no rack: their nodes have no '{key}' label (a broker takes its node's \
+                 label when it starts)",
                 missing.join(", ")
             ),
             generation,

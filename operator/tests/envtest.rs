@@ -262,6 +262,7 @@ async fn operator_against_a_real_apiserver() {
         .await
         .unwrap()
         .is_some());
+    rack_map(&client, &clusters).await;
     let policy = Api::<NetworkPolicy>::namespaced(client.clone(), "envtest")
         .get_opt("demo-admin")
         .await
@@ -581,6 +582,83 @@ async fn dynamic_configs(clusters: &Api<Cluster>, sts: &Api<StatefulSet>, broker
         sts.get("demo").await.ok().map(template_hash).filter(|h| *h != before)
     })
     .await;
+}
+
+/// A rack-aware Cluster gets a rack map of the nodes' zone labels, kept
+/// current as nodes come; its pods mount it and read their node's entry.
+async fn rack_map(client: &Client, clusters: &Api<Cluster>) {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes = Api::<Node>::all(client.clone());
+    let node = |name: &str, zone: Option<&str>| -> Node {
+        let labels: std::collections::BTreeMap<String, String> = zone
+            .map(|z| ("topology.kubernetes.io/zone".to_string(), z.to_string()))
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    };
+    nodes
+        .create(&PostParams::default(), &node("node-a", Some("zone-a")))
+        .await
+        .unwrap();
+    nodes
+        .create(&PostParams::default(), &node("node-b", None))
+        .await
+        .unwrap();
+    let racked: Cluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fjord.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": "racked"},
+        "spec": {"replicas": 1, "rack": {}}
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &racked).await.unwrap();
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), "envtest");
+    let data = |m: ConfigMap| m.data.unwrap_or_default();
+    let map = eventually("the rack map of both nodes", || async {
+        maps.get_opt("racked-racks")
+            .await
+            .ok()
+            .flatten()
+            .map(data)
+            .filter(|d| d.len() == 2)
+    })
+    .await;
+    assert_eq!((map["node-a"].as_str(), map["node-b"].as_str()), ("zone-a", ""));
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "envtest");
+    let set = eventually("racked's StatefulSet", || async {
+        sts.get_opt("racked").await.ok().flatten()
+    })
+    .await;
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    assert!(pod
+        .volumes
+        .unwrap()
+        .iter()
+        .any(|v| v.config_map.as_ref().is_some_and(|c| c.name == "racked-racks")));
+    // A node that joins later is in the map at the next reconcile (a change to the Cluster here).
+    nodes
+        .create(&PostParams::default(), &node("node-c", Some("zone-c")))
+        .await
+        .unwrap();
+    clusters
+        .patch(
+            "racked",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("node-c in the rack map", || async {
+        maps.get_opt("racked-racks")
+            .await
+            .ok()
+            .flatten()
+            .map(data)
+            .filter(|d| d.get("node-c").is_some_and(|z| z == "zone-c"))
+    })
+    .await;
+    clusters.delete("racked", &DeleteParams::default()).await.unwrap();
+    for n in ["node-a", "node-b", "node-c"] {
+        nodes.delete(n, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 async fn cluster_condition(clusters: &Api<Cluster>, type_: &str) -> Option<Condition> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use fjord_crds::{BrokerEndpoint, Cluster, ClusterStatus, VolumeStatus};
 use fjord_proto::admin::v1 as pb;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
@@ -53,6 +53,26 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         &desired::config_map(&cluster),
     )
     .await?;
+    if cluster.spec.rack.is_some() {
+        // Refreshed each reconcile (at least once a minute): a broker waits
+        // at start-up for its node to appear in the map.
+        let nodes = Api::<Node>::all(client.clone())
+            .list_metadata(&ListParams::default())
+            .await?;
+        let nodes: Vec<_> = nodes
+            .items
+            .into_iter()
+            .map(|n| {
+                (
+                    n.metadata.name.unwrap_or_default(),
+                    n.metadata.labels.unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Some(map) = desired::rack_map(&cluster, &nodes) {
+            apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &map).await?;
+        }
+    }
     apply(
         &Api::<Service>::namespaced(client.clone(), &ns),
         &desired::headless_service(&cluster),
