@@ -36,7 +36,8 @@ pub async fn handle(apis: &Apis, request: ProduceRequest, version: i16) -> Optio
 /// KIP-890 part 1: the transactional batches of `request` that would open
 /// their producer's transaction in a partition, verified with the
 /// transaction's coordinator; the partitions refused, and why. Batches the
-/// append refuses anyway (malformed, a partition not led here) are left to it.
+/// append refuses anyway (malformed, a partition not led here) are left to
+/// it, unverified.
 async fn verify_transactions(
     apis: &Apis,
     request: &ProduceRequest,
@@ -58,10 +59,12 @@ async fn verify_transactions(
                 continue;
             }
             let (producer_id, epoch) = (header.producer_id(), header.producer_epoch());
+            // Only where the batch would append: a follower refuses it
+            // (NOT_LEADER_OR_FOLLOWER) without asking the coordinator.
             let opens = apis
                 .replicas
                 .get(topic.name.as_str(), p.index)
-                .is_ok_and(|part| !part.in_transaction(producer_id, epoch));
+                .is_ok_and(|part| part.is_leading() && !part.in_transaction(producer_id, epoch));
             if opens {
                 opening
                     .entry((producer_id, epoch))
