@@ -114,6 +114,7 @@ if [[ -n "$HELM" ]]; then
   if [[ -s "$OUT/default.yaml" ]]; then
     expect default "operator Deployment" '^kind: Deployment$'
     expect default "ClusterRole when watching all namespaces" '^kind: ClusterRole$'
+    expect default "nodes ClusterRole for rack maps" '^  name: [a-z-]*-operator-nodes$'
     expect default "lease Role for leader election" 'resources: \["leases"\]'
     expect default "one ConfigMap per dashboard" 'fjord-cluster-overview\.json'
     expect default "runs fjord-operator" '/usr/local/bin/fjord-operator'

@@ -55,22 +55,41 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     .await?;
     if cluster.spec.rack.is_some() {
         // Refreshed each reconcile (at least once a minute): a broker waits
-        // at start-up for its node to appear in the map.
-        let nodes = Api::<Node>::all(client.clone())
+        // at start-up for its node to appear in the map. Not fatal when nodes
+        // cannot be read (rbac.nodes off in a namespaced install): the
+        // brokers wait for the map, and the warning event says why.
+        match Api::<Node>::all(client.clone())
             .list_metadata(&ListParams::default())
-            .await?;
-        let nodes: Vec<_> = nodes
-            .items
-            .into_iter()
-            .map(|n| {
-                (
-                    n.metadata.name.unwrap_or_default(),
-                    n.metadata.labels.unwrap_or_default(),
+            .await
+        {
+            Ok(nodes) => {
+                let nodes: Vec<_> = nodes
+                    .items
+                    .into_iter()
+                    .map(|n| {
+                        (
+                            n.metadata.name.unwrap_or_default(),
+                            n.metadata.labels.unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                if let Some(map) = desired::rack_map(&cluster, &nodes) {
+                    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &map).await?;
+                }
+            }
+            Err(e) => {
+                ctx.event(
+                    cluster.as_ref(),
+                    true,
+                    "RackMapUnavailable",
+                    "ListNodes",
+                    format!(
+                        "cannot read the nodes' topology labels for broker.rack (the operator needs get/list \
+                         on nodes: the chart's rbac.nodes): {e}"
+                    ),
                 )
-            })
-            .collect();
-        if let Some(map) = desired::rack_map(&cluster, &nodes) {
-            apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &map).await?;
+                .await
+            }
         }
     }
     apply(
