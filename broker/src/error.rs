@@ -170,6 +170,7 @@ impl Error {
             Error::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
             Error::Sequence(SequenceError::InvalidProducerEpoch { .. }) => ResponseError::InvalidProducerEpoch,
             Error::Sequence(SequenceError::OutOfOrderSequence { .. }) => ResponseError::OutOfOrderSequenceNumber,
+            Error::Sequence(SequenceError::CoordinatorFenced { .. }) => ResponseError::TransactionCoordinatorFenced,
             Error::Storage(_) => ResponseError::KafkaStorageError,
         }
     }

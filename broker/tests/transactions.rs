@@ -101,12 +101,14 @@ async fn produce_code(raw: &mut Raw, transactional_id: Option<&'static str>, rec
     common::raw::produce_error(&response)
 }
 
-async fn end_txn(raw: &mut Raw, producer_id: i64, commit: bool) {
+/// The error code of a commit or abort marker for `producer_id` from
+/// producer epoch `epoch` and coordinator epoch `coordinator_epoch`.
+async fn marker_code(raw: &mut Raw, producer_id: i64, epoch: i16, coordinator_epoch: i32, commit: bool) -> i16 {
     let request = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
         .with_producer_id(ProducerId(producer_id))
-        .with_producer_epoch(0)
+        .with_producer_epoch(epoch)
         .with_transaction_result(commit)
-        .with_coordinator_epoch(0)
+        .with_coordinator_epoch(coordinator_epoch)
         .with_topics(vec![WritableTxnMarkerTopic::default()
             .with_name(topic_name())
             .with_partition_indexes(vec![0])])]);
@@ -115,9 +117,14 @@ async fn end_txn(raw: &mut Raw, producer_id: i64, commit: bool) {
         .await
         .unwrap()
     {
-        ResponseKind::WriteTxnMarkers(r) => assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 0),
+        ResponseKind::WriteTxnMarkers(r) => r.markers[0].topics[0].partitions[0].error_code,
         other => panic!("not a WriteTxnMarkers response: {other:?}"),
     }
+}
+
+/// Ends `producer_id`'s transaction (producer epoch 0, coordinator epoch 0).
+async fn end_txn(raw: &mut Raw, producer_id: i64, commit: bool) {
+    assert_eq!(marker_code(raw, producer_id, 0, 0, commit).await, 0);
 }
 
 /// (high watermark, last stable offset, aborted (producer, first offset)) of
@@ -247,25 +254,17 @@ async fn read_committed_reads_committed_transactions_below_the_lso() {
     assert_eq!((hw, lso, aborted), (8, 8, vec![(t1, 0)]));
     assert_eq!(consume_all(&b, "read_committed"), ["committed-1", "open", "plain"]);
 
-    // A marker from an older producer epoch is a zombie's: refused.
-    let stale = WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
-        .with_producer_id(ProducerId(t1))
-        .with_producer_epoch(-1)
-        .with_transaction_result(false)
-        .with_topics(vec![WritableTxnMarkerTopic::default()
-            .with_name(topic_name())
-            .with_partition_indexes(vec![0])])]);
-    match raw
-        .request(ApiKey::WriteTxnMarkers, 1, RequestKind::WriteTxnMarkers(stale))
-        .await
-        .unwrap()
-    {
-        ResponseKind::WriteTxnMarkers(r) => assert_eq!(
-            r.markers[0].topics[0].partitions[0].error_code,
-            kafka_protocol::error::ResponseError::InvalidProducerEpoch.code()
-        ),
-        other => panic!("not a WriteTxnMarkers response: {other:?}"),
-    }
+    // A marker from an older producer epoch is a zombie's: refused; so is
+    // one from an older coordinator epoch than the producer's last marker's
+    // (a coordinator that lost the transaction's state partition).
+    assert_eq!(
+        marker_code(&mut raw, t1, -1, 0, false).await,
+        kafka_protocol::error::ResponseError::InvalidProducerEpoch.code()
+    );
+    assert_eq!(
+        marker_code(&mut raw, t1, 0, -1, false).await,
+        kafka_protocol::error::ResponseError::TransactionCoordinatorFenced.code()
+    );
 
     // Another open transaction, then a restart: the state comes back from
     // the log (snapshot and replay), markers included.
@@ -289,6 +288,11 @@ async fn read_committed_reads_committed_transactions_below_the_lso() {
     let mut raw = Raw::connect(&b.bootstrap).await;
     let (hw, lso, aborted, _) = fetch_committed(&mut raw).await;
     assert_eq!((hw, lso, aborted), (9, 8, vec![(t1, 0)]), "after a restart");
+    assert_eq!(
+        marker_code(&mut raw, t1, 0, -1, false).await,
+        kafka_protocol::error::ResponseError::TransactionCoordinatorFenced.code(),
+        "the coordinator epoch of the last marker survives a restart"
+    );
     end_txn(&mut raw, t2, false).await;
     let (hw, lso, aborted, _) = fetch_committed(&mut raw).await;
     assert_eq!((hw, lso, aborted), (10, 10, vec![(t1, 0), (t2, 8)]));

@@ -74,6 +74,7 @@ impl AdminService {
                         last_sequence: a.last_sequence,
                         last_timestamp: a.last_timestamp,
                         current_txn_start_offset: a.txn_first_offset.unwrap_or(-1),
+                        coordinator_epoch: a.coordinator_epoch,
                     })),
                     Err(e) => {
                         let leader = image
@@ -132,8 +133,16 @@ impl AdminService {
         let r = request.into_inner();
         let epoch = i16::try_from(r.producer_epoch)
             .map_err(|_| Status::invalid_argument(format!("producer epoch {} out of range", r.producer_epoch)))?;
-        // The coordinator epoch of a tool's marker: -1, as kafka-transactions.sh
-        // sends when the producer's state names none.
+        // The coordinator epoch of a tool's marker: the producer's last one
+        // here, as kafka-transactions.sh takes it from DescribeProducers (-1
+        // when none), so the partition's coordinator fencing lets it through.
+        let coordinator_epoch = self
+            .ctx
+            .replicas
+            .get(&r.topic, r.partition)
+            .ok()
+            .and_then(|part| part.producers().into_iter().find(|a| a.producer_id == r.producer_id))
+            .map_or(-1, |a| a.coordinator_epoch);
         let marker_offset = crate::txn::markers::write_local(
             &self.ctx.replicas,
             &self.ctx.groups,
@@ -141,7 +150,7 @@ impl AdminService {
             r.partition,
             r.producer_id,
             epoch,
-            -1,
+            coordinator_epoch,
             Marker::Abort,
         )
         .await

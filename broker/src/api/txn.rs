@@ -266,7 +266,7 @@ pub fn describe_producers(apis: &Apis, r: DescribeProducersRequest) -> DescribeP
                                         .with_producer_epoch(a.epoch.into())
                                         .with_last_sequence(a.last_sequence)
                                         .with_last_timestamp(a.last_timestamp)
-                                        .with_coordinator_epoch(-1)
+                                        .with_coordinator_epoch(a.coordinator_epoch)
                                         .with_current_txn_start_offset(a.txn_first_offset.unwrap_or(-1))
                                 })
                                 .collect(),

@@ -60,6 +60,12 @@ pub fn encode(
 /// one whose control record does not parse (an unknown control type is not
 /// a transaction's end).
 pub fn decode(batch: &[u8]) -> Option<Marker> {
+    decode_with_epoch(batch).map(|(marker, _)| marker)
+}
+
+/// The marker and the coordinator epoch it was written in (-1 when its
+/// value carries none).
+pub fn decode_with_epoch(batch: &[u8]) -> Option<(Marker, i32)> {
     let mut bytes = Bytes::copy_from_slice(batch);
     let set = RecordBatchDecoder::decode(&mut bytes).ok()?;
     let record = set.records.first().filter(|r| r.control)?;
@@ -67,11 +73,17 @@ pub fn decode(batch: &[u8]) -> Option<Marker> {
     if key.len() < 4 || i16::from_be_bytes([key[0], key[1]]) != 0 {
         return None;
     }
-    match i16::from_be_bytes([key[2], key[3]]) {
-        0 => Some(Marker::Abort),
-        1 => Some(Marker::Commit),
-        _ => None,
-    }
+    let marker = match i16::from_be_bytes([key[2], key[3]]) {
+        0 => Marker::Abort,
+        1 => Marker::Commit,
+        _ => return None,
+    };
+    let coordinator_epoch = record
+        .value
+        .as_ref()
+        .filter(|v| v.len() >= 6)
+        .map_or(-1, |v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]));
+    Some((marker, coordinator_epoch))
 }
 
 #[cfg(test)]
@@ -87,6 +99,7 @@ mod tests {
             assert!(h.is_control() && h.is_transactional());
             assert_eq!((h.producer_id(), h.producer_epoch(), h.base_sequence()), (42, 3, -1));
             assert_eq!(decode(&batch), Some(marker));
+            assert_eq!(decode_with_epoch(&batch), Some((marker, 7)));
         }
     }
 

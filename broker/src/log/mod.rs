@@ -443,6 +443,7 @@ impl Log {
             .map_err(Error::CorruptMessage)?;
         let mut st = self.state.write();
         st.producers.check_marker(producer_id, producer_epoch)?;
+        st.producers.check_coordinator_epoch(producer_id, coordinator_epoch)?;
         self.maybe_roll(&mut st, batch.len(), now, &config)?;
         let offset = st.next_offset;
         let mut header = PatchedHeader::from_batch(&batch);
@@ -461,7 +462,8 @@ impl Log {
             return Err(io_err(e));
         }
         let indexed = st.producers.aborted_count();
-        st.producers.complete_txn(producer_id, producer_epoch, marker, offset);
+        st.producers
+            .complete_txn(producer_id, producer_epoch, coordinator_epoch, marker, offset);
         st.next_offset = offset + 1;
         st.unflushed_messages += 1;
         st.index_aborted_since(indexed).map_err(io_err)?;

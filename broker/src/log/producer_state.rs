@@ -35,13 +35,32 @@ pub struct BatchMetadata {
     pub timestamp: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerEntry {
     pub epoch: i16,
     pub batches: VecDeque<BatchMetadata>,
     /// The first offset of its open transaction in this partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last marker written for it (-1: none):
+    /// a marker from an older coordinator epoch is a zombie coordinator's.
+    #[serde(default = "no_coordinator_epoch")]
+    pub coordinator_epoch: i32,
+}
+
+fn no_coordinator_epoch() -> i32 {
+    -1
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        ProducerEntry {
+            epoch: 0,
+            batches: VecDeque::new(),
+            txn_first_offset: None,
+            coordinator_epoch: no_coordinator_epoch(),
+        }
+    }
 }
 
 /// One producer's state in a partition (DescribeProducers).
@@ -53,6 +72,8 @@ pub struct ActiveProducer {
     pub last_timestamp: i64,
     /// The first offset of its open transaction here.
     pub txn_first_offset: Option<i64>,
+    /// The coordinator epoch of its last marker here (-1: none).
+    pub coordinator_epoch: i32,
 }
 
 /// An aborted transaction, as a read_committed fetch names it (Kafka's
@@ -70,6 +91,8 @@ pub enum SequenceError {
     InvalidProducerEpoch { got: i16, current: i16 },
     #[error("out of order sequence {got}: expected {expected}")]
     OutOfOrderSequence { got: i32, expected: i32 },
+    #[error("coordinator epoch {got} is older than the producer's last marker's {current}")]
+    CoordinatorFenced { got: i32, current: i32 },
 }
 
 /// What to do with an incoming idempotent batch.
@@ -229,17 +252,32 @@ impl ProducerStateManager {
         }
     }
 
+    /// Whether a marker from `coordinator_epoch` may be written: one from an
+    /// older coordinator epoch than the producer's last marker here comes
+    /// from a coordinator that has since lost the transaction's state
+    /// partition (Kafka's TRANSACTION_COORDINATOR_FENCED).
+    pub fn check_coordinator_epoch(&self, producer_id: i64, coordinator_epoch: i32) -> Result<(), SequenceError> {
+        match self.producers.get(&producer_id) {
+            Some(e) if coordinator_epoch < e.coordinator_epoch => Err(SequenceError::CoordinatorFenced {
+                got: coordinator_epoch,
+                current: e.coordinator_epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// A marker written at `offset` ends the producer's open transaction
     /// here: an abort adds it to the aborted transactions. A marker of a
     /// bumped epoch (a fenced producer's transaction aborted) moves the
     /// producer to that epoch.
-    pub fn complete_txn(&mut self, producer_id: i64, epoch: i16, marker: Marker, offset: i64) {
+    pub fn complete_txn(&mut self, producer_id: i64, epoch: i16, coordinator_epoch: i32, marker: Marker, offset: i64) {
         self.changed();
         let entry = self.producers.entry(producer_id).or_default();
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.batches.clear();
         }
+        entry.coordinator_epoch = entry.coordinator_epoch.max(coordinator_epoch);
         let first = entry.txn_first_offset.take();
         if let Some(first_offset) = first {
             self.ongoing.remove(&(first_offset, producer_id));
@@ -305,8 +343,14 @@ impl ProducerStateManager {
             return;
         }
         if h.is_control() {
-            if let Some(marker) = marker::decode(h.bytes()) {
-                self.complete_txn(h.producer_id(), h.producer_epoch(), marker, h.base_offset());
+            if let Some((marker, coordinator_epoch)) = marker::decode_with_epoch(h.bytes()) {
+                self.complete_txn(
+                    h.producer_id(),
+                    h.producer_epoch(),
+                    coordinator_epoch,
+                    marker,
+                    h.base_offset(),
+                );
             }
             return;
         }
@@ -343,6 +387,7 @@ impl ProducerStateManager {
                 last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
                 last_timestamp: e.batches.back().map_or(-1, |b| b.timestamp),
                 txn_first_offset: e.txn_first_offset,
+                coordinator_epoch: e.coordinator_epoch,
             })
             .collect();
         out.sort_by_key(|a| a.producer_id);
@@ -376,6 +421,7 @@ impl ProducerStateManager {
                         epoch: e.epoch,
                         batches: e.batches.back().copied().into_iter().collect(),
                         txn_first_offset: e.txn_first_offset,
+                        coordinator_epoch: e.coordinator_epoch,
                     };
                     (*id, entry)
                 })
@@ -473,6 +519,34 @@ mod tests {
     }
 
     #[test]
+    fn markers_from_an_older_coordinator_epoch_are_fenced() {
+        let mut s = ProducerStateManager::default();
+        s.update(1, 0, meta(0, 0, 10), true);
+        assert!(s.check_coordinator_epoch(1, -1).is_ok(), "no marker yet: any epoch");
+        s.complete_txn(1, 0, 5, Marker::Commit, 11);
+        assert_eq!(
+            s.check_coordinator_epoch(1, 4),
+            Err(SequenceError::CoordinatorFenced { got: 4, current: 5 })
+        );
+        assert!(s.check_coordinator_epoch(1, 5).is_ok());
+        assert!(s.check_coordinator_epoch(2, 0).is_ok(), "another producer");
+        assert_eq!(s.active()[0].coordinator_epoch, 5);
+        // Snapshots keep it.
+        let dir = tempfile::tempdir().unwrap();
+        s.write_snapshot(dir.path(), 12).unwrap();
+        let (loaded, _) = ProducerStateManager::load_latest(dir.path(), 12).unwrap();
+        assert_eq!(loaded.entry(1).map(|e| e.coordinator_epoch), Some(5));
+        // Replayed markers (followers, recovery) carry it from the batch.
+        let mut replica = ProducerStateManager::default();
+        let marker = crate::log::marker::encode(1, 0, 6, Marker::Abort, 0).unwrap();
+        replica.replay(&crate::log::batch::BatchHeader::parse(&marker).unwrap());
+        assert_eq!(replica.entry(1).map(|e| e.coordinator_epoch), Some(6));
+        // A snapshot from before the field: no marker epoch known.
+        let old: ProducerEntry = serde_json::from_str(r#"{"epoch":0,"batches":[]}"#).unwrap();
+        assert_eq!(old.coordinator_epoch, -1);
+    }
+
+    #[test]
     fn transactions_bound_the_lso_and_aborts_are_remembered() {
         let mut s = ProducerStateManager::default();
         s.update(1, 0, meta(0, 1, 10), true);
@@ -480,9 +554,9 @@ mod tests {
         s.update(1, 0, meta(2, 2, 13), true);
         s.update(3, 0, meta(0, 0, 14), false);
         assert_eq!(s.first_unstable_offset(), Some(10));
-        s.complete_txn(1, 0, Marker::Abort, 15);
+        s.complete_txn(1, 0, 0, Marker::Abort, 15);
         assert_eq!(s.first_unstable_offset(), Some(12));
-        s.complete_txn(2, 0, Marker::Commit, 16);
+        s.complete_txn(2, 0, 0, Marker::Commit, 16);
         assert_eq!(s.first_unstable_offset(), None);
         let aborted = AbortedTxn {
             producer_id: 1,
