@@ -767,6 +767,7 @@ mod tests {
             "gives up after the wait"
         );
         // A file that appears while it waits (the kubelet's volume sync).
+        let started = std::time::Instant::now();
         let writer = {
             let late = late.clone();
             std::thread::spawn(move || {
@@ -780,6 +781,10 @@ mod tests {
         assert_eq!(
             super::rack_from_file(&late, Duration::from_secs(30)).unwrap(),
             "eu-west-1b"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "read only once written, so it waited"
         );
         writer.join().unwrap();
     }

@@ -141,8 +141,8 @@ impl AdminService {
             .replicas
             .get(&r.topic, r.partition)
             .ok()
-            .and_then(|part| part.producers().into_iter().find(|a| a.producer_id == r.producer_id))
-            .map_or(-1, |a| a.coordinator_epoch);
+            .and_then(|part| part.producer_entry(r.producer_id))
+            .map_or(-1, |e| e.coordinator_epoch);
         let marker_offset = crate::txn::markers::write_local(
             &self.ctx.replicas,
             &self.ctx.groups,

@@ -561,6 +561,11 @@ impl Partition {
         self.log.producers()
     }
 
+    /// The producer's state here, if it has any.
+    pub fn producer_entry(&self, producer_id: i64) -> Option<crate::log::producer_state::ProducerEntry> {
+        self.log.producer_entry(producer_id)
+    }
+
     /// Whether the producer, at `epoch`, has a transaction open here.
     pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
         self.log.in_transaction(producer_id, epoch)
